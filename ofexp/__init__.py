@@ -1,0 +1,3 @@
+"""ofexp: model-fusion experiments (train -> fuse -> evaluate) tracked as MLflow runs."""
+
+__version__ = "0.1.0"

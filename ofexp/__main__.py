@@ -1,0 +1,3 @@
+from ofexp.cli import main
+
+main()

@@ -1,0 +1,76 @@
+"""The `ofexp` command line: parses input, runs a step, reports errors as one line.
+
+Expected errors (bad options, unknown runs, missing data, diverged training...)
+print `error: <what is wrong; how to fix it>` on stderr and exit non-zero,
+without a traceback; `ofexp --debug ...` shows the traceback.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from ofexp import __version__
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="ofexp")
+@click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
+def cli(debug: bool) -> None:
+    """Model-fusion experiments as MLflow runs: train -> fuse -> evaluate."""
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, stream=sys.stderr)
+
+
+def _register() -> None:
+    from ofexp.cli.commands import evaluate, fuse, study, train, ui
+
+    for command in (train, fuse, evaluate, study, ui):
+        cli.add_command(command)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the CLI and turn errors into one line and an exit code."""
+    # stderr is for ofexp's own progress; MLflow's per-download bars would drown it.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="ofexp", standalone_mode=False)
+    except click.exceptions.Exit as exc:  # --help, --version
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code or EXIT_USAGE)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _fail("interrupted", EXIT_INTERRUPTED)
+    except Exception as exc:  # noqa: BLE001 - the one place that reports every error
+        if debug:
+            raise
+        _fail(describe_error(exc), EXIT_ERROR)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for an exception: ofexp's own messages as they are, others prefixed by their type."""
+    from mlflow.exceptions import MlflowException
+
+    from ofexp.errors import OfexpError
+
+    text = " ".join(str(exc).split())
+    if isinstance(exc, OfexpError):
+        return text
+    if isinstance(exc, MlflowException):
+        return f"MLflow: {text[:400]}"
+    return f"unexpected {type(exc).__name__}: {text[:400]} (re-run with --debug for the traceback)"
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {' '.join(message.split())}", err=True)
+    sys.exit(code)

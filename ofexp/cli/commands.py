@@ -1,0 +1,162 @@
+"""The ofexp commands: parse options into step configs and print run IDs.
+
+Progress and logs go to stderr; stdout carries only run IDs, last line last.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+
+import click
+
+from ofexp import tracking
+from ofexp.cli.options import (OPT_FLOAT, OPT_INT, OPT_STR, data_options, experiment_option, model_options,
+                               pop_flag, recipe_options)
+from ofexp.data import DataConfig
+from ofexp.errors import ConfigError
+from ofexp.pipeline import EvalConfig, FuseConfig, StudyConfig, TrainConfig, run_evaluate, run_fuse, run_study, run_train
+from ofexp.training import make_recipe
+
+RECIPE_OVERRIDES = ("epochs", "batch_size", "lr", "init", "warmup_epochs", "grad_clip")
+
+
+def _train_config(kw: dict, seed: int = 0) -> TrainConfig:
+    """Build a TrainConfig from the shared model/data/recipe options (consumed from kw)."""
+    data = DataConfig(
+        name=kw.pop("dataset"), data_dir=kw.pop("data_dir"), val_fraction=kw.pop("val_fraction"),
+        split_seed=kw.pop("split_seed"), image_size=kw.pop("image_size"), download=pop_flag(kw, "download"),
+    )
+    recipe = make_recipe(kw.pop("recipe"), **{k: kw.pop(k) for k in RECIPE_OVERRIDES})
+    return TrainConfig(
+        model=kw.pop("model"), data=data, width=kw.pop("width"), bias=pop_flag(kw, "bias"),
+        batchnorm=pop_flag(kw, "batchnorm"), recipe=recipe, seed=seed, device=kw.pop("device"),
+        log_model=pop_flag(kw, "log_model"),
+    )
+
+
+def _fuse_options(kw: dict) -> dict:
+    method = kw.pop("method")
+    weights = kw.pop("fusion_weights")
+    return dict(
+        methods=("naive", "geometric") if method == "both" else (method,),
+        fusion_weights=_float_list(weights, "--fusion-weights") if weights else None,
+        target=kw.pop("target"), solver=kw.pop("solver"), reg=kw.pop("reg"), alignment=kw.pop("alignment"),
+        activation_samples=kw.pop("activation_samples"),
+    )
+
+
+def fusion_options(f):
+    options = [
+        click.option("--method", type=click.Choice(["naive", "geometric", "both"]), default="both", show_default=True),
+        click.option("--fusion-weights", type=OPT_STR, default=None, help="One weight per parent, e.g. 0.5,0.5 [default: equal]."),
+        click.option("--target", type=click.INT, default=-1, show_default=True, help="Index of the parent the others align to."),
+        click.option("--solver", type=click.Choice(["exact", "sinkhorn"]), default="exact", show_default=True),
+        click.option("--reg", type=click.FLOAT, default=0.01, show_default=True, help="Entropic regulariser for sinkhorn."),
+        click.option("--alignment", type=click.Choice(["weights", "activations"]), default="weights", show_default=True,
+                     help="Neuron similarity for geometric fusion: incoming weights, or activations on training samples."),
+        click.option("--activation-samples", type=click.INT, default=256, show_default=True,
+                     help="Training inputs (fixed sample) used by --alignment activations."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@click.command()
+@model_options
+@data_options
+@recipe_options
+@click.option("--seed", type=click.INT, default=0, show_default=True, help="Torch seed: init, shuffling.")
+@click.option("--run-name", type=OPT_STR, default=None, help="MLflow run name [default: 'train MODEL DATASET seedS'].")
+@experiment_option
+def train(**kw) -> None:
+    """Train one network as an MLflow run; print its run ID."""
+    tracking.configure_tracking(kw.pop("experiment_name"))
+    seed = kw.pop("seed")
+    run_name = kw.pop("run_name")
+    cfg = replace(_train_config(kw, seed), run_name=run_name)
+    click.echo(run_train(cfg))
+
+
+@click.command()
+@click.option("--parents", required=True, help="Comma-separated train run IDs, e.g. ID1,ID2.")
+@fusion_options
+@click.option("--device", default="auto", show_default=True)
+@experiment_option
+def fuse(parents: str, device: str, experiment_name: str | None, **kw) -> None:
+    """Fuse parent train runs, by run ID; print '<method> <run_id>' per fuse run."""
+    ids = tuple(p.strip() for p in parents.split(",") if p.strip())
+    cfg = FuseConfig(parents=ids, device=device, **_fuse_options(kw))
+    tracking.configure_tracking(experiment_name)
+    for method, run_id in run_fuse(cfg).items():
+        click.echo(f"{method} {run_id}")
+
+
+@click.command()
+@click.option("--model-run", required=True, help="ID of the train or fuse run to measure.")
+@click.option("--measures", default="prediction", show_default=True,
+              help="Comma-separated measure names, spaces (input, parameter, prediction) or 'all'.")
+@click.option("--label", type=OPT_STR, default=None, help="Model name in results.csv [default: the run's name].")
+@click.option("--device", default="auto", show_default=True)
+@experiment_option
+def evaluate(model_run: str, measures: str, label: str | None, device: str, experiment_name: str | None) -> None:
+    """Measure a train or fuse run's model in a new evaluate run; print its run ID."""
+    cfg = EvalConfig(model_run=model_run.strip(), measures=measures, device=device, label=label)
+    tracking.configure_tracking(experiment_name)
+    click.echo(run_evaluate(cfg))
+
+
+@click.command()
+@model_options
+@data_options
+@recipe_options
+@fusion_options
+@click.option("--seeds", default="1", show_default=True, help="A count (2 = seeds 1,2) or a list (1,2,5).")
+@click.option("--measures", default="prediction", show_default=True)
+@experiment_option
+def study(seeds: str, measures: str, experiment_name: str | None, **kw) -> None:
+    """Train, fuse and evaluate per seed, as nested runs of one study run; print its ID."""
+    fuse_options = _fuse_options(kw)
+    cfg = StudyConfig(train=_train_config(kw), seeds=_parse_seeds(seeds), measures=measures, fuse_options=fuse_options)
+    tracking.configure_tracking(experiment_name)
+    click.echo(run_study(cfg))
+
+
+@click.command()
+@click.option("--port", type=click.INT, default=5000, show_default=True)
+def ui(port: int) -> None:
+    """Start the MLflow UI on the store ofexp uses and print the URL to open."""
+    uri = tracking.tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        click.echo(f"ofexp logs to a tracking server; open {uri}")
+        return
+    mlflow_bin = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
+    click.echo(f"MLflow UI for {uri}: open http://127.0.0.1:{port}", err=True)
+    sys.exit(subprocess.call([mlflow_bin, "ui", "--backend-store-uri", uri, "--port", str(port)]))
+
+
+def _parse_seeds(text: str) -> tuple[int, ...]:
+    text = text.strip()
+    if "," not in text:
+        count = _int(text, "--seeds")
+        if count < 1:
+            raise ConfigError(f"--seeds must be ≥ 1, got {count}; pass a count like 2 or a list like 1,2,5")
+        return tuple(range(1, count + 1))
+    return tuple(_int(part, "--seeds") for part in text.split(",") if part.strip())
+
+
+def _int(text: str, option: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{option} expects integers, got {text!r}") from None
+
+
+def _float_list(text: str, option: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{option} expects comma-separated numbers, got {text!r}") from None

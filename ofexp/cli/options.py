@@ -1,0 +1,111 @@
+"""Click options shared by several commands, and parameter types for MLproject use.
+
+MLproject parameters carry the options' names with '_' for '-'. An MLproject
+cannot pass a bare flag, so every on/off flag also takes a hidden value form
+(`--bias-value true`), and optional numbers accept '' for "not given".
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import click
+
+from ofexp.data import DATASETS
+from ofexp.models import ARCHITECTURES
+from ofexp.training import RECIPES
+
+
+class _Optional(click.ParamType):
+    """A number that may be left empty ('' means: take the recipe's value)."""
+
+    def __init__(self, inner: click.ParamType) -> None:
+        self.inner = inner
+        self.name = f"{inner.name} or ''"
+
+    def convert(self, value, param, ctx):
+        if value is None or (isinstance(value, str) and value.strip() == ""):
+            return None
+        return self.inner.convert(value, param, ctx)
+
+
+OPT_INT = _Optional(click.INT)
+OPT_FLOAT = _Optional(click.FLOAT)
+OPT_STR = _Optional(click.STRING)
+
+
+_FLAG_DEFAULTS: dict[str, bool] = {}
+
+
+def flag(name: str, help: str, default: bool = False) -> Callable:
+    """`--name/--no-name`, plus a hidden `--name-value BOOL` for MLproject commands."""
+    dest = name.replace("-", "_")
+    _FLAG_DEFAULTS[dest] = default
+
+    def decorate(f: Callable) -> Callable:
+        f = click.option(f"--{name}-value", f"{dest}_value", type=click.BOOL, default=None, hidden=True)(f)
+        return click.option(f"--{name}/--no-{name}", dest, default=None,
+                            help=f"{help} [default: {'on' if default else 'off'}]")(f)
+
+    return decorate
+
+
+def pop_flag(kwargs: dict, dest: str) -> bool:
+    """Remove both forms of a flag from a command's kwargs and return its value."""
+    given, value_form = kwargs.pop(dest), kwargs.pop(f"{dest}_value")
+    if given is not None:
+        return given
+    return _FLAG_DEFAULTS[dest] if value_form is None else value_form
+
+
+def data_options(f: Callable) -> Callable:
+    options = [
+        click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True,
+                     help="Data set; digits ships with scikit-learn, cifar10/100 download to --data-dir."),
+        click.option("--data-dir", type=OPT_STR, default=None,
+                     help="Folder of the data (cifar: default ./data; imagefolder: required)."),
+        click.option("--val-fraction", type=click.FLOAT, default=0.1, show_default=True,
+                     help="Share of the training data held out to pick the best checkpoint."),
+        click.option("--split-seed", type=click.INT, default=0, show_default=True,
+                     help="Seed of the train/validation split (shared by all parents)."),
+        click.option("--image-size", type=click.INT, default=32, show_default=True,
+                     help="Side length that digits and imagefolder images are resized to."),
+        flag("download", "Download CIFAR when it is missing.", default=True),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def model_options(f: Callable) -> Callable:
+    options = [
+        click.option("--model", type=click.Choice(ARCHITECTURES), default="mlp", show_default=True),
+        click.option("--width", type=click.FLOAT, default=1.0, show_default=True, help="Channel width multiplier."),
+        flag("bias", "Biases in every conv and linear layer."),
+        flag("batchnorm", "Batch-norm after every conv (or hidden linear) layer."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def recipe_options(f: Callable) -> Callable:
+    options = [
+        click.option("--recipe", type=click.Choice(sorted(RECIPES)), default="default", show_default=True,
+                     help="Training preset; 'report' is the original study's CIFAR recipe."),
+        click.option("--epochs", type=OPT_INT, default=None, help="Override the recipe's epoch count."),
+        click.option("--batch-size", type=OPT_INT, default=None, help="Override the recipe's batch size."),
+        click.option("--lr", type=OPT_FLOAT, default=None, help="Override the recipe's learning rate."),
+        click.option("--init", type=OPT_STR, default=None, help="Override the recipe's init: default or kaiming."),
+        click.option("--warmup-epochs", type=OPT_FLOAT, default=None, help="Override the recipe's linear warm-up."),
+        click.option("--grad-clip", type=OPT_FLOAT, default=None, help="Override the recipe's grad-norm clip (0 = off)."),
+        click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto."),
+        flag("log-model", "Also log the final network as an MLflow model.", default=True),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def experiment_option(f: Callable) -> Callable:
+    return click.option("--experiment-name", type=OPT_STR, default=None,
+                        help="MLflow experiment [default: $MLFLOW_EXPERIMENT_NAME or 'ofexp'].")(f)

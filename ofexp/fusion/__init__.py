@@ -1,0 +1,21 @@
+"""Model fusion: naive averaging and geometric (optimal-transport) alignment, DESIGN section 4."""
+
+from ofexp.fusion.batchnorm import recompute_batchnorm_stats
+from ofexp.fusion.geometric import ALIGNMENTS, GeometricFusion, geometric_fuse
+from ofexp.fusion.groups import AlignmentSpec, alignment_spec, check_covers, permute_model
+from ofexp.fusion.naive import naive_fuse
+from ofexp.fusion.transport import SOLVERS, solve_transport
+
+__all__ = [
+    "ALIGNMENTS",
+    "SOLVERS",
+    "AlignmentSpec",
+    "GeometricFusion",
+    "alignment_spec",
+    "check_covers",
+    "geometric_fuse",
+    "naive_fuse",
+    "permute_model",
+    "recompute_batchnorm_stats",
+    "solve_transport",
+]

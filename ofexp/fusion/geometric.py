@@ -1,0 +1,267 @@
+"""Geometric (OT) fusion, Singh & Jaggi 2020: align every parent's neurons to a target's, then average."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ofexp.errors import ConfigError
+from ofexp.fusion.groups import AlignmentSpec, alignment_spec, apply_plan, check_covers
+from ofexp.fusion.naive import average_states, fusion_weights, parent_specs
+from ofexp.fusion.transport import SOLVERS, solve_transport
+from ofexp.models import build_model
+
+ALIGNMENTS = ("weights", "activations")
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass
+class GeometricFusion:
+    """Result of ``geometric_fuse``.
+
+    Attributes
+    ----------
+    model : nn.Module
+        The fused network, built with the target's spec.
+    plans : dict[str, list[torch.Tensor]]
+        Group -> per non-target parent (in input order), the rescaled map A
+        [n_parent, n_target] whose columns sum to 1; a 0/1 matrix when the plan
+        is a permutation.
+    costs : dict[str, float]
+        Group -> OT cost <T, M> of the unscaled plans, summed over non-target parents.
+    seconds : float
+        Wall-clock time of the fusion.
+    """
+
+    model: nn.Module
+    plans: dict[str, list[torch.Tensor]]
+    costs: dict[str, float]
+    seconds: float
+
+
+def _cost_tensors(state: State, spec: AlignmentSpec, group: str, solved: set[str]) -> list[str]:
+    """Writers of ``group`` usable for its weight cost: conv / linear weights (and their
+    biases) whose other grouped axes are already aligned, so that rows are comparable."""
+    keys = []
+    writers = spec.writers[group]
+    for key in writers:
+        if state[key].ndim < 2 or not key.endswith(".weight"):
+            continue  # batch-norm vectors and biases ride along with their layer's weight
+        if all(g is None or g in solved for g in spec.axes[key][1:]):
+            keys.append(key)
+            bias = key[: -len("weight")] + "bias"
+            if bias in writers:
+                keys.append(bias)
+    return keys
+
+
+def _unit_rows(state: State, keys: list[str]) -> torch.Tensor:
+    rows = torch.cat([state[k].detach().reshape(state[k].shape[0], -1) for k in keys], dim=1)  # [n, d]
+    rows = rows.to("cpu", torch.float64)
+    return rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)  # zero rows stay zero
+
+
+def weight_cost(
+    p_state: State, t_state: State, spec: AlignmentSpec, group: str, solved: set[str]
+) -> np.ndarray:
+    r"""Ground cost between the parent's and the target's neurons of ``group`` from their weights.
+
+    :math:`M_{ij} = \| \hat w^P_i - \hat w^T_j \|_2` with :math:`\hat w = w / \|w\|_2`,
+    where :math:`w_i` concatenates neuron i's flattened incoming weights (and bias)
+    over every usable writer of the group (see ``_cost_tensors``).
+
+    Returns
+    -------
+    np.ndarray, shape [n_parent, n_target]
+    """
+    keys = _cost_tensors(p_state, spec, group, solved)
+    if not keys:
+        raise ValueError(
+            f"group {group!r} has no conv/linear writer whose inputs are aligned before it; "
+            "order the alignment spec so that such a writer comes first"
+        )
+    p, t = _unit_rows(p_state, keys), _unit_rows(t_state, keys)  # [n_p, d], [n_t, d]
+    return torch.cdist(p, t).cpu().numpy()
+
+
+def _probe_features(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per group, the activations of its neurons on batch ``x``: [n, B * spatial * n_probes]."""
+    modules = dict(model.named_modules())
+    outs: dict[str, torch.Tensor] = {}
+    hooks = [
+        modules[name].register_forward_hook(lambda m, i, o, name=name: outs.__setitem__(name, o))
+        for names in spec.probes.values()
+        for name in names
+    ]
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    feats = {}
+    for g, names in spec.probes.items():
+        # [B, n, ...] -> [n, B * ...]: one row of samples per neuron
+        parts = [outs[n].transpose(0, 1).reshape(outs[n].shape[1], -1) for n in names]
+        feats[g] = torch.cat(parts, dim=1).to(torch.float64)
+    return feats
+
+
+@torch.no_grad()
+def activation_costs(
+    parent: nn.Module, target: nn.Module, spec: AlignmentSpec, inputs: torch.Tensor, batch_size: int = 128
+) -> dict[str, np.ndarray]:
+    r"""Ground costs of every group from activations: :math:`M_{ij} = \| a^P_i - a^T_j \|_2`.
+
+    :math:`a_i` stacks neuron i's values over all of ``inputs`` (and spatial
+    positions) at the group's probes: pre-activations (after batch-norm, before
+    ReLU); for a residual stream, every term written into it (stem, each block's
+    conv2 branch, the shortcut conv). Squared distances are
+    accumulated batch by batch, so memory does not grow with the sample count.
+    Both models run in eval mode; their modes are restored afterwards.
+
+    Returns
+    -------
+    dict[str, np.ndarray]
+        Group -> cost of shape [n_parent, n_target].
+    """
+    modes = [(m, m.training) for net in (parent, target) for m in net.modules()]
+    parent.eval()
+    target.eval()
+    device = next(parent.parameters()).device
+    sq: dict[str, torch.Tensor] = {}
+    try:
+        for x in torch.split(inputs, batch_size):
+            fp = _probe_features(parent, spec, x.to(device))
+            ft = _probe_features(target, spec, x.to(next(target.parameters()).device))
+            for g in spec.groups:
+                d2 = torch.cdist(fp[g], ft[g].to(device)) ** 2  # [n_p, n_t]
+                sq[g] = sq[g] + d2 if g in sq else d2
+    finally:
+        for m, training in modes:
+            m.train(training)
+    return {g: sq[g].sqrt().cpu().numpy() for g in spec.groups}
+
+
+def align_to_target(
+    p_state: State, t_state: State, spec: AlignmentSpec, solver: str, reg: float,
+    act_costs: dict[str, np.ndarray] | None = None,
+) -> tuple[State, dict[str, torch.Tensor], dict[str, float]]:
+    """Map a parent's state onto the target's neurons, group by group in forward order.
+
+    Returns the aligned state (target-shaped), the rescaled map A [n_p, n_t] and
+    the OT cost <T, M> of every group. ``act_costs`` replaces the weight cost.
+    """
+    state = dict(p_state)  # tensors are replaced, never written in place
+    solved: set[str] = set()
+    plans, costs = {}, {}
+    for g in spec.groups:
+        # Earlier groups are already mapped in ``state`` (the past correction).
+        cost = act_costs[g] if act_costs is not None else weight_cost(state, t_state, spec, g, solved)
+        plan = solve_transport(cost, solver=solver, reg=reg)  # [n_p, n_t]
+        costs[g] = float((plan * cost).sum())
+        a = plan / np.maximum(plan.sum(axis=0, keepdims=True), 1e-300)  # columns sum to 1
+        plans[g] = torch.from_numpy(a)
+        apply_plan(state, spec, g, plans[g])
+        solved.add(g)
+    return state, plans, costs
+
+
+def _check_options(k: int, target: int, solver: str, alignment: str, inputs: torch.Tensor | None) -> int:
+    if isinstance(target, bool) or not isinstance(target, int) or not -k <= target < k:
+        raise ConfigError(
+            f"target={target!r} is not a model index for {k} models; use an int in [{-k}, {k - 1}]"
+        )
+    if solver not in SOLVERS:
+        raise ConfigError(f"unknown OT solver {solver!r}; use one of {', '.join(SOLVERS)}")
+    if alignment not in ALIGNMENTS:
+        raise ConfigError(f"unknown alignment {alignment!r}; use one of {', '.join(ALIGNMENTS)}")
+    if alignment == "activations" and not (isinstance(inputs, torch.Tensor) and len(inputs) > 0):
+        raise ConfigError("alignment='activations' needs inputs=<tensor [N, C, H, W] of training samples>")
+    return target % k
+
+
+def geometric_fuse(
+    models: Sequence[nn.Module],
+    *,
+    weights: Sequence[float] | None = None,
+    target: int = -1,
+    solver: str = "exact",
+    reg: float = 0.01,
+    alignment: str = "weights",
+    inputs: torch.Tensor | None = None,
+) -> GeometricFusion:
+    r"""Fuse k >= 2 networks by aligning each one's neurons to a target's with OT, then averaging.
+
+    For every group g (``alignment_spec``) in forward order and every non-target
+    parent P, with all earlier groups of P already mapped onto the target:
+
+    1. cost :math:`M \in \mathbb{R}^{n_P \times n_T}`: weight-based (``weight_cost``,
+       unit-normalised incoming weights, Euclidean distance) or activation-based
+       (``activation_costs`` over ``inputs``);
+    2. plan :math:`T` = ``solve_transport(M)`` with uniform marginals;
+    3. :math:`A = T \, \mathrm{diag}(1 / T^\top 1)` so each target neuron's
+       coefficients sum to 1, applied to every axis of g in every tensor of P
+       (weights, biases, batch-norm parameters and statistics):
+       :math:`W'[\dots, j, \dots] = \sum_i A_{ij} W[\dots, i, \dots]`.
+
+    Then :math:`\theta = \sum_k w_k \theta'_k`. Parents may differ in width: they
+    are mapped onto the target's width (A is then not square).
+
+    **ResNet circularity.** A residual stream's writers include the conv2 of its
+    blocks, whose inputs are inner groups that read the stream itself. Weight
+    mode breaks the cycle by using only the writers whose other grouped axes are
+    already aligned: the stem for stage 0's stream, and the first block's
+    shortcut and conv2 for later stages. There is no coordinate-descent refinement.
+
+    Batch-norm running statistics of the result are only averaged; recompute
+    them with ``recompute_batchnorm_stats`` before use.
+
+    Parameters
+    ----------
+    models : sequence of k >= 2 nn.Module
+        Networks from ``build_model``, same spec up to ``width``.
+    weights : sequence of k non-negative floats, optional
+        Averaging weights, normalised; equal by default.
+    target : int
+        Index of the parent whose neurons (and width) the others are mapped onto.
+    solver, reg : str, float
+        See ``solve_transport``.
+    alignment : str
+        ``"weights"`` or ``"activations"`` (needs ``inputs``).
+    inputs : torch.Tensor, shape [N, C, H, W], optional
+        Training samples for ``alignment="activations"``.
+
+    Returns
+    -------
+    GeometricFusion
+    """
+    start = time.perf_counter()
+    specs = parent_specs(models, allow_width=True)
+    k = len(specs)
+    w = fusion_weights(weights, k)
+    t = _check_options(k, target, solver, alignment, inputs)
+    spec = alignment_spec(specs[t])
+    device = next(models[t].parameters()).device
+    states = [{key: v.to(device) for key, v in m.state_dict().items()} for m in models]
+    for s in states:
+        check_covers(spec, s)
+    aligned = {t: states[t]}
+    plans: dict[str, list[torch.Tensor]] = {g: [] for g in spec.groups}
+    costs = {g: 0.0 for g in spec.groups}
+    for i in (i for i in range(k) if i != t):
+        act = activation_costs(models[i], models[t], spec, inputs) if alignment == "activations" else None
+        aligned[i], p_plans, p_costs = align_to_target(states[i], states[t], spec, solver, reg, act)
+        for g in spec.groups:
+            plans[g].append(p_plans[g])
+            costs[g] += p_costs[g]
+    # The target goes first so that integer buffers (num_batches_tracked) come from it.
+    order = [t] + [i for i in range(k) if i != t]
+    fused = build_model(specs[t]).to(device)
+    fused.load_state_dict(average_states([aligned[i] for i in order], [w[i] for i in order]))
+    return GeometricFusion(fused, plans, costs, time.perf_counter() - start)

@@ -1,0 +1,251 @@
+"""Alignment groups as data: which axes of which tensors must be permuted together.
+
+An ``AlignmentSpec`` maps each state-dict key to the group of each of its axes
+(``None`` for an axis that is never permuted, ``()`` for scalars). Two networks
+that differ by a relabelling of the neurons of every group compute the same
+function; fusion searches for that relabelling (or a soft version of it).
+
+A group's *writers* are the tensors whose axis 0 is the group (they produce its
+neurons: conv / linear weight and bias, batch-norm parameters and buffers); its
+*readers* carry the group on another axis (the next layer's input axis).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ofexp.models import ModelSpec
+from ofexp.models import mlp, resnet, vgg
+
+Axes = tuple[str | None, ...]
+
+
+@dataclass(frozen=True)
+class AlignmentSpec:
+    """Group of every axis of every tensor of a network.
+
+    Attributes
+    ----------
+    axes : dict[str, tuple[str | None, ...]]
+        State-dict key -> group name per axis, in forward (state-dict) order.
+    probes : dict[str, tuple[str, ...]]
+        Group -> names of the modules whose outputs hold the group's neurons on
+        axis 1; activation-based alignment reads them. May be empty.
+    groups : tuple[str, ...]
+        Derived: group names in order of first appearance, i.e. forward order.
+    writers, readers : dict[str, tuple[str, ...]]
+        Derived: per group, the keys with the group on axis 0 / on another axis.
+    """
+
+    axes: dict[str, Axes]
+    probes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    groups: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    writers: dict[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
+    readers: dict[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        writers: dict[str, list[str]] = {}
+        readers: dict[str, list[str]] = {}
+        for key, axes in self.axes.items():
+            for i, g in enumerate(axes):
+                if g is None:
+                    continue
+                writers.setdefault(g, [])
+                readers.setdefault(g, [])
+                bucket = writers[g] if i == 0 else readers[g]
+                if key not in bucket:
+                    bucket.append(key)
+        for g, w in writers.items():
+            if not w:
+                raise ValueError(
+                    f"alignment spec: group {g!r} is read by {readers[g][0]!r} but written by no tensor; "
+                    "give every group a writer (a tensor with the group on axis 0)"
+                )
+        object.__setattr__(self, "groups", tuple(writers))
+        object.__setattr__(self, "writers", {g: tuple(v) for g, v in writers.items()})
+        object.__setattr__(self, "readers", {g: tuple(v) for g, v in readers.items()})
+
+
+def _layer_axes(name: str, out: str | None, inp: str | None, conv: bool, bias: bool) -> dict[str, Axes]:
+    spatial = (None, None) if conv else ()  # a conv weight is [n_out, n_in, kh, kw]
+    axes: dict[str, Axes] = {f"{name}.weight": (out, inp, *spatial)}
+    if bias:
+        axes[f"{name}.bias"] = (out,)
+    return axes
+
+
+def _bn_axes(name: str, group: str) -> dict[str, Axes]:
+    stats = ("weight", "bias", "running_mean", "running_var")
+    axes: dict[str, Axes] = {f"{name}.{k}": (group,) for k in stats}
+    axes[f"{name}.num_batches_tracked"] = ()
+    return axes
+
+
+def _chain_spec(plan: list[tuple[str, int]], bias: bool) -> AlignmentSpec:
+    """MLP / VGG: each hidden layer's outputs are a group, read by the next layer."""
+    axes: dict[str, Axes] = {}
+    probes: dict[str, tuple[str, ...]] = {}
+    prev: str | None = None  # the network input is never permuted
+    for i, (kind, _) in enumerate(plan):
+        name = f"features.{i}"
+        if kind in ("linear", "conv"):
+            axes.update(_layer_axes(name, name, prev, kind == "conv", bias))
+            prev = name
+            probes[name] = (name,)
+        elif kind == "bn":
+            axes.update(_bn_axes(name, prev))
+            probes[prev] = (name,)  # pre-activation = after BN, before ReLU
+    axes.update(_layer_axes("classifier", None, prev, False, bias))
+    return AlignmentSpec(axes, probes)
+
+
+def _resnet_spec(spec: ModelSpec) -> AlignmentSpec:
+    """ResNet18: one group per stage's residual stream, one per block's inner channels."""
+    bias, bn = spec.bias, spec.batchnorm
+    stream = "layers.0.stream"  # the stem writes stage 0's stream
+    axes = _layer_axes("conv1", stream, None, True, bias)
+    axes.update(_bn_axes("bn1", stream) if bn else {})
+    probes: dict[str, list[str]] = {stream: ["bn1" if bn else "conv1"]}
+    for p in resnet.block_plan(spec):
+        prefix = f"layers.{p.stage}.{p.index}"
+        inner, out = f"{prefix}.inner", f"layers.{p.stage}.stream"
+        if not p.shortcut and out != stream:
+            raise AssertionError(f"identity shortcut across streams in {prefix}")  # block_plan bug
+        axes.update(_layer_axes(f"{prefix}.conv1", inner, stream, True, bias))
+        axes.update(_bn_axes(f"{prefix}.bn1", inner) if bn else {})
+        axes.update(_layer_axes(f"{prefix}.conv2", out, inner, True, bias))
+        axes.update(_bn_axes(f"{prefix}.bn2", out) if bn else {})
+        if p.shortcut:
+            axes.update(_layer_axes(f"{prefix}.shortcut.0", out, stream, True, bias))
+            axes.update(_bn_axes(f"{prefix}.shortcut.1", out) if bn else {})
+        probes[inner] = [f"{prefix}.bn1" if bn else f"{prefix}.conv1"]
+        # The stream's pre-activation is bn2(conv2) + shortcut; probe its terms, since
+        # post-ReLU block outputs have dead channels that tie in the cost.
+        probes.setdefault(out, []).append(f"{prefix}.bn2" if bn else f"{prefix}.conv2")
+        if p.shortcut:
+            probes[out].append(f"{prefix}.shortcut.{1 if bn else 0}")
+        stream = out
+    axes.update(_layer_axes("classifier", None, stream, False, bias))
+    return AlignmentSpec(axes, {g: tuple(v) for g, v in probes.items()})
+
+
+def alignment_spec(spec: ModelSpec) -> AlignmentSpec:
+    """The alignment groups of the network that ``build_model(spec)`` builds.
+
+    Classifier outputs are never permuted; nor is the network input.
+    """
+    if spec.arch == "mlp":
+        return _chain_spec(mlp.layer_plan(spec), spec.bias)
+    if spec.arch == "vgg11":
+        return _chain_spec(vgg.layer_plan(spec), spec.bias)
+    return _resnet_spec(spec)
+
+
+def check_covers(spec: AlignmentSpec, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Raise ValueError unless ``spec`` describes exactly the tensors of ``state_dict``.
+
+    Checks: the same keys on both sides, one group entry per tensor axis, and
+    one size for all axes of a group.
+    """
+    problems = [f"{k!r} is not in the spec" for k in state_dict if k not in spec.axes]
+    problems += [f"{k!r} is in the spec but not in the state dict" for k in spec.axes if k not in state_dict]
+    sizes: dict[str, tuple[str, int]] = {}
+    for key, axes in spec.axes.items():
+        if key not in state_dict:
+            continue
+        shape = tuple(state_dict[key].shape)
+        if len(axes) != len(shape):
+            problems.append(f"{key!r} has {len(shape)} axes but the spec names {len(axes)}")
+            continue
+        for g, n in zip(axes, shape):
+            if g is None:
+                continue
+            first = sizes.setdefault(g, (key, n))
+            if first[1] != n:
+                problems.append(f"group {g!r} has size {first[1]} in {first[0]!r} but {n} in {key!r}")
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ValueError(
+            "alignment spec does not match the state dict: " + "; ".join(problems[:5]) + more
+            + "; fix alignment_spec() for this architecture"
+        )
+
+
+def group_sizes(spec: AlignmentSpec, state_dict: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """Number of neurons of each group in ``state_dict``, in forward order."""
+    key = {g: spec.writers[g][0] for g in spec.groups}
+    return {g: int(state_dict[key[g]].shape[0]) for g in spec.groups}
+
+
+def map_axis(t: torch.Tensor, axis: int, plan: torch.Tensor) -> torch.Tensor:
+    """``t'[..., j, ...] = sum_i plan[i, j] t[..., i, ...]`` along ``axis``.
+
+    Parameters
+    ----------
+    t : torch.Tensor
+        Any tensor with ``t.shape[axis] == n``.
+    axis : int
+        The axis to map.
+    plan : torch.Tensor, shape [n, m]
+        Column j holds the coefficients of the old neurons that make new neuron j.
+
+    Returns
+    -------
+    torch.Tensor
+        ``t`` with ``axis`` resized to m.
+    """
+    if t.shape[axis] != plan.shape[0]:
+        raise ValueError(
+            f"map_axis: axis {axis} of a {tuple(t.shape)} tensor does not match a {tuple(plan.shape)} plan"
+        )
+    moved = torch.movedim(t, axis, -1)  # [..., n]
+    return torch.movedim(moved @ plan.to(t.device, t.dtype), -1, axis)  # [..., m] -> back in place
+
+
+def apply_plan(state: dict[str, torch.Tensor], spec: AlignmentSpec, group: str, plan: torch.Tensor) -> None:
+    """Map every axis of ``group`` in every tensor of ``state`` with ``plan`` [n, m], in place.
+
+    The same operation serves out-axes (writers) and in-axes (readers): neuron j
+    of the result is ``sum_i plan[i, j]`` times neuron i wherever it appears.
+    """
+    for key in spec.writers[group] + spec.readers[group]:
+        t = state[key]
+        for axis, g in enumerate(spec.axes[key]):
+            if g == group:
+                t = map_axis(t, axis, plan)
+        state[key] = t
+
+
+def permutation_plan(perm: torch.Tensor) -> torch.Tensor:
+    """0/1 matrix P [n, n] with ``P[perm[j], j] = 1``: new neuron j is old neuron perm[j]."""
+    n = perm.numel()
+    return torch.eye(n)[:, perm]  # [n, n]
+
+
+def permute_model(model: nn.Module, perms: Mapping[str, Sequence[int] | torch.Tensor]) -> nn.Module:
+    """A copy of ``model`` whose neuron j of each group g is the old neuron ``perms[g][j]``.
+
+    The copy computes the same function as ``model`` (eval mode): this is the
+    symmetry that fusion undoes. Groups not in ``perms`` are left as they are.
+    """
+    spec = alignment_spec(model.spec)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    check_covers(spec, state)
+    sizes = group_sizes(spec, state)
+    for g, perm in perms.items():
+        if g not in sizes:
+            raise ValueError(f"permute_model: unknown group {g!r}; valid groups are {', '.join(sizes)}")
+        perm = torch.as_tensor(perm, dtype=torch.long)
+        if not torch.equal(torch.sort(perm).values, torch.arange(sizes[g])):
+            raise ValueError(
+                f"permute_model: perms[{g!r}] is not a permutation of 0..{sizes[g] - 1}; pass one"
+            )
+        apply_plan(state, spec, g, permutation_plan(perm))
+    out = copy.deepcopy(model)
+    out.load_state_dict(state)
+    return out

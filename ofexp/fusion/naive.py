@@ -1,0 +1,92 @@
+"""Naive fusion (weighted parameter averaging) and the parent checks fusion methods share."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ofexp.errors import ConfigError, IncompatibleModelsError
+from ofexp.models import ModelSpec, build_model
+
+# Fields that must agree for any fusion; width may differ only for geometric fusion.
+_SHARED_FIELDS = ("arch", "num_classes", "in_channels", "input_size", "bias", "batchnorm")
+
+
+def parent_specs(models: Sequence[nn.Module], *, allow_width: bool) -> list[ModelSpec]:
+    """Specs of ``models``, after checking that there are >= 2 and they can be fused.
+
+    ``allow_width`` lets the width differ (geometric fusion maps onto the
+    target's width); every other spec field must match the first model's.
+    """
+    models = list(models)
+    if len(models) < 2:
+        raise ConfigError(f"fusion needs at least 2 models, got {len(models)}; pass two or more parents")
+    specs = []
+    for i, m in enumerate(models):
+        spec = getattr(m, "spec", None)
+        if not isinstance(spec, ModelSpec):
+            raise ConfigError(f"model {i} has no ModelSpec in .spec; build it with ofexp.models.build_model")
+        specs.append(spec)
+    fields = _SHARED_FIELDS if allow_width else _SHARED_FIELDS + ("width",)
+    for i, spec in enumerate(specs[1:], start=1):
+        for f in fields:
+            a, b = getattr(specs[0], f), getattr(spec, f)
+            if a != b:
+                raise IncompatibleModelsError(
+                    f"cannot fuse: model 0 has {f}={a!r} but model {i} has {f}={b!r}; fuse models of one spec"
+                )
+    return specs
+
+
+def fusion_weights(weights: Sequence[float] | None, k: int) -> list[float]:
+    """``weights`` normalised to sum to 1 (equal weights when None); checks length and signs."""
+    if weights is None:
+        return [1.0 / k] * k
+    weights = [float(w) for w in weights]
+    if len(weights) != k:
+        raise ConfigError(f"weights has {len(weights)} entries for {k} models; give one weight per model")
+    if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError(f"weights={weights} must be non-negative and sum to > 0; e.g. use equal weights")
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def average_states(
+    states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]
+) -> dict[str, torch.Tensor]:
+    """``sum_k w_k state_k`` for float tensors; other tensors (counters) from ``states[0]``."""
+    out = {}
+    for key, first in states[0].items():
+        if first.is_floating_point():
+            out[key] = sum(w * s[key].detach().to(first.device) for w, s in zip(weights, states))
+        else:
+            out[key] = first.detach().clone()
+    return out
+
+
+def naive_fuse(models: Sequence[nn.Module], weights: Sequence[float] | None = None) -> nn.Module:
+    r"""Weighted average of the parameters and buffers of same-spec models.
+
+    .. math:: \theta_{fused} = \sum_k w_k \theta_k, \qquad \sum_k w_k = 1
+
+    Parameters
+    ----------
+    models : sequence of k >= 2 nn.Module
+        Networks built by ``build_model`` with one and the same spec.
+    weights : sequence of k non-negative floats, optional
+        Mixing weights, normalised to sum to 1; equal by default.
+
+    Returns
+    -------
+    nn.Module
+        A new network built from ``models[0].spec``; integer buffers
+        (``num_batches_tracked``) are copied from ``models[0]``.
+    """
+    specs = parent_specs(models, allow_width=False)
+    w = fusion_weights(weights, len(specs))
+    fused = build_model(specs[0]).to(next(models[0].parameters()).device)
+    fused.load_state_dict(average_states([m.state_dict() for m in models], w))
+    return fused

@@ -1,0 +1,92 @@
+"""Optimal-transport plans between two sets of neurons, with uniform marginals."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import ot
+
+from ofexp.errors import ConfigError
+
+SOLVERS = ("exact", "sinkhorn")
+
+# EMD on a few hundred neurons needs more pivots than POT's default 1e5 allows;
+# hitting the cap silently returns a suboptimal plan.
+_EMD_MAX_ITER = 10_000_000
+_SINKHORN_MAX_ITER = 10_000
+_MARGINAL_TOL = 1e-6  # relative to the marginal mass 1/n
+
+
+def _check_cost(cost: np.ndarray) -> np.ndarray:
+    cost = np.asarray(cost, dtype=np.float64)
+    if cost.ndim != 2 or 0 in cost.shape:
+        raise ValueError(f"solve_transport: cost must be a non-empty 2-D array, got shape {cost.shape}")
+    if not np.isfinite(cost).all():
+        raise ValueError("solve_transport: cost has NaN or inf entries; check the weights being aligned")
+    return cost
+
+
+def _sinkhorn(a: np.ndarray, b: np.ndarray, cost: np.ndarray, reg: float) -> np.ndarray:
+    with warnings.catch_warnings():
+        # POT's own warning names no fix; we check the result and warn below instead.
+        warnings.simplefilter("ignore")
+        plan = ot.sinkhorn(a, b, cost, reg, numItermax=_SINKHORN_MAX_ITER)
+        if not np.isfinite(plan).all():
+            warnings.warn(
+                f"sinkhorn with reg={reg} under/overflowed (NaN plan); retried in the log domain. "
+                "Raise reg (e.g. 0.05) for a faster, stable solve",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            plan = ot.sinkhorn(a, b, cost, reg, method="sinkhorn_log", numItermax=_SINKHORN_MAX_ITER)
+    if not np.isfinite(plan).all():
+        raise ValueError(f"solve_transport: sinkhorn with reg={reg} gave a NaN plan; raise reg (e.g. 0.05)")
+    err = max(np.abs(plan.sum(1) - a).max() * len(a), np.abs(plan.sum(0) - b).max() * len(b))
+    if err > 1e-3:
+        warnings.warn(
+            f"sinkhorn with reg={reg} did not converge in {_SINKHORN_MAX_ITER} iterations "
+            f"(marginal error {err:.1e}); raise reg (e.g. 0.05) or use solver='exact'",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return plan
+
+
+def solve_transport(cost: np.ndarray, solver: str = "exact", reg: float = 0.01) -> np.ndarray:
+    r"""Transport plan between n source and m target neurons with uniform marginals.
+
+    Solves
+
+    .. math::
+        T^* = \arg\min_{T \ge 0} \langle T, M \rangle
+        \quad \text{s.t.} \quad T 1_m = 1_n / n, \quad T^\top 1_n = 1_m / m
+
+    exactly (network simplex, ``ot.emd``) or with an entropic regulariser
+    :math:`- \mathrm{reg} \cdot H(T)` (Sinkhorn, ``ot.sinkhorn``). With n = m the
+    exact plan is a permutation matrix divided by n.
+
+    Parameters
+    ----------
+    cost : np.ndarray, shape [n, m]
+        Ground cost M between source neuron i and target neuron j.
+    solver : str
+        ``"exact"`` or ``"sinkhorn"``.
+    reg : float
+        Entropic regularisation strength, for ``"sinkhorn"`` only; > 0.
+
+    Returns
+    -------
+    np.ndarray, shape [n, m], float64
+        The plan T; each row sums to 1/n and each column to 1/m.
+    """
+    if solver not in SOLVERS:
+        raise ConfigError(f"unknown OT solver {solver!r}; use one of {', '.join(SOLVERS)}")
+    cost = _check_cost(cost)
+    n, m = cost.shape
+    a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
+    if solver == "exact":
+        return ot.emd(a, b, cost, numItermax=_EMD_MAX_ITER)
+    if not (isinstance(reg, (int, float)) and reg > 0 and np.isfinite(reg)):
+        raise ConfigError(f"sinkhorn reg={reg!r} must be a positive number; use e.g. 0.01 or 0.05")
+    return _sinkhorn(a, b, cost, float(reg))

@@ -1,0 +1,197 @@
+"""Weights, specs and models as run artifacts, fetched back by run ID.
+
+Weights are state dicts saved with `torch.save` and read with
+`torch.load(weights_only=True)`: loading an artifact never runs pickled code.
+"""
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import mlflow
+import torch
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from torch import nn
+
+from ofexp.data import DataConfig
+from ofexp.errors import ArtifactError, RunLookupError
+from ofexp.models import ModelSpec, build_model
+from ofexp.tracking.runs import TAG_STAGE, tracking_uri
+
+SPEC_FILE = "spec.json"
+WEIGHTS_DIR = "weights"
+CHECKPOINT_FILE = "checkpoint/last.pt"
+MODEL_STAGES = ("train", "fuse")
+# The weights a model run stands for: a train run's final weights, a fuse run's fused ones.
+DEFAULT_WEIGHTS = {"train": "final", "fuse": "fused"}
+_RUN_ID = re.compile(r"^[0-9a-zA-Z][\w-]{0,255}$")
+
+
+def get_run_checked(run_id: str, stages: tuple[str, ...] | None = None) -> Run:
+    """Fetch a run by ID; refuse malformed, unknown, deleted or wrong-stage runs."""
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        raise RunLookupError(f"{run_id!r} is not a run ID; copy the 32-character ID from the MLflow UI or an ofexp command's output")
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except MlflowException as exc:
+        if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
+            raise RunLookupError(f"run {run_id} does not exist on {tracking_uri()}; check the ID and MLFLOW_TRACKING_URI") from exc
+        raise RunLookupError(f"cannot read run {run_id} from {tracking_uri()}: {str(exc).splitlines()[0]}") from exc
+    if run.info.lifecycle_stage == "deleted":
+        raise RunLookupError(f"run {run_id} is deleted; restore it with `mlflow runs restore --run-id {run_id}` or pick another run")
+    stage = run.data.tags.get(TAG_STAGE)
+    if stages is not None and stage not in stages:
+        raise RunLookupError(
+            f"run {run_id} is a {stage or 'non-ofexp'} run, not a {' or '.join(stages)} run; pass the ID of a {' or '.join(stages)} run"
+        )
+    return run
+
+
+def log_state_dict(state: Mapping[str, torch.Tensor], artifact_file: str) -> None:
+    """Save a state dict as an artifact of the active run (e.g. 'weights/final.pt')."""
+    log_tensors({k: v.detach().cpu() for k, v in state.items()}, artifact_file)
+
+
+def log_tensors(obj: Mapping[str, object], artifact_file: str) -> None:
+    """Save a (nested) dict of tensors and plain values, e.g. a checkpoint or transport maps."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        torch.save(obj, path)
+        parent = str(Path(artifact_file).parent)
+        mlflow.log_artifact(str(path), artifact_path=None if parent == "." else parent)
+
+
+def log_spec(model_spec: ModelSpec, data_cfg: DataConfig) -> None:
+    """Log the JSON that any stage needs to rebuild the network and its data."""
+    mlflow.log_dict({"model": model_spec.to_dict(), "data": data_config_to_dict(data_cfg)}, SPEC_FILE)
+
+
+def data_config_to_dict(cfg: DataConfig) -> dict:
+    return {
+        "name": cfg.name, "data_dir": cfg.data_dir, "val_fraction": cfg.val_fraction,
+        "split_seed": cfg.split_seed, "image_size": cfg.image_size,
+    }
+
+
+def load_spec_from_run(run_id: str) -> tuple[ModelSpec, DataConfig]:
+    """The model spec and data config that a train or fuse run logged."""
+    get_run_checked(run_id, MODEL_STAGES)
+    return _parse_spec(run_id, _read_artifact(run_id, SPEC_FILE))
+
+
+def _parse_spec(run_id: str, raw: bytes) -> tuple[ModelSpec, DataConfig]:
+    try:
+        blob = json.loads(raw)
+        data = blob["data"]
+        cfg = DataConfig(
+            name=str(data["name"]), data_dir=data.get("data_dir"),
+            val_fraction=float(data["val_fraction"]), split_seed=int(data["split_seed"]),
+            image_size=int(data["image_size"]),
+        )
+        return ModelSpec.from_dict(blob["model"]), cfg
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"run {run_id} has an invalid {SPEC_FILE} ({exc}); re-run the step that made it") from exc
+
+
+def load_weights_from_run(run_id: str, name: str | None = None) -> dict[str, torch.Tensor]:
+    """A state dict logged by a run: 'final', 'best' or 'initial' for train runs, 'fused' for fuse runs."""
+    run = get_run_checked(run_id, MODEL_STAGES)
+    name = name or DEFAULT_WEIGHTS[run.data.tags[TAG_STAGE]]
+    return _load_tensor_file(run_id, f"{WEIGHTS_DIR}/{name}.pt")
+
+
+def load_checkpoint_from_run(run_id: str) -> dict:
+    """The resumable training checkpoint of a train run."""
+    get_run_checked(run_id, ("train",))
+    return _load_tensor_file(run_id, CHECKPOINT_FILE)
+
+
+@dataclass
+class ModelRun:
+    """A train or fuse run's network, rebuilt from its artifacts."""
+
+    run: Run
+    model: nn.Module
+    spec: ModelSpec
+    data: DataConfig
+
+    @property
+    def stage(self) -> str:
+        return self.run.data.tags[TAG_STAGE]
+
+
+def fetch_model_run(run_id: str, weights: str | None = None) -> ModelRun:
+    """Fetch a train or fuse run, rebuild its network from spec.json and load its weights."""
+    run = get_run_checked(run_id, MODEL_STAGES)
+    spec, data = _parse_spec(run_id, _read_artifact(run_id, SPEC_FILE))
+    model = build_model(spec)
+    name = weights or DEFAULT_WEIGHTS[run.data.tags[TAG_STAGE]]
+    state = _load_tensor_file(run_id, f"{WEIGHTS_DIR}/{name}.pt")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ArtifactError(f"run {run_id}'s weights do not fit its spec: {str(exc).splitlines()[0]}") from exc
+    model.eval()
+    return ModelRun(run, model, spec, data)
+
+
+def load_model(run_id: str, weights: str | None = None) -> tuple[nn.Module, ModelSpec]:
+    """Rebuild a train or fuse run's network and load its weights: `(model, spec)`."""
+    loaded = fetch_model_run(run_id, weights)
+    return loaded.model, loaded.spec
+
+
+def _read_artifact(run_id: str, artifact_path: str) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp)
+        except (MlflowException, OSError) as exc:
+            raise ArtifactError(f"run {run_id} has no readable artifact {artifact_path!r} on {tracking_uri()}; re-run the step that makes it") from exc
+        return Path(local).read_bytes()
+
+
+def _load_tensor_file(run_id: str, artifact_path: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "blob.pt"
+        path.write_bytes(_read_artifact(run_id, artifact_path))
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
+            raise ArtifactError(
+                f"refusing run {run_id}'s artifact {artifact_path!r}: it is corrupt or not a plain tensor file ({type(exc).__name__}); re-run the step that made it"
+            ) from exc
+
+
+
+def log_mlflow_model(model: nn.Module, input_example: torch.Tensor) -> str:
+    """Log the network as an MLflow model (pickle-free pt2 format); return its model ID.
+
+    Passing pip_requirements explicitly skips MLflow's ~11 s requirement inference.
+    """
+    import mlflow.pytorch  # deferred: importing it costs ~1 s and most commands never log a model
+
+    requirements = [f"torch=={torch.__version__.split('+')[0]}"]
+    info = mlflow.pytorch.log_model(
+        model.eval(), name="model", input_example=input_example.cpu().numpy(),
+        pip_requirements=requirements,
+    )
+    return info.model_id
+
+
+def log_dataset_input(name: str, source: str, inputs: torch.Tensor, targets: torch.Tensor, context: str) -> None:
+    """Record the data a run used as an MLflow dataset input (name, source, digest)."""
+    dataset = mlflow.data.from_numpy(
+        inputs.cpu().numpy(), targets=targets.cpu().numpy(), name=name,
+        source=source if _is_resolvable_source(source) else None,
+    )
+    mlflow.log_input(dataset, context=context)
+
+
+def _is_resolvable_source(source: str) -> bool:
+    # mlflow.data accepts only sources it can resolve: real paths or URIs.
+    return bool(source) and (Path(source).exists() or "://" in source)

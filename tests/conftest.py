@@ -1,0 +1,93 @@
+"""Shared fixtures: a real `mlflow server` per test session, and CLI helpers."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class MlflowServer:
+    uri: str
+    root: Path
+    process: subprocess.Popen
+
+
+def start_mlflow_server(root: Path, port: int | None = None, timeout: float = 180.0) -> MlflowServer:
+    """Start `mlflow server` (SQLite backend, proxied artifacts) and wait for /health."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    log = open(root / "server.log", "ab")
+    process = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow server exited early; see {root / 'server.log'}")
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                if response.status == 200:
+                    return MlflowServer(uri, root, process)
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"mlflow server did not answer /health within {timeout} s")
+
+
+def stop_mlflow_server(server: MlflowServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> MlflowServer:
+    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
+    yield server
+    stop_mlflow_server(server)
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def last_line(self) -> str:
+        lines = self.stdout.strip().splitlines()
+        return lines[-1] if lines else ""
+
+
+def run_cli(args: list[str], *, tracking_uri: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> CliResult:
+    """Run `ofexp ARGS` in a fresh process against `tracking_uri`."""
+    full_env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+                **(env or {})}
+    full_env.pop("MLFLOW_RUN_ID", None)
+    proc = subprocess.run([str(BIN / "ofexp"), *args], capture_output=True, text=True, cwd=cwd, env=full_env,
+                          timeout=timeout)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)

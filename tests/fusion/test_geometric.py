@@ -1,0 +1,185 @@
+import itertools
+import warnings
+
+import numpy as np
+import ot
+import pytest
+import torch
+from torch import nn
+
+from ofexp.errors import ConfigError, IncompatibleModelsError
+from ofexp.fusion import (
+    alignment_spec,
+    geometric_fuse,
+    permute_model,
+    recompute_batchnorm_stats,
+    solve_transport,
+)
+from ofexp.fusion.groups import group_sizes, permutation_plan
+from ofexp.models import ARCHITECTURES, ModelSpec, build_model
+
+FLAGS = list(itertools.product(ARCHITECTURES, [False, True], [False, True]))
+WIDTH = {"mlp": 0.125, "vgg11": 0.125, "resnet18": 0.125}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # These tensors are tiny: on a busy 2-core machine, thread hand-offs cost
+    # milliseconds per op, 10-100x the op itself.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _model(arch="vgg11", bias=False, bn=False, width=0.125, seed=0, classes=10):
+    torch.manual_seed(seed)
+    model = build_model(ModelSpec(arch, classes, 3, 32, width=width, bias=bias, batchnorm=bn))
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            # Non-trivial statistics, so that a wrong BN alignment changes the outputs.
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.1)
+    return model.eval()
+
+
+def _random_perms(model, seed):
+    gen = torch.Generator().manual_seed(seed)
+    sizes = group_sizes(alignment_spec(model.spec), model.state_dict())
+    return {g: torch.randperm(n, generator=gen) for g, n in sizes.items()}
+
+
+@pytest.mark.parametrize("arch,bias,bn", FLAGS)
+def test_fusing_with_a_permuted_copy_recovers_the_model(arch, bias, bn):
+    model = _model(arch, bias, bn, width=WIDTH[arch])
+    perms = _random_perms(model, seed=1)
+    permuted = permute_model(model, perms).eval()
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        assert (permuted(x) - expected).abs().max() <= 1e-5  # the spec captures the symmetry
+        assert not torch.equal(permuted.classifier.weight, model.classifier.weight)
+        result = geometric_fuse([model, permuted])
+        assert (result.model.eval()(x) - expected).abs().max() <= 1e-4
+    assert list(result.plans) == list(perms)
+    for g, perm in perms.items():
+        assert torch.equal(result.plans[g][0].float(), permutation_plan(perm)), g
+        assert result.costs[g] == pytest.approx(0.0, abs=1e-6)
+    assert result.model.spec == model.spec and result.seconds > 0
+
+
+@pytest.mark.parametrize("arch,bn", [("mlp", True), ("vgg11", False), ("resnet18", False),
+                                     ("resnet18", True)])
+def test_activation_alignment_recovers_the_permutation(arch, bn):
+    model = _model(arch, bias=True, bn=bn)
+    perms = _random_perms(model, seed=2)
+    permuted = permute_model(model, perms).eval()
+    inputs = torch.randn(20, 3, 32, 32)
+    result = geometric_fuse([model, permuted], alignment="activations", inputs=inputs)
+    for g, perm in perms.items():
+        assert torch.equal(result.plans[g][0].float(), permutation_plan(perm)), g
+    with torch.no_grad():
+        assert (result.model.eval()(inputs) - model(inputs)).abs().max() <= 1e-4
+    assert not model.training  # the mode is restored
+
+
+def test_three_parents_fuse_and_run():
+    models = [_model("resnet18", bn=True, seed=s) for s in range(3)]
+    result = geometric_fuse(models, weights=[1, 1, 2], target=0)
+    out = result.model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    assert all(len(p) == 2 for p in result.plans.values())
+    assert all(c > 0 for c in result.costs.values())
+
+
+@pytest.mark.parametrize("target,width", [(-1, 0.5), (0, 0.25)])
+def test_different_widths_fuse_onto_the_target_width(target, width):
+    small, large = _model("vgg11", width=0.25, seed=0), _model("vgg11", width=0.5, seed=1)
+    result = geometric_fuse([small, large], target=target)
+    assert result.model.spec.width == width
+    assert result.model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    plan = result.plans["features.0"][0]  # [n_parent, n_target]
+    assert plan.shape == ((16, 32) if target == -1 else (32, 16))
+    assert torch.allclose(plan.sum(0), torch.ones(plan.shape[1], dtype=plan.dtype))
+
+
+def test_sinkhorn_fusion_runs_and_gives_soft_plans():
+    a, b = _model("mlp", seed=0), _model("mlp", seed=1)
+    result = geometric_fuse([a, b], solver="sinkhorn", reg=0.05)
+    plan = result.plans["features.0"][0]
+    assert ((plan > 0) & (plan < 1)).any()
+    assert torch.allclose(plan.sum(0), torch.ones(64, dtype=plan.dtype), atol=1e-6)
+    assert torch.isfinite(result.model(torch.randn(2, 3, 32, 32))).all()
+
+
+@pytest.mark.parametrize("kwargs,error,pattern", [
+    ({"solver": "hungarian"}, ConfigError, "unknown OT solver 'hungarian'; use one of exact, sinkhorn"),
+    ({"alignment": "gradients"}, ConfigError, "unknown alignment 'gradients'"),
+    ({"alignment": "activations"}, ConfigError, "needs inputs="),
+    ({"target": 2}, ConfigError, r"target=2 .* \[-2, 1\]"),
+    ({"weights": [1.0]}, ConfigError, "1 entries for 2 models"),
+    ({"weights": [1.0, -1.0]}, ConfigError, "non-negative"),
+])
+def test_bad_options_are_refused_on_one_line(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern) as e:
+        geometric_fuse([_model("mlp"), _model("mlp", seed=1)], **kwargs)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("other,pattern", [
+    (lambda: _model("mlp"), "arch='vgg11' but model 1 has arch='mlp'"),
+    (lambda: _model(classes=100), "num_classes=10 but model 1 has num_classes=100"),
+    (lambda: _model(bn=True), "batchnorm=False but model 1 has batchnorm=True"),
+])
+def test_incompatible_parents_are_refused(other, pattern):
+    with pytest.raises(IncompatibleModelsError, match=pattern) as e:
+        geometric_fuse([_model(), other()])
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="at least 2 models, got 1"):
+        geometric_fuse([_model()])
+
+
+def test_exact_solver_equals_emd_with_uniform_marginals():
+    rng = np.random.default_rng(0)
+    for n, m in [(7, 7), (5, 9)]:
+        cost = rng.random((n, m))
+        plan = solve_transport(cost)
+        assert np.allclose(plan, ot.emd(np.full(n, 1 / n), np.full(m, 1 / m), cost))
+        assert np.allclose(plan.sum(1), 1 / n) and np.allclose(plan.sum(0), 1 / m)
+    with pytest.raises(ConfigError, match="use one of exact, sinkhorn"):
+        solve_transport(cost, solver="emd")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        solve_transport(np.array([[np.nan]]))
+
+
+def test_sinkhorn_marginals_and_warning():
+    rng = np.random.default_rng(1)
+    cost = rng.random((6, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan = solve_transport(cost, solver="sinkhorn", reg=0.1)
+    assert np.allclose(plan.sum(1), 1 / 6, atol=1e-6) and np.allclose(plan.sum(0), 1 / 4, atol=1e-6)
+    with pytest.warns(RuntimeWarning, match="raise reg"):
+        plan = solve_transport(100 * cost, solver="sinkhorn", reg=1e-3)
+    assert np.isfinite(plan).all()
+    with pytest.raises(ConfigError, match="reg=0"):
+        solve_transport(cost, solver="sinkhorn", reg=0)
+
+
+def test_recompute_batchnorm_stats():
+    model = _model("mlp", bn=True)
+    model.features[1].momentum = 0.3
+    inputs = torch.randn(64, 3, 32, 32)
+    recompute_batchnorm_stats(model, inputs, batch_size=16)
+    with torch.no_grad():
+        h = model.features[0](inputs.flatten(1))  # [64, 64]: input of the first BN
+    assert torch.allclose(model.features[1].running_mean, h.mean(0), atol=1e-5)
+    assert model.features[1].momentum == 0.3 and not model.training
+    plain = _model("mlp")
+    before = {k: v.clone() for k, v in plain.state_dict().items()}
+    recompute_batchnorm_stats(plain, inputs)
+    assert all(torch.equal(before[k], v) for k, v in plain.state_dict().items())
+    with pytest.raises(ValueError, match="at least 2"):
+        recompute_batchnorm_stats(model, inputs[:1])
