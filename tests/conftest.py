@@ -22,6 +22,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny test models run several times faster on one thread than on 2 busy cores."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @dataclass
 class MlflowServer:
     uri: str
@@ -85,9 +96,54 @@ class CliResult:
 
 def run_cli(args: list[str], *, tracking_uri: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> CliResult:
     """Run `ofexp ARGS` in a fresh process against `tracking_uri`."""
+    # One torch thread: on 2 shared cores, tiny models run several times faster so.
     full_env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-                **(env or {})}
+                "OMP_NUM_THREADS": "1", **(env or {})}
     full_env.pop("MLFLOW_RUN_ID", None)
     proc = subprocess.run([str(BIN / "ofexp"), *args], capture_output=True, text=True, cwd=cwd, env=full_env,
                           timeout=timeout)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@dataclass
+class TinyRuns:
+    """Runs made once per session by the real CLI against the real server."""
+
+    server: MlflowServer
+    experiment: str
+    workdir: Path
+    parent_1: str
+    parent_2: str
+    other_arch: str
+    fused: dict[str, str]
+    evaluations: dict[str, str]
+
+    def cli(self, args: list[str], **kwargs) -> CliResult:
+        return run_cli(args, tracking_uri=self.server.uri, cwd=self.workdir, **kwargs)
+
+
+def _must(result: CliResult) -> CliResult:
+    assert result.returncode == 0, f"ofexp failed:\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(mlflow_server, tmp_path_factory) -> TinyRuns:
+    """Two tiny MLP parents, a VGG11 of another family, both fusions and four evaluations."""
+    workdir = tmp_path_factory.mktemp("tiny-runs")
+    exp = ["--experiment-name", "tiny"]
+
+    def cli(args):
+        return _must(run_cli(args + exp, tracking_uri=mlflow_server.uri, cwd=workdir))
+
+    common = ["train", "--model", "mlp", "--width", "0.25", "--epochs", "2"]
+    parent_1 = cli(common + ["--seed", "1"]).last_line
+    parent_2 = cli(common + ["--seed", "2", "--no-log-model"]).last_line
+    other = cli(["train", "--model", "vgg11", "--width", "0.125", "--epochs", "1", "--no-log-model"]).last_line
+    fuse_lines = cli(["fuse", "--parents", f"{parent_1},{parent_2}"]).stdout.split("\n")
+    fused = dict(line.split() for line in fuse_lines if line.strip())
+    kinds = {"parent_1": parent_1, "parent_2": parent_2,
+             "naive_fused": fused["naive"], "geometric_fused": fused["geometric"]}
+    evaluations = {kind: cli(["evaluate", "--model-run", run_id, "--label", kind]).last_line
+                   for kind, run_id in kinds.items()}
+    return TinyRuns(mlflow_server, "tiny", workdir, parent_1, parent_2, other, fused, evaluations)

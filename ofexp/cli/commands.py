@@ -55,7 +55,7 @@ def fusion_options(f):
         click.option("--target", type=click.INT, default=-1, show_default=True, help="Index of the parent the others align to."),
         click.option("--solver", type=click.Choice(["exact", "sinkhorn"]), default="exact", show_default=True),
         click.option("--reg", type=click.FLOAT, default=0.01, show_default=True, help="Entropic regulariser for sinkhorn."),
-        click.option("--alignment", type=click.Choice(["weights", "activations"]), default="weights", show_default=True,
+        click.option("--alignment", type=click.Choice(["weights", "activations"]), default="activations", show_default=True,
                      help="Neuron similarity for geometric fusion: incoming weights, or activations on training samples."),
         click.option("--activation-samples", type=click.INT, default=256, show_default=True,
                      help="Training inputs (fixed sample) used by --alignment activations."),

@@ -1,9 +1,41 @@
 """Generalisation measures of a trained network. No MLflow here: notebooks can call them directly."""
 from ofexp.metrics.context import MeasureContext
+from ofexp.metrics.flatness import (
+    flatness_init,
+    flatness_mag_init,
+    flatness_mag_orig,
+    flatness_orig,
+    pac_bayes_deviation,
+    pac_bayes_flatness,
+    pac_bayes_mag_flat,
+    pac_bayes_sigma,
+)
+from ofexp.metrics.hessian import TraceEstimate, hessian_top_eigenvalue, hessian_trace, hessian_trace_with_error
+from ofexp.metrics.input_space import lipschitz
 from ofexp.metrics.prediction import generalisation_gap
 from ofexp.metrics.registry import MEASURES, METRIC_PREFIX, PREDICTION_METRICS, SPACES, Measure, resolve_measures
+from ofexp.metrics.sharpness import (
+    SearchBudget,
+    SearchResult,
+    parameter_vector,
+    reference_vector,
+    sharpness_deviation,
+    sharpness_flatness,
+    sharpness_init,
+    sharpness_mag_flat,
+    sharpness_mag_init,
+    sharpness_mag_orig,
+    sharpness_orig,
+    sharpness_sigma,
+)
 
 __all__ = [
     "MEASURES", "METRIC_PREFIX", "PREDICTION_METRICS", "SPACES", "Measure", "MeasureContext",
-    "generalisation_gap", "resolve_measures",
+    "SearchBudget", "SearchResult", "TraceEstimate",
+    "flatness_init", "flatness_mag_init", "flatness_mag_orig", "flatness_orig",
+    "generalisation_gap", "hessian_top_eigenvalue", "hessian_trace", "hessian_trace_with_error", "lipschitz",
+    "pac_bayes_deviation", "pac_bayes_flatness", "pac_bayes_mag_flat", "pac_bayes_sigma",
+    "parameter_vector", "reference_vector", "resolve_measures",
+    "sharpness_deviation", "sharpness_flatness", "sharpness_init", "sharpness_mag_flat", "sharpness_mag_init",
+    "sharpness_mag_orig", "sharpness_orig", "sharpness_sigma",
 ]

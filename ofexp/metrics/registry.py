@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from ofexp.errors import ConfigError
-from ofexp.metrics import prediction
+from ofexp.metrics import flatness, hessian, input_space, prediction, sharpness
 from ofexp.metrics.context import MeasureContext
 
 SPACES = ("input", "parameter", "prediction")
@@ -46,6 +46,52 @@ MEASURES: dict[str, Measure] = {
             lambda c: prediction.generalisation_gap(c.train_eval["accuracy"], c.test_eval["accuracy"]),
             "1 / |train accuracy - test accuracy|",
         ),
+        Measure("lipschitz", "input",
+                lambda c: input_space.lipschitz(c.model, c.input_shape, generator=c.generator("lipschitz")),
+                "lower bound on the Lipschitz constant of f(x) - f(0), by power iteration"),
+        Measure("hessian_top_eigenvalue", "parameter",
+                lambda c: hessian.hessian_top_eigenvalue(c.model, *c.hessian_batch,
+                                                         generator=c.generator("hessian_top_eigenvalue")),
+                "largest eigenvalue of the cross-entropy Hessian on a batch of test images (Lanczos)"),
+        Measure("hessian_trace", "parameter",
+                lambda c: hessian.hessian_trace(c.model, *c.hessian_batch, generator=c.generator("hessian_trace")),
+                "trace of the cross-entropy Hessian on a batch of test images (Hutchinson)"),
+        Measure("sharpness_flatness", "parameter",
+                lambda c: sharpness.sharpness_flatness(c.sharpness_search.sigma),
+                "1/σ², σ the worst-case perturbation radius that moves the training loss by 0.1"),
+        Measure("sharpness_init", "parameter",
+                lambda c: sharpness.sharpness_init(c.sharpness_search.sigma, c.theta, c.theta0, c.num_train),
+                "‖θ−θ₀‖²·log(2ω/δ)/σ² + log(m/δ) + 10"),
+        Measure("sharpness_orig", "parameter",
+                lambda c: sharpness.sharpness_orig(c.sharpness_search.sigma, c.theta, c.num_train),
+                "‖θ‖²·log(2ω/δ)/σ² + log(m/δ) + 10"),
+        Measure("sharpness_mag_flat", "parameter",
+                lambda c: sharpness.sharpness_mag_flat(c.sharpness_mag_search.sigma),
+                "1/σ′², σ′ the magnitude-aware worst-case perturbation scale"),
+        Measure("sharpness_mag_init", "parameter",
+                lambda c: sharpness.sharpness_mag_init(c.sharpness_mag_search.sigma, c.theta, c.theta0, c.num_train),
+                "magnitude-aware sharpness bound on θ−θ₀"),
+        Measure("sharpness_mag_orig", "parameter",
+                lambda c: sharpness.sharpness_mag_orig(c.sharpness_mag_search.sigma, c.theta, c.num_train),
+                "magnitude-aware sharpness bound on θ"),
+        Measure("pac_bayes_flatness", "parameter",
+                lambda c: flatness.pac_bayes_flatness(c.pac_bayes_search.sigma),
+                "1/σ², σ the Gaussian noise scale that moves the training loss by 0.1"),
+        Measure("flatness_init", "parameter",
+                lambda c: flatness.flatness_init(c.pac_bayes_search.sigma, c.theta, c.theta0, c.num_train),
+                "‖θ−θ₀‖²/(2σ²) + log(m/δ) + 10"),
+        Measure("flatness_orig", "parameter",
+                lambda c: flatness.flatness_orig(c.pac_bayes_search.sigma, c.theta, c.num_train),
+                "‖θ‖²/(2σ²) + log(m/δ) + 10"),
+        Measure("pac_bayes_mag_flat", "parameter",
+                lambda c: flatness.pac_bayes_mag_flat(c.pac_bayes_mag_search.sigma),
+                "1/σ′², σ′ the magnitude-aware Gaussian noise scale"),
+        Measure("flatness_mag_init", "parameter",
+                lambda c: flatness.flatness_mag_init(c.pac_bayes_mag_search.sigma, c.theta, c.theta0, c.num_train),
+                "magnitude-aware PAC-Bayes bound on θ−θ₀"),
+        Measure("flatness_mag_orig", "parameter",
+                lambda c: flatness.flatness_mag_orig(c.pac_bayes_mag_search.sigma, c.theta, c.num_train),
+                "magnitude-aware PAC-Bayes bound on θ"),
     )
 }
 PREDICTION_METRICS = ("accuracy", "generalisation_gap")

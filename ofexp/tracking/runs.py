@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-from contextlib import contextmanager
+import sys
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -115,10 +116,17 @@ def stage_run(
         try:
             mlflow.set_tag(TAG_FAILURE, _first_line(exc) or type(exc).__name__)
         finally:
-            mlflow.end_run(status)
+            _end_run(status)
         raise
     else:
-        mlflow.end_run("FINISHED")
+        _end_run("FINISHED")
+
+
+def _end_run(status: str) -> None:
+    # MLflow prints "View run ... at: URL" on stdout when it ends a run on a server;
+    # ofexp's stdout carries only run IDs, so the links go to stderr with the progress.
+    with redirect_stdout(sys.stderr):
+        mlflow.end_run(status)
 
 
 def set_description(text: str) -> None:

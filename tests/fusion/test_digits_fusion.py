@@ -1,0 +1,49 @@
+"""On the digits default, geometric fusion keeps far more accuracy than naive averaging."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ofexp.data import DataConfig, load_dataset
+from ofexp.fusion import geometric_fuse, naive_fuse
+from ofexp.models import ModelSpec, build_model, init_weights
+from ofexp.pipeline.fuse import activation_inputs
+from ofexp.training import evaluate, fit, make_recipe, seed_everything
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset(DataConfig())
+
+
+def _train(splits, seed: int):
+    info = splits.info
+    spec = ModelSpec("mlp", info.num_classes, info.in_channels, info.input_size, width=0.25)
+    recipe = make_recipe("default")
+    seed_everything(seed)
+    model = build_model(spec)
+    init_weights(model, recipe.init)
+    fit(model, splits, recipe, device=CPU, seed=seed, progress=False)
+    return model
+
+
+def _accuracy(model, splits) -> float:
+    return evaluate(model, splits.test_x, splits.test_y, device=CPU)["accuracy"]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_geometric_beats_naive_on_digits_mlp(digits, seed):
+    parents = [_train(digits, 100 * seed + i) for i in (1, 2)]
+    parent_acc = [_accuracy(p, digits) for p in parents]
+    naive = _accuracy(naive_fuse(parents), digits)
+    by_weights = _accuracy(geometric_fuse(parents, alignment="weights").model, digits)
+    by_activations = _accuracy(geometric_fuse(parents, alignment="activations",
+                                              inputs=activation_inputs(digits, 256)).model, digits)
+    print(f"seed {seed}: parents {parent_acc}, naive {naive:.3f}, weights {by_weights:.3f}, "
+          f"activations {by_activations:.3f}")
+    assert min(parent_acc) > 0.9
+    assert by_weights > naive + 0.1
+    assert by_activations > naive + 0.3
+    assert by_activations > 0.75
