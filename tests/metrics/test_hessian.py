@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from ofexp.metrics import hessian_top_eigenvalue, hessian_trace, hessian_trace_with_error
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny ops: thread hand-offs on a busy 2-core machine cost more than the ops
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def dense_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """The full Hessian of the mean cross-entropy w.r.t. all parameters, in float64."""
+    named = [(k, p.detach().double()) for k, p in model.named_parameters()]
+    model64 = model.double()
+    flat0 = torch.cat([p.reshape(-1) for _, p in named])
+
+    def loss(flat):
+        params, i = {}, 0
+        for k, p in named:
+            params[k] = flat[i:i + p.numel()].view(p.shape)
+            i += p.numel()
+        return F.cross_entropy(functional_call(model64, params, (x.double(),)), y)
+
+    h = torch.autograd.functional.hessian(loss, flat0)
+    model.float()
+    return h.numpy()
+
+
+def data(features=6, classes=4, n=50, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, features, generator=g), torch.randint(classes, (n,), generator=g)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nn.Linear(6, 4),
+    lambda: nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4, bias=False)),
+], ids=["linear", "two-layer"])
+def test_top_eigenvalue_matches_dense(make):
+    torch.manual_seed(0)
+    model = make()
+    x, y = data()
+    h = dense_hessian(model, x, y)
+    expected = np.linalg.eigvalsh(h)[-1]
+    got = hessian_top_eigenvalue(model, x, y)
+    assert got == pytest.approx(expected, rel=1e-3)
+
+
+def test_trace_matches_dense_with_enough_samples():
+    torch.manual_seed(0)
+    model = nn.Linear(6, 4)
+    x, y = data()
+    expected = np.trace(dense_hessian(model, x, y))
+    est = hessian_trace_with_error(model, x, y, max_samples=4000, tol=0.0)
+    assert est.samples == 4000
+    assert est.trace == pytest.approx(expected, rel=0.01)
+    assert abs(est.trace - expected) < 4 * est.stderr  # the reported error is honest
+    assert hessian_trace(model, x, y, max_samples=4000, tol=0.0) == est.trace  # same default seed
+
+
+def test_trace_stops_at_tolerance_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Dropout(0.5), nn.ReLU(), nn.Linear(5, 4)).train()
+    x, y = data()
+    est = hessian_trace_with_error(model, x, y, max_samples=100, tol=1e-2)
+    assert 1 < est.samples < 100 and np.isfinite(est.trace) and np.isfinite(est.stderr)
+    # eval mode (dropout off) while measuring, so two calls agree; mode and grads untouched
+    assert hessian_top_eigenvalue(model, x, y) == hessian_top_eigenvalue(model, x, y)
+    assert model.training
+    assert all(p.grad is None for p in model.parameters())

@@ -1,0 +1,136 @@
+"""`mlflow run` of the top-level MLproject against a real tracking server.
+
+Under `mlflow run`, ofexp logs its step as a child of the launcher run that
+`mlflow run` creates (tag ofexp.launcher_run_id). Each `mlflow run` costs
+~15-20 s of start-up, so the settings are tiny.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["-P", "model=mlp", "-P", "width=0.25", "-P", "log_model=false"]
+
+
+def mlflow_run(server, entry_point: str, params: list[str], *, project: str = ".",
+               timeout: float = 300) -> tuple[subprocess.CompletedProcess, str]:
+    """`mlflow run PROJECT -e ENTRY --env-manager local` in a fresh experiment; returns (process, experiment)."""
+    experiment = f"mlproject-{entry_point}-{uuid.uuid4().hex[:8]}"
+    # One torch thread: on 2 shared cores the tiny models train several times faster so.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           "OMP_NUM_THREADS": "1"}
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        env.pop(var, None)
+    proc = subprocess.run(
+        [str(BIN / "mlflow"), "run", project, "-e", entry_point, "--env-manager", "local",
+         "--experiment-name", experiment, *params],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    return proc, experiment
+
+
+def _runs(client: MlflowClient, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"experiment {experiment} was not created"
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def _launcher(runs, entry_point: str):
+    launchers = [r for r in runs if "ofexp.stage" not in r.data.tags]
+    assert len(launchers) == 1, f"expected one launcher run, got {[r.info.run_name for r in launchers]}"
+    launcher = launchers[0]
+    assert launcher.data.tags.get("mlflow.project.entryPoint") == entry_point
+    return launcher
+
+
+def _children(runs, parent_id: str, stage: str | None = None):
+    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id
+            and (stage is None or r.data.tags.get("ofexp.stage") == stage)]
+
+
+def _artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    paths = set()
+    for info in client.list_artifacts(run_id, path):
+        paths |= _artifact_paths(client, run_id, info.path) if info.is_dir else {info.path}
+    return paths
+
+
+def _output(proc: subprocess.CompletedProcess) -> str:
+    return f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+
+
+def test_mlflow_run_train(mlflow_server):
+    proc, experiment = mlflow_run(mlflow_server, "train", [*TINY, "-P", "epochs=2"])
+    assert proc.returncode == 0, _output(proc)
+
+    client = MlflowClient(mlflow_server.uri)
+    runs = _runs(client, experiment)
+    launcher = _launcher(runs, "train")
+    assert launcher.info.status == "FINISHED"
+    assert len(runs) == 2, [r.info.run_name for r in runs]
+
+    (train,) = _children(runs, launcher.info.run_id)
+    assert train.data.tags["ofexp.stage"] == "train"
+    assert train.data.tags["ofexp.launcher_run_id"] == launcher.info.run_id
+    assert train.info.status == "FINISHED"
+    assert train.info.run_id in proc.stdout.split(), "ofexp should print the train run ID"
+    assert train.data.params["model"] == "mlp"
+    assert train.data.params["epochs"] == "2"
+    assert float(train.data.params["width"]) == 0.25
+    # The launcher keeps the raw entry-point parameters (lr empty); the train run logs the resolved ones.
+    assert launcher.data.params["epochs"] == "2"
+    assert launcher.data.params["lr"] in ("", "''")
+    assert float(train.data.params["lr"]) > 0
+
+    history = client.get_metric_history(train.info.run_id, "val_loss")
+    assert sorted(m.step for m in history) == [1, 2]
+    assert {"weights/final.pt", "spec.json"} <= _artifact_paths(client, train.info.run_id)
+
+
+def test_mlflow_run_main_study(mlflow_server, tmp_path):
+    proc, experiment = mlflow_run(mlflow_server, "main", [*TINY, "-P", "epochs=1", "-P", "seeds=1"])
+    assert proc.returncode == 0, _output(proc)
+
+    client = MlflowClient(mlflow_server.uri)
+    runs = _runs(client, experiment)
+    assert all(r.info.status == "FINISHED" for r in runs), {r.info.run_name: r.info.status for r in runs}
+    launcher = _launcher(runs, "main")
+
+    (study,) = _children(runs, launcher.info.run_id)
+    assert study.data.tags["ofexp.stage"] == "study"
+    assert study.data.tags["ofexp.launcher_run_id"] == launcher.info.run_id
+    sid = study.info.run_id
+    assert len(_children(runs, sid, "train")) == 2
+    fuse = _children(runs, sid, "fuse")
+    assert sorted(r.data.params["method"] for r in fuse) == ["geometric", "naive"]
+    assert len(_children(runs, sid, "evaluate")) == 4
+    assert len(runs) == 1 + 1 + 2 + 2 + 4, "every run should be the launcher, the study or a child of the study"
+
+    results = pd.read_csv(client.download_artifacts(sid, "results.csv", str(tmp_path)))
+    assert list(results.columns) == ["Model", "Space", "Metric", "Value"]
+    assert results["Model"].nunique() == 4
+    assert results["Value"].notna().all()
+
+
+def test_mlflow_run_bad_model_fails_cleanly(mlflow_server):
+    proc, experiment = mlflow_run(mlflow_server, "train", ["-P", "model=nosuch"], timeout=180)
+    assert proc.returncode != 0, _output(proc)
+    output = proc.stdout + proc.stderr
+    assert any(line.startswith("error: ") and "nosuch" in line for line in output.splitlines()), _output(proc)
+    assert "Traceback" not in output, _output(proc)
+
+    runs = _runs(MlflowClient(mlflow_server.uri), experiment)
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    launcher = _launcher(runs, "train")
+    assert launcher.info.status == "FAILED"
