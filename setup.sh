@@ -7,6 +7,7 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e ".[test]"
+# pip warns about every absent local index it is configured with; keep only the rest.
+quiet() { { "$@" 2>&1; } | { grep -v "^WARNING: Location 'file:" || true; }; }
+quiet .venv/bin/python -m pip install -q -e ".[test]"
 echo "ofexp installed in .venv ($(.venv/bin/python -c 'import ofexp; print(ofexp.__version__)'))" >&2

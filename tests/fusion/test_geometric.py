@@ -22,16 +22,6 @@ FLAGS = list(itertools.product(ARCHITECTURES, [False, True], [False, True]))
 WIDTH = {"mlp": 0.125, "vgg11": 0.125, "resnet18": 0.125}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These tensors are tiny: on a busy 2-core machine, thread hand-offs cost
-    # milliseconds per op, 10-100x the op itself.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model(arch="vgg11", bias=False, bn=False, width=0.125, seed=0, classes=10):
     torch.manual_seed(seed)
     model = build_model(ModelSpec(arch, classes, 3, 32, width=width, bias=bias, batchnorm=bn))

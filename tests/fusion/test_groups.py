@@ -18,16 +18,6 @@ from ofexp.models import ARCHITECTURES, ModelSpec, build_model
 FLAGS = list(itertools.product(ARCHITECTURES, [False, True], [False, True]))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These tensors are tiny: on a busy 2-core machine, thread hand-offs cost
-    # milliseconds per op, 10-100x the op itself.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model(arch, bias=False, bn=False, width=0.125):
     return build_model(ModelSpec(arch, 10, 3, 32, width=width, bias=bias, batchnorm=bn))
 

@@ -8,15 +8,6 @@ from torch.func import functional_call
 from ofexp.metrics import hessian_top_eigenvalue, hessian_trace, hessian_trace_with_error
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny ops: thread hand-offs on a busy 2-core machine cost more than the ops
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def dense_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     """The full Hessian of the mean cross-entropy w.r.t. all parameters, in float64."""
     named = [(k, p.detach().double()) for k, p in model.named_parameters()]

@@ -5,14 +5,6 @@ from torch import nn
 from ofexp.metrics import lipschitz
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_linear_map_gives_its_largest_singular_value():
     torch.manual_seed(0)
     model = nn.Linear(20, 7, bias=False)

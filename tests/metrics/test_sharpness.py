@@ -34,14 +34,6 @@ NEW_MEASURES = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------- the 12 formulas, by hand in numpy
 
 DELTA, EPS = 0.05, 1e-3

@@ -10,16 +10,6 @@ from ofexp.models import ARCHITECTURES, INIT_SCHEMES, ModelSpec, build_model, in
 FLAGS = list(itertools.product(ARCHITECTURES, [False, True], [False, True]))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These tensors are tiny: on a busy 2-core machine, thread hand-offs cost
-    # milliseconds per op, 10-100x the op itself.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("in_channels,classes", [(1, 10), (3, 100)])
 @pytest.mark.parametrize("arch,bias,bn", FLAGS)
 def test_every_arch_builds_and_runs(arch, bias, bn, in_channels, classes):

@@ -1,0 +1,166 @@
+"""Data configuration, the in-memory split container, and the shared split/normalise steps.
+
+Every loader decodes its images once into float tensors in [0, 1]; `finish_splits`
+then holds out the validation set and normalises everything, so that the epoch loop
+only ever indexes ready tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ofexp.errors import ConfigError, DataError
+
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+CIFAR_DEFAULT_DIR = "./data"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data set to load, from where, and how to split it."""
+
+    name: str = "digits"
+    data_dir: str | None = None  # required for imagefolder; for cifar default "./data"
+    val_fraction: float = 0.1  # held out from the TRAINING data, never the test set
+    split_seed: int = 0  # fixes the train/val split (and digits' train/test split)
+    download: bool = True  # cifar only
+    image_size: int = 32  # digits and imagefolder are resized to this
+
+    def __post_init__(self) -> None:
+        if self.name not in DATASETS:
+            raise ConfigError(f"unknown --dataset {self.name!r}; choose one of {', '.join(DATASETS)}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        if self.image_size < 1:
+            raise ConfigError(f"--image-size must be ≥ 1, got {self.image_size}")
+        if self.name == "imagefolder" and not self.data_dir:
+            raise ConfigError(
+                "--dataset imagefolder needs --data-dir pointing at a folder of class sub-folders"
+            )
+
+    @property
+    def resolved_data_dir(self) -> str | None:
+        """The directory actually read: data_dir, or "./data" for CIFAR, or None for digits."""
+        if self.data_dir:
+            return self.data_dir
+        return CIFAR_DEFAULT_DIR if self.name.startswith("cifar") else None
+
+    def to_params(self) -> dict[str, str]:
+        """Flat string params for logging; keys are prefixed so they never clash with a recipe's."""
+        return {
+            "dataset": self.name,
+            "data_dir": self.resolved_data_dir or "none",
+            "val_fraction": str(self.val_fraction),
+            "split_seed": str(self.split_seed),
+            "download": str(self.download),
+            "image_size": str(self.image_size),
+        }
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What was loaded: shapes, class count, normalisation and split sizes."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    input_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_train: int
+    num_val: int
+    num_test: int
+    source: str  # where it came from (path or "sklearn.datasets.load_digits")
+
+
+@dataclass
+class DataSplits:
+    """Normalised float32 images [n, C, H, W] and int64 labels [n] for train, val and test."""
+
+    train_x: Tensor
+    train_y: Tensor
+    val_x: Tensor
+    val_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    info: DatasetInfo
+
+
+def stratified_holdout(y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Split indices of labels y [n] into (keep, held) with about `fraction` of each class held.
+
+    Deterministic for a given seed (torch's CPU generator, not numpy's). At least one
+    sample is held, and a class keeps at least one sample on the kept side when it has two.
+    """
+    n = y.numel()
+    if n < 2:
+        raise DataError(f"need at least 2 samples to split, got {n}; add data or use a bigger data set")
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=gen)  # [n]
+    held_parts = []
+    for c in torch.unique(y).tolist():
+        members = perm[y[perm] == c]  # this class's indices, in shuffled order
+        n_held = min(int(fraction * members.numel() + 0.5), members.numel() - 1)
+        held_parts.append(members[:n_held])
+    held = torch.cat(held_parts)
+    if held.numel() == 0:  # tiny sets round every class down to zero
+        held = perm[:1]
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[held] = True
+    # sorted indices keep the original order inside each side, so splits are easy to compare
+    return torch.nonzero(~mask).flatten(), torch.nonzero(mask).flatten()
+
+
+def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of images x [n, C, H, W] (std floored so it never divides by 0)."""
+    flat = x.transpose(0, 1).reshape(x.shape[1], -1).double()  # [C, n*H*W]
+    mean = flat.mean(dim=1)
+    std = flat.std(dim=1).clamp_min(1e-6)
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def normalise_(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """Normalise images x [n, C, H, W] in place, channel by channel; returns x."""
+    m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
+    return x.sub_(m).div_(s)
+
+
+def finish_splits(
+    cfg: DataConfig,
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    *,
+    num_classes: int,
+    source: str,
+    stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+) -> DataSplits:
+    """Hold out validation from the training images (in [0, 1]) and normalise all three sets.
+
+    `stats` are fixed (mean, std) such as CIFAR's published ones; without them the stats
+    are measured on the training part after the hold-out, so val and test never leak in.
+    """
+    keep, held = stratified_holdout(train_y, cfg.val_fraction, cfg.split_seed)
+    val_x, val_y = train_x[held], train_y[held]
+    train_x, train_y = train_x[keep], train_y[keep]
+    mean, std = stats if stats is not None else channel_stats(train_x)
+    for x in (train_x, val_x, test_x):
+        normalise_(x, mean, std)
+    info = DatasetInfo(
+        name=cfg.name,
+        num_classes=num_classes,
+        in_channels=train_x.shape[1],
+        input_size=train_x.shape[-1],
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+        num_train=train_x.shape[0],
+        num_val=val_x.shape[0],
+        num_test=test_x.shape[0],
+        source=source,
+    )
+    return DataSplits(train_x, train_y.long(), val_x, val_y.long(), test_x, test_y.long(), info)
