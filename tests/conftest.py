@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,30 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@contextmanager
+def using_tracking_uri(uri: str):
+    """Point this process's MLflow at `uri`, then restore exactly what was there.
+
+    `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI and pins the URI for
+    the rest of the process; a test that leaves it set redirects every later
+    in-process test, so this restores both.
+    """
+    import mlflow
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+    saved = tracking_utils._tracking_uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved)
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
 @dataclass
@@ -92,6 +117,21 @@ class CliResult:
     def last_line(self) -> str:
         lines = self.stdout.strip().splitlines()
         return lines[-1] if lines else ""
+
+
+def run_cli_in_process(args: list[str], uri: str, capsys) -> CliResult:
+    """`ofexp ARGS` through the real entry point in this process: no ~5 s start-up per call."""
+    from ofexp.cli import main
+
+    capsys.readouterr()
+    with using_tracking_uri(uri):
+        try:
+            main(args)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+    out = capsys.readouterr()
+    return CliResult(code, out.out, out.err)
 
 
 def run_cli(args: list[str], *, tracking_uri: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> CliResult:

@@ -28,9 +28,9 @@ def cli(debug: bool) -> None:
 
 
 def _register() -> None:
-    from ofexp.cli.commands import evaluate, fuse, study, train, ui
+    from ofexp.cli.commands import evaluate, fuse, runs, study, train, ui
 
-    for command in (train, fuse, evaluate, study, ui):
+    for command in (train, fuse, evaluate, study, ui, runs):
         cli.add_command(command)
 
 

@@ -72,12 +72,20 @@ def fusion_options(f):
 @click.option("--seed", type=click.INT, default=0, show_default=True, help="Torch seed: init, shuffling.")
 @click.option("--run-name", type=OPT_STR, default=None, help="MLflow run name [default: 'train MODEL DATASET seedS'].")
 @experiment_option
+@click.option("--resume", "resume_run", type=OPT_STR, default=None, metavar="RUN_ID",
+              help="Continue this killed or failed train run, in the same MLflow run, from its last "
+                   "checkpoint; its settings come from the run (only --epochs may extend it).")
 def train(**kw) -> None:
     """Train one network as an MLflow run; print its run ID."""
-    tracking.configure_tracking(kw.pop("experiment_name"))
+    resume_run = kw.pop("resume_run")
+    if resume_run:
+        click.echo(_resume_train(resume_run.strip(), kw))
+        return
+    experiment_id = tracking.configure_tracking(kw.pop("experiment_name"))
     seed = kw.pop("seed")
     run_name = kw.pop("run_name")
     cfg = replace(_train_config(kw, seed), run_name=run_name)
+    _echo_stale_notice(cfg, experiment_id)
     click.echo(run_train(cfg))
 
 
@@ -100,11 +108,24 @@ def fuse(parents: str, device: str, experiment_name: str | None, **kw) -> None:
 @click.option("--measures", default="prediction", show_default=True,
               help="Comma-separated measure names, spaces (input, parameter, prediction) or 'all'.")
 @click.option("--label", type=OPT_STR, default=None, help="Model name in results.csv [default: the run's name].")
+@click.option("--preset", type=click.Choice(["report", "quick"]), default="report", show_default=True,
+              help="σ-search budget: the report's (DESIGN §5), or a tiny one for tests and demos (not for results).")
+@click.option("--sharpness-worst", type=click.Choice(["max", "min"]), default="max", show_default=True,
+              help="Sharpness worst case over the draws: max (Jiang et al. 2019) or min (the report's code).")
+@click.option("--accuracy-metric", type=click.Choice(["accuracy", "generalisation_gap"]), default="accuracy",
+              show_default=True, help="Prediction metric the study correlates the measures with (param and tag).")
+@click.option("--seed", type=click.INT, default=0, show_default=True, help="Seed of the measures' random draws.")
 @click.option("--device", default="auto", show_default=True)
 @experiment_option
-def evaluate(model_run: str, measures: str, label: str | None, device: str, experiment_name: str | None) -> None:
-    """Measure a train or fuse run's model in a new evaluate run; print its run ID."""
-    cfg = EvalConfig(model_run=model_run.strip(), measures=measures, device=device, label=label)
+def evaluate(model_run: str, measures: str, label: str | None, preset: str, sharpness_worst: str,
+             accuracy_metric: str, seed: int, device: str, experiment_name: str | None) -> None:
+    """Measure a train or fuse run's model in a new evaluate run; print its run ID.
+
+    Measures that fail or whose σ search does not converge get an
+    'ofexp.warning.<measure>' tag; the others are still computed.
+    """
+    cfg = EvalConfig(model_run=model_run.strip(), measures=measures, device=device, label=label, preset=preset,
+                     sharpness_worst=sharpness_worst, accuracy_metric=accuracy_metric, seed=seed)
     tracking.configure_tracking(experiment_name)
     click.echo(run_evaluate(cfg))
 
@@ -160,3 +181,51 @@ def _float_list(text: str, option: str) -> tuple[float, ...]:
         return tuple(float(part) for part in text.split(","))
     except ValueError:
         raise ConfigError(f"{option} expects comma-separated numbers, got {text!r}") from None
+
+
+def _echo_stale_notice(cfg: TrainConfig, experiment_id: str) -> None:
+    from ofexp.pipeline.train import stale_notice
+
+    notice = stale_notice(cfg, experiment_id)
+    if notice:
+        click.echo(notice, err=True)
+
+
+def _resume_train(run_id: str, kw: dict) -> str:
+    """`train --resume`: pass on only the options the user actually gave, to be checked against the run."""
+    from click.core import ParameterSource
+
+    from ofexp.pipeline.train import resume_train
+
+    ctx = click.get_current_context()
+    given = {}
+    for name, value in kw.items():
+        if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            given[name.removesuffix("_value")] = value
+    experiment_name = given.pop("experiment_name", None)
+    log_model = given.pop("log_model", None)
+    return resume_train(run_id, given, experiment_name=experiment_name, log_model=log_model)
+
+
+@click.command()
+@click.option("--stale", is_flag=True, help="Only killed runs: quiet for --older-than seconds, and not alive on this host.")
+@click.option("--older-than", type=click.FLOAT, default=600.0, show_default=True,
+              help="With --stale: seconds since the run's last epoch.")
+@experiment_option
+def runs(stale: bool, older_than: float, experiment_name: str | None) -> None:
+    """List RUNNING train runs (--stale: the killed ones) with the command that resumes each."""
+    import pandas as pd
+
+    if older_than < 0:
+        raise ConfigError(f"--older-than must be ≥ 0 seconds, got {older_than}")
+    experiment_id = tracking.runs.experiment_id_for(experiment_name)
+    found = [r for r in tracking.runs.running_train_runs(experiment_id) if not stale or r.is_stale(older_than)]
+    if not found:
+        click.echo(f"no {'stale ' if stale else ''}RUNNING train runs", err=True)
+        return
+    table = pd.DataFrame([{
+        "run_id": r.run_id, "name": r.name, "last_epoch": r.last_epoch, "idle_s": round(r.idle_s),
+        "process": "alive" if r.alive_here else "gone" if r.gone_here else "?", "resume": r.resume_command,
+    } for r in found])
+    with pd.option_context("display.width", 250, "display.max_colwidth", 100):
+        click.echo(table.to_string(index=False))

@@ -1,6 +1,7 @@
 """What a measure may look at: the model, its data and its reference weights."""
 from __future__ import annotations
 
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -11,9 +12,27 @@ from torch import nn
 
 from ofexp.data import DataSplits
 from ofexp.errors import ConfigError
-from ofexp.metrics.flatness import pac_bayes_sigma
-from ofexp.metrics.sharpness import SearchBudget, SearchResult, parameter_vector, reference_vector, sharpness_sigma
+from ofexp.metrics.flatness import (PAC_BAYES_BOUNDS, PAC_BAYES_MAG_BOUNDS, PAC_BAYES_MIN_WIDTH, PAC_BAYES_TOL,
+                                    pac_bayes_deviation)
+from ofexp.metrics.sharpness import (SHARPNESS_BOUNDS, SHARPNESS_MAG_BOUNDS, SHARPNESS_MIN_WIDTH, SHARPNESS_TOL,
+                                     WORST_CASES, SearchBudget, SearchResult, binary_search, parameter_vector,
+                                     reference_vector, sharpness_deviation)
 from ofexp.training import evaluate
+
+# The search budget presets of `ofexp evaluate --preset`: "report" is DESIGN §5's budget
+# (the default; what results should use), "quick" SearchBudget.quick() for tests and demos.
+PRESETS: dict[str, Callable[[], SearchBudget]] = {"report": SearchBudget, "quick": SearchBudget.quick}
+
+# The σ searches a context runs, by name; each serves three measures.
+SEARCHES = ("sharpness", "sharpness_mag", "pac_bayes", "pac_bayes_mag")
+
+
+def search_budget(preset: str) -> SearchBudget:
+    """The SearchBudget of a preset name ("report" or "quick"); ConfigError for any other."""
+    try:
+        return PRESETS[preset]()
+    except KeyError:
+        raise ConfigError(f"unknown --preset {preset!r}; use one of: {', '.join(PRESETS)}") from None
 
 
 @dataclass
@@ -26,7 +45,12 @@ class MeasureContext:
     ("max", Jiang et al. 2019, or the report's "min"; see `sharpness_deviation`), and
     `seed` every random draw: each measure's stream derives from (seed, its purpose),
     so values don't depend on which other measures ran, or in what order. Each σ
-    search runs once and serves its three measures.
+    search runs once and serves its three measures; a search that raised is not run
+    again, its error is raised to each of its measures.
+
+    `on_search_step(search, step, sigma, deviation)` (optional) is called after every
+    step of a σ search, e.g. to drive a progress bar; `search_warnings[search]` holds
+    the warnings a search issued (they are re-issued too), e.g. its non-convergence.
     """
 
     model: nn.Module
@@ -38,6 +62,14 @@ class MeasureContext:
     sharpness_worst: str = "max"
     seed: int = 0
     hessian_batch_size: int = 100  # test images for the Hessian measures
+    on_search_step: Callable[[str, int, float, float], None] | None = None
+    search_warnings: dict[str, list[str]] = field(default_factory=dict)
+    _searches: dict[str, SearchResult | BaseException] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.sharpness_worst not in WORST_CASES:
+            raise ConfigError(f"--sharpness-worst {self.sharpness_worst!r}: use 'max' (Jiang et al. 2019) "
+                              "or 'min' (the report's choice)")
 
     @cached_property
     def test_eval(self) -> dict[str, float]:
@@ -96,34 +128,85 @@ class MeasureContext:
     def _train_on_device(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.splits.train_x.to(self.device), self.splits.train_y.to(self.device)
 
-    def _sharpness(self, magnitude_aware: bool) -> SearchResult:
-        x, y = self._train_on_device
-        purpose = "sharpness_mag" if magnitude_aware else "sharpness"
-        return sharpness_sigma(self.model, x, y, magnitude_aware=magnitude_aware, loss=self.train_loss,
-                               budget=self.budget, worst=self.sharpness_worst, generator=self.generator(purpose))
+    def search(self, name: str) -> SearchResult:
+        """The σ search `name` (one of SEARCHES), run once on first use and cached (errors too)."""
+        if name not in SEARCHES:
+            raise ConfigError(f"unknown σ search {name!r}; use one of: {', '.join(SEARCHES)}")
+        if name not in self._searches:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    self._searches[name] = self._run_search(name)
+                except Exception as exc:  # noqa: BLE001 -- cached, re-raised to every measure of the search
+                    self._searches[name] = exc
+            self.search_warnings[name] = [str(w.message) for w in caught]
+            for w in caught:  # still visible to the caller's warning filters
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        result = self._searches[name]
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
-    def _pac_bayes(self, magnitude_aware: bool) -> SearchResult:
-        x, y = self._train_on_device
-        purpose = "pac_bayes_mag" if magnitude_aware else "pac_bayes"
-        return pac_bayes_sigma(self.model, x, y, magnitude_aware=magnitude_aware, loss=self.train_loss,
-                               budget=self.budget, generator=self.generator(purpose))
+    def completed_searches(self) -> dict[str, SearchResult]:
+        """The searches that have run and returned a result, by name."""
+        return {k: v for k, v in self._searches.items() if isinstance(v, SearchResult)}
 
-    @cached_property
+    def _run_search(self, name: str) -> SearchResult:
+        # The same calls as sharpness_sigma / pac_bayes_sigma, with a hook after each step.
+        x, y = self._train_on_device
+        magnitude_aware = name.endswith("_mag")
+        loss, budget, gen = self.train_loss, self.budget, self.generator(name)
+
+        def step(deviation: Callable[[float], float]) -> Callable[[float], float]:
+            count = 0
+
+            def measured(sigma: float) -> float:
+                nonlocal count
+                d = deviation(sigma)
+                count += 1
+                if self.on_search_step is not None:
+                    self.on_search_step(name, count, sigma, float(d))
+                return d
+
+            return measured
+
+        if name.startswith("sharpness"):
+            return binary_search(
+                step(lambda s: sharpness_deviation(self.model, x, y, s, loss=loss, magnitude_aware=magnitude_aware,
+                                                   budget=budget, worst=self.sharpness_worst, generator=gen)),
+                SHARPNESS_MAG_BOUNDS if magnitude_aware else SHARPNESS_BOUNDS,
+                depth=budget.sharpness_depth, tol=SHARPNESS_TOL, min_width=SHARPNESS_MIN_WIDTH,
+                what="magnitude-aware sharpness" if magnitude_aware else "sharpness", depth_field="sharpness_depth",
+            )
+        return binary_search(
+            step(lambda s: pac_bayes_deviation(self.model, x, y, s, loss=loss, magnitude_aware=magnitude_aware,
+                                               budget=budget, generator=gen)),
+            PAC_BAYES_MAG_BOUNDS if magnitude_aware else PAC_BAYES_BOUNDS,
+            depth=budget.pac_bayes_depth, tol=PAC_BAYES_TOL, min_width=PAC_BAYES_MIN_WIDTH,
+            what="magnitude-aware PAC-Bayes flatness" if magnitude_aware else "PAC-Bayes flatness",
+            depth_field="pac_bayes_depth",
+        )
+
+    def search_depth(self, name: str) -> int:
+        """The most steps search `name` may take under this context's budget."""
+        return self.budget.sharpness_depth if name.startswith("sharpness") else self.budget.pac_bayes_depth
+
+    @property
     def sharpness_search(self) -> SearchResult:
         """σ of the plain sharpness measures (sharpness_flatness, _init, _orig)."""
-        return self._sharpness(False)
+        return self.search("sharpness")
 
-    @cached_property
+    @property
     def sharpness_mag_search(self) -> SearchResult:
         """σ′ of the magnitude-aware sharpness measures."""
-        return self._sharpness(True)
+        return self.search("sharpness_mag")
 
-    @cached_property
+    @property
     def pac_bayes_search(self) -> SearchResult:
         """σ of the plain PAC-Bayes measures."""
-        return self._pac_bayes(False)
+        return self.search("pac_bayes")
 
-    @cached_property
+    @property
     def pac_bayes_mag_search(self) -> SearchResult:
         """σ′ of the magnitude-aware PAC-Bayes measures."""
-        return self._pac_bayes(True)
+        return self.search("pac_bayes_mag")

@@ -24,6 +24,7 @@ class Measure:
     space: str
     compute: Callable[[MeasureContext], float]
     doc: str
+    search: str | None = None  # the σ search (context.SEARCHES) the measure's value comes from, if any
 
     @property
     def metric_key(self) -> str:
@@ -58,40 +59,40 @@ MEASURES: dict[str, Measure] = {
                 "trace of the cross-entropy Hessian on a batch of test images (Hutchinson)"),
         Measure("sharpness_flatness", "parameter",
                 lambda c: sharpness.sharpness_flatness(c.sharpness_search.sigma),
-                "1/σ², σ the worst-case perturbation radius that moves the training loss by 0.1"),
+                "1/σ², σ the worst-case perturbation radius that moves the training loss by 0.1", search="sharpness"),
         Measure("sharpness_init", "parameter",
                 lambda c: sharpness.sharpness_init(c.sharpness_search.sigma, c.theta, c.theta0, c.num_train),
-                "‖θ−θ₀‖²·log(2ω/δ)/σ² + log(m/δ) + 10"),
+                "‖θ−θ₀‖²·log(2ω/δ)/σ² + log(m/δ) + 10", search="sharpness"),
         Measure("sharpness_orig", "parameter",
                 lambda c: sharpness.sharpness_orig(c.sharpness_search.sigma, c.theta, c.num_train),
-                "‖θ‖²·log(2ω/δ)/σ² + log(m/δ) + 10"),
+                "‖θ‖²·log(2ω/δ)/σ² + log(m/δ) + 10", search="sharpness"),
         Measure("sharpness_mag_flat", "parameter",
                 lambda c: sharpness.sharpness_mag_flat(c.sharpness_mag_search.sigma),
-                "1/σ′², σ′ the magnitude-aware worst-case perturbation scale"),
+                "1/σ′², σ′ the magnitude-aware worst-case perturbation scale", search="sharpness_mag"),
         Measure("sharpness_mag_init", "parameter",
                 lambda c: sharpness.sharpness_mag_init(c.sharpness_mag_search.sigma, c.theta, c.theta0, c.num_train),
-                "magnitude-aware sharpness bound on θ−θ₀"),
+                "magnitude-aware sharpness bound on θ−θ₀", search="sharpness_mag"),
         Measure("sharpness_mag_orig", "parameter",
                 lambda c: sharpness.sharpness_mag_orig(c.sharpness_mag_search.sigma, c.theta, c.num_train),
-                "magnitude-aware sharpness bound on θ"),
+                "magnitude-aware sharpness bound on θ", search="sharpness_mag"),
         Measure("pac_bayes_flatness", "parameter",
                 lambda c: flatness.pac_bayes_flatness(c.pac_bayes_search.sigma),
-                "1/σ², σ the Gaussian noise scale that moves the training loss by 0.1"),
+                "1/σ², σ the Gaussian noise scale that moves the training loss by 0.1", search="pac_bayes"),
         Measure("flatness_init", "parameter",
                 lambda c: flatness.flatness_init(c.pac_bayes_search.sigma, c.theta, c.theta0, c.num_train),
-                "‖θ−θ₀‖²/(2σ²) + log(m/δ) + 10"),
+                "‖θ−θ₀‖²/(2σ²) + log(m/δ) + 10", search="pac_bayes"),
         Measure("flatness_orig", "parameter",
                 lambda c: flatness.flatness_orig(c.pac_bayes_search.sigma, c.theta, c.num_train),
-                "‖θ‖²/(2σ²) + log(m/δ) + 10"),
+                "‖θ‖²/(2σ²) + log(m/δ) + 10", search="pac_bayes"),
         Measure("pac_bayes_mag_flat", "parameter",
                 lambda c: flatness.pac_bayes_mag_flat(c.pac_bayes_mag_search.sigma),
-                "1/σ′², σ′ the magnitude-aware Gaussian noise scale"),
+                "1/σ′², σ′ the magnitude-aware Gaussian noise scale", search="pac_bayes_mag"),
         Measure("flatness_mag_init", "parameter",
                 lambda c: flatness.flatness_mag_init(c.pac_bayes_mag_search.sigma, c.theta, c.theta0, c.num_train),
-                "magnitude-aware PAC-Bayes bound on θ−θ₀"),
+                "magnitude-aware PAC-Bayes bound on θ−θ₀", search="pac_bayes_mag"),
         Measure("flatness_mag_orig", "parameter",
                 lambda c: flatness.flatness_mag_orig(c.pac_bayes_mag_search.sigma, c.theta, c.num_train),
-                "magnitude-aware PAC-Bayes bound on θ"),
+                "magnitude-aware PAC-Bayes bound on θ", search="pac_bayes_mag"),
     )
 }
 PREDICTION_METRICS = ("accuracy", "generalisation_gap")

@@ -1,35 +1,78 @@
 """The evaluate step: measure one train or fuse run's model, by run ID."""
 from __future__ import annotations
 
+import math
+import sys
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import asdict, dataclass
 
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from ofexp import tracking
 from ofexp.data import DataSplits, load_dataset
-from ofexp.metrics import MEASURES, MeasureContext, resolve_measures
+from ofexp.errors import ConfigError
+from ofexp.metrics import MEASURES, PREDICTION_METRICS, MeasureContext, Measure, SearchResult, resolve_measures
+from ofexp.metrics.context import PRESETS, search_budget
+from ofexp.metrics.sharpness import WORST_CASES
+from ofexp.tracking.runs import TAG_WARNINGS, warning_tag
 from ofexp.training import resolve_device
 
 RESULTS_COLUMNS = ["Model", "Space", "Metric", "Value"]
+TAG_ACCURACY_METRIC = "ofexp.accuracy_metric"
 
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """What `ofexp evaluate` does. `preset` picks the σ searches' budget: "report" (DESIGN §5's,
+    the default) or "quick" (SearchBudget.quick(): seconds, for tests and demos, not results).
+    `sharpness_worst` is the sharpness deviation's worst case over the draws: "max" (Jiang et al.
+    2019, the default) or "min" (the report's code). `accuracy_metric` names the prediction metric
+    that the study correlates the measures with. `seed` seeds every random draw of the measures.
+    """
+
     model_run: str
     measures: str = "prediction"
     device: str = "auto"
     label: str | None = None  # the results.csv "Model" cell; defaults to the model run's name
+    preset: str = "report"
+    sharpness_worst: str = "max"
+    accuracy_metric: str = "accuracy"
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown --preset {self.preset!r}; use one of: {', '.join(PRESETS)}")
+        if self.sharpness_worst not in WORST_CASES:
+            raise ConfigError(f"unknown --sharpness-worst {self.sharpness_worst!r}; use 'max' (Jiang et al. 2019) "
+                              "or 'min' (the report's choice)")
+        if self.accuracy_metric not in PREDICTION_METRICS:
+            raise ConfigError(f"unknown --accuracy-metric {self.accuracy_metric!r}; "
+                              f"use one of: {', '.join(PREDICTION_METRICS)}")
 
 
 def run_evaluate(cfg: EvalConfig, splits: DataSplits | None = None) -> str:
     """Compute the selected measures of a model run in a new 'evaluate' run; return its ID.
 
     Metrics are named by space (e.g. 'prediction/accuracy'), each with its wall
-    time under 'time/<measure>'. A results.csv artifact holds the same values.
+    time under 'time/<measure>' (a σ search's time counts to the first measure
+    that needs it). Every σ search that ran logs its diagnostics under
+    'search/<search>/{sigma,deviation,converged,steps}' (converged is 1 or 0).
+
+    A measure does not abort the others when it fails. The run gets the tag
+    'ofexp.warning.<measure>' (one line: why) when the measure raised, gave a
+    non-finite value, came from a σ search that did not converge, or issued a
+    RuntimeWarning (e.g. an eigensolver that did not converge); 'ofexp.warnings' lists
+    those measures. A non-converged search's measures still log their values; a
+    measure that raised or was not finite logs no metric and gets no results.csv
+    row, so results.csv (Model, Space, Metric, Value) has exactly the logged
+    values and no blank or non-numeric cells.
     """
     names = resolve_measures(cfg.measures)
+    budget = search_budget(cfg.preset)
     device = resolve_device(cfg.device)
     loaded = tracking.fetch_model_run(cfg.model_run)
     model_run = loaded.run
@@ -37,23 +80,105 @@ def run_evaluate(cfg: EvalConfig, splits: DataSplits | None = None) -> str:
     model_name = model_run.info.run_name or cfg.model_run
     label = cfg.label or model_name
     ctx = MeasureContext(loaded.model.to(device), splits, device,
-                         reference_weights=lambda: reference_weights(cfg.model_run))
-    params = {"model_run": cfg.model_run, "measures": ",".join(names), "device": cfg.device}
-    description = f"Measures {', '.join(names)} of run {cfg.model_run} ({model_name})."
+                         reference_weights=lambda: reference_weights(cfg.model_run),
+                         budget=budget, sharpness_worst=cfg.sharpness_worst, seed=cfg.seed)
+    params = {"model_run": cfg.model_run, "measures": ",".join(names), "device": cfg.device,
+              "preset": cfg.preset, "sharpness_worst": cfg.sharpness_worst,
+              "accuracy_metric": cfg.accuracy_metric, "seed": cfg.seed,
+              **{f"budget.{k}": v for k, v in asdict(budget).items()}}
+    description = (f"Measures {', '.join(names)} of run {cfg.model_run} ({model_name}), "
+                   f"'{cfg.preset}' search budget.")
+    tags = {tracking.TAG_MODEL_RUN: cfg.model_run, TAG_ACCURACY_METRIC: cfg.accuracy_metric}
+    model_id = model_run.data.tags.get(tracking.TAG_LOGGED_MODEL)
     with tracking.stage_run("evaluate", run_name=f"evaluate {model_name}", params=params,
-                            tags={tracking.TAG_MODEL_RUN: cfg.model_run}, description=description) as run:
-        rows = []
+                            tags=tags, description=description) as run:
+        rows, warned, logged_searches = [], [], set()
         for name in names:
             measure = MEASURES[name]
-            start = time.perf_counter()
-            value = float(measure.compute(ctx))
-            tracking.log_metrics(
-                {measure.metric_key: value, f"time/{name}": time.perf_counter() - start},
-                model_id=model_run.data.tags.get(tracking.TAG_LOGGED_MODEL),
-            )
-            rows.append((label, measure.csv_space, name, value))
+            value, problems, elapsed = _measure_one(measure, ctx, cfg.progress)
+            metrics = {f"time/{name}": elapsed}
+            if measure.search is not None and measure.search not in logged_searches:
+                result = ctx.completed_searches().get(measure.search)
+                if result is not None:
+                    metrics.update(search_metrics(measure.search, result))
+                    logged_searches.add(measure.search)
+            if value is not None:
+                metrics[measure.metric_key] = value
+                rows.append((label, measure.csv_space, name, value))
+            tracking.log_metrics(metrics, model_id=model_id)
+            if problems:
+                reason = "; ".join(problems)
+                tracking.set_tags(dict([warning_tag(name, reason)]))
+                warned.append(name)
+                tqdm.write(f"warning: {name}: {reason}", file=sys.stderr)
+        if warned:
+            tracking.set_tags({TAG_WARNINGS: ",".join(warned)})
         tracking.log_text(results_frame(rows).to_csv(index=False), "results.csv")
         return run.info.run_id
+
+
+def search_metrics(search: str, result: SearchResult) -> dict[str, float]:
+    """A σ search's diagnostics as metrics: search/<search>/{sigma,deviation,converged,steps}."""
+    return {f"search/{search}/sigma": result.sigma, f"search/{search}/deviation": result.deviation,
+            f"search/{search}/converged": float(result.converged), f"search/{search}/steps": float(result.steps)}
+
+
+def _measure_one(measure: Measure, ctx: MeasureContext, progress: bool) -> tuple[float | None, list[str], float]:
+    """(value or None, problems, seconds) of one measure, with its progress bar on stderr.
+
+    A search-backed measure's bar counts the search's steps (up to its depth) the
+    first time the search runs; others count one step.
+    """
+    name = measure.name
+    searching = measure.search is not None and measure.search not in ctx.completed_searches()
+    total = ctx.search_depth(measure.search) if searching else 1
+    bar = tqdm(total=total, desc=f"{measure.metric_key}", unit="step", file=sys.stderr, disable=not progress,
+               leave=True, dynamic_ncols=True)
+
+    def on_step(search: str, step: int, sigma: float, deviation: float) -> None:
+        bar.update(1)
+        bar.set_postfix({"σ": f"{sigma:.4g}", "d": f"{deviation:.3g}"}, refresh=True)
+
+    ctx.on_search_step = on_step
+    problems: list[str] = []
+    value: float | None = None
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            value = float(measure.compute(ctx))
+        except Exception as exc:  # noqa: BLE001 -- one measure's failure must not abort the others
+            text = str(exc).strip().splitlines()
+            problems.append(f"not computed: {type(exc).__name__}: {text[0] if text else 'no message'}")
+        finally:
+            ctx.on_search_step = None
+    elapsed = time.perf_counter() - start
+    if value is not None and not math.isfinite(value):
+        problems.append(f"not logged: the value is {value} (not finite)")
+        value = None
+    search_messages: list[str] = []
+    if measure.search is not None:
+        result = ctx.completed_searches().get(measure.search)
+        search_messages = ctx.search_warnings.get(measure.search, [])
+        if result is not None and not result.converged:
+            problems.append(search_messages[0] if search_messages else
+                            f"σ search '{measure.search}' did not converge (deviation {result.deviation:.4g} "
+                            f"at σ={result.sigma:.6g}, stopped by {result.stop_reason} after {result.steps} steps)")
+    # Numerical trouble (non-convergence, overflow) comes as RuntimeWarning; others pass through.
+    for w in caught:
+        if not issubclass(w.category, RuntimeWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        elif str(w.message) not in search_messages and str(w.message) not in problems:
+            problems.append(str(w.message))
+    if bar.total != bar.n:  # a search that stopped before its depth, or a one-step measure
+        bar.total = max(bar.n, 1)
+        bar.n = bar.total
+    if value is not None:
+        bar.set_postfix({"value": f"{value:.6g}"}, refresh=False)
+    elif problems:
+        bar.set_postfix({"value": "-"}, refresh=False)
+    bar.close()
+    return value, problems, elapsed
 
 
 def results_frame(rows: list[tuple[str, str, str, float]]) -> pd.DataFrame:
@@ -65,7 +190,10 @@ def reference_weights(model_run_id: str) -> dict[str, torch.Tensor]:
     """θ₀ of DESIGN §5, found through lineage.
 
     For a train run: its own initial weights. For a fuse run: the final weights
-    of the parent farthest (in squared ℓ2 distance) from the fused weights.
+    of the parent farthest (in squared ℓ2 distance) from the fused weights. A tie
+    (within 1e-9 relative, e.g. naive fusion of two parents with equal weights,
+    which lies exactly halfway) goes to the first parent in the fuse run's
+    parent list, so rounding does not decide it.
     """
     run = tracking.get_run_checked(model_run_id, tracking.MODEL_STAGES)
     if run.data.tags[tracking.TAG_STAGE] == "train":
@@ -76,7 +204,7 @@ def reference_weights(model_run_id: str) -> dict[str, torch.Tensor]:
     for parent_id in parent_ids:
         parent = tracking.load_weights_from_run(parent_id)
         distance = _squared_distance(fused, parent)
-        if distance > best_distance:
+        if distance > best_distance and not math.isclose(distance, best_distance, rel_tol=1e-9):
             best, best_distance = parent, distance
     return best
 

@@ -1,12 +1,19 @@
 """The train step: one MLflow run that trains one network and logs everything needed downstream."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Mapping
 
 from ofexp import tracking
 from ofexp.data import DataConfig, DataSplits, load_dataset
+from ofexp.errors import ArtifactError, ConfigError, OfexpError, RunLookupError
 from ofexp.models import ModelSpec, build_model, init_weights
+from ofexp.tracking import runs
+from ofexp.tracking.artifacts import CHECKPOINT_FILE, SPEC_FILE, has_artifact
 from ofexp.training import Recipe, evaluate, fit, make_recipe, resolve_device, seed_everything
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 
 @dataclass(frozen=True)
@@ -55,33 +62,48 @@ def run_train(cfg: TrainConfig, splits: DataSplits | None = None) -> str:
     init_weights(model, cfg.recipe.init)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     name = cfg.run_name or f"train {cfg.model} {cfg.data.name} seed{cfg.seed}"
-    description = (
-        f"Trains {cfg.model} (width {cfg.width}, bias {cfg.bias}, batch-norm {cfg.batchnorm}) on "
-        f"{cfg.data.name} with the '{cfg.recipe.name}' recipe, seed {cfg.seed}."
-    )
-    with tracking.stage_run("train", run_name=name, params=cfg.params(), description=description) as run:
+    tags = {**runs.process_tags(), runs.TAG_LOG_MODEL: str(cfg.log_model)}
+    with tracking.stage_run("train", run_name=name, params=cfg.params(), tags=tags, description=_description(cfg)) as run:
         _log_inputs(splits)
         tracking.log_spec(spec, cfg.data)
         tracking.log_state_dict(initial, "weights/initial.pt")
-
-        def on_epoch_end(epoch: int, metrics: dict, checkpoint: dict) -> None:
-            tracking.log_metrics(metrics, step=epoch)
-            tracking.log_tensors(checkpoint, "checkpoint/last.pt")
-
-        model.to(device)
-        result = fit(model, splits, cfg.recipe, device=device, seed=cfg.seed, on_epoch_end=on_epoch_end, progress=cfg.progress)
-        tracking.log_state_dict(result.best_state, "weights/best.pt")
-        tracking.log_state_dict(model.state_dict(), "weights/final.pt")
-        test = evaluate(model, splits.test_x, splits.test_y, device=device)
-        tracking.log_metrics({
-            "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-            "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
-        })
-        if cfg.log_model:
-            model_id = tracking.log_mlflow_model(model.cpu(), splits.test_x[:2])
-            tracking.set_tags({tracking.TAG_LOGGED_MODEL: model_id})
-        tracking.set_description(f"{description} Test accuracy {test['accuracy']:.4f}.")
+        _fit_and_log(cfg, model, splits, device)
         return run.info.run_id
+
+
+def _description(cfg: TrainConfig) -> str:
+    return (
+        f"Trains {cfg.model} (width {cfg.width}, bias {cfg.bias}, batch-norm {cfg.batchnorm}) on "
+        f"{cfg.data.name} with the '{cfg.recipe.name}' recipe, seed {cfg.seed}."
+    )
+
+
+def _fit_and_log(cfg: TrainConfig, model, splits: DataSplits, device, resume: dict | None = None,
+                 logged_epochs: frozenset[int] = frozenset()) -> None:
+    """Fit inside the active train run (fresh or resumed), then log weights, test metrics and model.
+
+    Each epoch logs its checkpoint BEFORE its metrics: an epoch whose metrics are on the
+    server always has its checkpoint there too, so a resumed run never logs an epoch twice.
+    """
+    def on_epoch_end(epoch: int, metrics: dict, checkpoint: dict) -> None:
+        tracking.log_tensors(checkpoint, CHECKPOINT_FILE)
+        if epoch not in logged_epochs:
+            tracking.log_metrics(metrics, step=epoch)
+
+    model.to(device)
+    result = fit(model, splits, cfg.recipe, device=device, seed=cfg.seed, on_epoch_end=on_epoch_end,
+                 resume=resume, progress=cfg.progress)
+    tracking.log_state_dict(result.best_state, "weights/best.pt")
+    tracking.log_state_dict(model.state_dict(), "weights/final.pt")
+    test = evaluate(model, splits.test_x, splits.test_y, device=device)
+    tracking.log_metrics({
+        "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+        "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+    })
+    if cfg.log_model:
+        model_id = tracking.log_mlflow_model(model.cpu(), splits.test_x[:2])
+        tracking.set_tags({tracking.TAG_LOGGED_MODEL: model_id})
+    tracking.set_description(f"{_description(cfg)} Test accuracy {test['accuracy']:.4f}.")
 
 
 def _log_inputs(splits: DataSplits) -> None:
@@ -90,3 +112,143 @@ def _log_inputs(splits: DataSplits) -> None:
                           ("validation", splits.val_x, splits.val_y),
                           ("test", splits.test_x, splits.test_y)):
         tracking.log_dataset_input(f"{info.name}-{context}", info.source, x, y, context)
+
+
+# --- resuming an interrupted train run ------------------------------------------------------
+
+# Options that may differ from the run on resume: they do not change the trained weights.
+_FREE_ON_RESUME = ("log_model", "epochs")
+
+
+def resume_train(run_id: str, given: Mapping[str, object] | None = None, *, experiment_name: str | None = None,
+                 log_model: bool | None = None, progress: bool = True) -> str:
+    """Continue a killed or failed train run, in the same MLflow run, from its checkpoint/last.pt.
+
+    The config comes from the run's params; `given` holds the options the user passed
+    (param names -> values): any that contradicts the run is refused, except `epochs`,
+    which may extend it. Returns the run ID once it has FINISHED.
+    """
+    run = tracking.get_run_checked(run_id, ("train",))
+    _check_experiment(run, experiment_name)
+    cfg = train_config_from_run(run, given or {})
+    cfg = replace(cfg, progress=progress, log_model=cfg.log_model if log_model is None else log_model)
+    _check_resumable(run, cfg)
+    device = resolve_device(cfg.device)
+    spec, _ = tracking.load_spec_from_run(run_id)
+    splits = load_dataset(cfg.data)
+    if model_spec_for(cfg, splits) != spec:
+        raise ArtifactError(f"run {run_id}'s {SPEC_FILE} does not match its params; it cannot be resumed")
+    model = build_model(spec)
+    checkpoint = _checkpoint_or_initial(run_id, model)
+    logged = frozenset(runs.metric_steps(run_id, "val_loss"))
+    tags = {**runs.process_tags(), runs.TAG_LOG_MODEL: str(cfg.log_model),
+            runs.TAG_EPOCHS: str(cfg.recipe.epochs)}
+    with tracking.stage_run("train", run_name=cfg.run_name or "", resume_run_id=run_id, tags=tags):
+        # epochs checkpointed but killed before their metrics were logged
+        for row in (checkpoint or {}).get("history", []):
+            if int(row["epoch"]) not in logged:
+                tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+                logged |= {int(row["epoch"])}
+        _fit_and_log(cfg, model, splits, device, resume=checkpoint, logged_epochs=logged)
+    return run_id
+
+
+def _checkpoint_or_initial(run_id: str, model) -> dict | None:
+    """The run's last checkpoint; None, with `model` set to the run's initial weights, if it
+    was killed before its first epoch ended (fit re-seeds, so that start is the same too)."""
+    if has_artifact(run_id, CHECKPOINT_FILE):
+        return tracking.load_checkpoint_from_run(run_id)
+    model.load_state_dict(tracking.load_weights_from_run(run_id, "initial"))
+    return None
+
+
+def train_config_from_run(run: Run, given: Mapping[str, object]) -> TrainConfig:
+    """Rebuild a train run's TrainConfig from its params; refuse contradicting `given` options."""
+    p = dict(run.data.params)
+    epochs = int(run.data.tags.get(runs.TAG_EPOCHS) or p.get("epochs", 0))
+    p["epochs"] = str(epochs)
+    _check_given(run.info.run_id, p, run.info.run_name, given)
+    if given.get("epochs") is not None:
+        epochs = int(given["epochs"])
+    try:
+        data = DataConfig(
+            name=p["dataset"], data_dir=None if p["data_dir"] == "none" else p["data_dir"],
+            val_fraction=float(p["val_fraction"]), split_seed=int(p["split_seed"]),
+            download=p["download"] == "True", image_size=int(p["image_size"]),
+        )
+        milestones = () if p["milestones"] == "none" else tuple(int(m) for m in p["milestones"].split(","))
+        recipe = Recipe(
+            name=p["recipe"], epochs=epochs, batch_size=int(p["batch_size"]), lr=float(p["lr"]),
+            momentum=float(p["momentum"]), weight_decay=float(p["weight_decay"]), init=p["init"],
+            warmup_epochs=float(p["warmup_epochs"]), grad_clip=float(p["grad_clip"]),
+            schedule=p["schedule"], milestones=milestones, gamma=float(p["gamma"]),
+        )
+        cfg = TrainConfig(
+            model=p["model"], data=data, width=float(p["width"]), bias=p["bias"] == "True",
+            batchnorm=p["batchnorm"] == "True", recipe=recipe, seed=int(p["seed"]), device=p["device"],
+            log_model=run.data.tags.get(runs.TAG_LOG_MODEL, "True") == "True", run_name=run.info.run_name,
+        )
+    except (KeyError, ValueError) as exc:
+        raise RunLookupError(f"run {run.info.run_id}'s params are incomplete or invalid ({exc}); "
+                             "only train runs logged by ofexp can be resumed") from None
+    rebuilt = {k: str(v) for k, v in cfg.params().items() if k != "epochs"}
+    if any(p.get(k) != v for k, v in rebuilt.items()):
+        raise RunLookupError(f"run {run.info.run_id}'s params do not rebuild its config; it cannot be resumed")
+    return cfg
+
+
+def _check_given(run_id: str, params: Mapping[str, str], run_name: str, given: Mapping[str, object]) -> None:
+    if "epochs" in given and given["epochs"] is not None and int(given["epochs"]) < int(params["epochs"]):
+        raise ConfigError(f"--epochs {given['epochs']} is below run {run_id}'s {params['epochs']} epochs; "
+                          "a resumed run can only be extended")
+    saved = {**params, "run_name": run_name}
+    clashes = [f"--{k.replace('_', '-')} {v} (run: {saved.get(k)})" for k, v in given.items()
+               if k not in _FREE_ON_RESUME and v is not None and not _same(saved.get(k), v)]
+    if clashes:
+        raise ConfigError(f"cannot resume run {run_id} with different settings: {', '.join(clashes)}; "
+                          "drop these options (only --epochs may grow)")
+
+
+def _same(saved: str | None, value: object) -> bool:
+    if saved is None or saved == str(value):
+        return saved is not None
+    try:
+        return float(saved) == float(value)  # "0.01" vs 1e-2, "1" vs 1.0
+    except (TypeError, ValueError):
+        return False
+
+
+def _check_experiment(run: Run, experiment_name: str | None) -> None:
+    if not experiment_name:
+        return
+    actual = runs.experiment_name(run.info.experiment_id)
+    if actual != experiment_name:
+        raise ConfigError(f"run {run.info.run_id} belongs to experiment {actual!r}, not {experiment_name!r}; "
+                          "drop --experiment-name to resume it")
+
+
+def _check_resumable(run: Run, cfg: TrainConfig) -> None:
+    run_id, status = run.info.run_id, run.info.status
+    done = int(run.data.tags.get(runs.TAG_EPOCHS) or run.data.params.get("epochs", 0))
+    if status == "FINISHED" and cfg.recipe.epochs <= done:
+        raise ConfigError(f"run {run_id} already FINISHED all {done} epochs; nothing to resume "
+                          f"(pass --epochs above {done} to train it further)")
+    alive, _ = runs.process_state(run.data.tags) if status == "RUNNING" else (False, False)
+    if alive:
+        raise ConfigError(f"run {run_id} is still being trained by process {run.data.tags.get(runs.TAG_PID)} "
+                          "on this host; wait for it or stop it before resuming")
+
+
+def stale_notice(cfg: TrainConfig, experiment_id: str) -> str | None:
+    """A one-line hint when the experiment holds a killed RUNNING train run with cfg's params."""
+    params = {k: str(v) for k, v in cfg.params().items()}
+    try:
+        stale = [r for r in runs.running_train_runs(experiment_id)
+                 if r.params == params and (r.gone_here or r.is_stale(runs.STALE_AFTER_S))]
+    except OfexpError:
+        return None  # only a hint; the run itself reports a server that does not answer
+    if not stale:
+        return None
+    more = f" ({len(stale) - 1} more: ofexp runs --stale)" if len(stale) > 1 else ""
+    return (f"notice: run {stale[0].run_id} with these settings was interrupted at epoch {stale[0].last_epoch}; "
+            f"continue it with `{stale[0].resume_command}`{more}")

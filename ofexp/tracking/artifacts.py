@@ -195,3 +195,13 @@ def log_dataset_input(name: str, source: str, inputs: torch.Tensor, targets: tor
 def _is_resolvable_source(source: str) -> bool:
     # mlflow.data accepts only sources it can resolve: real paths or URIs.
     return bool(source) and (Path(source).exists() or "://" in source)
+
+
+def has_artifact(run_id: str, artifact_path: str) -> bool:
+    """Whether a run holds the artifact file `artifact_path` (e.g. 'checkpoint/last.pt')."""
+    parent = str(Path(artifact_path).parent)
+    try:
+        listing = mlflow.MlflowClient().list_artifacts(run_id, None if parent == "." else parent)
+    except (MlflowException, OSError) as exc:
+        raise ArtifactError(f"cannot list run {run_id}'s artifacts on {tracking_uri()}: {str(exc).splitlines()[0]}") from exc
+    return any(info.path == artifact_path and not info.is_dir for info in listing)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -91,24 +93,31 @@ def stage_run(
     params: Mapping[str, object] | None = None,
     tags: Mapping[str, str] | None = None,
     description: str | None = None,
+    resume_run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """Run the body inside a new MLflow run of `stage`; end it FINISHED or FAILED.
 
     The run is nested under the active run (a study) or the `mlflow run`
     launcher, if any. An exception marks the run FAILED (KILLED for Ctrl-C) with
     its one-line reason in the `ofexp.failure_reason` tag, then propagates.
+    With `resume_run_id`, the existing run is reopened instead (status back to
+    RUNNING, an old failure reason removed); `params` are then not re-logged
+    (MLflow forbids changing them), `tags` are updated.
     """
-    all_tags = {**base_tags(stage), **(tags or {})}
-    parent = mlflow.active_run()
-    parent_id = parent.info.run_id if parent else _launcher_run_id
-    if parent_id and not parent:
-        all_tags[TAG_LAUNCHER] = parent_id
-    run = mlflow.start_run(
-        run_name=run_name, tags=all_tags, description=description,
-        nested=parent is not None, parent_run_id=None if parent else parent_id,
-    )
+    if resume_run_id:
+        run = _reopen_run(resume_run_id, tags)
+    else:
+        all_tags = {**base_tags(stage), **(tags or {})}
+        parent = mlflow.active_run()
+        parent_id = parent.info.run_id if parent else _launcher_run_id
+        if parent_id and not parent:
+            all_tags[TAG_LAUNCHER] = parent_id
+        run = mlflow.start_run(
+            run_name=run_name, tags=all_tags, description=description,
+            nested=parent is not None, parent_run_id=None if parent else parent_id,
+        )
     try:
-        if params:
+        if params and not resume_run_id:
             mlflow.log_params({k: _param_str(v) for k, v in params.items()})
         yield run
     except BaseException as exc:
@@ -163,3 +172,124 @@ def active_run_id() -> str:
     if run is None:
         raise RuntimeError("no active MLflow run")
     return run.info.run_id
+
+
+TAG_WARNING_PREFIX = "ofexp.warning."  # + measure name: why its value is missing or doubtful
+TAG_WARNINGS = "ofexp.warnings"  # comma-separated names of the measures with a warning tag
+_MAX_TAG_CHARS = 1000
+
+
+def warning_tag(name: str, reason: str) -> tuple[str, str]:
+    """The (key, value) of a warning tag for `name`: one line, at most 1000 characters."""
+    line = " ".join(str(reason).split()) or "unknown problem"
+    if len(line) > _MAX_TAG_CHARS:
+        line = line[: _MAX_TAG_CHARS - 1] + "…"
+    return f"{TAG_WARNING_PREFIX}{name}", line
+
+
+# --- resuming and finding interrupted runs -------------------------------------------------
+
+TAG_HOST = "ofexp.host"  # the machine and process that (last) ran the run, to tell a live run
+TAG_PID = "ofexp.pid"    # from one killed there
+TAG_LOG_MODEL = "ofexp.log_model"  # whether the run logs an MLflow model (not a param: it never changes weights)
+TAG_EPOCHS = "ofexp.epochs"  # epoch count after `train --resume --epochs N` extended it (params are immutable)
+STALE_AFTER_S = 600.0
+
+
+def _reopen_run(run_id: str, tags: Mapping[str, str] | None) -> mlflow.ActiveRun:
+    """Reopen an existing run (status RUNNING again), update its tags, drop an old failure reason."""
+    run = mlflow.start_run(run_id=run_id, tags=dict(tags or {}))
+    try:
+        if TAG_FAILURE in run.data.tags:
+            mlflow.MlflowClient().delete_tag(run_id, TAG_FAILURE)
+    except BaseException:
+        _end_run("FAILED")
+        raise
+    return run
+
+
+def process_tags() -> dict[str, str]:
+    """Tags naming this host and process, so a later look can tell whether the run still lives."""
+    import socket
+
+    return {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
+
+
+def experiment_id_for(name: str | None) -> str:
+    """The ID of an existing experiment (default as configure_tracking), without creating it."""
+    name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+    try:
+        experiment = mlflow.MlflowClient().get_experiment_by_name(name)
+    except MlflowException as exc:
+        raise OfexpError(f"cannot use the tracking store {tracking_uri()}: {_first_line(exc)}; "
+                         "check MLFLOW_TRACKING_URI and that the server is running") from exc
+    if experiment is None:
+        raise ConfigError(f"no experiment named {name!r} on {tracking_uri()}; check --experiment-name")
+    return experiment.experiment_id
+
+
+def metric_steps(run_id: str, key: str) -> set[int]:
+    """The steps at which a run has logged metric `key`."""
+    return {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key)}
+
+
+@dataclass(frozen=True)
+class RunningRun:
+    """A train run whose status is RUNNING, with what tells a live run from a killed one."""
+
+    run_id: str
+    name: str
+    params: dict
+    last_epoch: int  # last epoch with logged metrics (0: none)
+    idle_s: float  # seconds since its last epoch's metrics (or its start)
+    alive_here: bool  # its process still exists on this host
+    gone_here: bool  # it was started on this host by a process that no longer exists
+
+    @property
+    def resume_command(self) -> str:
+        return f"ofexp train --resume {self.run_id}"
+
+    def is_stale(self, older_than: float) -> bool:
+        """Quiet for `older_than` seconds and not known to be alive on this host."""
+        return not self.alive_here and self.idle_s >= older_than
+
+
+def running_train_runs(experiment_id: str, epoch_metric: str = "val_loss") -> list[RunningRun]:
+    """Every RUNNING train run of the experiment (server-side filter), newest first."""
+    client = mlflow.MlflowClient()
+    query = f"attributes.status = 'RUNNING' and tags.`{TAG_STAGE}` = 'train'"
+    try:
+        runs = client.search_runs([experiment_id], filter_string=query, max_results=1000,
+                                  order_by=["attributes.start_time DESC"])
+        return [_running_run(client, run, epoch_metric) for run in runs]
+    except MlflowException as exc:
+        raise OfexpError(f"cannot search runs on {tracking_uri()}: {_first_line(exc)}") from exc
+
+
+def experiment_name(experiment_id: str) -> str:
+    return mlflow.MlflowClient().get_experiment(experiment_id).name
+
+
+def _running_run(client: mlflow.MlflowClient, run, epoch_metric: str) -> RunningRun:
+    history = client.get_metric_history(run.info.run_id, epoch_metric)
+    last = max((m.timestamp for m in history), default=run.info.start_time or 0)
+    alive, gone = process_state(run.data.tags)
+    return RunningRun(
+        run.info.run_id, run.info.run_name or "", dict(run.data.params),
+        max((m.step for m in history), default=0), max(0.0, time.time() - last / 1000.0), alive, gone,
+    )
+
+
+def process_state(tags: Mapping[str, str]) -> tuple[bool, bool]:
+    """(alive here, gone here) from the host and PID tags; (False, False) for another host."""
+    import socket
+
+    if tags.get(TAG_HOST) != socket.gethostname() or not str(tags.get(TAG_PID, "")).isdigit():
+        return False, False
+    try:
+        os.kill(int(tags[TAG_PID]), 0)
+    except ProcessLookupError:
+        return False, True
+    except OSError:  # e.g. PermissionError: it exists, run by another user
+        pass
+    return True, False

@@ -213,8 +213,8 @@ def tiny_context(**kw) -> MeasureContext:
 
     (tx, ty), (vx, vy), (sx, sy) = split(96), split(16), split(120)
     info = DatasetInfo("synthetic", 3, 1, 4, (0.0,), (1.0,), 96, 16, 120, "test")
-    return MeasureContext(model, DataSplits(tx, ty, vx, vy, sx, sy, info), reference_weights=lambda: init,
-                          budget=SearchBudget.quick(), **kw)
+    kw.setdefault("budget", SearchBudget.quick())
+    return MeasureContext(model, DataSplits(tx, ty, vx, vy, sx, sy, info), reference_weights=lambda: init, **kw)
 
 
 def test_all_includes_every_new_measure_with_its_space():
@@ -227,18 +227,15 @@ def test_all_includes_every_new_measure_with_its_space():
 
 def test_every_new_measure_is_a_finite_float_and_searches_run_once(monkeypatch):
     calls = []
-    for name in ("sharpness_sigma", "pac_bayes_sigma"):
-        real = getattr(context_module, name)
-        monkeypatch.setattr(context_module, name, lambda *a, _real=real, _name=name, **k: (
-            calls.append((_name, k["magnitude_aware"])), _real(*a, **k))[1])
+    real = MeasureContext._run_search
+    monkeypatch.setattr(MeasureContext, "_run_search", lambda self, name: (calls.append(name), real(self, name))[1])
     ctx = tiny_context()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the quick budget may not converge
         values = {name: MEASURES[name].compute(ctx) for name in NEW_MEASURES}
     for name, value in values.items():
         assert isinstance(value, float) and math.isfinite(value), (name, value)
-    assert sorted(calls) == [("pac_bayes_sigma", False), ("pac_bayes_sigma", True),
-                             ("sharpness_sigma", False), ("sharpness_sigma", True)]
+    assert sorted(calls) == ["pac_bayes", "pac_bayes_mag", "sharpness", "sharpness_mag"]
     assert ctx.hessian_batch[0].shape == (100, 1, 4, 4)  # 100 test images
     assert ctx.theta0.shape == ctx.theta.shape and not torch.equal(ctx.theta0, ctx.theta)
     # seeded per purpose: a fresh context, asked in another order, gives the same numbers
@@ -254,3 +251,57 @@ def test_measures_needing_theta0_say_so_without_it():
     ctx.reference_weights = None
     with pytest.raises(ConfigError, match="reference weights"):
         _ = ctx.theta0
+
+
+@pytest.mark.parametrize("search", context_module.SEARCHES)
+def test_context_search_equals_the_public_search_function(search):
+    """The context's hooked search makes exactly the calls of sharpness_sigma / pac_bayes_sigma."""
+    ctx = tiny_context(sharpness_worst="min", seed=3)
+    steps = []
+    ctx.on_search_step = lambda name, step, sigma, d: steps.append((name, step, sigma, d))
+    x, y = ctx.splits.train_x, ctx.splits.train_y
+    kwargs = dict(magnitude_aware=search.endswith("_mag"), loss=ctx.train_loss, budget=ctx.budget,
+                  generator=ctx.generator(search))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        got = ctx.search(search)
+        if search.startswith("sharpness"):
+            want = sharpness_sigma(ctx.model, x, y, worst="min", **kwargs)
+        else:
+            want = pac_bayes_sigma(ctx.model, x, y, **kwargs)
+    assert got == want
+    assert [(s, d) for _, _, s, d in steps] == list(want.history)
+    assert [n for n, *_ in steps] == [search] * want.steps and [k for _, k, *_ in steps] == list(range(1, want.steps + 1))
+
+
+def test_a_failing_search_runs_once_and_fails_each_of_its_measures(monkeypatch):
+    calls = []
+
+    def broken(self, name):
+        calls.append(name)
+        raise FloatingPointError("loss is nan")
+
+    monkeypatch.setattr(MeasureContext, "_run_search", broken)
+    ctx = tiny_context()
+    for name in ("sharpness_flatness", "sharpness_init", "sharpness_orig"):
+        with pytest.raises(FloatingPointError, match="nan"):
+            MEASURES[name].compute(ctx)
+    assert calls == ["sharpness"] and ctx.completed_searches() == {}
+
+
+def test_non_convergence_is_recorded_per_search():
+    ctx = tiny_context(budget=SearchBudget(sharpness_depth=1, sharpness_draws=1, ascent_steps=0, sharpness_batches=1))
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        result = ctx.sharpness_search
+    assert not result.converged and result.steps == 1
+    assert ctx.completed_searches() == {"sharpness": result}
+    assert len(ctx.search_warnings["sharpness"]) == 1 and "did not converge" in ctx.search_warnings["sharpness"][0]
+
+
+def test_presets_and_worst_case_are_checked():
+    assert context_module.search_budget("report") == SearchBudget()
+    assert context_module.search_budget("quick") == SearchBudget.quick()
+    with pytest.raises(ConfigError, match="unknown --preset 'slow'"):
+        context_module.search_budget("slow")
+    with pytest.raises(ConfigError, match="sharpness-worst"):
+        tiny_context(sharpness_worst="mean")

@@ -13,13 +13,15 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from conftest import using_tracking_uri
+
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def client(tiny_runs) -> MlflowClient:
-    mlflow.set_tracking_uri(tiny_runs.server.uri)
-    return MlflowClient(tiny_runs.server.uri)
+    with using_tracking_uri(tiny_runs.server.uri):
+        yield MlflowClient(tiny_runs.server.uri)
 
 
 def _artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:

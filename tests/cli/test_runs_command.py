@@ -1,0 +1,100 @@
+"""`ofexp runs [--stale]` and the stale-run notice, on real runs of the session's MLflow server."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import run_cli_in_process, using_tracking_uri
+from ofexp.pipeline.train import TrainConfig, stale_notice
+
+pytestmark = pytest.mark.slow
+
+EXPERIMENT = "runs-command"
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture(scope="module")
+def runs(mlflow_server) -> dict[str, str]:
+    """RUNNING and finished runs made with the MLflow client, as `ofexp train` tags them."""
+    client = MlflowClient(mlflow_server.uri)
+    experiment_id = client.create_experiment(EXPERIMENT)
+    params = {k: str(v) for k, v in TrainConfig(seed=7).params().items()}
+    here = socket.gethostname()
+
+    def make(name: str, stage: str = "train", epochs: int = 0, **tags) -> str:
+        run = client.create_run(experiment_id, run_name=name, tags={"ofexp.stage": stage, **tags})
+        for key, value in params.items():
+            client.log_param(run.info.run_id, key, value)
+        for epoch in range(1, epochs + 1):
+            client.log_metric(run.info.run_id, "val_loss", 1.0 / epoch, step=epoch)
+        return run.info.run_id
+
+    made = {
+        "killed": make("killed", epochs=3, **{"ofexp.host": here, "ofexp.pid": str(_dead_pid())}),
+        "live": make("live", epochs=1, **{"ofexp.host": here, "ofexp.pid": str(os.getpid())}),
+        "elsewhere": make("elsewhere", epochs=2, **{"ofexp.host": "another-host", "ofexp.pid": "1"}),
+        "finished": make("finished", epochs=3),
+        "evaluate": make("evaluate", stage="evaluate"),
+    }
+    client.set_terminated(made["finished"], "FINISHED")
+    return made
+
+
+def ofexp_here(args: list[str], uri: str, capsys) -> tuple[int, str, str]:
+    result = run_cli_in_process(args, uri, capsys)
+    return result.returncode, result.stdout, result.stderr
+
+
+def _rows(stdout: str) -> dict[str, str]:
+    lines = stdout.strip().splitlines()
+    assert lines and lines[0].split()[:3] == ["run_id", "name", "last_epoch"], stdout
+    return {line.split()[0]: line for line in lines[1:]}
+
+
+def test_stale_lists_killed_running_train_runs_with_the_resume_command(runs, mlflow_server, capsys):
+    code, out, err = ofexp_here(["runs", "--stale", "--older-than", "0", "--experiment-name", EXPERIMENT],
+                                mlflow_server.uri, capsys)
+    assert code == 0, err
+    rows = _rows(out)
+    # the live process is not stale; finished and non-train runs are never listed
+    assert set(rows) == {runs["killed"], runs["elsewhere"]}
+    killed = rows[runs["killed"]].split()
+    assert killed[1:3] == ["killed", "3"] and "gone" in killed
+    assert rows[runs["killed"]].endswith(f"ofexp train --resume {runs['killed']}")
+
+
+def test_threshold_and_plain_listing(runs, mlflow_server, capsys):
+    code, out, err = ofexp_here(["runs", "--stale", "--experiment-name", EXPERIMENT], mlflow_server.uri, capsys)
+    assert (code, out) == (0, "") and "no stale RUNNING train runs" in err  # all were active < 600 s ago
+    code, out, err = ofexp_here(["runs", "--experiment-name", EXPERIMENT], mlflow_server.uri, capsys)
+    assert code == 0, err
+    assert set(_rows(out)) == {runs["killed"], runs["live"], runs["elsewhere"]}
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--experiment-name", "no-such-experiment"], "no experiment named 'no-such-experiment'"),
+    (["--older-than", "-1"], "--older-than"),
+])
+def test_bad_input_is_one_line(args, words, mlflow_server, capsys):
+    code, out, err = ofexp_here(["runs", "--stale", *args], mlflow_server.uri, capsys)
+    assert code != 0 and "Traceback" not in err
+    assert err.strip().startswith("error:") and len(err.strip().splitlines()) == 1 and words in err
+
+
+def test_train_notice_names_the_killed_run_with_the_same_settings(runs, mlflow_server):
+    experiment_id = MlflowClient(mlflow_server.uri).get_experiment_by_name(EXPERIMENT).experiment_id
+    with using_tracking_uri(mlflow_server.uri):
+        notice = stale_notice(TrainConfig(seed=7), experiment_id)
+        assert notice and len(notice.splitlines()) == 1
+        assert f"ofexp train --resume {runs['killed']}" in notice and "epoch 3" in notice
+        assert stale_notice(TrainConfig(seed=8), experiment_id) is None  # other settings: nothing to offer
