@@ -79,8 +79,9 @@ def run_evaluate(cfg: EvalConfig, splits: DataSplits | None = None) -> str:
     splits = splits if splits is not None else load_dataset(loaded.data)
     model_name = model_run.info.run_name or cfg.model_run
     label = cfg.label or model_name
+    parameter_keys = {key for key, _ in loaded.model.named_parameters()}
     ctx = MeasureContext(loaded.model.to(device), splits, device,
-                         reference_weights=lambda: reference_weights(cfg.model_run),
+                         reference_weights=lambda: reference_weights(cfg.model_run, parameter_keys),
                          budget=budget, sharpness_worst=cfg.sharpness_worst, seed=cfg.seed)
     params = {"model_run": cfg.model_run, "measures": ",".join(names), "device": cfg.device,
               "preset": cfg.preset, "sharpness_worst": cfg.sharpness_worst,
@@ -186,11 +187,12 @@ def results_frame(rows: list[tuple[str, str, str, float]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=RESULTS_COLUMNS)
 
 
-def reference_weights(model_run_id: str) -> dict[str, torch.Tensor]:
+def reference_weights(model_run_id: str, parameter_keys: set[str] | None = None) -> dict[str, torch.Tensor]:
     """θ₀ of DESIGN §5, found through lineage.
 
     For a train run: its own initial weights. For a fuse run: the final weights
-    of the parent farthest (in squared ℓ2 distance) from the fused weights. A tie
+    of the parent farthest (in squared ℓ2 distance over the parameters θ, i.e.
+    `parameter_keys`; all float tensors when None) from the fused weights. A tie
     (within 1e-9 relative, e.g. naive fusion of two parents with equal weights,
     which lies exactly halfway) goes to the first parent in the fuse run's
     parent list, so rounding does not decide it.
@@ -203,17 +205,23 @@ def reference_weights(model_run_id: str) -> dict[str, torch.Tensor]:
     best, best_distance = None, -1.0
     for parent_id in parent_ids:
         parent = tracking.load_weights_from_run(parent_id)
-        distance = _squared_distance(fused, parent)
+        distance = squared_distance(fused, parent, parameter_keys)
         if distance > best_distance and not math.isclose(distance, best_distance, rel_tol=1e-9):
             best, best_distance = parent, distance
     return best
 
 
-def _squared_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    # Only float tensors of matching shape are parameters or statistics; a parent of
-    # another width cannot be compared tensor by tensor and is skipped.
+def squared_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], keys: set[str] | None = None) -> float:
+    """Σ ‖a[k] − b[k]‖² over `keys` (default: every float tensor).
+
+    θ is the parameters: batch-norm running statistics, which fusion recomputes,
+    must not decide which parent is farther. A tensor of another shape (a parent
+    of another width) cannot be compared entry by entry and is skipped.
+    """
     total = 0.0
     for key, value in a.items():
+        if keys is not None and key not in keys:
+            continue
         other = b.get(key)
         if other is not None and value.is_floating_point() and other.shape == value.shape:
             total += float((value - other).pow(2).sum())

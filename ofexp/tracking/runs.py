@@ -5,6 +5,7 @@ This package is the only place in ofexp that talks to MLflow.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -56,10 +57,7 @@ def configure_tracking(experiment_name: str | None = None) -> str:
         name = experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
         return mlflow.set_experiment(name).experiment_id
     except MlflowException as exc:
-        raise OfexpError(
-            f"cannot use the tracking store {tracking_uri()}: {_first_line(exc)}; "
-            "check MLFLOW_TRACKING_URI and that the server is running"
-        ) from exc
+        raise _store_error(exc) from exc
 
 
 def git_commit() -> str | None:
@@ -149,6 +147,11 @@ def _param_str(value: object) -> str:
     return str(value)
 
 
+def _store_error(exc: BaseException) -> OfexpError:
+    return OfexpError(f"cannot use the tracking store {tracking_uri()}: {_first_line(exc)}; "
+                      "check MLFLOW_TRACKING_URI and that the server is running")
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:500] if text else ""
@@ -165,13 +168,6 @@ def log_text(text: str, artifact_file: str) -> None:
 
 def set_tags(tags: Mapping[str, str]) -> None:
     mlflow.set_tags(dict(tags))
-
-
-def active_run_id() -> str:
-    run = mlflow.active_run()
-    if run is None:
-        raise RuntimeError("no active MLflow run")
-    return run.info.run_id
 
 
 TAG_WARNING_PREFIX = "ofexp.warning."  # + measure name: why its value is missing or doubtful
@@ -210,8 +206,6 @@ def _reopen_run(run_id: str, tags: Mapping[str, str] | None) -> mlflow.ActiveRun
 
 def process_tags() -> dict[str, str]:
     """Tags naming this host and process, so a later look can tell whether the run still lives."""
-    import socket
-
     return {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
 
 
@@ -221,8 +215,7 @@ def experiment_id_for(name: str | None) -> str:
     try:
         experiment = mlflow.MlflowClient().get_experiment_by_name(name)
     except MlflowException as exc:
-        raise OfexpError(f"cannot use the tracking store {tracking_uri()}: {_first_line(exc)}; "
-                         "check MLFLOW_TRACKING_URI and that the server is running") from exc
+        raise _store_error(exc) from exc
     if experiment is None:
         raise ConfigError(f"no experiment named {name!r} on {tracking_uri()}; check --experiment-name")
     return experiment.experiment_id
@@ -282,8 +275,6 @@ def _running_run(client: mlflow.MlflowClient, run, epoch_metric: str) -> Running
 
 def process_state(tags: Mapping[str, str]) -> tuple[bool, bool]:
     """(alive here, gone here) from the host and PID tags; (False, False) for another host."""
-    import socket
-
     if tags.get(TAG_HOST) != socket.gethostname() or not str(tags.get(TAG_PID, "")).isdigit():
         return False, False
     try:

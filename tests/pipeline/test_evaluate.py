@@ -8,6 +8,7 @@ from dataclasses import replace
 import mlflow
 import pandas as pd
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import using_tracking_uri
@@ -160,3 +161,15 @@ def test_a_tie_goes_to_the_first_listed_parent(store):
     first = tracking.load_weights_from_run(store["parents"][0])
     chosen = reference_weights(store["halfway"])
     assert all(chosen[k].equal(first[k]) for k in first)
+
+
+def test_parent_distance_counts_parameters_not_batchnorm_statistics():
+    from ofexp.pipeline.evaluate import squared_distance
+
+    fused = {"w": torch.zeros(3), "bn.running_var": torch.ones(3)}
+    near_params = {"w": torch.full((3,), 0.1), "bn.running_var": torch.full((3,), 100.0)}
+    far_params = {"w": torch.full((3,), 1.0), "bn.running_var": torch.ones(3)}
+    assert squared_distance(fused, near_params, {"w"}) == pytest.approx(0.03)
+    assert squared_distance(fused, far_params, {"w"}) == pytest.approx(3.0)
+    # counting the statistics would flip which parent is farther
+    assert squared_distance(fused, near_params) > squared_distance(fused, far_params)
