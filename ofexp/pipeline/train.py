@@ -10,6 +10,7 @@ from ofexp.errors import ArtifactError, ConfigError, OfexpError, RunLookupError
 from ofexp.models import ModelSpec, build_model, init_weights
 from ofexp.tracking import runs
 from ofexp.tracking.artifacts import CHECKPOINT_FILE, SPEC_FILE, has_artifact
+from ofexp.tracking.async_log import EpochLogger
 from ofexp.training import Recipe, evaluate, fit, make_recipe, resolve_device, seed_everything
 
 if TYPE_CHECKING:
@@ -84,15 +85,15 @@ def _fit_and_log(cfg: TrainConfig, model, splits: DataSplits, device, resume: di
 
     Each epoch logs its checkpoint BEFORE its metrics: an epoch whose metrics are on the
     server always has its checkpoint there too, so a resumed run never logs an epoch twice.
+    Both go through one background thread (EpochLogger), flushed before the final weights.
     """
-    def on_epoch_end(epoch: int, metrics: dict, checkpoint: dict) -> None:
-        tracking.log_tensors(checkpoint, CHECKPOINT_FILE)
-        if epoch not in logged_epochs:
-            tracking.log_metrics(metrics, step=epoch)
-
     model.to(device)
-    result = fit(model, splits, cfg.recipe, device=device, seed=cfg.seed, on_epoch_end=on_epoch_end,
-                 resume=resume, progress=cfg.progress)
+    with EpochLogger.for_active_run(CHECKPOINT_FILE) as epoch_log:
+        def on_epoch_end(epoch: int, metrics: dict, checkpoint: dict) -> None:
+            epoch_log.submit(epoch, checkpoint, None if epoch in logged_epochs else metrics)
+
+        result = fit(model, splits, cfg.recipe, device=device, seed=cfg.seed, on_epoch_end=on_epoch_end,
+                     resume=resume, progress=cfg.progress)
     tracking.log_state_dict(result.best_state, "weights/best.pt")
     tracking.log_state_dict(model.state_dict(), "weights/final.pt")
     test = evaluate(model, splits.test_x, splits.test_y, device=device)

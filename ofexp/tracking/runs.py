@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from ofexp import __version__
 from ofexp.errors import ConfigError, OfexpError
 
-STAGES = ("train", "fuse", "evaluate", "study")
+STAGES = ("train", "fuse", "evaluate", "study", "ensemble")
 TAG_STAGE = "ofexp.stage"
 TAG_VERSION = "ofexp.version"
 TAG_FAILURE = "ofexp.failure_reason"
@@ -157,9 +157,11 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:500] if text else ""
 
 
-def log_metrics(metrics: Mapping[str, float], step: int | None = None, model_id: str | None = None) -> None:
-    """Log a batch of metrics to the active run in one call (one request to a server)."""
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, model_id=model_id)
+def log_metrics(metrics: Mapping[str, float], step: int | None = None, model_id: str | None = None,
+                run_id: str | None = None) -> None:
+    """Log a batch of metrics in one call (one request to a server) to the active run, or to
+    `run_id` (needed from another thread: MLflow's active run is thread-local)."""
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, model_id=model_id, run_id=run_id)
 
 
 def log_text(text: str, artifact_file: str) -> None:
