@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ def configure_tracking(experiment_name: str | None = None) -> str:
     Returns the experiment ID. The name defaults to MLFLOW_EXPERIMENT_NAME, then
     "ofexp". Under `mlflow run` the launcher run's experiment is used.
     """
+    _check_local_store_writable(tracking_uri())
     try:
         if _launcher_run_id and not experiment_name:
             experiment_id = mlflow.get_run(_launcher_run_id).info.experiment_id
@@ -58,6 +60,22 @@ def configure_tracking(experiment_name: str | None = None) -> str:
         return mlflow.set_experiment(name).experiment_id
     except MlflowException as exc:
         raise _store_error(exc) from exc
+
+
+def _check_local_store_writable(uri: str) -> None:
+    """Refuse a SQLite store in a folder that cannot be written, before MLflow retries it for minutes."""
+    if not uri.startswith("sqlite:///") or uri == "sqlite:///:memory:":
+        return
+    folder = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
+    try:
+        # A real write, not os.access: root passes access checks that the file system still refuses.
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the tracking store {uri} in {folder} ({exc.strerror or exc}); "
+            "run ofexp from a writable folder or set MLFLOW_TRACKING_URI to a writable store or a server"
+        ) from None
 
 
 def git_commit() -> str | None:

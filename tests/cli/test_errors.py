@@ -1,70 +1,190 @@
-"""Bad input: one line on stderr, a non-zero exit code, no traceback, no RUNNING run."""
+"""Bad input: one line on stderr, a non-zero exit code, no traceback, no RUNNING run.
+
+Most cases run through the real entry point in this process (`run_cli_in_process`):
+the same `main()` as the console script, without ~5 s of start-up per case. Only
+what needs a fresh process (its own working directory) spawns one.
+"""
 from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
+from conftest import run_cli, run_cli_in_process
+
 pytestmark = pytest.mark.slow
 
 MISSING_RUN = "0123456789abcdef0123456789abcdef"
+EXPERIMENT = "bad-input"
 
-# (case id, argv builder taking the session's runs, expected words in the error line)
+
+def _fake_train_run(client: MlflowClient, source_run: str, experiment: str, weights: bytes | None) -> str:
+    """A FINISHED train run with `source_run`'s spec.json and `weights` as its final weights (None: no file)."""
+    experiment_id = client.get_experiment_by_name(experiment) or client.create_experiment(experiment)
+    experiment_id = getattr(experiment_id, "experiment_id", experiment_id)
+    run_id = client.create_run(experiment_id, tags={"ofexp.stage": "train"}).info.run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        client.log_artifact(run_id, client.download_artifacts(source_run, "spec.json", tmp))
+        if weights is not None:
+            path = Path(tmp, "final.pt")
+            path.write_bytes(weights)
+            client.log_artifact(run_id, str(path), "weights")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def bad_runs(tiny_runs) -> dict[str, str]:
+    """Runs that are wrong in one way each: deleted, without weights, with corrupt weights."""
+    client = MlflowClient(tiny_runs.server.uri)
+    good = Path(client.download_artifacts(tiny_runs.parent_1, "weights/final.pt", tempfile.mkdtemp())).read_bytes()
+    deleted = _fake_train_run(client, tiny_runs.parent_1, "bad-parents", good)
+    client.delete_run(deleted)
+    return {
+        "deleted": deleted,
+        "no_weights": _fake_train_run(client, tiny_runs.parent_1, "bad-parents", None),
+        "corrupt": _fake_train_run(client, tiny_runs.parent_1, "bad-parents", good[: len(good) // 2]),
+    }
+
+
+def _parents(*ids: str) -> list[str]:
+    return ["fuse", "--parents", ",".join(ids)]
+
+
+# (case id, argv builder taking (tiny_runs, bad_runs), words expected in the error line)
 CASES = [
-    ("unknown run id", lambda r: ["evaluate", "--model-run", MISSING_RUN], "does not exist"),
-    ("malformed run id", lambda r: ["evaluate", "--model-run", "not/a run"], "is not a run ID"),
-    ("evaluate run as model", lambda r: ["evaluate", "--model-run", r.evaluations["parent_1"]], "not a train or fuse run"),
-    ("evaluate run as parent", lambda r: ["fuse", "--parents", f"{r.parent_1},{r.evaluations['parent_1']}"], "not a train or fuse run"),
-    ("different architectures", lambda r: ["fuse", "--parents", f"{r.parent_1},{r.other_arch}"], "mlp"),
-    ("single parent", lambda r: ["fuse", "--parents", r.parent_1], "at least 2"),
-    ("unknown model", lambda r: ["train", "--model", "alexnet"], "alexnet"),
-    ("unknown dataset", lambda r: ["train", "--dataset", "mnist"], "mnist"),
-    ("zero epochs", lambda r: ["train", "--epochs", "0"], "--epochs"),
-    ("zero seeds", lambda r: ["study", "--seeds", "0"], "--seeds"),
-    ("unknown measure", lambda r: ["evaluate", "--model-run", r.parent_1, "--measures", "beauty"], "beauty"),
-    ("wrong weight count", lambda r: ["fuse", "--parents", f"{r.parent_1},{r.parent_2}", "--fusion-weights", "1,2,3"], "--fusion-weights"),
-    ("unavailable device", lambda r: ["train", "--device", "cuda:7"], "cuda"),
+    # train
+    ("unknown model", lambda r, b: ["train", "--model", "alexnet"], "alexnet"),
+    ("unknown dataset", lambda r, b: ["train", "--dataset", "mnist"], "mnist"),
+    ("zero epochs", lambda r, b: ["train", "--epochs", "0"], "--epochs"),
+    ("negative epochs", lambda r, b: ["train", "--epochs", "-3"], "--epochs"),
+    ("zero batch size", lambda r, b: ["train", "--batch-size", "0"], "--batch-size"),
+    ("negative batch size", lambda r, b: ["train", "--batch-size", "-64"], "--batch-size"),
+    ("unknown device", lambda r, b: ["train", "--device", "tpu"], "tpu"),
+    ("unavailable device", lambda r, b: ["train", "--device", "cuda:7"], "cuda"),
+    ("resume a run of another experiment",
+     lambda r, b: ["train", "--resume", r.parent_1, "--experiment-name", "elsewhere"], "belongs to experiment"),
+    ("resume a malformed run id", lambda r, b: ["train", "--resume", "../etc/passwd"], "is not a run ID"),
+    # fuse
+    ("malformed run id", lambda r, b: _parents(r.parent_1, "not/a run"), "is not a run ID"),
+    ("deleted parent", lambda r, b: _parents(r.parent_1, b["deleted"]), "is deleted"),
+    ("parent without weights", lambda r, b: _parents(r.parent_1, b["no_weights"]), "weights/final.pt"),
+    ("parent with corrupt weights", lambda r, b: _parents(r.parent_1, b["corrupt"]), "corrupt"),
+    ("evaluate run as parent", lambda r, b: _parents(r.parent_1, r.evaluations["parent_1"]), "not a train or fuse run"),
+    ("different architectures", lambda r, b: _parents(r.parent_1, r.other_arch), "mlp"),
+    ("single parent", lambda r, b: _parents(r.parent_1), "at least 2"),
+    ("wrong weight count", lambda r, b: [*_parents(r.parent_1, r.parent_2), "--fusion-weights", "1,2,3"],
+     "--fusion-weights"),
+    ("fuse on unknown device", lambda r, b: [*_parents(r.parent_1, r.parent_2), "--device", "quantum"], "quantum"),
+    # evaluate
+    ("unknown run id", lambda r, b: ["evaluate", "--model-run", MISSING_RUN], "does not exist"),
+    ("evaluate run as model", lambda r, b: ["evaluate", "--model-run", r.evaluations["parent_1"]],
+     "not a train or fuse run"),
+    ("unknown measure", lambda r, b: ["evaluate", "--model-run", r.parent_1, "--measures", "beauty"], "beauty"),
+    ("evaluate a deleted run", lambda r, b: ["evaluate", "--model-run", b["deleted"]], "is deleted"),
+    # study
+    ("zero seeds", lambda r, b: ["study", "--seeds", "0"], "--seeds"),
+    ("negative seeds", lambda r, b: ["study", "--seeds", "-2"], "--seeds"),
+    ("study with zero batch size", lambda r, b: ["study", "--batch-size", "0"], "--batch-size"),
 ]
+if importlib.util.find_spec("ofexp.cli.report_commands") is not None:
+    CASES.append(("report of an unknown study", lambda r, b: ["report", "--study-run", MISSING_RUN], MISSING_RUN))
 
 
 def _error_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr[-2000:]
     lines = [line for line in stderr.strip().splitlines() if line.startswith("error:")]
     assert len(lines) == 1, stderr[-2000:]
     return lines[0]
 
 
+def _running(client: MlflowClient, experiment: str) -> list:
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return client.search_runs([found.experiment_id], filter_string="attributes.status = 'RUNNING'")
+
+
 @pytest.mark.parametrize("case,argv,expected", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_gives_one_line_error(tiny_runs, case, argv, expected):
-    result = tiny_runs.cli(argv(tiny_runs) + ["--experiment-name", "bad-input"])
+def test_bad_input_gives_one_line_error(tiny_runs, bad_runs, capsys, case, argv, expected):
+    args = argv(tiny_runs, bad_runs)
+    if "--experiment-name" not in args:
+        args += ["--experiment-name", EXPERIMENT]
+    result = run_cli_in_process(args, tiny_runs.server.uri, capsys)
     assert result.returncode != 0
-    assert "Traceback" not in result.stderr
     assert expected in _error_line(result.stderr)
     assert result.stdout.strip() == ""
+    client = MlflowClient(tiny_runs.server.uri)
+    assert _running(client, EXPERIMENT) == [] and _running(client, "elsewhere") == []
 
 
-def test_cifar_without_data_offline_is_one_line(tiny_runs, tmp_path):
-    # A proxy on a closed local port makes the download fail at once, online or not.
-    closed = "http://127.0.0.1:9"
-    offline = {"HTTPS_PROXY": closed, "HTTP_PROXY": closed, "https_proxy": closed, "http_proxy": closed,
-               "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-    result = tiny_runs.cli(["train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--experiment-name", "bad-input"],
-                           env=offline)
+def test_enough_distinct_bad_inputs_across_commands():
+    assert len({case for case, _, _ in CASES}) >= 15
+    assert {argv(_Any(), _Any())[0] for _, argv, _ in CASES} >= {"train", "fuse", "evaluate", "study"}
+
+
+class _Any:
+    """Stands in for the run fixtures when only the command name of a case is wanted."""
+
+    parent_1 = parent_2 = other_arch = "x" * 32
+    evaluations = {"parent_1": "x" * 32}
+
+    def __getitem__(self, key):
+        return "x" * 32
+
+
+def test_diverging_training_fails_fast_naming_the_epoch(tiny_runs, capsys):
+    result = run_cli_in_process(["train", "--lr", "1e6", "--epochs", "50", "--grad-clip", "0", "--no-log-model",
+                                 "--experiment-name", "diverge"], tiny_runs.server.uri, capsys)
     assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    line = _error_line(result.stderr)
-    assert "cifar-10-batches-py" in line and str(tmp_path) in line
-
-
-def test_diverging_training_fails_the_run_with_its_reason(tiny_runs):
-    result = tiny_runs.cli(["train", "--lr", "1e6", "--epochs", "3", "--grad-clip", "0", "--no-log-model",
-                            "--experiment-name", "diverge"])
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
     assert "diverged at epoch 1" in _error_line(result.stderr)
     client = MlflowClient(tiny_runs.server.uri)
-    experiment = client.get_experiment_by_name("diverge")
-    (run,) = client.search_runs([experiment.experiment_id])
+    (run,) = client.search_runs([client.get_experiment_by_name("diverge").experiment_id])
     assert run.info.status == "FAILED"
-    assert "diverged" in run.data.tags["ofexp.failure_reason"]
+    assert "diverged at epoch 1" in run.data.tags["ofexp.failure_reason"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == []  # it stopped in epoch 1
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path):
+    """A folder this process cannot create files in, even as root (where chmod alone does not stop it)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    immutable = False
+    if os.access(folder, os.W_OK):
+        immutable = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+        if not immutable:
+            pytest.skip("cannot make a folder unwritable for this user (root without chattr)")
+    yield folder
+    if immutable:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    folder.chmod(0o755)
+
+
+def test_unwritable_working_directory_with_the_default_store(unwritable_dir):
+    # The default store is ./mlflow.db: a fresh process in the folder, as a user would start it.
+    result = run_cli(["train", "--epochs", "1", "--no-log-model"], tracking_uri="sqlite:///mlflow.db",
+                     cwd=unwritable_dir, timeout=120)
+    assert result.returncode != 0
+    line = _error_line(result.stderr)
+    assert str(unwritable_dir) in line and "MLFLOW_TRACKING_URI" in line
+    assert result.stdout.strip() == ""
+    assert list(unwritable_dir.iterdir()) == []
+
+
+def test_server_down_at_start_names_the_uri(capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # no 30 s of retries against a closed port
+    uri = "http://127.0.0.1:9"
+    result = run_cli_in_process(["train", "--epochs", "1", "--experiment-name", EXPERIMENT], uri, capsys)
+    assert result.returncode != 0
+    line = _error_line(result.stderr)
+    assert uri in line and "server" in line
 
 
 def test_debug_shows_the_traceback(tiny_runs):
@@ -73,10 +193,13 @@ def test_debug_shows_the_traceback(tiny_runs):
     assert "Traceback" in result.stderr
 
 
-def test_bad_input_leaves_no_run_running(tiny_runs):
-    client = MlflowClient(tiny_runs.server.uri)
-    for name in ("bad-input", "diverge", tiny_runs.experiment):
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            continue
-        assert client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'RUNNING'") == []
+def test_cifar_without_data_offline_is_one_line(tiny_runs, tmp_path):
+    # A proxy on a closed local port makes the download fail at once, online or not.
+    closed = "http://127.0.0.1:9"
+    offline = {"HTTPS_PROXY": closed, "HTTP_PROXY": closed, "https_proxy": closed, "http_proxy": closed,
+               "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    result = tiny_runs.cli(["train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--experiment-name", EXPERIMENT],
+                           env=offline)
+    assert result.returncode != 0
+    line = _error_line(result.stderr)
+    assert "cifar-10-batches-py" in line and str(tmp_path) in line
