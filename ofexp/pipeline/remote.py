@@ -1,0 +1,322 @@
+"""The study on a cluster: each step an MLflow Project run on MLflow's Kubernetes backend.
+
+The study is planned as a list of steps (train, fuse, evaluate per seed), each
+an entry point of the project `mlflow_projects/kubernetes` with its parameters.
+A step that needs other steps' outputs names them in `inputs`: fuse takes its
+parents' train runs, evaluate its model's train or fuse run. The driver (the
+`ofexp study --backend kubernetes` process) submits the steps in waves (every
+step whose inputs are known), waits for each submitted run, looks up the ofexp
+run it logged (tag `ofexp.launcher_run_id`) and passes that run ID on. Every
+pod talks to the same tracking server, so steps chain by run ID exactly as a
+local study does. `--dry-run` renders the Kubernetes Job of every step, with
+placeholders where run IDs will be, and submits nothing.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shlex
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import pandas as pd
+import yaml
+
+from ofexp.errors import ConfigError
+from ofexp.pipeline.evaluate import RESULTS_COLUMNS
+from ofexp.pipeline.study import MODEL_KINDS, StudyConfig, parent_seed
+
+BACKENDS = ("local", "kubernetes")  # local: the study runs in this process (ofexp.pipeline.study)
+KUBERNETES_PROJECT = Path(__file__).resolve().parents[2] / "mlflow_projects" / "kubernetes"
+REQUIRED_KUBE_KEYS = ("kube-job-template-path", "repository-uri")
+LABEL_STUDY, LABEL_STEP = "ofexp/study-run-id", "ofexp/step"
+# Options of `ofexp evaluate` that a study may carry; passed on when the StudyConfig has them.
+EVAL_OPTIONS = {"preset": "report", "sharpness_worst": "max", "accuracy_metric": "accuracy"}
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    """Where the steps run: MLflow Projects `backend` with its `backend_config` (MLflow's keys).
+
+    Here "local" is MLflow Projects' local backend (each step a subprocess on this
+    machine); `ofexp study --backend local` does not come here, it runs the study in-process.
+    """
+
+    backend: str = "kubernetes"
+    backend_config: Mapping[str, object] = field(default_factory=dict)
+    project_uri: str = str(KUBERNETES_PROJECT)
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown --backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
+        if self.backend == "kubernetes":
+            missing = [key for key in REQUIRED_KUBE_KEYS if key not in self.backend_config]
+            if missing:
+                raise ConfigError(f"--backend-config lacks {', '.join(missing)}; give a JSON object like "
+                                  '{"kube-context": "CTX", "repository-uri": "REGISTRY/ofexp-study", '
+                                  '"kube-job-template-path": "mlflow_projects/kubernetes/kubernetes_job_template.yaml"}')
+            if not Path(str(self.backend_config["kube-job-template-path"])).is_file():
+                raise ConfigError(f"kube-job-template-path {self.backend_config['kube-job-template-path']!r} is not a "
+                                  "file; point it at a Job template such as mlflow_projects/kubernetes/"
+                                  "kubernetes_job_template.yaml (relative to the current directory)")
+        if not (Path(self.project_uri) / "MLproject").is_file():
+            raise ConfigError(f"no MLproject in {self.project_uri}; --backend needs the mlflow_projects/kubernetes "
+                              "project of an ofexp checkout")
+
+
+def load_backend_config(text: str | None) -> dict:
+    """--backend-config: a JSON object, inline or in a file (as `mlflow run --backend-config`)."""
+    if not text:
+        return {}
+    source = text if text.lstrip().startswith("{") else None
+    if source is None:
+        if not os.path.isfile(text):
+            raise ConfigError(f"--backend-config {text!r} is neither a JSON object nor a file; pass one of them")
+        source = Path(text).read_text()
+    try:
+        config = json.loads(source)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--backend-config is not valid JSON ({err.msg} at line {err.lineno}); fix the JSON") from None
+    if not isinstance(config, dict):
+        raise ConfigError("--backend-config must be a JSON object of MLflow's backend keys")
+    return config
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Step:
+    """One MLflow Project run of the study. `inputs` maps a parameter to the steps whose run IDs fill it."""
+
+    key: str  # unique within the study, e.g. "fuse-seed1-naive"
+    entry_point: str  # "train" | "fuse" | "evaluate"
+    run_name: str
+    params: Mapping[str, str]
+    inputs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    kind: str | None = None  # evaluate steps: the model kind measured (MODEL_KINDS)
+    seed: int | None = None
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return tuple(key for keys in self.inputs.values() for key in keys)
+
+    def resolved(self, run_ids: Mapping[str, str]) -> dict[str, str]:
+        """The parameters with each input replaced by the comma-joined run IDs of its steps."""
+        return {**self.params, **{name: ",".join(run_ids[k] for k in keys) for name, keys in self.inputs.items()}}
+
+
+def plan_study(cfg: StudyConfig) -> list[Step]:
+    """Every step of the study, in an order where each step comes after the steps it needs."""
+    train, fuse, evaluate = [], [], []
+    methods = tuple(cfg.fuse_options.get("methods", ("naive", "geometric")))
+    for seed in cfg.seeds:
+        parents = [f"train-seed{seed}-parent{i}" for i in (1, 2)]
+        train += [Step(key, "train", f"train {cfg.train.model} {cfg.train.data.name} seed{seed} parent{i}",
+                       _train_params(cfg, parent_seed(seed, i)), seed=seed) for i, key in enumerate(parents, 1)]
+        fuse += [Step(f"fuse-seed{seed}-{method}", "fuse", f"fuse {method} {cfg.train.model} seed{seed}",
+                      _fuse_params(cfg, method), {"parents": tuple(parents)}, seed=seed) for method in methods]
+        models = dict(zip(MODEL_KINDS[:2], parents))
+        models.update({f"{m}_fused": f"fuse-seed{seed}-{m}" for m in methods})
+        # Keys name Kubernetes objects and labels: lowercase, digits and '-' only.
+        evaluate += [Step(f"evaluate-seed{seed}-{kind.replace('_', '-')}", "evaluate", f"evaluate {kind}_seed{seed}",
+                          _eval_params(cfg, f"{kind}_seed{seed}"), {"model_run": (model,)}, kind=kind, seed=seed)
+                     for kind, model in models.items()]
+    steps = train + fuse + evaluate
+    for step in steps:
+        _check_values(step)
+    return steps
+
+
+def waves(steps: Iterable[Step]) -> list[list[Step]]:
+    """Group steps by dependency depth: wave k needs only steps of waves < k, so each wave can run at once."""
+    depth: dict[str, int] = {}
+    for step in steps:  # plan order puts every step after its inputs
+        depth[step.key] = 1 + max((depth[k] for k in step.needs), default=-1)
+    grouped: dict[int, list[Step]] = {}
+    for step in steps:
+        grouped.setdefault(depth[step.key], []).append(step)
+    return [grouped[d] for d in sorted(grouped)]
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _train_params(cfg: StudyConfig, seed: int) -> dict[str, str]:
+    """Every `ofexp train` option, resolved: the Kubernetes project takes no empty values."""
+    t, d, r = cfg.train, cfg.train.data, cfg.train.recipe
+    return {
+        "model": t.model, "width": str(t.width), "bias": _flag(t.bias), "batchnorm": _flag(t.batchnorm),
+        "dataset": d.name, "data_dir": d.resolved_data_dir or "./data", "val_fraction": str(d.val_fraction),
+        "split_seed": str(d.split_seed), "image_size": str(d.image_size), "download": _flag(d.download),
+        "recipe": r.name, "epochs": str(r.epochs), "batch_size": str(r.batch_size), "lr": str(r.lr),
+        "init": r.init, "warmup_epochs": str(r.warmup_epochs), "grad_clip": str(r.grad_clip),
+        "seed": str(seed), "device": t.device, "log_model": _flag(t.log_model),
+    }
+
+
+def _fuse_params(cfg: StudyConfig, method: str) -> dict[str, str]:
+    opts = cfg.fuse_options
+    weights = opts.get("fusion_weights") or (0.5, 0.5)  # the default: 1/k each for the k = 2 parents
+    return {
+        "method": method, "fusion_weights": ",".join(map(str, weights)), "target": str(opts.get("target", -1)),
+        "solver": opts.get("solver", "exact"), "reg": str(opts.get("reg", 0.01)),
+        "alignment": opts.get("alignment", "activations"),
+        "activation_samples": str(opts.get("activation_samples", 256)), "device": cfg.train.device,
+    }
+
+
+def _eval_params(cfg: StudyConfig, label: str) -> dict[str, str]:
+    extra = {name: str(getattr(cfg, name, default)) for name, default in EVAL_OPTIONS.items()}
+    return {"measures": cfg.measures, "label": label, **extra, "seed": "0", "device": cfg.train.device}
+
+
+def _check_values(step: Step) -> None:
+    # MLflow's Kubernetes backend shell-quotes each word of the command, and the container runs it
+    # without a shell: a value with spaces or quotes would reach ofexp with literal quotes.
+    for name, value in step.params.items():
+        if not value or shlex.quote(value) != value:
+            raise ConfigError(f"{step.key}: {name}={value!r} is empty or needs shell quoting, which MLflow's "
+                              "kubernetes backend passes on literally; use a value without spaces or quotes")
+
+
+# --------------------------------------------------------------------------- rendering (dry run)
+
+
+def job_definition(template: Mapping, *, project_name: str, image: str, command: str,
+                   env: Mapping[str, str], job_name: str) -> dict:
+    """The Job that MLflow submits for one project run, filled in as `mlflow.projects.kubernetes` does.
+
+    MLflow sets metadata.name, the first container's name (the project name),
+    image, command (each word of the entry point's command, shell-quoted) and
+    appends MLFLOW_TRACKING_URI, MLFLOW_RUN_ID and MLFLOW_EXPERIMENT_ID to its
+    env (KUBE_MLFLOW_TRACKING_URI, when set, replaces the tracking URI).
+    """
+    job = copy.deepcopy(dict(template))
+    job["metadata"]["name"] = job_name
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    container["name"] = project_name
+    container["image"] = image
+    container["command"] = [shlex.quote(word) for word in shlex.split(command)]
+    container["env"] = [*container.get("env", []), *({"name": k, "value": v} for k, v in env.items())]
+    return job
+
+
+def step_template(remote: RemoteConfig, study_run_id: str, step: Step) -> dict:
+    """The backend config's Job template, labelled with the study run and the step."""
+    with open(str(remote.backend_config["kube-job-template-path"])) as f:
+        template = yaml.safe_load(f)
+    labels = {LABEL_STUDY: study_run_id, LABEL_STEP: step.key}
+    template["metadata"].setdefault("labels", {}).update(labels)
+    template["spec"]["template"].setdefault("metadata", {}).setdefault("labels", {}).update(labels)
+    return template
+
+
+def pod_tracking_uri() -> str:
+    """The tracking URI the pods get: KUBE_MLFLOW_TRACKING_URI (as MLflow reads it), else this process's."""
+    from ofexp import tracking
+
+    uri = os.environ.get("KUBE_MLFLOW_TRACKING_URI") or tracking.tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        raise ConfigError(f"pods cannot reach the tracking store {uri}; set MLFLOW_TRACKING_URI to a shared "
+                          "`mlflow server` (http://HOST:5000), or KUBE_MLFLOW_TRACKING_URI to its address in the cluster")
+    return uri
+
+
+def render_jobs(cfg: StudyConfig, remote: RemoteConfig) -> list[tuple[Step, dict]]:
+    """The Kubernetes Job of every step, as MLflow would submit it; unknown run IDs are placeholders."""
+    from ofexp.tracking.projects import entry_point_command, project_info
+
+    info = project_info(remote.project_uri)
+    repository = str(remote.backend_config["repository-uri"])
+    # MLflow tags the image it builds "<repository-uri>:<first 7 of the git commit>" and pins its digest.
+    image = f"{repository}:{info.git_commit[:7]}" if info.git_commit else repository
+    uri = pod_tracking_uri()
+    placeholders = {step.key: f"RUN_ID_OF_{step.key}" for step in plan_study(cfg)}
+    jobs = []
+    for step in plan_study(cfg):
+        command = entry_point_command(remote.project_uri, step.entry_point, step.resolved(placeholders))
+        env = {"MLFLOW_RUN_ID": f"LAUNCHER_RUN_ID_OF_{step.key}", "MLFLOW_TRACKING_URI": uri,
+               "MLFLOW_EXPERIMENT_ID": "STUDY_EXPERIMENT_ID"}
+        job = job_definition(step_template(remote, "DRY_RUN", step), project_name=info.name, image=image,
+                             command=command, env=env, job_name=f"{info.name}-{step.key}")
+        jobs.append((step, job))
+    return jobs
+
+
+def dry_run_yaml(cfg: StudyConfig, remote: RemoteConfig) -> str:
+    """Every step's Job as one multi-document YAML, each preceded by what it waits for."""
+    docs = []
+    for step, job in render_jobs(cfg, remote):
+        waits = f"waits for {', '.join(step.needs)}" if step.needs else "needs no other step"
+        docs.append(f"# step {step.key} ({step.entry_point}): {waits}\n"
+                    + yaml.safe_dump(job, sort_keys=False, default_flow_style=False))
+    header = (f"# {len(docs)} MLflow Project runs of {remote.project_uri} on {remote.backend}; dry run, nothing "
+              "submitted.\n# RUN_ID_OF_<step> is the ofexp run that step logs: the driver waits for the step and "
+              "passes its run ID on.\n# MLflow names each Job '<project>-<timestamp>' and pins the pushed image's "
+              "digest when it submits.\n")
+    return header + "---\n".join(docs)
+
+
+# --------------------------------------------------------------------------- submission
+
+
+def run_remote_study(cfg: StudyConfig, remote: RemoteConfig) -> str:
+    """Run the study's steps as MLflow Project runs on `remote.backend`, nested under one study run; return its ID."""
+    from ofexp import tracking
+    from ofexp.tracking.projects import check_kubernetes_client, submit, wait_for_step_run
+
+    steps = plan_study(cfg)
+    if remote.backend == "kubernetes":
+        pod_tracking_uri()
+        check_kubernetes_client()
+    tcfg = cfg.train
+    params = {**tcfg.params(), "seeds": cfg.seeds, "measures": cfg.measures, "backend": remote.backend}
+    params.pop("seed")
+    name = f"study {tcfg.model} {tcfg.data.name} seeds {','.join(map(str, cfg.seeds))}"
+    description = (f"Study of {tcfg.model} on {tcfg.data.name} over seeds {', '.join(map(str, cfg.seeds))}, each "
+                   f"step an MLflow Project run on {remote.backend}, chained by run ID.")
+    with tracking.stage_run("study", run_name=name, params=params, description=description) as run, \
+            tempfile.TemporaryDirectory(prefix="ofexp-jobs-") as templates:
+        run_ids: dict[str, str] = {}
+        for wave in waves(steps):
+            submitted = [(step, submit(remote.project_uri, step.entry_point, step.resolved(run_ids),
+                                       backend=remote.backend,
+                                       backend_config=_backend_config(remote, run.info.run_id, step, templates),
+                                       run_name=step.run_name, experiment_id=run.info.experiment_id,
+                                       synchronous=remote.backend == "local")) for step in wave]
+            for step, handle in submitted:
+                run_ids[step.key] = wait_for_step_run(handle, step.key)
+        _log_results(steps, run_ids)
+        return run.info.run_id
+
+
+def _backend_config(remote: RemoteConfig, study_run_id: str, step: Step, folder: str) -> dict:
+    """MLflow's backend config for one step: for kubernetes, a copy of the Job template carrying its labels."""
+    if remote.backend != "kubernetes":
+        return dict(remote.backend_config)
+    path = Path(folder) / f"{step.key}.yaml"
+    path.write_text(yaml.safe_dump(step_template(remote, study_run_id, step), sort_keys=False))
+    return {**remote.backend_config, "kube-job-template-path": str(path)}
+
+
+def _log_results(steps: list[Step], run_ids: Mapping[str, str]) -> None:
+    """results.csv and summary.csv of the study run, from the evaluate runs' logged metrics."""
+    from ofexp import tracking
+    from ofexp.pipeline.study import _rows_from_eval, summarise
+
+    rows = []
+    for step in steps:
+        if step.entry_point == "evaluate":
+            run = tracking.get_run_checked(run_ids[step.key], ("evaluate",))
+            rows += _rows_from_eval(run, f"{step.kind}_seed{step.seed}")
+    results = pd.DataFrame(rows, columns=RESULTS_COLUMNS)
+    tracking.log_text(results.to_csv(index=False), "results.csv")
+    summary = summarise(results)
+    tracking.log_text(summary.to_csv(), "summary.csv")
+    tracking.log_metrics({f"summary/{metric}/{kind}_mean": value for (kind, metric), value in summary["mean"].items()})
