@@ -187,3 +187,32 @@ def tiny_runs(mlflow_server, tmp_path_factory) -> TinyRuns:
     evaluations = {kind: cli(["evaluate", "--model-run", run_id, "--label", kind]).last_line
                    for kind, run_id in kinds.items()}
     return TinyRuns(mlflow_server, "tiny", workdir, parent_1, parent_2, other, fused, evaluations)
+
+
+def fake_train_run(client, experiment: str, files: dict[str, bytes], stage: str = "train") -> str:
+    """A FINISHED run tagged `stage` whose artifacts are exactly `files` (artifact path -> bytes).
+
+    For tests of what ofexp does with artifacts it did not write: corrupt, missing or hostile ones.
+    """
+    import tempfile
+
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    run_id = client.create_run(experiment_id, tags={"ofexp.stage": stage}).info.run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        for artifact_path, content in files.items():
+            local = Path(tmp) / artifact_path
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(content)
+            folder = str(Path(artifact_path).parent)
+            client.log_artifact(run_id, str(local), None if folder == "." else folder)
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def run_artifact_bytes(client, run_id: str, artifact_path: str) -> bytes:
+    """The bytes of one artifact of a run."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(client.download_artifacts(run_id, artifact_path, tmp)).read_bytes()

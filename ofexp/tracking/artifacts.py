@@ -84,18 +84,55 @@ def load_spec_from_run(run_id: str) -> tuple[ModelSpec, DataConfig]:
     return _parse_spec(run_id, _read_artifact(run_id, SPEC_FILE))
 
 
+# spec.json is input from whoever wrote the run: only these keys, and a network of at most
+# MAX_PARAMETERS (4 GB of float32) may be rebuilt from it; anything else is refused unbuilt.
+_SPEC_KEYS = ("model", "data")
+_OPTIONAL_SPEC_KEYS = ("parents",)  # an ensemble's member run IDs
+_DATA_FIELDS = {"name": str, "data_dir": (str, type(None)), "val_fraction": (float, int), "split_seed": int,
+                "image_size": int}
+MAX_PARAMETERS = 1_000_000_000
+
+
 def _parse_spec(run_id: str, raw: bytes) -> tuple[ModelSpec, DataConfig]:
+    """Validate a run's spec.json (keys, types, ranges, size) and return its model spec and data config."""
     try:
         blob = json.loads(raw)
+        _check_keys(blob, _SPEC_KEYS, _OPTIONAL_SPEC_KEYS, "")
         data = blob["data"]
-        cfg = DataConfig(
-            name=str(data["name"]), data_dir=data.get("data_dir"),
-            val_fraction=float(data["val_fraction"]), split_seed=int(data["split_seed"]),
-            image_size=int(data["image_size"]),
-        )
-        return ModelSpec.from_dict(blob["model"]), cfg
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ArtifactError(f"run {run_id} has an invalid {SPEC_FILE} ({exc}); re-run the step that made it") from exc
+        _check_keys(data, tuple(_DATA_FIELDS), (), "data.")
+        for key, kind in _DATA_FIELDS.items():
+            if isinstance(data[key], bool) or not isinstance(data[key], kind):
+                raise TypeError(f"data.{key}={data[key]!r} has the wrong type")
+        parents = blob.get("parents", [])
+        if not isinstance(parents, list) or not all(isinstance(p, str) and _RUN_ID.match(p) for p in parents):
+            raise TypeError("parents must be a list of run IDs")
+        cfg = DataConfig(name=data["name"], data_dir=data["data_dir"], val_fraction=float(data["val_fraction"]),
+                         split_seed=data["split_seed"], image_size=data["image_size"])
+        spec = ModelSpec.from_dict(blob["model"])
+    except (ValueError, KeyError, TypeError) as exc:  # ConfigError is a ValueError
+        reason = " ".join(str(exc).split())[:300]
+        raise ArtifactError(f"run {run_id} has an invalid {SPEC_FILE} ({reason}); re-run the step that made it") from None
+    _check_size(run_id, spec)
+    return spec, cfg
+
+
+def _check_keys(blob: object, required: tuple[str, ...], optional: tuple[str, ...], prefix: str) -> None:
+    if not isinstance(blob, dict):
+        raise TypeError(f"{prefix.rstrip('.') or 'the file'} must be a JSON object")
+    unknown = sorted(set(blob) - set(required) - set(optional))
+    missing = [k for k in required if k not in blob]
+    if unknown or missing:
+        raise ValueError(f"{'unknown' if unknown else 'missing'} key {prefix}{(unknown or missing)[0]}")
+
+
+def _check_size(run_id: str, spec: ModelSpec) -> None:
+    """Refuse specs whose network would be absurdly large, counted on the meta device (no memory)."""
+    with torch.device("meta"):
+        count = sum(p.numel() for member in getattr(spec, "members", (spec,))
+                    for p in build_model(member).parameters())
+    if count > MAX_PARAMETERS:
+        raise ArtifactError(f"run {run_id}'s {SPEC_FILE} describes a network of {count:,} parameters, above "
+                            f"ofexp's limit of {MAX_PARAMETERS:,}; refusing to build it")
 
 
 def load_weights_from_run(run_id: str, name: str | None = None) -> dict[str, torch.Tensor]:

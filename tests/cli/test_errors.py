@@ -9,13 +9,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from conftest import run_cli, run_cli_in_process
+from conftest import fake_train_run, run_artifact_bytes, run_cli, run_cli_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -23,32 +22,18 @@ MISSING_RUN = "0123456789abcdef0123456789abcdef"
 EXPERIMENT = "bad-input"
 
 
-def _fake_train_run(client: MlflowClient, source_run: str, experiment: str, weights: bytes | None) -> str:
-    """A FINISHED train run with `source_run`'s spec.json and `weights` as its final weights (None: no file)."""
-    experiment_id = client.get_experiment_by_name(experiment) or client.create_experiment(experiment)
-    experiment_id = getattr(experiment_id, "experiment_id", experiment_id)
-    run_id = client.create_run(experiment_id, tags={"ofexp.stage": "train"}).info.run_id
-    with tempfile.TemporaryDirectory() as tmp:
-        client.log_artifact(run_id, client.download_artifacts(source_run, "spec.json", tmp))
-        if weights is not None:
-            path = Path(tmp, "final.pt")
-            path.write_bytes(weights)
-            client.log_artifact(run_id, str(path), "weights")
-    client.set_terminated(run_id, "FINISHED")
-    return run_id
-
-
 @pytest.fixture(scope="module")
 def bad_runs(tiny_runs) -> dict[str, str]:
     """Runs that are wrong in one way each: deleted, without weights, with corrupt weights."""
     client = MlflowClient(tiny_runs.server.uri)
-    good = Path(client.download_artifacts(tiny_runs.parent_1, "weights/final.pt", tempfile.mkdtemp())).read_bytes()
-    deleted = _fake_train_run(client, tiny_runs.parent_1, "bad-parents", good)
+    spec = run_artifact_bytes(client, tiny_runs.parent_1, "spec.json")
+    good = run_artifact_bytes(client, tiny_runs.parent_1, "weights/final.pt")
+    deleted = fake_train_run(client, "bad-parents", {"spec.json": spec, "weights/final.pt": good})
     client.delete_run(deleted)
     return {
         "deleted": deleted,
-        "no_weights": _fake_train_run(client, tiny_runs.parent_1, "bad-parents", None),
-        "corrupt": _fake_train_run(client, tiny_runs.parent_1, "bad-parents", good[: len(good) // 2]),
+        "no_weights": fake_train_run(client, "bad-parents", {"spec.json": spec}),
+        "corrupt": fake_train_run(client, "bad-parents", {"spec.json": spec, "weights/final.pt": good[: len(good) // 2]}),
     }
 
 
