@@ -28,9 +28,11 @@ def cli(debug: bool) -> None:
 
 
 def _register() -> None:
-    from ofexp.cli.commands import evaluate, fuse, runs, study, train, ui
+    from ofexp.cli.commands import evaluate, fuse, runs, train, ui
+    from ofexp.cli.report_commands import compare, report
+    from ofexp.cli.study_commands import study
 
-    for command in (train, fuse, evaluate, study, ui, runs):
+    for command in (train, fuse, evaluate, study, ui, runs, report, compare):
         cli.add_command(command)
 
 

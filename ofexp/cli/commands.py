@@ -17,7 +17,7 @@ from ofexp.cli.options import (OPT_FLOAT, OPT_INT, OPT_STR, data_options, experi
                                pop_flag, recipe_options)
 from ofexp.data import DataConfig
 from ofexp.errors import ConfigError
-from ofexp.pipeline import EvalConfig, FuseConfig, StudyConfig, TrainConfig, run_evaluate, run_fuse, run_study, run_train
+from ofexp.pipeline import EvalConfig, FuseConfig, TrainConfig, run_evaluate, run_fuse, run_train
 from ofexp.training import make_recipe
 
 RECIPE_OVERRIDES = ("epochs", "batch_size", "lr", "init", "warmup_epochs", "grad_clip")
@@ -130,20 +130,7 @@ def evaluate(model_run: str, measures: str, label: str | None, preset: str, shar
     click.echo(run_evaluate(cfg))
 
 
-@click.command()
-@model_options
-@data_options
-@recipe_options
-@fusion_options
-@click.option("--seeds", default="1", show_default=True, help="A count (2 = seeds 1,2) or a list (1,2,5).")
-@click.option("--measures", default="prediction", show_default=True)
-@experiment_option
-def study(seeds: str, measures: str, experiment_name: str | None, **kw) -> None:
-    """Train, fuse and evaluate per seed, as nested runs of one study run; print its ID."""
-    fuse_options = _fuse_options(kw)
-    cfg = StudyConfig(train=_train_config(kw), seeds=_parse_seeds(seeds), measures=measures, fuse_options=fuse_options)
-    tracking.configure_tracking(experiment_name)
-    click.echo(run_study(cfg))
+# `ofexp study` lives in ofexp/cli/study_commands.py.
 
 
 @click.command()

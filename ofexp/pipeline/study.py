@@ -1,38 +1,70 @@
 """The study: per seed, train two parents, fuse them both ways, evaluate all four.
 
-Every step is a nested child of one 'study' run, and each step gets its
-inputs by run ID from the step before.
+Every step is a nested child of one 'study' run, and each step gets its inputs by run
+ID from the step before. Before a step starts, a FINISHED run that did exactly that
+step (same stage, params, upstream run IDs, ofexp version and commit) is looked up on
+the server and reused instead (`use_cache`); the study indexes every step it used,
+reused or new, in its tags and in `steps.csv`, so its tables can be rebuilt from the
+server alone (`ofexp report`). With `jobs` > 1 the seeds run in parallel processes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable
 
 import pandas as pd
-from mlflow.entities import Run
 
 from ofexp import tracking
-from ofexp.data import load_dataset
+from ofexp.data import DataSplits, load_dataset
 from ofexp.errors import ConfigError
-from ofexp.metrics import MEASURES
-from ofexp.pipeline.evaluate import RESULTS_COLUMNS, EvalConfig, run_evaluate
+from ofexp.metrics import PREDICTION_METRICS, resolve_measures
+from ofexp.metrics.context import PRESETS, search_budget
+from ofexp.pipeline import plots
+from ofexp.pipeline.evaluate import EvalConfig, run_evaluate
 from ofexp.pipeline.fuse import FuseConfig, run_fuse
+from ofexp.pipeline.report import (STEP_COLUMNS, StudyTables, build_tables, correlation_metrics, correlation_notes,
+                                   results_csv, sort_steps, step_tags, summarise, summary_metrics)
 from ofexp.pipeline.train import TrainConfig, run_train
-
-MODEL_KINDS = ("parent_1", "parent_2", "naive_fused", "geometric_fused")
+from ofexp.tracking import cache, queries, runs
+from ofexp.tracking.study_runs import log_figure
 
 
 @dataclass(frozen=True)
 class StudyConfig:
+    """What `ofexp study` does. `measures` are evaluated on every model (the prediction metric
+    named by `accuracy_metric`, which the correlations use, is always added); `preset` is the
+    σ searches' budget; `use_cache` reuses finished steps; `jobs` seeds run at once."""
+
     train: TrainConfig = field(default_factory=TrainConfig)
     seeds: tuple[int, ...] = (1,)
     measures: str = "prediction"
     fuse_options: dict = field(default_factory=dict)  # FuseConfig fields other than parents and device
+    preset: str = "report"
+    accuracy_metric: str = "accuracy"
+    use_cache: bool = True
+    jobs: int = 1
 
     def __post_init__(self) -> None:
         if not self.seeds:
             raise ConfigError("--seeds selects no seed; pass a count like 2 or a list like 1,2,5")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"--seeds lists a seed twice ({','.join(map(str, self.seeds))}); list each once")
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown --preset {self.preset!r}; use one of: {', '.join(PRESETS)}")
+        if self.accuracy_metric not in PREDICTION_METRICS:
+            raise ConfigError(f"unknown --accuracy-metric {self.accuracy_metric!r}; "
+                              f"use one of: {', '.join(PREDICTION_METRICS)}")
+        if self.jobs < 1:
+            raise ConfigError(f"--jobs must be ≥ 1, got {self.jobs}")
+        resolve_measures(self.measures)  # a bad name fails here, before any run starts
+
+    @property
+    def measure_names(self) -> str:
+        """The measures each evaluate run computes, in table order."""
+        return ",".join(resolve_measures(f"{self.measures},{self.accuracy_metric}"))
 
 
 def parent_seed(study_seed: int, parent: int) -> int:
@@ -44,60 +76,214 @@ def parent_seed(study_seed: int, parent: int) -> int:
     return 100 * study_seed + parent
 
 
+@dataclass
+class SeedContext:
+    """One seed's work in progress: what its steps read and the steps done so far."""
+
+    cfg: StudyConfig
+    seed: int
+    splits: DataSplits
+    experiment_id: str
+    model_runs: dict[str, str] = field(default_factory=dict)  # kind -> train or fuse run ID
+    steps: list[tuple] = field(default_factory=list)  # STEP_COLUMNS rows
+
+    def step(self, kind: str, stage: str, params: dict, tags: dict, start: Callable[[], str]) -> str:
+        """Reuse a finished run that did this step, or `start()` a new one; record it; return its ID."""
+        found = cache.find_finished_run(self.experiment_id, stage, params, tags) if self.cfg.use_cache else None
+        run_id = found.info.run_id if found else start()
+        self.steps.append((self.seed, kind, stage, run_id, found is not None))
+        return run_id
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """A model the study makes per seed: its name (results.csv's `<kind>_seed<k>`), and how
+    to make its train or fuse run from the seed's context (None: not made in this study)."""
+
+    name: str
+    make: Callable[[SeedContext], str | None]
+
+
+def _parent(i: int) -> Callable[[SeedContext], str]:
+    def make(ctx: SeedContext) -> str:
+        tcfg = ctx.cfg.train
+        pcfg = replace(tcfg, seed=parent_seed(ctx.seed, i),
+                       run_name=f"train {tcfg.model} {tcfg.data.name} seed{ctx.seed} parent{i}")
+        tags = {runs.TAG_LOG_MODEL: "True"} if pcfg.log_model else {}
+        return ctx.step(f"parent_{i}", "train", pcfg.params(), tags, lambda: run_train(pcfg, ctx.splits))
+    return make
+
+
+def _fused(method: str) -> Callable[[SeedContext], str | None]:
+    def make(ctx: SeedContext) -> str | None:
+        options = dict(ctx.cfg.fuse_options)
+        if method not in options.pop("methods", (method,)):
+            return None
+        parents = (ctx.model_runs["parent_1"], ctx.model_runs["parent_2"])
+        fcfg = FuseConfig(parents=parents, methods=(method,), device=ctx.cfg.train.device, **options)
+        tags = {tracking.TAG_PARENTS: ",".join(parents)}
+        return ctx.step(f"{method}_fused", "fuse", fcfg.params(method), tags,
+                        lambda: run_fuse(fcfg, ctx.splits)[method])
+    return make
+
+
+# The models of one seed, in the order they are made; a kind may use the kinds before it.
+KINDS: tuple[ModelKind, ...] = (
+    ModelKind("parent_1", _parent(1)),
+    ModelKind("parent_2", _parent(2)),
+    ModelKind("naive_fused", _fused("naive")),
+    ModelKind("geometric_fused", _fused("geometric")),
+)
+MODEL_KINDS = tuple(k.name for k in KINDS)
+
+
+def evaluate_config(cfg: StudyConfig, model_run: str, label: str) -> EvalConfig:
+    return EvalConfig(model_run=model_run, measures=cfg.measure_names, device=cfg.train.device, label=label,
+                      preset=cfg.preset, accuracy_metric=cfg.accuracy_metric, progress=cfg.train.progress)
+
+
+def evaluate_params(ecfg: EvalConfig) -> dict[str, object]:
+    """The params an evaluate run logs for `ecfg` (what run_evaluate logs; a test checks they agree)."""
+    return {"model_run": ecfg.model_run, "measures": ",".join(resolve_measures(ecfg.measures)),
+            "device": ecfg.device, "preset": ecfg.preset, "sharpness_worst": ecfg.sharpness_worst,
+            "accuracy_metric": ecfg.accuracy_metric, "seed": ecfg.seed,
+            **{f"budget.{k}": v for k, v in asdict(search_budget(ecfg.preset)).items()}}
+
+
+def run_seed(cfg: StudyConfig, seed: int, splits: DataSplits, experiment_id: str) -> list[tuple]:
+    """Make every model kind of one seed, then evaluate each; return the STEP_COLUMNS rows."""
+    ctx = SeedContext(cfg, seed, splits, experiment_id)
+    for kind in KINDS:
+        run_id = kind.make(ctx)
+        if run_id is not None:
+            ctx.model_runs[kind.name] = run_id
+    for kind, model_run in ctx.model_runs.items():
+        ecfg = evaluate_config(cfg, model_run, f"{kind}_seed{seed}")
+        ctx.step(kind, "evaluate", evaluate_params(ecfg), {tracking.TAG_MODEL_RUN: model_run},
+                 lambda: run_evaluate(ecfg, splits))
+    return ctx.steps
+
+
+def _rows_from_eval(run, label: str) -> list[tuple]:
+    """results.csv rows (Model, Space, Metric, Value) of one evaluate run (an MLflow Run), as logged.
+
+    Kept for ofexp.pipeline.remote, which logs its own results; `summarise` is re-exported for it too.
+    """
+    from ofexp.metrics import MEASURES
+
+    logged = run.data.metrics
+    return [(label, m.csv_space, m.name, logged[m.metric_key]) for m in MEASURES.values() if m.metric_key in logged]
+
+
+__all__ = ["KINDS", "MODEL_KINDS", "ModelKind", "StudyConfig", "evaluate_params", "log_outputs", "parent_seed",
+           "run_seed", "run_study", "summarise"]
+
+
+def study_params(cfg: StudyConfig) -> dict[str, object]:
+    params = {**cfg.train.params(), "seeds": cfg.seeds, "measures": cfg.measure_names, "preset": cfg.preset,
+              "accuracy_metric": cfg.accuracy_metric}
+    params.pop("seed")
+    options = dict(cfg.fuse_options)
+    params["method"] = ",".join(options.pop("methods", ("naive", "geometric")))
+    for key, value in options.items():
+        params[key] = "equal" if key == "fusion_weights" and value is None else value
+    return params
+
+
 def run_study(cfg: StudyConfig) -> str:
     """Run the whole study as nested MLflow runs; return the study run's ID."""
     tcfg = cfg.train
     splits = load_dataset(tcfg.data)
     name = f"study {tcfg.model} {tcfg.data.name} seeds {','.join(map(str, cfg.seeds))}"
-    params = {**tcfg.params(), "seeds": cfg.seeds, "measures": cfg.measures}
-    params.pop("seed")
     description = (
         f"Study of {tcfg.model} on {tcfg.data.name} over seeds {', '.join(map(str, cfg.seeds))}: per seed two "
         "parents are trained, fused naively and geometrically, and all four models evaluated."
     )
-    with tracking.stage_run("study", run_name=name, params=params, description=description) as run:
-        rows = []
-        for seed in cfg.seeds:
-            rows += _run_seed(cfg, seed, splits)
-        results = pd.DataFrame(rows, columns=RESULTS_COLUMNS)
-        tracking.log_text(results.to_csv(index=False), "results.csv")
-        summary = summarise(results)
-        tracking.log_text(summary.to_csv(), "summary.csv")
-        tracking.log_metrics({
-            f"summary/{metric}/{kind}_mean": value
-            for (kind, metric), value in summary["mean"].items()
-        })
+    tags = {"ofexp.cache": str(cfg.use_cache).lower(), "ofexp.jobs": str(cfg.jobs)}
+    with tracking.stage_run("study", run_name=name, params=study_params(cfg), tags=tags,
+                            description=description) as run:
+        experiment_id = run.info.experiment_id
+        if cfg.jobs == 1 or len(cfg.seeds) == 1:
+            rows = [row for seed in cfg.seeds for row in run_seed(cfg, seed, splits, experiment_id)]
+        else:
+            rows = _run_seeds_in_parallel(cfg, run.info.run_id, experiment_id)
+        steps = sort_steps(pd.DataFrame(rows, columns=STEP_COLUMNS), MODEL_KINDS)
+        tables = log_outputs(steps, cfg.accuracy_metric, experiment_id)
+        reused = int(tables.steps["reused"].sum())
+        tracking.set_description(f"{description} {reused} of {len(steps)} steps reused finished runs (steps.csv).")
         return run.info.run_id
 
 
-def _run_seed(cfg: StudyConfig, seed: int, splits) -> list[tuple]:
-    tcfg = cfg.train
-    parents = []
-    for i in (1, 2):
-        pcfg = replace(tcfg, seed=parent_seed(seed, i),
-                       run_name=f"train {tcfg.model} {tcfg.data.name} seed{seed} parent{i}")
-        parents.append(run_train(pcfg, splits))
-    fused = run_fuse(FuseConfig(parents=tuple(parents), device=tcfg.device, **cfg.fuse_options), splits)
-    model_runs = dict(zip(MODEL_KINDS, [*parents, fused.get("naive"), fused.get("geometric")]))
-    rows = []
-    for kind, model_run in model_runs.items():
-        if model_run is None:
-            continue
-        eval_id = run_evaluate(EvalConfig(model_run=model_run, measures=cfg.measures, device=tcfg.device,
-                                          label=f"{kind}_seed{seed}"), splits)
-        rows += _rows_from_eval(tracking.get_run_checked(eval_id, ("evaluate",)), f"{kind}_seed{seed}")
-    return rows
+def _run_seeds_in_parallel(cfg: StudyConfig, study_run_id: str, experiment_id: str) -> list[tuple]:
+    """Each seed in its own (spawned) process, nested under the study run; rows in seed order."""
+    jobs = min(cfg.jobs, len(cfg.seeds))
+    threads = max(1, (os.cpu_count() or 1) // jobs)  # share the cores instead of oversubscribing them
+    context = multiprocessing.get_context("spawn")  # fork would copy MLflow's and torch's thread state
+    uri = tracking.tracking_uri()
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = [pool.submit(_seed_worker, cfg, seed, study_run_id, experiment_id, uri, threads)
+                   for seed in cfg.seeds]
+        try:
+            return [row for future in futures for row in future.result()]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
-def _rows_from_eval(run: Run, label: str) -> list[tuple]:
-    # Read back from the store, so results.csv holds exactly the logged values.
-    logged = run.data.metrics
-    return [(label, m.csv_space, m.name, logged[m.metric_key])
-            for m in MEASURES.values() if m.metric_key in logged]
+def _seed_worker(cfg: StudyConfig, seed: int, study_run_id: str, experiment_id: str, uri: str,
+                 threads: int) -> list[tuple]:
+    import torch
+
+    from ofexp.tracking.study_runs import attached_to
+
+    torch.set_num_threads(threads)
+    with attached_to(study_run_id, uri):
+        return run_seed(cfg, seed, load_dataset(cfg.train.data), experiment_id)
 
 
-def summarise(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard deviation over seeds of every (model kind, metric)."""
-    frame = results.copy()
-    frame["Kind"] = frame["Model"].str.replace(r"_seed\d+$", "", regex=True)
-    return frame.groupby(["Kind", "Metric"])["Value"].agg(["mean", "std", "count"])
+# --- what the study run logs ------------------------------------------------------------------
+
+def log_outputs(steps: pd.DataFrame, accuracy_metric: str, experiment_id: str) -> StudyTables:
+    """Index the steps (tags, steps.csv), then log the tables, metrics and plots built from the
+    steps' runs as read back from the server, so the artifacts hold exactly the logged values."""
+    tracking.set_tags(step_tags(steps))
+    tracking.log_text(steps.to_csv(index=False), "steps.csv")
+    step_runs = queries.runs_by_id(steps["run_id"], [experiment_id])
+    tables = build_tables(steps, step_runs, accuracy_metric)
+    tracking.log_text(results_csv(tables.results), "results.csv")
+    tracking.log_text(tables.summary.to_csv(), "summary.csv")
+    tracking.log_text(tables.correlations.to_csv(index=False, na_rep="nan"), "correlations.csv")
+    reused = int(steps["reused"].sum())
+    tracking.log_metrics({**summary_metrics(tables.summary), **correlation_metrics(tables.correlations),
+                          "steps/reused": reused, "steps/new": len(steps) - reused})
+    notes = correlation_notes(tables.correlations)
+    if notes:
+        tracking.set_tags(dict([runs.warning_tag(
+            "correlation", f"{len(notes)} correlations undefined (nan in results.csv, notes in correlations.csv): "
+            + "; ".join(notes))]))
+    _log_plots(tables, step_runs, accuracy_metric)
+    return tables
+
+
+def _log_plots(tables: StudyTables, step_runs: dict, accuracy_metric: str) -> None:
+    per_seed = tables.results[tables.results["Space"] != "correlation_space"]
+    figures = {"plots/accuracy.png": plots.accuracy_figure(per_seed, "accuracy")}
+    if accuracy_metric != "accuracy":
+        figures[f"plots/{accuracy_metric}.png"] = plots.accuracy_figure(per_seed, accuracy_metric)
+    figures.update({f"plots/correlation_{method}.png": fig
+                    for method, fig in plots.correlation_heatmaps(tables.correlations).items()})
+    figures.update(_interpolation_figures(tables.steps, step_runs))
+    for path, figure in figures.items():
+        if figure is not None:
+            log_figure(figure, path)
+            plots.close(figure)
+
+
+def _interpolation_figures(steps: pd.DataFrame, step_runs: dict) -> dict:
+    """The `interp/...` curves that fuse runs logged (one value per interpolation step), if any."""
+    curves: dict[str, dict[str, list]] = {}
+    for step in steps[steps["stage"] == "fuse"].itertuples():
+        for key in sorted(k for k in step_runs[step.run_id].metrics if k.startswith("interp/")):
+            curves.setdefault(key, {})[f"{step.kind} seed{step.seed}"] = queries.metric_history(step.run_id, key)
+    return {"plots/interpolation.png": plots.interpolation_figure(curves)} if curves else {}

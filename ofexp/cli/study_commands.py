@@ -1,0 +1,46 @@
+"""`ofexp study`: the whole multi-seed study as one command; prints the study run's ID last."""
+from __future__ import annotations
+
+import click
+
+from ofexp import tracking
+from ofexp.cli.commands import _fuse_options, _parse_seeds, _train_config, fusion_options
+from ofexp.cli.options import data_options, experiment_option, model_options, recipe_options
+from ofexp.cli.remote_options import remote_from_options, remote_options, run_remote
+from ofexp.pipeline.study import StudyConfig, run_study
+
+
+@click.command()
+@model_options
+@data_options
+@recipe_options
+@fusion_options
+@click.option("--seeds", default="1", show_default=True, help="A count (2 = seeds 1,2) or a list (1,2,5).")
+@click.option("--measures", default="prediction", show_default=True,
+              help="Comma-separated measure names, spaces (input, parameter, prediction) or 'all'.")
+@click.option("--accuracy-metric", type=click.Choice(["accuracy", "generalisation_gap"]), default="accuracy",
+              show_default=True, help="Prediction metric that every measure is correlated with (always measured).")
+@click.option("--preset", type=click.Choice(["report", "quick"]), default="report", show_default=True,
+              help="σ-search budget: the report's (DESIGN §5), or a tiny one for tests and demos (not for results).")
+@click.option("--no-cache", is_flag=True, help="Run every step afresh instead of reusing finished runs.")
+@click.option("--no-cache-value", "no_cache_value", type=click.BOOL, default=None, hidden=True)
+@click.option("--jobs", type=click.INT, default=1, show_default=True,
+              help="Seeds run at once, each in its own process, against the same tracking store.")
+@remote_options
+@experiment_option
+def study(seeds: str, measures: str, accuracy_metric: str, preset: str, no_cache: bool, no_cache_value: bool | None,
+          jobs: int, experiment_name: str | None, **kw) -> None:
+    """Train, fuse and evaluate per seed, as nested runs of one study run; print its ID.
+
+    Steps that a FINISHED run already did (same stage, params, upstream runs, ofexp
+    version and commit) are reused, not redone; --no-cache turns that off.
+    """
+    remote = remote_from_options(kw)  # --backend kubernetes: ofexp.pipeline.remote runs the steps
+    fuse_options = _fuse_options(kw)
+    cfg = StudyConfig(train=_train_config(kw), seeds=_parse_seeds(seeds), measures=measures,
+                      fuse_options=fuse_options, preset=preset, accuracy_metric=accuracy_metric,
+                      use_cache=not (no_cache or bool(no_cache_value)), jobs=jobs)
+    if remote is not None:
+        return run_remote(cfg, remote, experiment_name)
+    tracking.configure_tracking(experiment_name)
+    click.echo(run_study(cfg))

@@ -1,0 +1,149 @@
+"""The study's tables, built from its runs' logged values alone.
+
+The study run indexes its steps with one tag per step,
+`ofexp.step.<kind>_seed<k>.<stage>` = run ID (reused runs from earlier studies
+included, since they are not its children). From those runs' metrics come:
+
+- results: the report's `results.csv` (DESIGN §5): `Model,Space,Metric,Value`, per-seed
+  rows `Model=<kind>_seed<k>`, then correlation rows `Model=<kind>`,
+  `Space=correlation_space`, `Metric=<method>_<measure>`, `nan` when undefined;
+- summary: mean, std and count over seeds per (model kind, metric);
+- correlations: every (method, measure, model kind) coefficient with its note.
+
+`ofexp study` logs them, and `ofexp report` rebuilds them from the server.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import pandas as pd
+
+from ofexp.metrics import MEASURES
+from ofexp.metrics.correlation import correlation_table
+from ofexp.tracking.queries import RunData
+
+RESULTS_COLUMNS = ["Model", "Space", "Metric", "Value"]
+STEP_COLUMNS = ["seed", "kind", "stage", "run_id", "reused"]
+STEP_TAG_PREFIX = "ofexp.step."
+TAG_KINDS = "ofexp.kinds"
+_STEP_TAG = re.compile(r"^ofexp\.step\.(?P<kind>\w+?)_seed(?P<seed>\d+)\.(?P<stage>train|fuse|evaluate)$")
+
+
+@dataclass(frozen=True)
+class StudyTables:
+    results: pd.DataFrame  # RESULTS_COLUMNS: per-seed rows, then correlation rows
+    summary: pd.DataFrame  # index (Kind, Metric); columns mean, std, count
+    correlations: pd.DataFrame  # method, measure, model_kind, value, n, note
+    steps: pd.DataFrame  # STEP_COLUMNS
+
+
+def step_tags(steps: pd.DataFrame) -> dict[str, str]:
+    """The study run's index tags: `ofexp.step.<kind>_seed<k>.<stage>` -> run ID, and the model
+    kinds in the order the study made them (`ofexp.kinds`), which the tables keep."""
+    tags = {f"{STEP_TAG_PREFIX}{r.kind}_seed{r.seed}.{r.stage}": r.run_id for r in steps.itertuples()}
+    return {**tags, TAG_KINDS: ",".join(dict.fromkeys(steps["kind"]))}
+
+
+def steps_from_tags(tags: Mapping[str, str], study_run_id: str, runs: Mapping[str, RunData] | None = None) -> pd.DataFrame:
+    """The step table back from a study run's tags; `reused` = the run is not the study's child."""
+    rows = []
+    for key, run_id in tags.items():
+        match = _STEP_TAG.match(key)
+        if match:
+            parent = runs[run_id].tags.get("mlflow.parentRunId") if runs and run_id in runs else None
+            rows.append((int(match["seed"]), match["kind"], match["stage"], run_id,
+                         parent is not None and parent != study_run_id))
+    return sort_steps(pd.DataFrame(rows, columns=STEP_COLUMNS), tags.get(TAG_KINDS, "").split(","))
+
+
+def sort_steps(steps: pd.DataFrame, kinds: Iterable[str] = ()) -> pd.DataFrame:
+    order = {k: i for i, k in enumerate(kinds)}
+    stage_order = {"train": 0, "fuse": 1, "evaluate": 2}
+    key = steps.assign(_k=steps["kind"].map(lambda k: order.get(k, len(order))),
+                       _s=steps["stage"].map(stage_order))
+    return key.sort_values(["seed", "_s", "_k", "kind"]).drop(columns=["_k", "_s"]).reset_index(drop=True)
+
+
+def seed_rows(steps: pd.DataFrame, runs: Mapping[str, RunData]) -> pd.DataFrame:
+    """Per-seed results rows from every evaluate step's logged metrics, in MEASURES order."""
+    rows = []
+    for step in steps[steps["stage"] == "evaluate"].itertuples():
+        logged = runs[step.run_id].metrics
+        label = f"{step.kind}_seed{step.seed}"
+        rows += [(label, m.csv_space, m.name, logged[m.metric_key]) for m in MEASURES.values() if m.metric_key in logged]
+    return pd.DataFrame(rows, columns=RESULTS_COLUMNS)
+
+
+def long_values(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """Per-seed results as (model_kind, seed, measure, value) rows, for correlation_table."""
+    parts = per_seed["Model"].str.extract(r"^(?P<model_kind>.+)_seed(?P<seed>\d+)$")
+    return pd.DataFrame({"model_kind": parts["model_kind"], "seed": parts["seed"].astype(int),
+                         "measure": per_seed["Metric"], "value": per_seed["Value"].astype(float)})
+
+
+def correlation_rows(correlations: pd.DataFrame) -> pd.DataFrame:
+    """Correlation rows of results.csv: Model=<kind>, Metric=<method>_<measure>, NaN kept (written 'nan')."""
+    return pd.DataFrame({
+        "Model": correlations["model_kind"], "Space": "correlation_space",
+        "Metric": correlations["method"] + "_" + correlations["measure"], "Value": correlations["value"],
+    }, columns=RESULTS_COLUMNS)
+
+
+def summarise(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard deviation over seeds of every (model kind, metric)."""
+    frame = per_seed.assign(Kind=per_seed["Model"].str.replace(r"_seed\d+$", "", regex=True))
+    return frame.groupby(["Kind", "Metric"], sort=False)["Value"].agg(["mean", "std", "count"])
+
+
+def build_tables(steps: pd.DataFrame, runs: Mapping[str, RunData], accuracy_metric: str) -> StudyTables:
+    """All of a study's tables from its steps and their runs (as read back from the store)."""
+    per_seed = seed_rows(steps, runs)
+    correlations = correlation_table(long_values(per_seed), accuracy_metric)
+    correlations = correlations.sort_values(["model_kind", "measure", "method"], kind="stable",
+                                            key=_kind_order(per_seed)).reset_index(drop=True)
+    results = pd.concat([per_seed, correlation_rows(correlations)], ignore_index=True)
+    return StudyTables(results, summarise(per_seed), correlations, steps)
+
+
+def _kind_order(per_seed: pd.DataFrame):
+    # keep model kinds in the order the study made them, measures in MEASURES order
+    kinds = list(dict.fromkeys(per_seed["Model"].str.replace(r"_seed\d+$", "", regex=True)))
+    measures = list(MEASURES)
+
+    def key(column: pd.Series) -> pd.Series:
+        if column.name == "model_kind":
+            return column.map(lambda k: kinds.index(k) if k in kinds else len(kinds))
+        if column.name == "measure":
+            return column.map(lambda m: measures.index(m) if m in measures else len(measures))
+        return column
+
+    return key
+
+
+def results_csv(results: pd.DataFrame) -> str:
+    """results.csv text: no blank cells, undefined values as 'nan' (readable as floats)."""
+    return results.to_csv(index=False, na_rep="nan")
+
+
+def correlation_notes(correlations: pd.DataFrame) -> list[str]:
+    """One line per undefined correlation: '<method>/<measure>/<kind>: <why>'."""
+    undefined = correlations[correlations["value"].isna()]
+    return [f"{r.method}/{r.measure}/{r.model_kind}: {r.note}" for r in undefined.itertuples()]
+
+
+def correlation_metrics(correlations: pd.DataFrame) -> dict[str, float]:
+    """`corr/<method>/<measure>/<model_kind>` for every defined coefficient (NaN is not a metric)."""
+    defined = correlations.dropna(subset=["value"])
+    return {f"corr/{r.method}/{r.measure}/{r.model_kind}": float(r.value) for r in defined.itertuples()}
+
+
+def summary_metrics(summary: pd.DataFrame) -> dict[str, float]:
+    """`summary/<metric>/<kind>_mean` and `_std` (std only where 2+ seeds give one)."""
+    out = {}
+    for (kind, metric), row in summary.iterrows():
+        out[f"summary/{metric}/{kind}_mean"] = float(row["mean"])
+        if pd.notna(row["std"]):
+            out[f"summary/{metric}/{kind}_std"] = float(row["std"])
+    return out

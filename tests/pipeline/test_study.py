@@ -1,0 +1,184 @@
+"""The study against a real `mlflow server`: nesting, results.csv, correlations, reuse, resume, --jobs.
+
+One tiny two-seed study (MLP width 0.125, 1 epoch, prediction measures and lipschitz,
+quick preset) is run through the CLI in this process; the other tests rerun it with
+one thing changed and count the runs each rerun created.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from scipy import stats
+
+from conftest import using_tracking_uri
+from ofexp.metrics import MEASURES
+from ofexp.pipeline.study import MODEL_KINDS, parent_seed
+
+pytestmark = pytest.mark.slow
+
+EXPERIMENT = "study-tests"
+TINY = ["--model", "mlp", "--width", "0.125", "--epochs", "1", "--no-log-model", "--device", "cpu",
+        "--measures", "prediction,lipschitz", "--preset", "quick", "--experiment-name", EXPERIMENT]
+STEP_STAGES = ("train", "fuse", "evaluate")
+
+
+def ofexp(uri: str, *args: str) -> str:
+    """Run `ofexp ARGS` in this process (no start-up cost); return stdout's last line."""
+    from ofexp.cli import main
+
+    out = io.StringIO()
+    with using_tracking_uri(uri), contextlib.redirect_stdout(out):
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            assert not exc.code, f"ofexp {' '.join(args)} exited {exc.code}"
+    return out.getvalue().strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def client(mlflow_server) -> MlflowClient:
+    return MlflowClient(mlflow_server.uri)
+
+
+@pytest.fixture(scope="module")
+def study(mlflow_server, client):
+    """The reference study: seeds 1 and 2, run once."""
+    return client.get_run(ofexp(mlflow_server.uri, "study", *TINY, "--seeds", "2"))
+
+
+def _step_runs(client, experiment_id: str) -> dict[str, set[str]]:
+    """{stage: IDs of every train, fuse and evaluate run of the experiment}."""
+    runs = client.search_runs([experiment_id], max_results=1000)
+    return {s: {r.info.run_id for r in runs if r.data.tags.get("ofexp.stage") == s} for s in STEP_STAGES}
+
+
+def _new_runs(client, experiment_id: str, action) -> tuple[str, dict[str, set[str]]]:
+    before = _step_runs(client, experiment_id)
+    result = action()
+    after = _step_runs(client, experiment_id)
+    return result, {s: after[s] - before[s] for s in STEP_STAGES}
+
+
+def _steps(run) -> dict[tuple[str, int, str], str]:
+    """The study's step index: (kind, seed, stage) -> run ID, from its ofexp.step.* tags."""
+    out = {}
+    for key, value in run.data.tags.items():
+        if key.startswith("ofexp.step."):
+            label, stage = key[len("ofexp.step."):].rsplit(".", 1)
+            kind, seed = label.rsplit("_seed", 1)
+            out[(kind, int(seed), stage)] = value
+    return out
+
+
+def _csv(client, run_id: str, path: str, tmp_path) -> pd.DataFrame:
+    return pd.read_csv(client.download_artifacts(run_id, path, str(tmp_path)))
+
+
+def test_the_study_nests_every_step_and_chains_them_by_run_id(study, client):
+    assert study.info.status == "FINISHED" and study.data.tags["ofexp.stage"] == "study"
+    children = client.search_runs([study.info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{study.info.run_id}'", max_results=100)
+    by_id = {r.info.run_id: r for r in children}
+    steps = _steps(study)
+    assert set(steps.values()) == set(by_id), "every child is indexed, and every indexed step is a child"
+    assert sorted(k for k in steps) == sorted((k, s, st) for s in (1, 2) for k, st in
+                                             [("parent_1", "train"), ("parent_2", "train"), ("naive_fused", "fuse"),
+                                              ("geometric_fused", "fuse")] + [(k, "evaluate") for k in MODEL_KINDS])
+    assert all(r.info.status == "FINISHED" for r in children)
+    for seed in (1, 2):
+        parents = [steps[(f"parent_{i}", seed, "train")] for i in (1, 2)]
+        assert [by_id[p].data.params["seed"] for p in parents] == [str(parent_seed(seed, i)) for i in (1, 2)]
+        for method in ("naive", "geometric"):
+            fuse = by_id[steps[(f"{method}_fused", seed, "fuse")]]
+            assert fuse.data.tags["ofexp.parent_run_ids"] == ",".join(parents)
+            assert fuse.data.params["method"] == method
+        for kind in MODEL_KINDS:
+            model_run = steps[(kind, seed, "train" if kind.startswith("parent") else "fuse")]
+            assert by_id[steps[(kind, seed, "evaluate")]].data.tags["ofexp.model_run_id"] == model_run
+    assert study.data.metrics["steps/reused"] == 0 and study.data.metrics["steps/new"] == 16
+
+
+def test_results_csv_holds_exactly_the_logged_values_and_scipy_correlations(study, client, tmp_path):
+    results = _csv(client, study.info.run_id, "results.csv", tmp_path)
+    assert list(results.columns) == ["Model", "Space", "Metric", "Value"]
+    assert results.notna().all().all(), "no blank cells ('nan' parses as a float)"
+    steps = _steps(study)
+    per_seed = results[results.Space != "correlation_space"]
+    logged = {}
+    for (kind, seed, stage), run_id in steps.items():
+        if stage == "evaluate":
+            metrics = client.get_run(run_id).data.metrics
+            for name in ("accuracy", "test_loss", "train_accuracy", "train_loss", "generalisation_gap", "lipschitz"):
+                logged[(f"{kind}_seed{seed}", MEASURES[name].csv_space, name)] = metrics[MEASURES[name].metric_key]
+    assert {(r.Model, r.Space, r.Metric): r.Value for r in per_seed.itertuples()} == logged  # exact, not approx
+
+    corr = results[results.Space == "correlation_space"]
+    assert set(corr.Model) == set(MODEL_KINDS)
+    for kind in MODEL_KINDS:
+        accuracy = [logged[(f"{kind}_seed{s}", "prediction_space", "accuracy")] for s in (1, 2)]
+        lipschitz = [logged[(f"{kind}_seed{s}", "input_space", "lipschitz")] for s in (1, 2)]
+        for method, fn in (("kendall", stats.kendalltau), ("pearson", stats.pearsonr), ("spearman", stats.spearmanr)):
+            expected = fn(lipschitz, accuracy)[0]
+            (value,) = corr[(corr.Model == kind) & (corr.Metric == f"{method}_lipschitz")].Value
+            assert value == pytest.approx(expected, abs=1e-12)
+            assert study.data.metrics[f"corr/{method}/lipschitz/{kind}"] == pytest.approx(expected, abs=1e-12)
+    correlations = _csv(client, study.info.run_id, "correlations.csv", tmp_path)
+    assert len(correlations) == len(corr)
+    artifacts = {f.path for f in client.list_artifacts(study.info.run_id, "plots")}
+    assert {"plots/accuracy.png", "plots/correlation_kendall.png"} <= artifacts
+
+
+def test_a_rerun_creates_no_step_run_and_a_changed_measure_only_new_evaluations(study, client, mlflow_server):
+    experiment_id = study.info.experiment_id
+    rerun_id, new = _new_runs(client, experiment_id, lambda: ofexp(mlflow_server.uri, "study", *TINY, "--seeds", "2"))
+    assert new == {s: set() for s in STEP_STAGES}
+    rerun = client.get_run(rerun_id)
+    assert _steps(rerun) == _steps(study) and rerun.data.metrics["steps/reused"] == 16
+    assert rerun.data.metrics == study.data.metrics | {"steps/reused": 16.0, "steps/new": 0.0}
+
+    changed = [a if a != "prediction,lipschitz" else "prediction" for a in TINY]  # --measures changed
+    other_id, new = _new_runs(client, experiment_id, lambda: ofexp(mlflow_server.uri, "study", *changed, "--seeds", "2"))
+    assert not new["train"] and not new["fuse"] and len(new["evaluate"]) == 8
+    other = _steps(client.get_run(other_id))
+    assert {k: v for k, v in other.items() if k[2] != "evaluate"} == {k: v for k, v in _steps(study).items()
+                                                                     if k[2] != "evaluate"}
+
+
+def test_a_study_killed_after_training_resumes_at_fusion(study, client, mlflow_server):
+    # What a killed study leaves: its seed's two train runs FINISHED (here made by `ofexp train`),
+    # under settings (lr 0.02) that no other test uses.
+    options = [a for a in TINY if True] + ["--lr", "0.02"]
+    train_options = [a for a in options[:options.index("--measures")]] + ["--lr", "0.02",
+                                                                          "--experiment-name", EXPERIMENT]
+    parents = [ofexp(mlflow_server.uri, "train", *train_options, "--seed", str(parent_seed(1, i))) for i in (1, 2)]
+    study_id, new = _new_runs(client, study.info.experiment_id,
+                              lambda: ofexp(mlflow_server.uri, "study", *options, "--seeds", "1"))
+    assert not new["train"] and len(new["fuse"]) == 2 and len(new["evaluate"]) == 4
+    steps = _steps(client.get_run(study_id))
+    assert [steps[(f"parent_{i}", 1, "train")] for i in (1, 2)] == parents
+
+
+def test_jobs_2_gives_the_same_runs_as_jobs_1(study, client, mlflow_server, tmp_path):
+    parallel_id, new = _new_runs(client, study.info.experiment_id,
+                                 lambda: ofexp(mlflow_server.uri, "study", *TINY, "--seeds", "2", "--jobs", "2",
+                                               "--no-cache"))
+    parallel = client.get_run(parallel_id)
+    assert parallel.info.status == "FINISHED" and parallel.data.metrics["steps/reused"] == 0
+    assert {s: len(ids) for s, ids in new.items()} == {"train": 4, "fuse": 4, "evaluate": 8}, "none duplicated or lost"
+    children = client.search_runs([study.info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parallel_id}'", max_results=100)
+    assert {r.info.run_id for r in children} == set(_steps(parallel).values()) == set().union(*new.values())
+    assert _steps(parallel).keys() == _steps(study).keys()
+    for key, run_id in _steps(parallel).items():  # same params, up to the upstream run IDs
+        if key[2] == "train":
+            assert client.get_run(run_id).data.params == client.get_run(_steps(study)[key]).data.params
+    # one thread per worker, as in this process: the same numbers
+    a = _csv(client, study.info.run_id, "results.csv", tmp_path / "a")
+    b = _csv(client, parallel_id, "results.csv", tmp_path / "b")
+    pd.testing.assert_frame_equal(a, b)
+    assert math.isfinite(parallel.data.metrics["summary/accuracy/parent_1_mean"])
