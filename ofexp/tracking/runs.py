@@ -179,7 +179,14 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None, model_id:
                 run_id: str | None = None) -> None:
     """Log a batch of metrics in one call (one request to a server) to the active run, or to
     `run_id` (needed from another thread: MLflow's active run is thread-local)."""
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, model_id=model_id, run_id=run_id)
+    values = {k: float(v) for k, v in metrics.items()}
+    if run_id is None:
+        mlflow.log_metrics(values, step=step, model_id=model_id)
+        return
+    # straight to log_batch: mlflow.log_metrics(run_id=...) first fetches the whole run (a 2nd request)
+    now = int(time.time() * 1000)
+    batch = [mlflow.entities.Metric(k, v, now, step or 0, model_id=model_id) for k, v in values.items()]
+    mlflow.MlflowClient().log_batch(run_id, metrics=batch)
 
 
 def log_text(text: str, artifact_file: str) -> None:

@@ -6,6 +6,7 @@ from ofexp.training.checkpoint import make_checkpoint, restore_checkpoint, snaps
 from ofexp.training.device import resolve_device, seed_everything
 from ofexp.training.loop import FitResult, build_optimizer, build_scheduler, evaluate, fit, train_one_epoch
 from ofexp.training.recipes import RECIPES, Recipe, lr_factor, make_recipe
+from ofexp.training.speed import SpeedOptions
 
 __all__ = [
     "RECIPES",
@@ -22,5 +23,6 @@ __all__ = [
     "restore_checkpoint",
     "seed_everything",
     "snapshot",
+    "SpeedOptions",
     "train_one_epoch",
 ]

@@ -1,0 +1,84 @@
+"""Opt-in speed flags: channels_last and torch.compile train the same network, keep plain checkpoints."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from ofexp.data import DataConfig, load_dataset
+from ofexp.models import ModelSpec, build_model, init_weights
+from ofexp.training import SpeedOptions, fit, make_recipe, restore_checkpoint
+from ofexp.training.loop import build_optimizer, build_scheduler
+
+
+@pytest.fixture(scope="module")
+def digits_small():
+    """256 digits training images at 32x32 (VGG11's smallest input): enough to see it learn, fast."""
+    splits = load_dataset(DataConfig(name="digits"))
+    return replace(splits, train_x=splits.train_x[:256], train_y=splits.train_y[:256])
+
+
+def tiny_vgg(splits):
+    spec = ModelSpec("vgg11", num_classes=10, in_channels=1, input_size=splits.info.input_size, width=0.125)
+    torch.manual_seed(0)
+    model = build_model(spec)
+    init_weights(model, "kaiming")
+    return model
+
+
+def test_defaults_are_off_and_logged_as_params():
+    speed = SpeedOptions()
+    assert (speed.channels_last, speed.compile) == (False, False)
+    assert SpeedOptions(channels_last=True).to_params() == {"channels_last": "True", "compile": "False"}
+
+
+def test_channels_last_changes_layout_not_shapes():
+    x = torch.randn(5, 3, 8, 8)
+    y = SpeedOptions(channels_last=True).prepare_inputs(x)
+    assert y.shape == x.shape and torch.equal(x, y)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    flat = torch.randn(5, 7)
+    assert SpeedOptions(channels_last=True).prepare_inputs(flat) is flat  # only 4-D images are NHWC
+    assert SpeedOptions().prepare_inputs(x) is x
+
+
+def test_channels_last_trains_like_the_default(digits_small):
+    """Same start, same data order: the two layouts agree up to float summation order."""
+    recipe = make_recipe(epochs=2)
+    plain, fast = tiny_vgg(digits_small), tiny_vgg(digits_small)
+    a = fit(plain, digits_small, recipe, device="cpu", seed=1, progress=False)
+    checkpoints = []
+    b = fit(fast, digits_small, recipe, device="cpu", seed=1, progress=False,
+            speed=SpeedOptions(channels_last=True), on_epoch_end=lambda e, m, c: checkpoints.append(c))
+    conv = next(p for p in fast.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert plain.state_dict().keys() == fast.state_dict().keys()
+    for k, v in plain.state_dict().items():
+        assert torch.allclose(v, fast.state_dict()[k], atol=1e-4, rtol=1e-3), k
+    assert b.final_metrics["val_loss"] == pytest.approx(a.final_metrics["val_loss"], rel=1e-3)
+    # its checkpoint restores into an ordinary (NCHW) network
+    fresh = tiny_vgg(digits_small)
+    optimizer = build_optimizer(fresh, recipe)
+    scheduler = build_scheduler(optimizer, recipe, 1)
+    epoch, _, _ = restore_checkpoint(checkpoints[-1], fresh, optimizer, scheduler, torch.Generator())
+    assert epoch == 2
+    assert all(torch.equal(v, fast.state_dict()[k]) for k, v in fresh.state_dict().items())
+
+
+def test_compile_trains_through_the_wrapper_and_keeps_plain_keys(digits_small, monkeypatch):
+    """The wiring of --compile: state dicts keep the module's own keys, training still learns.
+
+    Inductor's compile takes a minute on 2 busy cores, so this checks the wrapper with
+    dynamo's "eager" backend (real graph capture, no code generation).
+    """
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model: real_compile(model, backend="eager"))
+    recipe = make_recipe(epochs=2)
+    plain, compiled = tiny_vgg(digits_small), tiny_vgg(digits_small)
+    a = fit(plain, digits_small, recipe, device="cpu", seed=1, progress=False)
+    b = fit(compiled, digits_small, recipe, device="cpu", seed=1, progress=False, speed=SpeedOptions(compile=True))
+    assert compiled.state_dict().keys() == plain.state_dict().keys()  # no "_orig_mod." prefix
+    assert not any(k.startswith("_orig_mod") for k in b.best_state)
+    assert b.final_metrics["val_loss"] == pytest.approx(a.final_metrics["val_loss"], rel=1e-3)
+    torch._dynamo.reset()
