@@ -27,3 +27,7 @@ class IncompatibleModelsError(OfexpError):
 
 class TrainingDivergedError(OfexpError):
     """Training produced a non-finite loss."""
+
+
+class TrackingServerError(OfexpError):
+    """The tracking server does not answer, or stopped answering during a run."""

@@ -43,9 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI and turn errors into one line and an exit code."""
     # stderr is for ofexp's own progress; MLflow's per-download bars would drown it.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # MLflow retries a failing server for ~4 min by default (7 tries, backoff 2);
-    # ofexp gives up after ~30 s (5 tries, backoff 1) and says so. Both are overridable.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
+    # MLflow retries a failing request for ~4 min by default (7 tries, backoff 2); ofexp
+    # retries for ~2 min (7 tries, backoff 1: 1+2+...+64 s), enough to ride out a server
+    # restart mid-run, then says which run it left (README, "Reliability"). Overridable.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args

@@ -19,7 +19,8 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from ofexp import __version__
-from ofexp.errors import ConfigError, OfexpError
+from ofexp.errors import ConfigError, OfexpError, TrackingServerError
+from ofexp.tracking import server
 
 STAGES = ("train", "fuse", "evaluate", "study", "ensemble")
 TAG_STAGE = "ofexp.stage"
@@ -52,6 +53,7 @@ def configure_tracking(experiment_name: str | None = None) -> str:
     "ofexp". Under `mlflow run` the launcher run's experiment is used.
     """
     _check_local_store_writable(tracking_uri())
+    server.check_server(tracking_uri())
     try:
         if _launcher_run_id and not experiment_name:
             experiment_id = mlflow.get_run(_launcher_run_id).info.experiment_id
@@ -137,14 +139,33 @@ def stage_run(
             mlflow.log_params({k: _param_str(v) for k, v in params.items()})
         yield run
     except BaseException as exc:
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        try:
-            mlflow.set_tag(TAG_FAILURE, _first_line(exc) or type(exc).__name__)
-        finally:
-            _end_run(status)
+        _record_failure(run.info.run_id, stage, exc)
         raise
     else:
         _end_run("FINISHED")
+
+
+def _record_failure(run_id: str, stage: str, exc: BaseException) -> None:
+    """Mark the active run FAILED (KILLED for Ctrl-C) with its reason; if the server is gone, say so.
+
+    Marking needs the server. When it no longer answers, the run stays RUNNING there, and
+    this raises a TrackingServerError that names the run and how to pick it up again.
+    """
+    uri = tracking_uri()
+    if server.is_remote(uri) and not server.server_answers(uri):
+        server.forget_active_run()
+        if isinstance(exc, TrackingServerError):
+            return  # a nested run already said it
+        pick_up = (f"`ofexp runs --stale` lists it and `ofexp train --resume {run_id}` continues it"
+                   if stage == "train" else "re-run this step")
+        raise TrackingServerError(
+            f"lost the tracking server {uri} during {stage} run {run_id} ({_first_line(exc)[:200]}); the run is "
+            f"left RUNNING there: once the server is back, {pick_up}") from exc
+    status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+    try:
+        mlflow.set_tag(TAG_FAILURE, _first_line(exc) or type(exc).__name__)
+    finally:
+        _end_run(status)
 
 
 def _end_run(status: str) -> None:

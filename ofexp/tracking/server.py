@@ -1,0 +1,72 @@
+"""Is the tracking server there? A quick probe, so that outages get a clear message, fast.
+
+MLflow itself retries every failed request with exponential backoff
+(MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR; ofexp's CLI sets
+7 and 1: sleeps of 1, 2, 4 ... 64 s, about 2 minutes in all), which rides out a server
+restart in the middle of a run. These helpers decide what happens around that: refuse
+to start against a server that does not answer at all, and, once MLflow has given up,
+say which run was left RUNNING instead of waiting minutes more to mark it FAILED.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import redirect_stdout
+
+import mlflow
+
+from ofexp.errors import TrackingServerError
+
+PROBE_TIMEOUT_S = 5.0
+
+
+def is_remote(uri: str) -> bool:
+    """Whether `uri` is a tracking server reached over HTTP (not a local file or SQLite store)."""
+    return uri.startswith(("http://", "https://"))
+
+
+def server_answers(uri: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether anything answers HTTP at `uri` (GET /health; any HTTP status counts as an answer)."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True  # it answered, e.g. 401 behind an auth proxy: MLflow's own call will say more
+    except (OSError, ValueError):
+        return False
+
+
+def check_server(uri: str, attempts: int = 3, pause_s: float = 1.0) -> None:
+    """Raise TrackingServerError naming `uri` unless it answers within `attempts` probes."""
+    if not is_remote(uri):
+        return
+    for attempt in range(attempts):
+        if server_answers(uri):
+            return
+        if attempt + 1 < attempts:
+            time.sleep(pause_s)
+    raise TrackingServerError(f"the tracking server {uri} does not answer; start it, or point "
+                              "MLFLOW_TRACKING_URI at a running server (unset it for a local ./mlflow.db)")
+
+
+def forget_active_run() -> None:
+    """Drop the active run from this process without waiting on an unreachable server.
+
+    `mlflow.end_run` pops the run first and then tells the server; with retries off,
+    telling an absent server fails at once, and the run stays RUNNING there.
+    """
+    saved = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    try:
+        with redirect_stdout(sys.stderr):
+            mlflow.end_run("FAILED")
+    except Exception:  # noqa: BLE001 - the server is gone; the run is popped all the same
+        pass
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = saved
