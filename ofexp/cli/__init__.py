@@ -31,8 +31,9 @@ def _register() -> None:
     from ofexp.cli.commands import evaluate, fuse, runs, train, ui
     from ofexp.cli.report_commands import compare, report
     from ofexp.cli.study_commands import study
+    from ofexp.cli.ensemble_commands import ensemble
 
-    for command in (train, fuse, evaluate, study, ui, runs, report, compare):
+    for command in (train, fuse, evaluate, study, ui, runs, ensemble, report, compare):
         cli.add_command(command)
 
 

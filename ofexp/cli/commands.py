@@ -75,11 +75,19 @@ def fusion_options(f):
 @click.option("--resume", "resume_run", type=OPT_STR, default=None, metavar="RUN_ID",
               help="Continue this killed or failed train run, in the same MLflow run, from its last "
                    "checkpoint; its settings come from the run (only --epochs may extend it).")
+@click.option("--init-from", "init_from", type=OPT_STR, default=None, metavar="RUN_ID",
+              help="Fine-tune: start from this train or fuse run's weights; spec and data come from the run. "
+                   "Recipe 'finetune': --recipe's with 3 epochs, a tenth of its lr, no warm-up.")
 def train(**kw) -> None:
     """Train one network as an MLflow run; print its run ID."""
-    resume_run = kw.pop("resume_run")
+    resume_run, init_from = kw.pop("resume_run"), kw.pop("init_from")
+    if resume_run and init_from:
+        raise ConfigError("--resume and --init-from exclude each other; resume a run, or start a fine-tuning run")
     if resume_run:
         click.echo(_resume_train(resume_run.strip(), kw))
+        return
+    if init_from:
+        click.echo(_finetune_train(init_from.strip(), kw))
         return
     experiment_id = tracking.configure_tracking(kw.pop("experiment_name"))
     seed = kw.pop("seed")
@@ -178,17 +186,33 @@ def _echo_stale_notice(cfg: TrainConfig, experiment_id: str) -> None:
         click.echo(notice, err=True)
 
 
-def _resume_train(run_id: str, kw: dict) -> str:
-    """`train --resume`: pass on only the options the user actually gave, to be checked against the run."""
+def _given_options(kw: dict) -> dict:
+    """The options the user actually gave (on the command line or by environment), by name."""
     from click.core import ParameterSource
-
-    from ofexp.pipeline.train import resume_train
 
     ctx = click.get_current_context()
     given = {}
     for name, value in kw.items():
         if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
             given[name.removesuffix("_value")] = value
+    return given
+
+
+def _finetune_train(run_id: str, kw: dict) -> str:
+    """`train --init-from`: a fine-tuning run; the given spec/data options are checked against the source."""
+    from ofexp.pipeline.finetune import finetune_config_from_options, run_finetune
+
+    given = _given_options(kw)
+    cfg = finetune_config_from_options(run_id, given)
+    tracking.configure_tracking(given.get("experiment_name"))
+    return run_finetune(cfg)
+
+
+def _resume_train(run_id: str, kw: dict) -> str:
+    """`train --resume`: pass on only the options the user actually gave, to be checked against the run."""
+    from ofexp.pipeline.train import resume_train
+
+    given = _given_options(kw)
     experiment_name = given.pop("experiment_name", None)
     log_model = given.pop("log_model", None)
     return resume_train(run_id, given, experiment_name=experiment_name, log_model=log_model)

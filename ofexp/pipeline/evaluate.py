@@ -17,11 +17,14 @@ from ofexp.errors import ConfigError
 from ofexp.metrics import MEASURES, PREDICTION_METRICS, MeasureContext, Measure, SearchResult, resolve_measures
 from ofexp.metrics.context import PRESETS, search_budget
 from ofexp.metrics.sharpness import WORST_CASES
+from ofexp.tracking.artifacts import ENSEMBLE_STAGE
 from ofexp.tracking.runs import TAG_WARNINGS, warning_tag
 from ofexp.training import resolve_device
 
 RESULTS_COLUMNS = ["Model", "Space", "Metric", "Value"]
 TAG_ACCURACY_METRIC = "ofexp.accuracy_metric"
+ENSEMBLE_SKIP_NOTE = ("skipped: an ensemble run has no single parameter vector; "
+                      "parameter-space measures apply to train and fuse runs")
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,9 @@ def run_evaluate(cfg: EvalConfig, splits: DataSplits | None = None) -> str:
     names = resolve_measures(cfg.measures)
     budget = search_budget(cfg.preset)
     device = resolve_device(cfg.device)
-    loaded = tracking.fetch_model_run(cfg.model_run)
+    loaded = tracking.fetch_model_run(cfg.model_run, ensembles=True)
+    # An ensemble has no single parameter vector θ: parameter-space measures are skipped, with a note.
+    no_theta = loaded.stage == ENSEMBLE_STAGE
     model_run = loaded.run
     splits = splits if splits is not None else load_dataset(loaded.data)
     model_name = model_run.info.run_name or cfg.model_run
@@ -87,15 +92,20 @@ def run_evaluate(cfg: EvalConfig, splits: DataSplits | None = None) -> str:
               "preset": cfg.preset, "sharpness_worst": cfg.sharpness_worst,
               "accuracy_metric": cfg.accuracy_metric, "seed": cfg.seed,
               **{f"budget.{k}": v for k, v in asdict(budget).items()}}
-    description = (f"Measures {', '.join(names)} of run {cfg.model_run} ({model_name}), "
+    description = (f"Measures {', '.join(names)} of [run {cfg.model_run}](#/runs/{cfg.model_run}) ({model_name}), "
                    f"'{cfg.preset}' search budget.")
     tags = {tracking.TAG_MODEL_RUN: cfg.model_run, TAG_ACCURACY_METRIC: cfg.accuracy_metric}
     model_id = model_run.data.tags.get(tracking.TAG_LOGGED_MODEL)
-    with tracking.stage_run("evaluate", run_name=f"evaluate {model_name}", params=params,
+    # The label names the model in a study (parent_1_seed2), where several models share a run name.
+    with tracking.stage_run("evaluate", run_name=f"evaluate {label}", params=params,
                             tags=tags, description=description) as run:
         rows, warned, logged_searches = [], [], set()
         for name in names:
             measure = MEASURES[name]
+            if no_theta and measure.csv_space == "parameter_space":
+                tracking.set_tags(dict([warning_tag(name, ENSEMBLE_SKIP_NOTE)]))
+                warned.append(name)
+                continue
             value, problems, elapsed = _measure_one(measure, ctx, cfg.progress)
             metrics = {f"time/{name}": elapsed}
             if measure.search is not None and measure.search not in logged_searches:

@@ -21,14 +21,19 @@ from torch import nn
 from ofexp.data import DataConfig
 from ofexp.errors import ArtifactError, RunLookupError
 from ofexp.models import ModelSpec, build_model
+from ofexp.models.ensemble import ENSEMBLE_ARCH, EnsembleSpec, build_ensemble, spec_from_dict
 from ofexp.tracking.runs import TAG_STAGE, tracking_uri
 
 SPEC_FILE = "spec.json"
 WEIGHTS_DIR = "weights"
 CHECKPOINT_FILE = "checkpoint/last.pt"
 MODEL_STAGES = ("train", "fuse")
-# The weights a model run stands for: a train run's final weights, a fuse run's fused ones.
-DEFAULT_WEIGHTS = {"train": "final", "fuse": "fused"}
+# An ensemble run is evaluable (load_model, ofexp evaluate) but is no single network:
+# fusion and fine-tuning refuse it.
+ENSEMBLE_STAGE = ENSEMBLE_ARCH
+# The weights a model run stands for: a train run's final weights, a fuse run's fused ones,
+# an ensemble run's members' (one state dict, keys 'members.<i>.<name>').
+DEFAULT_WEIGHTS = {"train": "final", "fuse": "fused", ENSEMBLE_STAGE: "ensemble"}
 _RUN_ID = re.compile(r"^[0-9a-zA-Z][\w-]{0,255}$")
 
 
@@ -44,12 +49,20 @@ def get_run_checked(run_id: str, stages: tuple[str, ...] | None = None) -> Run:
         raise RunLookupError(f"cannot read run {run_id} from {tracking_uri()}: {str(exc).splitlines()[0]}") from exc
     if run.info.lifecycle_stage == "deleted":
         raise RunLookupError(f"run {run_id} is deleted; restore it with `mlflow runs restore --run-id {run_id}` or pick another run")
-    stage = run.data.tags.get(TAG_STAGE)
-    if stages is not None and stage not in stages:
-        raise RunLookupError(
-            f"run {run_id} is a {stage or 'non-ofexp'} run, not a {' or '.join(stages)} run; pass the ID of a {' or '.join(stages)} run"
-        )
+    if stages is not None:
+        check_stage(run, stages)
     return run
+
+
+def check_stage(run: Run, stages: tuple[str, ...]) -> None:
+    """Refuse a run whose ofexp.stage tag is not one of `stages`."""
+    stage = run.data.tags.get(TAG_STAGE)
+    if stage not in stages:
+        kind = stage or "non-ofexp"
+        raise RunLookupError(
+            f"run {run.info.run_id} is {'an' if kind[0] in 'aeiou' else 'a'} {kind} run, not a {' or '.join(stages)} run; "
+            f"pass the ID of a {' or '.join(stages)} run"
+        )
 
 
 def log_state_dict(state: Mapping[str, torch.Tensor], artifact_file: str) -> None:
@@ -66,9 +79,13 @@ def log_tensors(obj: Mapping[str, object], artifact_file: str) -> None:
         mlflow.log_artifact(str(path), artifact_path=None if parent == "." else parent)
 
 
-def log_spec(model_spec: ModelSpec, data_cfg: DataConfig) -> None:
-    """Log the JSON that any stage needs to rebuild the network and its data."""
-    mlflow.log_dict({"model": model_spec.to_dict(), "data": data_config_to_dict(data_cfg)}, SPEC_FILE)
+def log_spec(model_spec: ModelSpec | EnsembleSpec, data_cfg: DataConfig, parents: tuple[str, ...] = ()) -> None:
+    """Log the JSON that any stage needs to rebuild the network and its data (and an
+    ensemble's parent run IDs, one per member, under "parents")."""
+    blob = {"model": model_spec.to_dict(), "data": data_config_to_dict(data_cfg)}
+    if parents:
+        blob["parents"] = list(parents)
+    mlflow.log_dict(blob, SPEC_FILE)
 
 
 def data_config_to_dict(cfg: DataConfig) -> dict:
@@ -93,7 +110,7 @@ _DATA_FIELDS = {"name": str, "data_dir": (str, type(None)), "val_fraction": (flo
 MAX_PARAMETERS = 1_000_000_000
 
 
-def _parse_spec(run_id: str, raw: bytes) -> tuple[ModelSpec, DataConfig]:
+def _parse_spec(run_id: str, raw: bytes) -> tuple[ModelSpec | EnsembleSpec, DataConfig]:
     """Validate a run's spec.json (keys, types, ranges, size) and return its model spec and data config."""
     try:
         blob = json.loads(raw)
@@ -108,7 +125,7 @@ def _parse_spec(run_id: str, raw: bytes) -> tuple[ModelSpec, DataConfig]:
             raise TypeError("parents must be a list of run IDs")
         cfg = DataConfig(name=data["name"], data_dir=data["data_dir"], val_fraction=float(data["val_fraction"]),
                          split_seed=data["split_seed"], image_size=data["image_size"])
-        spec = ModelSpec.from_dict(blob["model"])
+        spec = spec_from_dict(blob["model"])
     except (ValueError, KeyError, TypeError) as exc:  # ConfigError is a ValueError
         reason = " ".join(str(exc).split())[:300]
         raise ArtifactError(f"run {run_id} has an invalid {SPEC_FILE} ({reason}); re-run the step that made it") from None
@@ -125,7 +142,7 @@ def _check_keys(blob: object, required: tuple[str, ...], optional: tuple[str, ..
         raise ValueError(f"{'unknown' if unknown else 'missing'} key {prefix}{(unknown or missing)[0]}")
 
 
-def _check_size(run_id: str, spec: ModelSpec) -> None:
+def _check_size(run_id: str, spec: ModelSpec | EnsembleSpec) -> None:
     """Refuse specs whose network would be absurdly large, counted on the meta device (no memory)."""
     with torch.device("meta"):
         count = sum(p.numel() for member in getattr(spec, "members", (spec,))
@@ -150,11 +167,11 @@ def load_checkpoint_from_run(run_id: str) -> dict:
 
 @dataclass
 class ModelRun:
-    """A train or fuse run's network, rebuilt from its artifacts."""
+    """A train, fuse (or ensemble) run's network, rebuilt from its artifacts."""
 
     run: Run
     model: nn.Module
-    spec: ModelSpec
+    spec: ModelSpec | EnsembleSpec
     data: DataConfig
 
     @property
@@ -162,11 +179,14 @@ class ModelRun:
         return self.run.data.tags[TAG_STAGE]
 
 
-def fetch_model_run(run_id: str, weights: str | None = None) -> ModelRun:
-    """Fetch a train or fuse run, rebuild its network from spec.json and load its weights."""
-    run = get_run_checked(run_id, MODEL_STAGES)
+def fetch_model_run(run_id: str, weights: str | None = None, *, ensembles: bool = False) -> ModelRun:
+    """Fetch a train or fuse run (or, with `ensembles`, an ensemble run), rebuild its
+    network from spec.json and load its weights."""
+    run = get_run_checked(run_id)
+    if not (ensembles and run.data.tags.get(TAG_STAGE) == ENSEMBLE_STAGE):
+        check_stage(run, MODEL_STAGES)
     spec, data = _parse_spec(run_id, _read_artifact(run_id, SPEC_FILE))
-    model = build_model(spec)
+    model = build_ensemble(spec) if isinstance(spec, EnsembleSpec) else build_model(spec)
     name = weights or DEFAULT_WEIGHTS[run.data.tags[TAG_STAGE]]
     state = _load_tensor_file(run_id, f"{WEIGHTS_DIR}/{name}.pt")
     try:
@@ -177,9 +197,9 @@ def fetch_model_run(run_id: str, weights: str | None = None) -> ModelRun:
     return ModelRun(run, model, spec, data)
 
 
-def load_model(run_id: str, weights: str | None = None) -> tuple[nn.Module, ModelSpec]:
-    """Rebuild a train or fuse run's network and load its weights: `(model, spec)`."""
-    loaded = fetch_model_run(run_id, weights)
+def load_model(run_id: str, weights: str | None = None) -> tuple[nn.Module, ModelSpec | EnsembleSpec]:
+    """Rebuild a train, fuse or ensemble run's network and load its weights: `(model, spec)`."""
+    loaded = fetch_model_run(run_id, weights, ensembles=True)
     return loaded.model, loaded.spec
 
 

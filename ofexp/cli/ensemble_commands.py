@@ -1,0 +1,26 @@
+"""`ofexp ensemble`: the prediction ensemble of train or fuse runs, as an evaluable run."""
+from __future__ import annotations
+
+import click
+
+from ofexp import tracking
+from ofexp.cli.options import OPT_STR, experiment_option
+
+
+@click.command()
+@click.option("--parents", required=True, help="Comma-separated train or fuse run IDs, e.g. ID1,ID2.")
+@click.option("--run-name", type=OPT_STR, default=None, help="MLflow run name [default: 'ensemble of K ARCH DATASET'].")
+@click.option("--device", default="auto", show_default=True)
+@experiment_option
+def ensemble(parents: str, run_name: str | None, device: str, experiment_name: str | None) -> None:
+    """Log the ensemble of runs (mean of their softmax outputs) as a run; print its ID.
+
+    `ofexp evaluate --model-run ID` measures it in input and prediction space;
+    parameter-space measures are skipped with an 'ofexp.warning.<measure>' tag.
+    """
+    from ofexp.pipeline.ensemble import EnsembleConfig, run_ensemble
+
+    ids = tuple(p.strip() for p in parents.split(",") if p.strip())
+    cfg = EnsembleConfig(parents=ids, device=device, run_name=run_name)
+    tracking.configure_tracking(experiment_name)
+    click.echo(run_ensemble(cfg))

@@ -1,0 +1,81 @@
+"""The ensemble step: the prediction ensemble of train or fuse runs, logged as an evaluable run.
+
+The ensemble averages its members' softmax outputs (`ofexp.models.ensemble`). It is
+the accuracy ceiling that fusion is compared with, at k times the inference cost.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ofexp import tracking
+from ofexp.data import DataSplits, load_dataset
+from ofexp.errors import ConfigError, IncompatibleModelsError
+from ofexp.models.ensemble import COMBINE, Ensemble, EnsembleSpec
+from ofexp.pipeline.fuse import _data_key
+from ofexp.tracking.artifacts import ENSEMBLE_STAGE, ModelRun
+from ofexp.training import evaluate, resolve_device
+
+ENSEMBLE_WEIGHTS = "weights/ensemble.pt"  # the members' state dicts, keys 'members.<i>.<name>'
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """The ensemble of `parents` (train or fuse run IDs, k ≥ 2, distinct)."""
+
+    parents: tuple[str, ...]
+    device: str = "auto"
+    run_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.parents) < 2:
+            raise ConfigError(f"an ensemble needs at least 2 parent runs, got {len(self.parents)}; "
+                              "pass --parents ID,ID")
+        if len(set(self.parents)) != len(self.parents):
+            raise ConfigError("--parents lists the same run twice; pass distinct train or fuse runs")
+
+    def params(self) -> dict[str, object]:
+        return {"parents": ",".join(self.parents), "members": len(self.parents), "combine": COMBINE,
+                "device": self.device}
+
+
+def run_ensemble(cfg: EnsembleConfig, splits: DataSplits | None = None) -> str:
+    """Log the ensemble of the parent runs as a run of stage 'ensemble'; return its ID.
+
+    Artifacts: spec.json (the members' specs, and the parent run IDs under
+    "parents"), weights/ensemble.pt (every member's weights, so the run loads on
+    its own with `ofexp.tracking.load_model`). Metrics: test_accuracy and
+    test_loss of the ensemble (its loss is the NLL of the mean probabilities),
+    and member_test_accuracy/<i>. Parents are checked before the run starts.
+    """
+    device = resolve_device(cfg.device)
+    members = [tracking.fetch_model_run(run_id) for run_id in cfg.parents]  # train or fuse runs only
+    _check_same_data(cfg.parents, members)
+    spec = EnsembleSpec(tuple(m.spec for m in members))
+    model = Ensemble([m.model for m in members], spec).eval()
+    data = members[0].data
+    splits = splits if splits is not None else load_dataset(data)
+    tags = {tracking.TAG_PARENTS: ",".join(cfg.parents),
+            **{f"ofexp.parent_{i}": rid for i, rid in enumerate(cfg.parents, start=1)}}
+    name = cfg.run_name or f"ensemble of {len(members)} {'/'.join(sorted({m.spec.arch for m in members}))} {data.name}"
+    with tracking.stage_run(ENSEMBLE_STAGE, run_name=name, params=cfg.params(), tags=tags) as run:
+        tracking.log_spec(spec, data, parents=cfg.parents)
+        tracking.log_state_dict(model.state_dict(), ENSEMBLE_WEIGHTS)
+        test = evaluate(model, splits.test_x, splits.test_y, device=device)
+        member_acc = [evaluate(m.model, splits.test_x, splits.test_y, device=device)["accuracy"] for m in members]
+        tracking.log_metrics({"test_accuracy": test["accuracy"], "test_loss": test["loss"],
+                              **{f"member_test_accuracy/{i}": a for i, a in enumerate(member_acc, start=1)}})
+        lines = [f"Prediction ensemble (mean of softmax outputs) of {len(members)} runs:"]
+        lines += [f"- member {i}: run {rid} (test accuracy {a:.4f})"
+                  for i, (rid, a) in enumerate(zip(cfg.parents, member_acc), start=1)]
+        lines.append(f"Ensemble test accuracy: {test['accuracy']:.4f}.")
+        tracking.set_description("\n".join(lines))
+        return run.info.run_id
+
+
+def _check_same_data(run_ids: tuple[str, ...], members: list[ModelRun]) -> None:
+    first = _data_key(members[0].data)
+    for run_id, member in zip(run_ids[1:], members[1:]):
+        if _data_key(member.data) != first:
+            raise IncompatibleModelsError(
+                f"runs {run_ids[0]} and {run_id} were trained on different data ({first} vs "
+                f"{_data_key(member.data)}); ensemble runs of the same dataset and split")
