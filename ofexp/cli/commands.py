@@ -18,7 +18,7 @@ from ofexp.cli.options import (OPT_FLOAT, OPT_INT, OPT_STR, data_options, experi
 from ofexp.data import DataConfig
 from ofexp.errors import ConfigError
 from ofexp.pipeline import EvalConfig, FuseConfig, TrainConfig, run_evaluate, run_fuse, run_train
-from ofexp.training import make_recipe
+from ofexp.training import SpeedOptions, make_recipe
 
 RECIPE_OVERRIDES = ("epochs", "batch_size", "lr", "init", "warmup_epochs", "grad_clip")
 
@@ -34,6 +34,7 @@ def _train_config(kw: dict, seed: int = 0) -> TrainConfig:
         model=kw.pop("model"), data=data, width=kw.pop("width"), bias=pop_flag(kw, "bias"),
         batchnorm=pop_flag(kw, "batchnorm"), recipe=recipe, seed=seed, device=kw.pop("device"),
         log_model=pop_flag(kw, "log_model"),
+        speed=SpeedOptions(channels_last=pop_flag(kw, "channels_last"), compile=pop_flag(kw, "compile")),
     )
 
 

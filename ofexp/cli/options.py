@@ -100,6 +100,8 @@ def recipe_options(f: Callable) -> Callable:
         click.option("--grad-clip", type=OPT_FLOAT, default=None, help="Override the recipe's grad-norm clip (0 = off)."),
         click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto."),
         flag("log-model", "Also log the final network as an MLflow model.", default=True),
+        flag("channels-last", "Train in channels_last (NHWC) memory layout; faster convs on many machines."),
+        flag("compile", "torch.compile the network (one-off compile time per run; pays off on long runs)."),
     ]
     for option in reversed(options):
         f = option(f)

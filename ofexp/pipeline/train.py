@@ -11,7 +11,7 @@ from ofexp.models import ModelSpec, build_model, init_weights
 from ofexp.tracking import runs
 from ofexp.tracking.artifacts import CHECKPOINT_FILE, SPEC_FILE, has_artifact
 from ofexp.tracking.async_log import EpochLogger
-from ofexp.training import Recipe, evaluate, fit, make_recipe, resolve_device, seed_everything
+from ofexp.training import Recipe, SpeedOptions, evaluate, fit, make_recipe, resolve_device, seed_everything
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -30,12 +30,14 @@ class TrainConfig:
     log_model: bool = True
     run_name: str | None = None
     progress: bool = True
+    speed: SpeedOptions = field(default_factory=SpeedOptions)  # --channels-last, --compile
 
     def params(self) -> dict[str, object]:
         """Every setting that determines the trained weights, under the CLI options' names."""
         return {
             "model": self.model, "width": self.width, "bias": self.bias, "batchnorm": self.batchnorm,
             **self.data.to_params(), **self.recipe.to_params(), "seed": self.seed, "device": self.device,
+            **self.speed.to_params(),
         }
 
 
@@ -93,7 +95,7 @@ def _fit_and_log(cfg: TrainConfig, model, splits: DataSplits, device, resume: di
             epoch_log.submit(epoch, checkpoint, None if epoch in logged_epochs else metrics)
 
         result = fit(model, splits, cfg.recipe, device=device, seed=cfg.seed, on_epoch_end=on_epoch_end,
-                     resume=resume, progress=cfg.progress)
+                     resume=resume, progress=cfg.progress, speed=cfg.speed)
     tracking.log_state_dict(result.best_state, "weights/best.pt")
     tracking.log_state_dict(model.state_dict(), "weights/final.pt")
     test = evaluate(model, splits.test_x, splits.test_y, device=device)
@@ -168,6 +170,8 @@ def train_config_from_run(run: Run, given: Mapping[str, object]) -> TrainConfig:
     p = dict(run.data.params)
     epochs = int(run.data.tags.get(runs.TAG_EPOCHS) or p.get("epochs", 0))
     p["epochs"] = str(epochs)
+    for key, value in SpeedOptions().to_params().items():
+        p.setdefault(key, value)  # runs from before the speed flags trained with them off
     _check_given(run.info.run_id, p, run.info.run_name, given)
     if given.get("epochs") is not None:
         epochs = int(given["epochs"])
@@ -188,6 +192,7 @@ def train_config_from_run(run: Run, given: Mapping[str, object]) -> TrainConfig:
             model=p["model"], data=data, width=float(p["width"]), bias=p["bias"] == "True",
             batchnorm=p["batchnorm"] == "True", recipe=recipe, seed=int(p["seed"]), device=p["device"],
             log_model=run.data.tags.get(runs.TAG_LOG_MODEL, "True") == "True", run_name=run.info.run_name,
+            speed=SpeedOptions(channels_last=p["channels_last"] == "True", compile=p["compile"] == "True"),
         )
     except (KeyError, ValueError) as exc:
         raise RunLookupError(f"run {run.info.run_id}'s params are incomplete or invalid ({exc}); "
