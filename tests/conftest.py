@@ -65,16 +65,19 @@ class MlflowServer:
     process: subprocess.Popen
 
 
-def start_mlflow_server(root: Path, port: int | None = None, timeout: float = 180.0) -> MlflowServer:
-    """Start `mlflow server` (SQLite backend, proxied artifacts) and wait for /health."""
+def start_mlflow_server(root: Path, port: int | None = None, timeout: float = 180.0, *,
+                        backend_store_uri: str | None = None, extra_args: tuple[str, ...] = (),
+                        env: dict | None = None) -> MlflowServer:
+    """Start `mlflow server` (SQLite backend unless `backend_store_uri`, proxied artifacts) and wait for /health."""
     root.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log = open(root / "server.log", "ab")
     process = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+         "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--workers", "1", *extra_args],
         stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout

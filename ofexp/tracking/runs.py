@@ -187,6 +187,16 @@ def _param_str(value: object) -> str:
 
 
 def _store_error(exc: BaseException) -> OfexpError:
+    status = exc.get_http_status_code() if isinstance(exc, MlflowException) else None
+    if status == 401:
+        return TrackingServerError(
+            f"the tracking server {tracking_uri()} refused the credentials (HTTP 401); set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of that server")
+    if status == 403:
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "(none)"
+        return TrackingServerError(
+            f"user {user} lacks permission on the tracking server {tracking_uri()} (HTTP 403); ask its admin "
+            "for EDIT permission, or set MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD to another user")
     return OfexpError(f"cannot use the tracking store {tracking_uri()}: {_first_line(exc)}; "
                       "check MLFLOW_TRACKING_URI and that the server is running")
 
