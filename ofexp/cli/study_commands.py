@@ -5,7 +5,7 @@ import click
 
 from ofexp import tracking
 from ofexp.cli.commands import _fuse_options, _parse_seeds, _train_config, fusion_options
-from ofexp.cli.options import data_options, experiment_option, model_options, recipe_options
+from ofexp.cli.options import data_options, experiment_option, flag, model_options, pop_flag, recipe_options
 from ofexp.cli.remote_options import remote_from_options, remote_options, run_remote
 from ofexp.pipeline.study import StudyConfig, run_study
 
@@ -22,24 +22,25 @@ from ofexp.pipeline.study import StudyConfig, run_study
               show_default=True, help="Prediction metric that every measure is correlated with (always measured).")
 @click.option("--preset", type=click.Choice(["report", "quick"]), default="report", show_default=True,
               help="σ-search budget: the report's (DESIGN §5), or a tiny one for tests and demos (not for results).")
-@click.option("--no-cache", is_flag=True, help="Run every step afresh instead of reusing finished runs.")
-@click.option("--no-cache-value", "no_cache_value", type=click.BOOL, default=None, hidden=True)
+@flag("cache", "Reuse FINISHED runs that did a step already; --no-cache runs every step afresh.", default=True)
 @click.option("--jobs", type=click.INT, default=1, show_default=True,
               help="Seeds run at once, each in its own process, against the same tracking store.")
 @remote_options
 @experiment_option
-def study(seeds: str, measures: str, accuracy_metric: str, preset: str, no_cache: bool, no_cache_value: bool | None,
-          jobs: int, experiment_name: str | None, **kw) -> None:
+def study(seeds: str, measures: str, accuracy_metric: str, preset: str, jobs: int, experiment_name: str | None,
+          **kw) -> None:
     """Train, fuse and evaluate per seed, as nested runs of one study run; print its ID.
 
     Steps that a FINISHED run already did (same stage, params, upstream runs, ofexp
-    version and commit) are reused, not redone; --no-cache turns that off.
+    version and commit) are reused, not redone; --no-cache turns that off. With
+    --jobs N, seeds run in N processes, nested under the same study run.
     """
     remote = remote_from_options(kw)  # --backend kubernetes: ofexp.pipeline.remote runs the steps
+    use_cache = pop_flag(kw, "cache")
     fuse_options = _fuse_options(kw)
     cfg = StudyConfig(train=_train_config(kw), seeds=_parse_seeds(seeds), measures=measures,
                       fuse_options=fuse_options, preset=preset, accuracy_metric=accuracy_metric,
-                      use_cache=not (no_cache or bool(no_cache_value)), jobs=jobs)
+                      use_cache=use_cache, jobs=jobs)
     if remote is not None:
         return run_remote(cfg, remote, experiment_name)
     tracking.configure_tracking(experiment_name)

@@ -18,7 +18,7 @@ from typing import Callable
 import pandas as pd
 
 from ofexp import tracking
-from ofexp.data import DataSplits, load_dataset
+from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.errors import ConfigError
 from ofexp.metrics import PREDICTION_METRICS, resolve_measures
 from ofexp.metrics.context import PRESETS, search_budget
@@ -82,17 +82,28 @@ class SeedContext:
 
     cfg: StudyConfig
     seed: int
-    splits: DataSplits
+    load: Callable[[], DataSplits]  # the data, loaded once by whichever step needs it first
     experiment_id: str
     model_runs: dict[str, str] = field(default_factory=dict)  # kind -> train or fuse run ID
     steps: list[tuple] = field(default_factory=list)  # STEP_COLUMNS rows
+    cache_only: bool = False  # raise NotCached instead of starting a run
+
+    def data(self) -> DataSplits:
+        """The data, loaded when the first step that is not reused needs it."""
+        return self.load()
 
     def step(self, kind: str, stage: str, params: dict, tags: dict, start: Callable[[], str]) -> str:
         """Reuse a finished run that did this step, or `start()` a new one; record it; return its ID."""
         found = cache.find_finished_run(self.experiment_id, stage, params, tags) if self.cfg.use_cache else None
+        if found is None and self.cache_only:
+            raise NotCached(f"{kind} seed {self.seed} {stage}")
         run_id = found.info.run_id if found else start()
         self.steps.append((self.seed, kind, stage, run_id, found is not None))
         return run_id
+
+
+class NotCached(Exception):
+    """A step that no finished run did yet (raised in cache-only mode)."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +121,7 @@ def _parent(i: int) -> Callable[[SeedContext], str]:
         pcfg = replace(tcfg, seed=parent_seed(ctx.seed, i),
                        run_name=f"train {tcfg.model} {tcfg.data.name} seed{ctx.seed} parent{i}")
         tags = {runs.TAG_LOG_MODEL: "True"} if pcfg.log_model else {}
-        return ctx.step(f"parent_{i}", "train", pcfg.params(), tags, lambda: run_train(pcfg, ctx.splits))
+        return ctx.step(f"parent_{i}", "train", pcfg.params(), tags, lambda: run_train(pcfg, ctx.data()))
     return make
 
 
@@ -123,7 +134,7 @@ def _fused(method: str) -> Callable[[SeedContext], str | None]:
         fcfg = FuseConfig(parents=parents, methods=(method,), device=ctx.cfg.train.device, **options)
         tags = {tracking.TAG_PARENTS: ",".join(parents)}
         return ctx.step(f"{method}_fused", "fuse", fcfg.params(method), tags,
-                        lambda: run_fuse(fcfg, ctx.splits)[method])
+                        lambda: run_fuse(fcfg, ctx.data())[method])
     return make
 
 
@@ -150,9 +161,24 @@ def evaluate_params(ecfg: EvalConfig) -> dict[str, object]:
             **{f"budget.{k}": v for k, v in asdict(search_budget(ecfg.preset)).items()}}
 
 
-def run_seed(cfg: StudyConfig, seed: int, splits: DataSplits, experiment_id: str) -> list[tuple]:
-    """Make every model kind of one seed, then evaluate each; return the STEP_COLUMNS rows."""
-    ctx = SeedContext(cfg, seed, splits, experiment_id)
+def data_loader(data: DataConfig) -> Callable[[], DataSplits]:
+    """A loader that decodes the data on its first call and returns the same splits after."""
+    loaded: list[DataSplits] = []
+
+    def load() -> DataSplits:
+        if not loaded:
+            loaded.append(load_dataset(data))
+        return loaded[0]
+    return load
+
+
+def run_seed(cfg: StudyConfig, seed: int, load: Callable[[], DataSplits], experiment_id: str,
+             cache_only: bool = False) -> list[tuple]:
+    """Make every model kind of one seed, then evaluate each; return the STEP_COLUMNS rows.
+
+    With `cache_only`, every step must be a finished run already (else NotCached): no data needed.
+    """
+    ctx = SeedContext(cfg, seed, load, experiment_id, cache_only=cache_only)
     for kind in KINDS:
         run_id = kind.make(ctx)
         if run_id is not None:
@@ -160,7 +186,7 @@ def run_seed(cfg: StudyConfig, seed: int, splits: DataSplits, experiment_id: str
     for kind, model_run in ctx.model_runs.items():
         ecfg = evaluate_config(cfg, model_run, f"{kind}_seed{seed}")
         ctx.step(kind, "evaluate", evaluate_params(ecfg), {tracking.TAG_MODEL_RUN: model_run},
-                 lambda: run_evaluate(ecfg, splits))
+                 lambda: run_evaluate(ecfg, ctx.data()))
     return ctx.steps
 
 
@@ -193,7 +219,6 @@ def study_params(cfg: StudyConfig) -> dict[str, object]:
 def run_study(cfg: StudyConfig) -> str:
     """Run the whole study as nested MLflow runs; return the study run's ID."""
     tcfg = cfg.train
-    splits = load_dataset(tcfg.data)
     name = f"study {tcfg.model} {tcfg.data.name} seeds {','.join(map(str, cfg.seeds))}"
     description = (
         f"Study of {tcfg.model} on {tcfg.data.name} over seeds {', '.join(map(str, cfg.seeds))}: per seed two "
@@ -204,7 +229,8 @@ def run_study(cfg: StudyConfig) -> str:
                             description=description) as run:
         experiment_id = run.info.experiment_id
         if cfg.jobs == 1 or len(cfg.seeds) == 1:
-            rows = [row for seed in cfg.seeds for row in run_seed(cfg, seed, splits, experiment_id)]
+            load = data_loader(tcfg.data)
+            rows = [row for seed in cfg.seeds for row in run_seed(cfg, seed, load, experiment_id)]
         else:
             rows = _run_seeds_in_parallel(cfg, run.info.run_id, experiment_id)
         steps = sort_steps(pd.DataFrame(rows, columns=STEP_COLUMNS), MODEL_KINDS)
@@ -215,20 +241,35 @@ def run_study(cfg: StudyConfig) -> str:
 
 
 def _run_seeds_in_parallel(cfg: StudyConfig, study_run_id: str, experiment_id: str) -> list[tuple]:
-    """Each seed in its own (spawned) process, nested under the study run; rows in seed order."""
-    jobs = min(cfg.jobs, len(cfg.seeds))
+    """Each seed in its own (spawned) process, nested under the study run; rows in seed order.
+
+    A seed whose every step is a finished run already is looked up here, without a process.
+    """
+    done = {seed: _cached_seed(cfg, seed, experiment_id) for seed in cfg.seeds} if cfg.use_cache else {}
+    todo = [seed for seed in cfg.seeds if done.get(seed) is None]
+    if not todo:
+        return [row for seed in cfg.seeds for row in done[seed]]
+    jobs = min(cfg.jobs, len(todo))
     threads = max(1, (os.cpu_count() or 1) // jobs)  # share the cores instead of oversubscribing them
     context = multiprocessing.get_context("spawn")  # fork would copy MLflow's and torch's thread state
     uri = tracking.tracking_uri()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = [pool.submit(_seed_worker, cfg, seed, study_run_id, experiment_id, uri, threads)
-                   for seed in cfg.seeds]
+        futures = {seed: pool.submit(_seed_worker, cfg, seed, study_run_id, experiment_id, uri, threads)
+                   for seed in todo}
         try:
-            return [row for future in futures for row in future.result()]
+            return [row for seed in cfg.seeds
+                    for row in (done[seed] if seed not in futures else futures[seed].result())]
         except BaseException:
-            for future in futures:
+            for future in futures.values():
                 future.cancel()
             raise
+
+
+def _cached_seed(cfg: StudyConfig, seed: int, experiment_id: str) -> list[tuple] | None:
+    try:
+        return run_seed(cfg, seed, data_loader(cfg.train.data), experiment_id, cache_only=True)
+    except NotCached:
+        return None
 
 
 def _seed_worker(cfg: StudyConfig, seed: int, study_run_id: str, experiment_id: str, uri: str,
@@ -239,7 +280,7 @@ def _seed_worker(cfg: StudyConfig, seed: int, study_run_id: str, experiment_id: 
 
     torch.set_num_threads(threads)
     with attached_to(study_run_id, uri):
-        return run_seed(cfg, seed, load_dataset(cfg.train.data), experiment_id)
+        return run_seed(cfg, seed, data_loader(cfg.train.data), experiment_id)
 
 
 # --- what the study run logs ------------------------------------------------------------------
