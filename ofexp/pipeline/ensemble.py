@@ -79,3 +79,19 @@ def _check_same_data(run_ids: tuple[str, ...], members: list[ModelRun]) -> None:
             raise IncompatibleModelsError(
                 f"runs {run_ids[0]} and {run_id} were trained on different data ({first} vs "
                 f"{_data_key(member.data)}); ensemble runs of the same dataset and split")
+
+
+def study_ensemble_step(ctx) -> str | None:
+    """The study's `ensemble` model of one seed: the ensemble of its two parents.
+
+    `ctx` is the study's SeedContext; off (None) when `ctx.cfg.finetune_epochs` is 0,
+    since the ensemble is the reference that fusion and fine-tuning are compared with.
+    """
+    if not getattr(ctx.cfg, "finetune_epochs", 0):
+        return None
+    tcfg = ctx.cfg.train
+    parents = (ctx.model_runs["parent_1"], ctx.model_runs["parent_2"])
+    cfg = EnsembleConfig(parents=parents, device=tcfg.device,
+                         run_name=f"ensemble {tcfg.model} {tcfg.data.name} seed{ctx.seed}")
+    return ctx.step("ensemble", ENSEMBLE_STAGE, cfg.params(), {tracking.TAG_PARENTS: ",".join(parents)},
+                    lambda: run_ensemble(cfg, ctx.splits))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Mapping
 
 from ofexp import tracking
-from ofexp.data import DataSplits, load_dataset
+from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.errors import ArtifactError, ConfigError
 from ofexp.fusion import recompute_batchnorm_stats
 from ofexp.models import ModelSpec
@@ -45,9 +45,9 @@ _SPEC_OPTIONS = {
 _RECIPE_OVERRIDES = ("epochs", "batch_size", "lr", "warmup_epochs", "grad_clip")
 
 
-def finetune_recipe(base: str = "default", **overrides) -> Recipe:
-    """The fine-tuning recipe built on recipe `base`; `overrides` (None = keep) win."""
-    recipe = make_recipe(base)
+def finetune_recipe(base: str | Recipe = "default", **overrides) -> Recipe:
+    """The fine-tuning recipe built on `base` (a recipe or its name); `overrides` (None = keep) win."""
+    recipe = base if isinstance(base, Recipe) else make_recipe(base)
     tuned = replace(recipe, name=FINETUNE_RECIPE_NAME, epochs=FINETUNE_EPOCHS, lr=recipe.lr * FINETUNE_LR_FACTOR,
                     warmup_epochs=0.0, schedule="cosine", milestones=())
     return replace(tuned, **{k: v for k, v in overrides.items() if v is not None})
@@ -60,7 +60,9 @@ class FinetuneConfig:
     `expect` holds (option, value) pairs the user gave for the spec and data
     (model, width, bias, batchnorm, dataset, val_fraction, split_seed,
     image_size); any that differs from the source run is refused. `data_dir`
-    only relocates the source's data.
+    only relocates the source's data; `data` replaces the DataConfig read from
+    the source's spec.json, and must describe the same split (the study passes
+    its own, so that its params, and so its cache key, are known in advance).
     """
 
     source: str
@@ -73,6 +75,7 @@ class FinetuneConfig:
     run_name: str | None = None
     expect: tuple[tuple[str, object], ...] = ()
     progress: bool = True
+    data: DataConfig | None = None
 
     def __post_init__(self) -> None:
         if self.recipe is None:
@@ -120,6 +123,30 @@ def _show(value: object) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def finetune_train_config(cfg: FinetuneConfig, spec: ModelSpec, data: DataConfig) -> TrainConfig:
+    """The TrainConfig a fine-tuning run of a `spec` network on `data` records."""
+    return TrainConfig(model=spec.arch, data=data, width=spec.width, bias=spec.bias, batchnorm=spec.batchnorm,
+                       recipe=cfg.recipe, seed=cfg.seed, device=cfg.device, log_model=cfg.log_model,
+                       run_name=cfg.run_name, progress=cfg.progress)
+
+
+def finetune_params(cfg: FinetuneConfig, tcfg: TrainConfig) -> dict[str, object]:
+    """The params run_finetune logs: the train params, `init_from` and `finetune_base_recipe`."""
+    return {**tcfg.params(), "init_from": cfg.source, "finetune_base_recipe": cfg.base_recipe}
+
+
+def _data_for(cfg: FinetuneConfig, source_data: DataConfig) -> DataConfig:
+    data = cfg.data or source_data
+    if _split_key(data) != _split_key(source_data):
+        raise ConfigError(f"run {cfg.source} was trained on {_split_key(source_data)}, not {_split_key(data)}; "
+                          "fine-tune on the source's dataset and split")
+    return replace(data, data_dir=cfg.data_dir) if cfg.data_dir else data
+
+
+def _split_key(data: DataConfig) -> tuple:
+    return data.name, data.image_size, data.split_seed, data.val_fraction
+
+
 def run_finetune(cfg: FinetuneConfig, splits: DataSplits | None = None) -> str:
     """Fine-tune a train or fuse run's weights in a new train run; return its ID.
 
@@ -132,11 +159,9 @@ def run_finetune(cfg: FinetuneConfig, splits: DataSplits | None = None) -> str:
     """
     source = tracking.fetch_model_run(cfg.source)  # refuses evaluate, study and ensemble runs
     check_against_source(cfg, cfg.source, source.spec, source.data)
-    data = replace(source.data, data_dir=cfg.data_dir) if cfg.data_dir else source.data
+    data = _data_for(cfg, source.data)
     spec = source.spec
-    tcfg = TrainConfig(model=spec.arch, data=data, width=spec.width, bias=spec.bias, batchnorm=spec.batchnorm,
-                       recipe=cfg.recipe, seed=cfg.seed, device=cfg.device, log_model=cfg.log_model,
-                       run_name=cfg.run_name, progress=cfg.progress)
+    tcfg = finetune_train_config(cfg, spec, data)
     device = resolve_device(tcfg.device)
     splits = splits if splits is not None else load_dataset(data)
     if model_spec_for(tcfg, splits) != spec:
@@ -146,7 +171,7 @@ def run_finetune(cfg: FinetuneConfig, splits: DataSplits | None = None) -> str:
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     stage = source.stage
     name = cfg.run_name or f"finetune {source.run.info.run_name or cfg.source}"
-    params = {**tcfg.params(), "init_from": cfg.source, "finetune_base_recipe": cfg.base_recipe}
+    params = finetune_params(cfg, tcfg)
     tags = {**runs.process_tags(), runs.TAG_LOG_MODEL: str(cfg.log_model),
             TAG_INIT_FROM: cfg.source, TAG_INIT_FROM_STAGE: stage}
     description = (f"Fine-tunes {stage} run {cfg.source} ({spec.arch}, width {spec.width}) on {data.name} "
@@ -160,3 +185,32 @@ def run_finetune(cfg: FinetuneConfig, splits: DataSplits | None = None) -> str:
         model.train()
         _fit_and_log(tcfg, model, splits, device)
         return run.info.run_id
+
+
+# --- in the study ---------------------------------------------------------------------------
+
+FINETUNED_KINDS = {"naive": "naive_finetuned", "geometric": "geometric_finetuned"}
+
+
+def study_finetune_step(ctx, method: str) -> str | None:
+    """The study's `<method>_finetuned` model of one seed: fine-tune its `<method>_fused` run.
+
+    `ctx` is the study's SeedContext (cfg, seed, splits, model_runs, step). Off (None)
+    when `ctx.cfg.finetune_epochs` is 0 or the seed has no such fused run. The recipe
+    is the study's own with FINETUNE_LR_FACTOR of its lr, `finetune_epochs` epochs and
+    no warm-up; both fine-tunings of a seed shuffle with torch seed 100·s, so naive and
+    geometric fusion are fine-tuned on the same batches (a paired comparison).
+    """
+    epochs = getattr(ctx.cfg, "finetune_epochs", 0)
+    source = ctx.model_runs.get(f"{method}_fused")
+    if not epochs or source is None:
+        return None
+    tcfg = ctx.cfg.train
+    cfg = FinetuneConfig(
+        source=source, recipe=finetune_recipe(tcfg.recipe, epochs=epochs), base_recipe=tcfg.recipe.name,
+        seed=100 * ctx.seed, device=tcfg.device, log_model=tcfg.log_model, progress=tcfg.progress, data=tcfg.data,
+        run_name=f"finetune {method} {tcfg.model} {tcfg.data.name} seed{ctx.seed}",
+    )
+    params = finetune_params(cfg, finetune_train_config(cfg, model_spec_for(tcfg, ctx.splits), tcfg.data))
+    tags = {TAG_INIT_FROM: source, **({runs.TAG_LOG_MODEL: "True"} if cfg.log_model else {})}
+    return ctx.step(FINETUNED_KINDS[method], "train", params, tags, lambda: run_finetune(cfg, ctx.splits))
