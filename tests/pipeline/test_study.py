@@ -1,7 +1,7 @@
 """The study against a real `mlflow server`: nesting, results.csv, correlations, reuse, resume, --jobs.
 
-One tiny two-seed study (MLP width 0.125, 1 epoch, prediction measures and lipschitz,
-quick preset) is run through the CLI in this process; the other tests rerun it with
+One tiny two-seed study (MLP width 0.125, 1 epoch, the prediction measures, quick
+preset) is run through the CLI in this process; the other tests rerun it with
 one thing changed and count the runs each rerun created.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 EXPERIMENT = "study-tests"
 TINY = ["--model", "mlp", "--width", "0.125", "--epochs", "1", "--no-log-model", "--device", "cpu",
-        "--measures", "prediction,lipschitz", "--preset", "quick", "--experiment-name", EXPERIMENT]
+        "--measures", "prediction", "--preset", "quick", "--experiment-name", EXPERIMENT]
 STEP_STAGES = ("train", "fuse", "evaluate")
 
 
@@ -113,7 +113,7 @@ def test_results_csv_holds_exactly_the_logged_values_and_scipy_correlations(stud
     for (kind, seed, stage), run_id in steps.items():
         if stage == "evaluate":
             metrics = client.get_run(run_id).data.metrics
-            for name in ("accuracy", "test_loss", "train_accuracy", "train_loss", "generalisation_gap", "lipschitz"):
+            for name in ("accuracy", "test_loss", "train_accuracy", "train_loss", "generalisation_gap"):
                 logged[(f"{kind}_seed{seed}", MEASURES[name].csv_space, name)] = metrics[MEASURES[name].metric_key]
     assert {(r.Model, r.Space, r.Metric): r.Value for r in per_seed.itertuples()} == logged  # exact, not approx
 
@@ -121,12 +121,12 @@ def test_results_csv_holds_exactly_the_logged_values_and_scipy_correlations(stud
     assert set(corr.Model) == set(MODEL_KINDS)
     for kind in MODEL_KINDS:
         accuracy = [logged[(f"{kind}_seed{s}", "prediction_space", "accuracy")] for s in (1, 2)]
-        lipschitz = [logged[(f"{kind}_seed{s}", "input_space", "lipschitz")] for s in (1, 2)]
+        loss = [logged[(f"{kind}_seed{s}", "prediction_space", "test_loss")] for s in (1, 2)]
         for method, fn in (("kendall", stats.kendalltau), ("pearson", stats.pearsonr), ("spearman", stats.spearmanr)):
-            expected = fn(lipschitz, accuracy)[0]
-            (value,) = corr[(corr.Model == kind) & (corr.Metric == f"{method}_lipschitz")].Value
+            expected = fn(loss, accuracy)[0]
+            (value,) = corr[(corr.Model == kind) & (corr.Metric == f"{method}_test_loss")].Value
             assert value == pytest.approx(expected, abs=1e-12)
-            assert study.data.metrics[f"corr/{method}/lipschitz/{kind}"] == pytest.approx(expected, abs=1e-12)
+            assert study.data.metrics[f"corr/{method}/test_loss/{kind}"] == pytest.approx(expected, abs=1e-12)
     correlations = _csv(client, study.info.run_id, "correlations.csv", tmp_path)
     assert len(correlations) == len(corr)
     artifacts = {f.path for f in client.list_artifacts(study.info.run_id, "plots")}
@@ -141,7 +141,7 @@ def test_a_rerun_creates_no_step_run_and_a_changed_measure_only_new_evaluations(
     assert _steps(rerun) == _steps(study) and rerun.data.metrics["steps/reused"] == 16
     assert rerun.data.metrics == study.data.metrics | {"steps/reused": 16.0, "steps/new": 0.0}
 
-    changed = [a if a != "prediction,lipschitz" else "prediction" for a in TINY]  # --measures changed
+    changed = [a if a != "prediction" else "accuracy" for a in TINY]  # --measures changed
     other_id, new = _new_runs(client, experiment_id, lambda: ofexp(mlflow_server.uri, "study", *changed, "--seeds", "2"))
     assert not new["train"] and not new["fuse"] and len(new["evaluate"]) == 8
     other = _steps(client.get_run(other_id))
@@ -152,13 +152,12 @@ def test_a_rerun_creates_no_step_run_and_a_changed_measure_only_new_evaluations(
 def test_a_study_killed_after_training_resumes_at_fusion(study, client, mlflow_server):
     # What a killed study leaves: its seed's two train runs FINISHED (here made by `ofexp train`),
     # under settings (lr 0.02) that no other test uses.
-    options = [a for a in TINY if True] + ["--lr", "0.02"]
-    train_options = [a for a in options[:options.index("--measures")]] + ["--lr", "0.02",
-                                                                          "--experiment-name", EXPERIMENT]
+    options = TINY + ["--lr", "0.02", "--method", "naive"]
+    train_options = TINY[:TINY.index("--measures")] + ["--lr", "0.02", "--experiment-name", EXPERIMENT]
     parents = [ofexp(mlflow_server.uri, "train", *train_options, "--seed", str(parent_seed(1, i))) for i in (1, 2)]
     study_id, new = _new_runs(client, study.info.experiment_id,
                               lambda: ofexp(mlflow_server.uri, "study", *options, "--seeds", "1"))
-    assert not new["train"] and len(new["fuse"]) == 2 and len(new["evaluate"]) == 4
+    assert not new["train"] and len(new["fuse"]) == 1 and len(new["evaluate"]) == 3
     steps = _steps(client.get_run(study_id))
     assert [steps[(f"parent_{i}", 1, "train")] for i in (1, 2)] == parents
 
