@@ -13,7 +13,7 @@ from dataclasses import replace
 import click
 
 from ofexp import tracking
-from ofexp.cli.options import (OPT_FLOAT, OPT_INT, OPT_STR, data_options, experiment_option, model_options,
+from ofexp.cli.options import (OPT_FLOAT, OPT_INT, OPT_STR, data_options, experiment_option, flag, model_options,
                                pop_flag, recipe_options)
 from ofexp.data import DataConfig
 from ofexp.errors import ConfigError
@@ -45,7 +45,7 @@ def _fuse_options(kw: dict) -> dict:
         methods=("naive", "geometric") if method == "both" else (method,),
         fusion_weights=_float_list(weights, "--fusion-weights") if weights else None,
         target=kw.pop("target"), solver=kw.pop("solver"), reg=kw.pop("reg"), alignment=kw.pop("alignment"),
-        activation_samples=kw.pop("activation_samples"),
+        activation_samples=kw.pop("activation_samples"), interpolation=pop_flag(kw, "interpolation"),
     )
 
 
@@ -60,6 +60,8 @@ def fusion_options(f):
                      help="Neuron similarity for geometric fusion: incoming weights, or activations on training samples."),
         click.option("--activation-samples", type=click.INT, default=256, show_default=True,
                      help="Training inputs (fixed sample) used by --alignment activations."),
+        flag("interpolation", "Log test loss/accuracy at 11 points between the target parent and the other "
+             "parent (raw, aligned) and the fused net, with barriers and a plot.", default=True),
     ]
     for option in reversed(options):
         f = option(f)
