@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -37,12 +37,20 @@ class GeometricFusion:
         Group -> OT cost <T, M> of the unscaled plans, summed over non-target parents.
     seconds : float
         Wall-clock time of the fusion.
+    aligned : list[dict[str, torch.Tensor]]
+        Per non-target parent (in input order), its state dict mapped onto the
+        target's neurons (target-shaped): the parent "with alignment" of an
+        interpolation curve.
+    group_seconds : dict[str, float]
+        Group -> seconds spent on its cost, transport and mapping, summed over parents.
     """
 
     model: nn.Module
     plans: dict[str, list[torch.Tensor]]
     costs: dict[str, float]
     seconds: float
+    aligned: list[dict[str, torch.Tensor]] = field(default_factory=list, repr=False)
+    group_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _cost_tensors(state: State, spec: AlignmentSpec, group: str, solved: set[str]) -> list[str]:
@@ -87,7 +95,12 @@ def weight_cost(
             "order the alignment spec so that such a writer comes first"
         )
     p, t = _unit_rows(p_state, keys), _unit_rows(t_state, keys)  # [n_p, d], [n_t, d]
-    return torch.cdist(p, t).cpu().numpy()
+    # |p - t|^2 = |p|^2 + |t|^2 - 2 p.t, the Gram in float32: one BLAS call, ~4x faster than
+    # float64 cdist. Errors are ~1e-7 in d^2, so near-zero distances read as ~1e-3 at worst;
+    # distinct neurons of trained or random nets lie ~0.1-1 apart, so the ranking is unaffected.
+    gram = (p.float() @ t.float().T).double()  # [n_p, n_t]
+    d2 = p.pow(2).sum(1, keepdim=True) + t.pow(2).sum(1) - 2 * gram  # [n_p, n_t]
+    return d2.clamp_min_(0).sqrt_().cpu().numpy()
 
 
 def _probe_features(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -150,17 +163,19 @@ def activation_costs(
 
 def align_to_target(
     p_state: State, t_state: State, spec: AlignmentSpec, solver: str, reg: float,
-    act_costs: dict[str, np.ndarray] | None = None,
+    act_costs: dict[str, np.ndarray] | None = None, seconds: dict[str, float] | None = None,
 ) -> tuple[State, dict[str, torch.Tensor], dict[str, float]]:
     """Map a parent's state onto the target's neurons, group by group in forward order.
 
     Returns the aligned state (target-shaped), the rescaled map A [n_p, n_t] and
     the OT cost <T, M> of every group. ``act_costs`` replaces the weight cost.
+    ``seconds``, when given, accumulates each group's wall time.
     """
     state = dict(p_state)  # tensors are replaced, never written in place
     solved: set[str] = set()
     plans, costs = {}, {}
     for g in spec.groups:
+        start = time.perf_counter()
         # Earlier groups are already mapped in ``state`` (the past correction).
         cost = act_costs[g] if act_costs is not None else weight_cost(state, t_state, spec, g, solved)
         plan = solve_transport(cost, solver=solver, reg=reg)  # [n_p, n_t]
@@ -169,6 +184,8 @@ def align_to_target(
         plans[g] = torch.from_numpy(a)
         apply_plan(state, spec, g, plans[g])
         solved.add(g)
+        if seconds is not None:
+            seconds[g] = seconds.get(g, 0.0) + time.perf_counter() - start
     return state, plans, costs
 
 
@@ -254,9 +271,10 @@ def geometric_fuse(
     aligned = {t: states[t]}
     plans: dict[str, list[torch.Tensor]] = {g: [] for g in spec.groups}
     costs = {g: 0.0 for g in spec.groups}
+    group_seconds: dict[str, float] = {}
     for i in (i for i in range(k) if i != t):
         act = activation_costs(models[i], models[t], spec, inputs) if alignment == "activations" else None
-        aligned[i], p_plans, p_costs = align_to_target(states[i], states[t], spec, solver, reg, act)
+        aligned[i], p_plans, p_costs = align_to_target(states[i], states[t], spec, solver, reg, act, group_seconds)
         for g in spec.groups:
             plans[g].append(p_plans[g])
             costs[g] += p_costs[g]
@@ -264,4 +282,5 @@ def geometric_fuse(
     order = [t] + [i for i in range(k) if i != t]
     fused = build_model(specs[t]).to(device)
     fused.load_state_dict(average_states([aligned[i] for i in order], [w[i] for i in order]))
-    return GeometricFusion(fused, plans, costs, time.perf_counter() - start)
+    others = [aligned[i] for i in range(k) if i != t]
+    return GeometricFusion(fused, plans, costs, time.perf_counter() - start, others, group_seconds)

@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import ot
+from scipy.optimize import linear_sum_assignment
 
 from ofexp.errors import ConfigError
 
@@ -53,6 +54,22 @@ def _sinkhorn(a: np.ndarray, b: np.ndarray, cost: np.ndarray, reg: float) -> np.
     return plan
 
 
+def assignment_plan(cost: np.ndarray) -> np.ndarray:
+    r"""EMD's plan for a square cost [n, n] with uniform marginals, by linear assignment.
+
+    With n = m and marginals 1/n the transport polytope is the Birkhoff polytope
+    scaled by 1/n, whose vertices are permutation matrices, so the optimum is
+    :math:`P_\sigma / n` for the permutation :math:`\sigma` minimising
+    :math:`\sum_i M_{i \sigma(i)}` -- what ``scipy.optimize.linear_sum_assignment``
+    finds in :math:`O(n^3)`, several times faster than the network simplex.
+    Where several permutations tie, both solvers return an optimal plan of equal cost.
+    """
+    rows, cols = linear_sum_assignment(cost)
+    plan = np.zeros_like(cost)  # [n, n]
+    plan[rows, cols] = 1.0 / len(cost)
+    return plan
+
+
 def solve_transport(cost: np.ndarray, solver: str = "exact", reg: float = 0.01) -> np.ndarray:
     r"""Transport plan between n source and m target neurons with uniform marginals.
 
@@ -62,7 +79,8 @@ def solve_transport(cost: np.ndarray, solver: str = "exact", reg: float = 0.01) 
         T^* = \arg\min_{T \ge 0} \langle T, M \rangle
         \quad \text{s.t.} \quad T 1_m = 1_n / n, \quad T^\top 1_n = 1_m / m
 
-    exactly (network simplex, ``ot.emd``) or with an entropic regulariser
+    exactly (network simplex, ``ot.emd``; for n = m, the same plan by linear
+    assignment, see ``assignment_plan``) or with an entropic regulariser
     :math:`- \mathrm{reg} \cdot H(T)` (Sinkhorn, ``ot.sinkhorn``). With n = m the
     exact plan is a permutation matrix divided by n.
 
@@ -86,7 +104,7 @@ def solve_transport(cost: np.ndarray, solver: str = "exact", reg: float = 0.01) 
     n, m = cost.shape
     a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
     if solver == "exact":
-        return ot.emd(a, b, cost, numItermax=_EMD_MAX_ITER)
+        return assignment_plan(cost) if n == m else ot.emd(a, b, cost, numItermax=_EMD_MAX_ITER)
     if not (isinstance(reg, (int, float)) and reg > 0 and np.isfinite(reg)):
         raise ConfigError(f"sinkhorn reg={reg!r} must be a positive number; use e.g. 0.01 or 0.05")
     return _sinkhorn(a, b, cost, float(reg))

@@ -7,9 +7,12 @@ from dataclasses import dataclass
 import torch
 
 from ofexp import tracking
+from ofexp.tracking.study_runs import log_figure
 from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.errors import ConfigError, IncompatibleModelsError
-from ofexp.fusion import geometric_fuse, naive_fuse, recompute_batchnorm_stats
+from ofexp.fusion import ALIGNMENTS, SOLVERS, geometric_fuse, naive_fuse, recompute_batchnorm_stats
+from ofexp.fusion.naive import parent_specs
+from ofexp.fusion.interpolation import InterpolationCurve, fusion_curves, plot_curves
 from ofexp.models import ModelSpec
 from ofexp.training import evaluate, resolve_device
 
@@ -28,6 +31,8 @@ class FuseConfig:
     alignment: str = "activations"
     activation_samples: int = 256  # training inputs whose activations drive alignment="activations"
     recompute_bn: bool = True
+    # Loss/accuracy along 3 straight lines (11 points each) on the test set; cheap on digits (README).
+    interpolation: bool = True
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -42,6 +47,15 @@ class FuseConfig:
             raise ConfigError(f"--activation-samples must be ≥ 2, got {self.activation_samples}")
         if self.fusion_weights is not None and len(self.fusion_weights) != len(self.parents):
             raise ConfigError(f"--fusion-weights has {len(self.fusion_weights)} values for {len(self.parents)} parents; give one per parent")
+        k = len(self.parents)
+        if isinstance(self.target, bool) or not isinstance(self.target, int) or not -k <= self.target < k:
+            raise ConfigError(f"--target {self.target!r} is not a parent index for {k} parents; use an int in [{-k}, {k - 1}]")
+        if self.solver not in SOLVERS:
+            raise ConfigError(f"unknown --solver {self.solver!r}; use one of {', '.join(SOLVERS)}")
+        if self.alignment not in ALIGNMENTS:
+            raise ConfigError(f"unknown --alignment {self.alignment!r}; use one of {', '.join(ALIGNMENTS)}")
+        if self.solver == "sinkhorn" and not (isinstance(self.reg, (int, float)) and 0 < self.reg < float("inf")):
+            raise ConfigError(f"--reg must be a positive number for --solver sinkhorn, got {self.reg!r}; e.g. use 0.01")
 
     def params(self, method: str) -> dict[str, object]:
         common = {"method": method, "parents": ",".join(self.parents), "device": self.device,
@@ -49,7 +63,7 @@ class FuseConfig:
         if method == "naive":
             return common
         options = {**common, "alignment": self.alignment, "solver": self.solver, "reg": self.reg,
-                   "target": self.target, "recompute_bn": self.recompute_bn}
+                   "target": self.target, "recompute_bn": self.recompute_bn, "interpolation": self.interpolation}
         if self.alignment == "activations":
             options["activation_samples"] = self.activation_samples
         return options
@@ -67,6 +81,8 @@ def run_fuse(cfg: FuseConfig, splits: DataSplits | None = None) -> dict[str, str
     """Fuse the parent runs with each method; return {method: fuse run ID}."""
     device = resolve_device(cfg.device)
     parents = _load_parents(cfg.parents)
+    # Refuse incompatible parents before any run exists, rather than leave FAILED runs behind.
+    parent_specs(parents.models, allow_width="naive" not in cfg.methods)
     splits = splits if splits is not None else load_dataset(parents.data)
     return {method: _fuse_one(cfg, method, parents, splits, device) for method in cfg.methods}
 
@@ -97,6 +113,7 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
     name = f"fuse {method} {target_spec.arch} {parents.data.name}"
     with tracking.stage_run("fuse", run_name=name, params=cfg.params(method), tags=tags) as run:
         start = time.perf_counter()
+        result = None
         if method == "naive":
             fused, plans, costs = naive_fuse(parents.models, weights=cfg.fusion_weights), {}, {}
         else:
@@ -109,6 +126,7 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
         if cfg.recompute_bn and fused.spec.batchnorm:
             recompute_batchnorm_stats(fused, splits.train_x)
         test = evaluate(fused, splits.test_x, splits.test_y, device=device)
+        curves = _log_interpolation(cfg, parents, result, splits) if result and cfg.interpolation else {}
         tracking.log_spec(fused.spec, parents.data)
         tracking.log_state_dict(fused.state_dict(), "weights/fused.pt")
         if plans:
@@ -116,8 +134,9 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
         tracking.log_metrics({
             "test_accuracy": test["accuracy"], "test_loss": test["loss"], "fusion_seconds": seconds,
             **{f"ot_cost/{group}": cost for group, cost in costs.items()},
+            **({f"group_seconds/{g}": s for g, s in result.group_seconds.items()} if result else {}),
         })
-        tracking.set_description(_describe(cfg, method, parents, test["accuracy"]))
+        tracking.set_description(_describe(cfg, method, parents, test["accuracy"], curves))
         return run.info.run_id
 
 
@@ -134,12 +153,43 @@ def _plans_by_parent(plans: dict[str, list[torch.Tensor]], k: int, target: int) 
     return {f"{group}/parent_{i + 1}": plan for group, maps in plans.items() for i, plan in zip(others, maps)}
 
 
-def _describe(cfg: FuseConfig, method: str, parents: _Parents, accuracy: float) -> str:
-    lines = [f"{method.capitalize()} fusion of {len(cfg.parents)} train runs:"]
+def _log_interpolation(cfg: FuseConfig, parents: _Parents, result, splits: DataSplits) -> dict[str, InterpolationCurve]:
+    """Log the target parent's three interpolation curves as step metrics (step = α index) and a PNG."""
+    k = len(parents.models)
+    t = cfg.target % k
+    other = next(i for i in range(k) if i != t)  # the first non-target parent
+    curves = fusion_curves(parents.models[t], parents.models[other], result.aligned[0], result.model,
+                           splits.test_x, splits.test_y, bn_inputs=splits.train_x)
+    for step in range(len(curves["parent_fused"].alphas)):  # step = α index: α = step / 10
+        metrics = {}
+        for name, c in curves.items():
+            metrics[f"interp/{name}/loss"], metrics[f"interp/{name}/accuracy"] = c.losses[step], c.accuracies[step]
+        tracking.log_metrics(metrics, step=step)
+    tracking.log_metrics({f"interp/{name}/{what}_barrier": getattr(c, f"{what}_barrier")
+                          for name, c in curves.items() for what in ("loss", "accuracy")})
+    title = f"target parent {t + 1} to parent {other + 1} (raw, aligned) and to the fused network"
+    log_figure(plot_curves(curves, title), "plots/interpolation.png")
+    return curves
+
+
+def _describe(cfg: FuseConfig, method: str, parents: _Parents, accuracy: float,
+              curves: dict[str, InterpolationCurve]) -> str:
+    k = len(cfg.parents)
+    weights = ", ".join(f"{w:g}" for w in cfg.fusion_weights) if cfg.fusion_weights else "equal"
+    lines = [f"{method.capitalize()} fusion of {k} train runs (fusion weights: {weights}):"]
     for i, (rid, acc) in enumerate(zip(cfg.parents, parents.accuracies), start=1):
         acc_txt = f"test accuracy {acc:.4f}" if acc is not None else "no test accuracy logged"
-        lines.append(f"- parent {i}: run {rid} ({acc_txt})")
+        width = f", width {parents.specs[i - 1].width:g}" if len({s.width for s in parents.specs}) > 1 else ""
+        lines.append(f"- parent {i}: [run {rid}](#/runs/{rid}) ({acc_txt}{width})")  # a link in the MLflow UI
     if method == "geometric":
-        lines.append(f"Options: alignment={cfg.alignment}, solver={cfg.solver}, target=parent {cfg.target % len(cfg.parents) + 1}.")
-    lines.append(f"Fused test accuracy: {accuracy:.4f}.")
+        reg = f" (reg {cfg.reg:g})" if cfg.solver == "sinkhorn" else ""
+        samples = f" on {cfg.activation_samples} training inputs" if cfg.alignment == "activations" else ""
+        lines.append(f"Options: alignment={cfg.alignment}{samples}, solver={cfg.solver}{reg}, "
+                     f"target=parent {cfg.target % k + 1}, batch-norm statistics "
+                     f"{'recomputed' if cfg.recompute_bn else 'averaged'}.")
+    known = [a for a in parents.accuracies if a is not None]
+    versus = f" (parents: {' / '.join(f'{a:.4f}' for a in known)})" if known else ""
+    lines.append(f"Fused test accuracy: {accuracy:.4f}{versus}.")
+    if curves:
+        lines.append("Loss barriers: " + ", ".join(f"{n} {c.loss_barrier:.4f}" for n, c in curves.items()) + ".")
     return "\n".join(lines)

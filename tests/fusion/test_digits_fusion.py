@@ -18,7 +18,13 @@ def digits():
     return load_dataset(DataConfig())
 
 
+_TRAINED: dict[int, torch.nn.Module] = {}
+
+
 def _train(splits, seed: int):
+    """An MLP (width 0.25) trained with the default recipe; each seed is trained once per session."""
+    if seed in _TRAINED:
+        return _TRAINED[seed]
     info = splits.info
     spec = ModelSpec("mlp", info.num_classes, info.in_channels, info.input_size, width=0.25)
     recipe = make_recipe("default")
@@ -26,6 +32,7 @@ def _train(splits, seed: int):
     model = build_model(spec)
     init_weights(model, recipe.init)
     fit(model, splits, recipe, device=CPU, seed=seed, progress=False)
+    _TRAINED[seed] = model.eval()
     return model
 
 
@@ -47,3 +54,14 @@ def test_geometric_beats_naive_on_digits_mlp(digits, seed):
     assert by_weights > naive + 0.1
     assert by_activations > naive + 0.3
     assert by_activations > 0.75
+
+
+def test_three_parents_fuse_better_than_their_naive_average(digits):
+    parents = [_train(digits, 100 + i) for i in (1, 2, 3)]
+    parent_acc = [_accuracy(p, digits) for p in parents]
+    naive = _accuracy(naive_fuse(parents), digits)
+    result = geometric_fuse(parents, alignment="activations", inputs=activation_inputs(digits, 256))
+    fused = _accuracy(result.model, digits)
+    print(f"three parents {parent_acc}, naive {naive:.3f}, geometric {fused:.3f}")
+    assert all(len(plans) == 2 for plans in result.plans.values())  # two parents mapped onto the third
+    assert fused > naive + 0.2
