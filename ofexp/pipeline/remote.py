@@ -26,15 +26,13 @@ import pandas as pd
 import yaml
 
 from ofexp.errors import ConfigError
-from ofexp.pipeline.evaluate import RESULTS_COLUMNS
-from ofexp.pipeline.study import MODEL_KINDS, StudyConfig, parent_seed
+from ofexp.pipeline.report import STEP_COLUMNS, sort_steps
+from ofexp.pipeline.study import MODEL_KINDS, StudyConfig, log_outputs, parent_seed, study_params
 
 BACKENDS = ("local", "kubernetes")  # local: the study runs in this process (ofexp.pipeline.study)
 KUBERNETES_PROJECT = Path(__file__).resolve().parents[2] / "mlflow_projects" / "kubernetes"
 REQUIRED_KUBE_KEYS = ("kube-job-template-path", "repository-uri")
 LABEL_STUDY, LABEL_STEP = "ofexp/study-run-id", "ofexp/step"
-# Options of `ofexp evaluate` that a study may carry; passed on when the StudyConfig has them.
-EVAL_OPTIONS = {"preset": "report", "sharpness_worst": "max", "accuracy_metric": "accuracy"}
 
 
 @dataclass(frozen=True)
@@ -98,8 +96,8 @@ class Step:
     run_name: str
     params: Mapping[str, str]
     inputs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    kind: str | None = None  # evaluate steps: the model kind measured (MODEL_KINDS)
-    seed: int | None = None
+    kind: str = ""  # the model kind made or measured (MODEL_KINDS), as in the study's steps.csv
+    seed: int = 0
 
     @property
     def needs(self) -> tuple[str, ...]:
@@ -117,9 +115,11 @@ def plan_study(cfg: StudyConfig) -> list[Step]:
     for seed in cfg.seeds:
         parents = [f"train-seed{seed}-parent{i}" for i in (1, 2)]
         train += [Step(key, "train", f"train {cfg.train.model} {cfg.train.data.name} seed{seed} parent{i}",
-                       _train_params(cfg, parent_seed(seed, i)), seed=seed) for i, key in enumerate(parents, 1)]
+                       _train_params(cfg, parent_seed(seed, i)), kind=f"parent_{i}", seed=seed)
+                  for i, key in enumerate(parents, 1)]
         fuse += [Step(f"fuse-seed{seed}-{method}", "fuse", f"fuse {method} {cfg.train.model} seed{seed}",
-                      _fuse_params(cfg, method), {"parents": tuple(parents)}, seed=seed) for method in methods]
+                      _fuse_params(cfg, method), {"parents": tuple(parents)}, kind=f"{method}_fused", seed=seed)
+                 for method in methods]
         models = dict(zip(MODEL_KINDS[:2], parents))
         models.update({f"{m}_fused": f"fuse-seed{seed}-{m}" for m in methods})
         # Keys name Kubernetes objects and labels: lowercase, digits and '-' only.
@@ -172,8 +172,9 @@ def _fuse_params(cfg: StudyConfig, method: str) -> dict[str, str]:
 
 
 def _eval_params(cfg: StudyConfig, label: str) -> dict[str, str]:
-    extra = {name: str(getattr(cfg, name, default)) for name, default in EVAL_OPTIONS.items()}
-    return {"measures": cfg.measures, "label": label, **extra, "seed": "0", "device": cfg.train.device}
+    # As the local study's evaluate_config: its measures (with the accuracy metric), preset, metric.
+    return {"measures": cfg.measure_names, "label": label, "preset": cfg.preset, "sharpness_worst": "max",
+            "accuracy_metric": cfg.accuracy_metric, "seed": "0", "device": cfg.train.device}
 
 
 def _check_values(step: Step) -> None:
@@ -276,8 +277,7 @@ def run_remote_study(cfg: StudyConfig, remote: RemoteConfig) -> str:
         pod_tracking_uri()
         check_kubernetes_client()
     tcfg = cfg.train
-    params = {**tcfg.params(), "seeds": cfg.seeds, "measures": cfg.measures, "backend": remote.backend}
-    params.pop("seed")
+    params = {**study_params(cfg), "backend": remote.backend}
     name = f"study {tcfg.model} {tcfg.data.name} seeds {','.join(map(str, cfg.seeds))}"
     description = (f"Study of {tcfg.model} on {tcfg.data.name} over seeds {', '.join(map(str, cfg.seeds))}, each "
                    f"step an MLflow Project run on {remote.backend}, chained by run ID.")
@@ -292,7 +292,10 @@ def run_remote_study(cfg: StudyConfig, remote: RemoteConfig) -> str:
                                        synchronous=remote.backend == "local")) for step in wave]
             for step, handle in submitted:
                 run_ids[step.key] = wait_for_step_run(handle, step.key)
-        _log_results(steps, run_ids)
+        # The study's own outputs (steps.csv, results.csv, summary, correlations, plots), from the step runs.
+        rows = [(step.seed, step.kind, step.entry_point, run_ids[step.key], False) for step in steps]
+        log_outputs(sort_steps(pd.DataFrame(rows, columns=STEP_COLUMNS), MODEL_KINDS), cfg.accuracy_metric,
+                    run.info.experiment_id)
         return run.info.run_id
 
 
@@ -304,19 +307,3 @@ def _backend_config(remote: RemoteConfig, study_run_id: str, step: Step, folder:
     path.write_text(yaml.safe_dump(step_template(remote, study_run_id, step), sort_keys=False))
     return {**remote.backend_config, "kube-job-template-path": str(path)}
 
-
-def _log_results(steps: list[Step], run_ids: Mapping[str, str]) -> None:
-    """results.csv and summary.csv of the study run, from the evaluate runs' logged metrics."""
-    from ofexp import tracking
-    from ofexp.pipeline.study import _rows_from_eval, summarise
-
-    rows = []
-    for step in steps:
-        if step.entry_point == "evaluate":
-            run = tracking.get_run_checked(run_ids[step.key], ("evaluate",))
-            rows += _rows_from_eval(run, f"{step.kind}_seed{step.seed}")
-    results = pd.DataFrame(rows, columns=RESULTS_COLUMNS)
-    tracking.log_text(results.to_csv(index=False), "results.csv")
-    summary = summarise(results)
-    tracking.log_text(summary.to_csv(), "summary.csv")
-    tracking.log_metrics({f"summary/{metric}/{kind}_mean": value for (kind, metric), value in summary["mean"].items()})

@@ -175,3 +175,59 @@ def test_backend_config_may_be_a_file(capsys, tmp_path):
     result = run_cli_in_process(args, POD_URI, capsys)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("kind: Job") == 16
+
+
+@pytest.mark.slow
+def test_steps_chain_by_run_id_as_mlflow_project_runs(mlflow_server, tmp_path, monkeypatch):
+    """The driver for real, on MLflow Projects' local backend (each step a subprocess), against a real server.
+
+    The Kubernetes project is copied without its docker_env, which is the only
+    part the local backend would treat differently (it would run docker).
+    """
+    import sys
+
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from conftest import using_tracking_uri
+    from ofexp import tracking
+    from ofexp.pipeline.remote import KUBERNETES_PROJECT, RemoteConfig, run_remote_study
+    from ofexp.pipeline.study import StudyConfig
+    from ofexp.pipeline.train import TrainConfig
+    from ofexp.training import make_recipe
+
+    spec = yaml.safe_load((KUBERNETES_PROJECT / "MLproject").read_text())
+    spec.pop("docker_env")
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "MLproject").write_text(yaml.safe_dump(spec))
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny models: one thread is fastest on shared cores
+    cfg = StudyConfig(train=TrainConfig(model="mlp", width=0.25, recipe=make_recipe("default", epochs=1),
+                                        log_model=False, progress=False), seeds=(1,),
+                      fuse_options={"methods": ("naive",)})  # one fusion keeps it at 6 subprocesses
+    remote = RemoteConfig(backend="local", project_uri=str(tmp_path / "project"))
+    with using_tracking_uri(mlflow_server.uri):
+        tracking.configure_tracking("remote-local-backend")
+        study_id = run_remote_study(cfg, remote)
+
+    client = MlflowClient(mlflow_server.uri)
+    study = client.get_run(study_id)
+    assert study.info.status == "FINISHED" and study.data.tags["ofexp.stage"] == "study"
+    exp = [study.info.experiment_id]
+    launchers = client.search_runs(exp, f"tags.mlflow.parentRunId = '{study_id}'")
+    assert len(launchers) == 6 and all(r.info.status == "FINISHED" for r in launchers)
+    step_run = {}  # launcher run name -> the ofexp run it logged
+    for launcher in launchers:
+        (child,) = client.search_runs(exp, f"tags.`ofexp.launcher_run_id` = '{launcher.info.run_id}'")
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["ofexp.stage"] == launcher.data.tags["mlflow.project.entryPoint"]
+        step_run[launcher.info.run_name] = child
+    trains = [step_run[f"train mlp digits seed1 parent{i}"].info.run_id for i in (1, 2)]
+    for method in ("naive",):
+        fused = step_run[f"fuse {method} mlp seed1"]
+        assert fused.data.tags["ofexp.parent_run_ids"] == ",".join(trains)
+        evaluated = step_run[f"evaluate {method}_fused_seed1"]
+        assert evaluated.data.tags["ofexp.model_run_id"] == fused.info.run_id
+    assert step_run["evaluate parent_2_seed1"].data.tags["ofexp.model_run_id"] == trains[1]
+    results = pd.read_csv(client.download_artifacts(study_id, "results.csv", str(tmp_path)))
+    assert set(results["Model"]) >= {"parent_1_seed1", "parent_2_seed1", "naive_fused_seed1"}
