@@ -1,0 +1,61 @@
+"""The study's tables from its runs' values (no server): results.csv format, summary, step index."""
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+import pytest
+
+from ofexp.pipeline.report import (STEP_COLUMNS, build_tables, correlation_metrics, correlation_notes, results_csv,
+                                   step_tags, steps_from_tags)
+from ofexp.tracking.queries import RunData
+
+KINDS = ("parent_1", "naive_fused")
+
+
+def _fixture(accuracy: dict, lipschitz: dict):
+    """Steps and evaluate runs for kinds × seeds with the given {(kind, seed): value} metrics."""
+    steps, runs = [], {}
+    for (kind, seed), acc in accuracy.items():
+        run_id = f"{kind}{seed}".replace("_", "")
+        metrics = {"prediction/accuracy": acc}
+        if (kind, seed) in lipschitz:
+            metrics["input/lipschitz"] = lipschitz[(kind, seed)]
+        runs[run_id] = RunData(run_id, "", "FINISHED", "1", 0, {}, metrics, {"mlflow.parentRunId": "study"})
+        steps.append((seed, kind, "evaluate", run_id, False))
+    return pd.DataFrame(steps, columns=STEP_COLUMNS), runs
+
+
+def test_results_csv_has_seed_rows_then_correlation_rows_with_nan_written_out():
+    accuracy = {("parent_1", 1): 0.9, ("parent_1", 2): 0.8, ("parent_1", 3): 0.7,
+                ("naive_fused", 1): 0.5, ("naive_fused", 2): 0.5, ("naive_fused", 3): 0.5}  # constant: undefined
+    lipschitz = {("parent_1", 1): 1.0, ("parent_1", 2): 3.0, ("parent_1", 3): 2.0,
+                 ("naive_fused", 1): 1.0, ("naive_fused", 2): 2.0, ("naive_fused", 3): 3.0}
+    steps, runs = _fixture(accuracy, lipschitz)
+    tables = build_tables(steps, runs, "accuracy")
+    text = results_csv(tables.results)
+    parsed = pd.read_csv(io.StringIO(text))
+    assert list(parsed.columns) == ["Model", "Space", "Metric", "Value"]
+    assert ",," not in text and text.count(",nan") == 3  # the 3 undefined naive_fused correlations
+    seed_rows = parsed[parsed.Space != "correlation_space"]
+    assert seed_rows.Model.tolist()[:2] == ["parent_1_seed1", "parent_1_seed1"]
+    assert set(seed_rows.Space) == {"prediction_space", "input_space"}
+    corr = parsed[parsed.Space == "correlation_space"].set_index(["Model", "Metric"])["Value"]
+    assert corr[("parent_1", "spearman_lipschitz")] == pytest.approx(-0.5)
+    assert set(corr.index.get_level_values("Model")) == set(KINDS)
+    # NaN is noted, not logged as a metric
+    assert not any("naive_fused" in k for k in correlation_metrics(tables.correlations))
+    assert len(correlation_notes(tables.correlations)) == 3
+    summary = tables.summary
+    assert summary.loc[("parent_1", "accuracy"), "mean"] == pytest.approx(0.8)
+    assert summary.loc[("parent_1", "accuracy"), "count"] == 3
+
+
+def test_step_index_round_trips_through_tags_and_marks_reused_runs():
+    steps, runs = _fixture({("parent_1", 1): 0.9, ("naive_fused", 1): 0.5}, {})
+    runs["naivefused1"] = RunData("naivefused1", "", "FINISHED", "1", 0, {}, {}, {"mlflow.parentRunId": "older"})
+    tags = step_tags(steps)
+    assert tags["ofexp.step.naive_fused_seed1.evaluate"] == "naivefused1"
+    back = steps_from_tags({**tags, "unrelated": "x"}, "study", runs)
+    assert back[["seed", "kind", "stage", "run_id"]].values.tolist() == steps[["seed", "kind", "stage", "run_id"]].values.tolist()
+    assert back.set_index("kind")["reused"].to_dict() == {"parent_1": False, "naive_fused": True}
