@@ -173,7 +173,11 @@ def _must(result: CliResult) -> CliResult:
 @pytest.fixture(scope="session")
 def tiny_runs(mlflow_server, tmp_path_factory) -> TinyRuns:
     """Two tiny MLP parents, a VGG11 of another family, both fusions and four evaluations."""
-    workdir = tmp_path_factory.mktemp("tiny-runs")
+    return make_tiny_runs(mlflow_server, tmp_path_factory.mktemp("tiny-runs"))
+
+
+def make_tiny_runs(mlflow_server: MlflowServer, workdir: Path) -> TinyRuns:
+    """The runs of `tiny_runs`, made by the real CLI against `mlflow_server`."""
     exp = ["--experiment-name", "tiny"]
 
     def cli(args):
@@ -219,3 +223,47 @@ def run_artifact_bytes(client, run_id: str, artifact_path: str) -> bytes:
 
     with tempfile.TemporaryDirectory() as tmp:
         return Path(client.download_artifacts(run_id, artifact_path, tmp)).read_bytes()
+
+
+POSTGRES_URI = os.environ.get("OFEXP_TEST_POSTGRES_URI", "postgresql://ofexp:ofexp@127.0.0.1:5432/ofexp")
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> str:
+    """A fresh, empty PostgreSQL database for this session (dropped after); its URI.
+
+    Reaches the server at OFEXP_TEST_POSTGRES_URI (.ci/install-postgres.sh sets one up) and
+    skips, saying so, only when psycopg2 is missing or no server answers there.
+    """
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2 is not installed; run .ci/install-postgres.sh")
+    try:
+        admin = psycopg2.connect(POSTGRES_URI, connect_timeout=5)
+    except psycopg2.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL server at {POSTGRES_URI} ({str(exc).strip().splitlines()[0]}); "
+                    "run .ci/install-postgres.sh or set OFEXP_TEST_POSTGRES_URI")
+    name = f"ofexp_test_{uuid.uuid4().hex[:12]}"
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE {name}")
+    # SQLAlchemy 2.1 reads plain postgresql:// as psycopg 3; name the psycopg2 driver installed here
+    yield urlunsplit(urlsplit(POSTGRES_URI)._replace(scheme="postgresql+psycopg2", path=f"/{name}"))
+    with admin.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_mlflow_server(postgres_database, tmp_path_factory) -> MlflowServer:
+    """`mlflow server` with a PostgreSQL backend store and proxied artifacts."""
+    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow-postgres"), backend_store_uri=postgres_database)
+    yield server
+    stop_mlflow_server(server)
+
+
+@pytest.fixture(scope="session")
+def postgres_tiny_runs(postgres_mlflow_server, tmp_path_factory) -> TinyRuns:
+    """`tiny_runs`, on the PostgreSQL-backed server."""
+    return make_tiny_runs(postgres_mlflow_server, tmp_path_factory.mktemp("tiny-runs-postgres"))

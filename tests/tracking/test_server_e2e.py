@@ -1,4 +1,4 @@
-"""End to end against a real `mlflow server`: train -> fuse -> evaluate, all by run ID."""
+"""End to end against a real `mlflow server` (SQLite, then PostgreSQL backend): train -> fuse -> evaluate, by run ID."""
 from __future__ import annotations
 
 import io
@@ -16,6 +16,12 @@ from mlflow import MlflowClient
 from conftest import using_tracking_uri
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def tiny_runs(request):
+    """The session's tiny runs, on a server with a SQLite and with a PostgreSQL backend store."""
+    return request.getfixturevalue("tiny_runs" if request.param == "sqlite" else "postgres_tiny_runs")
 
 
 @pytest.fixture(scope="module")
