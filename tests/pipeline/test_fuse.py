@@ -96,3 +96,30 @@ def test_parents_with_different_input_shapes_are_refused(tiny_runs, capsys):
     client = MlflowClient(tiny_runs.server.uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     assert client.search_runs([experiment.experiment_id], "tags.`ofexp.stage` = 'fuse'") == []
+
+
+def test_vgg11_parents_of_different_widths_fuse_onto_the_targets_width(tiny_runs, capsys):
+    def train(width: str) -> str:
+        result = run_cli_in_process(["train", "--model", "vgg11", "--width", width, "--epochs", "1",
+                                     "--no-log-model", "--experiment-name", "widths"], tiny_runs.server.uri, capsys)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.last_line
+
+    narrow, wide = train("0.125"), train("0.25")
+    both = run_cli_in_process(["fuse", "--parents", f"{narrow},{wide}", "--experiment-name", "widths"],
+                              tiny_runs.server.uri, capsys)
+    assert both.returncode != 0 and "width" in _error_line(both.stderr)  # naive averaging needs one width
+    result = run_cli_in_process(["fuse", "--parents", f"{narrow},{wide}", "--method", "geometric",
+                                 "--experiment-name", "widths"], tiny_runs.server.uri, capsys)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_id = result.last_line.split()[1]
+    client = MlflowClient(tiny_runs.server.uri)
+    run = client.get_run(run_id)
+    accuracies = [client.get_run(r).data.metrics["test_accuracy"] for r in (narrow, wide)]
+    text = run.data.tags["mlflow.note.content"]
+    assert all(f"{a:.4f}" in text for a in accuracies) and "width 0.125" in text and "width 0.25" in text
+    assert 0 <= run.data.metrics["test_accuracy"] <= 1
+    spec = client.download_artifacts(run_id, "spec.json", str(tiny_runs.workdir / run_id))
+    assert '"width": 0.25' in open(spec).read()  # the target (last parent) sets the width
+    assert "interp/parents_raw/loss" not in run.data.metrics  # no straight line between different shapes
+    assert len(client.get_metric_history(run_id, "interp/parents_aligned/accuracy")) == 11
