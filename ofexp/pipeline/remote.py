@@ -238,9 +238,10 @@ def render_jobs(cfg: StudyConfig, remote: RemoteConfig) -> list[tuple[Step, dict
     # MLflow tags the image it builds "<repository-uri>:<first 7 of the git commit>" and pins its digest.
     image = f"{repository}:{info.git_commit[:7]}" if info.git_commit else repository
     uri = pod_tracking_uri()
-    placeholders = {step.key: f"RUN_ID_OF_{step.key}" for step in plan_study(cfg)}
+    steps = plan_study(cfg)
+    placeholders = {step.key: f"RUN_ID_OF_{step.key}" for step in steps}
     jobs = []
-    for step in plan_study(cfg):
+    for step in steps:
         command = entry_point_command(remote.project_uri, step.entry_point, step.resolved(placeholders))
         env = {"MLFLOW_RUN_ID": f"LAUNCHER_RUN_ID_OF_{step.key}", "MLFLOW_TRACKING_URI": uri,
                "MLFLOW_EXPERIMENT_ID": "STUDY_EXPERIMENT_ID"}
