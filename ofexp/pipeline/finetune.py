@@ -18,7 +18,7 @@ from ofexp.fusion import recompute_batchnorm_stats
 from ofexp.models import ModelSpec
 from ofexp.pipeline.train import TrainConfig, _fit_and_log, _log_inputs, model_spec_for
 from ofexp.tracking import runs
-from ofexp.training import Recipe, make_recipe, resolve_device
+from ofexp.training import Recipe, SpeedOptions, make_recipe, resolve_device
 
 TAG_INIT_FROM = "ofexp.init_from"  # the run whose weights the fine-tuning run started from
 TAG_INIT_FROM_STAGE = "ofexp.init_from_stage"  # its stage: train or fuse
@@ -76,6 +76,7 @@ class FinetuneConfig:
     expect: tuple[tuple[str, object], ...] = ()
     progress: bool = True
     data: DataConfig | None = None
+    speed: SpeedOptions = SpeedOptions()  # --channels-last, --compile: layout, not hyperparameters
 
     def __post_init__(self) -> None:
         if self.recipe is None:
@@ -102,6 +103,8 @@ def finetune_config_from_options(source: str, given: Mapping[str, object]) -> Fi
         source=source, recipe=recipe, base_recipe=base, seed=int(given.get("seed", 0)),
         device=str(given.get("device", "auto")), log_model=bool(given.get("log_model", True)),
         data_dir=given.get("data_dir"), run_name=given.get("run_name"),
+        speed=SpeedOptions(channels_last=bool(given.get("channels_last", False)),
+                           compile=bool(given.get("compile", False))),
         expect=tuple((k, given[k]) for k in _SPEC_OPTIONS if k in given),
     )
 
@@ -127,7 +130,7 @@ def finetune_train_config(cfg: FinetuneConfig, spec: ModelSpec, data: DataConfig
     """The TrainConfig a fine-tuning run of a `spec` network on `data` records."""
     return TrainConfig(model=spec.arch, data=data, width=spec.width, bias=spec.bias, batchnorm=spec.batchnorm,
                        recipe=cfg.recipe, seed=cfg.seed, device=cfg.device, log_model=cfg.log_model,
-                       run_name=cfg.run_name, progress=cfg.progress)
+                       run_name=cfg.run_name, progress=cfg.progress, speed=cfg.speed)
 
 
 def finetune_params(cfg: FinetuneConfig, tcfg: TrainConfig) -> dict[str, object]:
@@ -209,6 +212,7 @@ def study_finetune_step(ctx, method: str) -> str | None:
     cfg = FinetuneConfig(
         source=source, recipe=finetune_recipe(tcfg.recipe, epochs=epochs), base_recipe=tcfg.recipe.name,
         seed=100 * ctx.seed, device=tcfg.device, log_model=tcfg.log_model, progress=tcfg.progress, data=tcfg.data,
+        speed=tcfg.speed,
         run_name=f"finetune {method} {tcfg.model} {tcfg.data.name} seed{ctx.seed}",
     )
     params = finetune_params(cfg, finetune_train_config(cfg, model_spec_for(tcfg, ctx.splits), tcfg.data))
