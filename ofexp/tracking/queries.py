@@ -62,8 +62,15 @@ def search(experiment_ids: Sequence[str], filter_string: str = "", order_by: Seq
 
 
 def all_experiment_ids() -> list[str]:
+    """The IDs of every active experiment on the server, all pages."""
+    client, ids, token = mlflow.MlflowClient(), [], None
     try:
-        return [e.experiment_id for e in mlflow.MlflowClient().search_experiments()]
+        while True:
+            page = client.search_experiments(max_results=_PAGE, page_token=token)
+            ids += [e.experiment_id for e in page]
+            token = page.token
+            if not token:
+                return ids
     except MlflowException as exc:
         raise OfexpError(f"cannot list experiments on {tracking_uri()}: {str(exc).splitlines()[0][:300]}") from exc
 
@@ -93,7 +100,18 @@ def runs_by_id(run_ids: Iterable[str], experiment_ids: Sequence[str] | None = No
 
 def get_run_data(run_id: str, stage: str | None = None) -> RunData:
     """One run by ID (any experiment); with `stage`, RunLookupError unless it is of that stage."""
-    run = runs_by_id([run_id])[run_id.strip()]
+    run_id = run_id.strip()
+    if not run_id.isalnum():
+        raise RunLookupError(f"{run_id!r} is not a run ID; pass the 32-character IDs that ofexp prints")
+    try:
+        found = mlflow.MlflowClient().get_run(run_id)
+    except MlflowException as exc:
+        if exc.get_http_status_code() == 404 or "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code):
+            raise RunLookupError(f"no run {run_id} on {tracking_uri()}; check the ID (and MLFLOW_TRACKING_URI)") from None
+        raise OfexpError(f"cannot read run {run_id} on {tracking_uri()}: {str(exc).splitlines()[0][:300]}") from exc
+    if found.info.lifecycle_stage == "deleted":
+        raise RunLookupError(f"run {run_id} is deleted; restore it (mlflow runs restore) or pass another run")
+    run = _run_data(found)
     if stage is not None and run.stage != stage:
         raise RunLookupError(f"run {run.run_id} is a {run.stage or 'non-ofexp'} run, not a {stage} run; "
                              f"pass the ID that `ofexp {stage}` printed last")
