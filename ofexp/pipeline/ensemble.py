@@ -94,4 +94,4 @@ def study_ensemble_step(ctx) -> str | None:
     cfg = EnsembleConfig(parents=parents, device=tcfg.device,
                          run_name=f"ensemble {tcfg.model} {tcfg.data.name} seed{ctx.seed}")
     return ctx.step("ensemble", ENSEMBLE_STAGE, cfg.params(), {tracking.TAG_PARENTS: ",".join(parents)},
-                    lambda: run_ensemble(cfg, ctx.splits))
+                    lambda: run_ensemble(cfg, ctx.data()))

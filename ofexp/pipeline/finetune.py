@@ -198,7 +198,7 @@ FINETUNED_KINDS = {"naive": "naive_finetuned", "geometric": "geometric_finetuned
 def study_finetune_step(ctx, method: str) -> str | None:
     """The study's `<method>_finetuned` model of one seed: fine-tune its `<method>_fused` run.
 
-    `ctx` is the study's SeedContext (cfg, seed, splits, model_runs, step). Off (None)
+    `ctx` is the study's SeedContext (cfg, seed, data(), model_runs, step). Off (None)
     when `ctx.cfg.finetune_epochs` is 0 or the seed has no such fused run. The recipe
     is the study's own with FINETUNE_LR_FACTOR of its lr, `finetune_epochs` epochs and
     no warm-up; both fine-tunings of a seed shuffle with torch seed 100·s, so naive and
@@ -215,6 +215,7 @@ def study_finetune_step(ctx, method: str) -> str | None:
         speed=tcfg.speed,
         run_name=f"finetune {method} {tcfg.model} {tcfg.data.name} seed{ctx.seed}",
     )
-    params = finetune_params(cfg, finetune_train_config(cfg, model_spec_for(tcfg, ctx.splits), tcfg.data))
+    # the fused network has the parents' spec, so the run's params are known before the data is loaded
+    params = finetune_params(cfg, replace(tcfg, recipe=cfg.recipe, seed=cfg.seed, run_name=cfg.run_name))
     tags = {TAG_INIT_FROM: source, **({runs.TAG_LOG_MODEL: "True"} if cfg.log_model else {})}
-    return ctx.step(FINETUNED_KINDS[method], "train", params, tags, lambda: run_finetune(cfg, ctx.splits))
+    return ctx.step(FINETUNED_KINDS[method], "train", params, tags, lambda: run_finetune(cfg, ctx.data()))
