@@ -125,7 +125,7 @@ def sqlite_uri(tmp_path_factory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('projects') / 'mlflow.db'}"
 
 
-@pytest.mark.parametrize("project", ["vgg11_cifar10", "resnet18_cifar100"])
+@pytest.mark.parametrize("project", sorted(REPORT_PROJECTS))
 def test_report_project_without_data_offline_fails_with_one_line(project, tmp_path, sqlite_uri, capsys):
     from conftest import run_cli_in_process
 

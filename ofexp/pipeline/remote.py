@@ -271,7 +271,7 @@ def dry_run_yaml(cfg: StudyConfig, remote: RemoteConfig) -> str:
 def run_remote_study(cfg: StudyConfig, remote: RemoteConfig) -> str:
     """Run the study's steps as MLflow Project runs on `remote.backend`, nested under one study run; return its ID."""
     from ofexp import tracking
-    from ofexp.tracking.projects import check_kubernetes_client, submit, wait_for_step_run
+    from ofexp.tracking.projects import StepFailedError, check_kubernetes_client, submit, wait_for_step_run
 
     steps = plan_study(cfg)
     if remote.backend == "kubernetes":
@@ -291,8 +291,14 @@ def run_remote_study(cfg: StudyConfig, remote: RemoteConfig) -> str:
                                        backend_config=_backend_config(remote, run.info.run_id, step, templates),
                                        run_name=step.run_name, experiment_id=run.info.experiment_id,
                                        synchronous=remote.backend == "local")) for step in wave]
-            for step, handle in submitted:
-                run_ids[step.key] = wait_for_step_run(handle, step.key)
+            failures = []
+            for step, handle in submitted:  # wait for the whole wave, so no Job is left behind unwatched
+                try:
+                    run_ids[step.key] = wait_for_step_run(handle, step.key)
+                except StepFailedError as err:
+                    failures.append(err)
+            if failures:
+                raise failures[0]
         # The study's own outputs (steps.csv, results.csv, summary, correlations, plots), from the step runs.
         rows = [(step.seed, step.kind, step.entry_point, run_ids[step.key], False) for step in steps]
         log_outputs(sort_steps(pd.DataFrame(rows, columns=STEP_COLUMNS), MODEL_KINDS), cfg.accuracy_metric,

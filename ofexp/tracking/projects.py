@@ -12,6 +12,7 @@ import tempfile
 from dataclasses import dataclass
 
 import mlflow
+from mlflow.entities import RunStatus
 from mlflow.projects._project_spec import load_project
 from mlflow.utils.git_utils import get_git_commit
 
@@ -72,8 +73,15 @@ def submit(project_dir: str, entry_point: str, params: dict[str, str], *, backen
 def wait_for_step_run(submitted, step: str) -> str:
     """Wait for a submitted project run; return the ID of the ofexp run it logged (the step's output)."""
     launcher_id = submitted.run_id
-    succeeded = submitted.wait()
     client = mlflow.MlflowClient()
+    try:
+        succeeded = submitted.wait()
+    except KeyboardInterrupt:
+        submitted.cancel()  # the Kubernetes Job too, not only this process's wait
+        _end_launcher(client, launcher_id, "KILLED")
+        raise
+    # Only a synchronous run has its launcher ended by MLflow; a submitted Kubernetes Job's is left RUNNING.
+    _end_launcher(client, launcher_id, "FINISHED" if succeeded else "FAILED")
     experiment_id = client.get_run(launcher_id).info.experiment_id
     found = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_LAUNCHER}` = '{launcher_id}'",
                                max_results=10)
@@ -85,3 +93,8 @@ def wait_for_step_run(submitted, step: str) -> str:
                               "see that run and the job's logs (kubectl logs job/NAME)")
     return found[0].info.run_id
 
+
+
+def _end_launcher(client: mlflow.MlflowClient, run_id: str, status: str) -> None:
+    if not RunStatus.is_terminated(RunStatus.from_string(client.get_run(run_id).info.status)):
+        client.set_terminated(run_id, status)
