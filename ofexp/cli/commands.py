@@ -126,7 +126,7 @@ def fuse(parents: str, device: str, experiment_name: str | None, **kw) -> None:
 @click.option("--accuracy-metric", type=click.Choice(["accuracy", "generalisation_gap"]), default="accuracy",
               show_default=True, help="Prediction metric the study correlates the measures with (param and tag).")
 @click.option("--seed", type=click.INT, default=0, show_default=True, help="Seed of the measures' random draws.")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto: where the measures run.")
 @experiment_option
 def evaluate(model_run: str, measures: str, label: str | None, preset: str, sharpness_worst: str,
              accuracy_metric: str, seed: int, device: str, experiment_name: str | None) -> None:
