@@ -11,7 +11,8 @@ from typing import Callable
 import click
 
 from ofexp.errors import ConfigError
-from ofexp.pipeline.remote import BACKENDS, RemoteConfig, dry_run_yaml, load_backend_config, run_remote_study
+from ofexp.pipeline.remote import (BACKENDS, RemoteConfig, check_backend, dry_run_yaml, load_backend_config,
+                                   run_remote_study)
 from ofexp.pipeline.study import StudyConfig
 
 
@@ -48,5 +49,6 @@ def run_remote(cfg: StudyConfig, remote: RemoteConfig, experiment_name: str | No
     if remote.dry_run:
         click.echo(dry_run_yaml(cfg, remote), nl=False)
         return
+    check_backend(remote)  # a missing client or an unreachable store is reported before any run exists
     tracking.configure_tracking(experiment_name)
     click.echo(run_remote_study(cfg, remote))

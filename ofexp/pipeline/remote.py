@@ -268,15 +268,22 @@ def dry_run_yaml(cfg: StudyConfig, remote: RemoteConfig) -> str:
 # --------------------------------------------------------------------------- submission
 
 
-def run_remote_study(cfg: StudyConfig, remote: RemoteConfig) -> str:
-    """Run the study's steps as MLflow Project runs on `remote.backend`, nested under one study run; return its ID."""
-    from ofexp import tracking
-    from ofexp.tracking.projects import StepFailedError, check_kubernetes_client, submit, wait_for_step_run
+def check_backend(remote: RemoteConfig) -> None:
+    """Before any run: the pods can reach the tracking server, and MLflow's Kubernetes client is installed."""
+    from ofexp.tracking.projects import check_kubernetes_client
 
-    steps = plan_study(cfg)
     if remote.backend == "kubernetes":
         pod_tracking_uri()
         check_kubernetes_client()
+
+
+def run_remote_study(cfg: StudyConfig, remote: RemoteConfig) -> str:
+    """Run the study's steps as MLflow Project runs on `remote.backend`, nested under one study run; return its ID."""
+    from ofexp import tracking
+    from ofexp.tracking.projects import StepFailedError, submit, wait_for_step_run
+
+    steps = plan_study(cfg)
+    check_backend(remote)
     tcfg = cfg.train
     params = {**study_params(cfg), "backend": remote.backend}
     name = f"study {tcfg.model} {tcfg.data.name} seeds {','.join(map(str, cfg.seeds))}"

@@ -10,6 +10,7 @@ local backend against a real server, so the chaining by run ID is exercised.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import re
 import shlex
@@ -166,6 +167,16 @@ def test_bad_cluster_setup_is_one_line_error(capsys, backend, uri, message):
 def test_dry_run_without_a_cluster_backend_is_refused(capsys):
     result = run_cli_in_process([*STUDY, "--dry-run"], POD_URI, capsys)
     assert result.returncode != 0 and "add --backend kubernetes" in result.stderr
+
+
+@pytest.mark.skipif(all(importlib.util.find_spec(name) for name in ("kubernetes", "docker")),
+                    reason="MLflow's Kubernetes client is installed here: the study would be submitted")
+def test_submitting_without_the_kubernetes_client_says_what_to_install(capsys):
+    args = [*STUDY, "--backend", "kubernetes", "--backend-config", json.dumps(BACKEND)]
+    result = run_cli_in_process(args, POD_URI, capsys)
+    assert result.returncode != 0 and result.stdout == ""
+    missing = [name for name in ("kubernetes", "docker") if importlib.util.find_spec(name) is None]
+    assert f"pip install {' '.join(missing)}" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_backend_config_may_be_a_file(capsys, tmp_path):
