@@ -69,10 +69,12 @@ def _cost_tensors(state: State, spec: AlignmentSpec, group: str, solved: set[str
     return keys
 
 
-def _unit_rows(state: State, keys: list[str]) -> torch.Tensor:
+def _unit_rows(state: State, keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows [n, d] (float32, CPU) scaled to unit norm, and their squared norms [n] (1, or 0 for zero rows)."""
     rows = torch.cat([state[k].detach().reshape(state[k].shape[0], -1) for k in keys], dim=1)  # [n, d]
-    rows = rows.to("cpu", torch.float64)
-    return rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)  # zero rows stay zero
+    rows = rows.to("cpu", torch.float32)
+    norms = rows.norm(dim=1, keepdim=True)  # [n, 1]
+    return rows / norms.clamp_min(1e-12), (norms[:, 0] > 0).double()  # zero rows stay zero
 
 
 def weight_cost(
@@ -94,13 +96,12 @@ def weight_cost(
             f"group {group!r} has no conv/linear writer whose inputs are aligned before it; "
             "order the alignment spec so that such a writer comes first"
         )
-    p, t = _unit_rows(p_state, keys), _unit_rows(t_state, keys)  # [n_p, d], [n_t, d]
+    (p, p2), (t, t2) = _unit_rows(p_state, keys), _unit_rows(t_state, keys)  # [n_p, d], [n_t, d]
     # |p - t|^2 = |p|^2 + |t|^2 - 2 p.t, the Gram in float32: one BLAS call, ~4x faster than
     # float64 cdist. Errors are ~1e-7 in d^2, so near-zero distances read as ~1e-3 at worst;
     # distinct neurons of trained or random nets lie ~0.1-1 apart, so the ranking is unaffected.
-    gram = (p.float() @ t.float().T).double()  # [n_p, n_t]
-    d2 = p.pow(2).sum(1, keepdim=True) + t.pow(2).sum(1) - 2 * gram  # [n_p, n_t]
-    return d2.clamp_min_(0).sqrt_().cpu().numpy()
+    d2 = p2[:, None] + t2[None, :] - 2 * (p @ t.T).double()  # [n_p, n_t]
+    return d2.clamp_min_(0).sqrt_().numpy()
 
 
 def _probe_features(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -280,7 +281,8 @@ def geometric_fuse(
             costs[g] += p_costs[g]
     # The target goes first so that integer buffers (num_batches_tracked) come from it.
     order = [t] + [i for i in range(k) if i != t]
-    fused = build_model(specs[t]).to(device)
-    fused.load_state_dict(average_states([aligned[i] for i in order], [w[i] for i in order]))
+    with torch.device("meta"):  # no random init of weights that are replaced at once
+        fused = build_model(specs[t])
+    fused.load_state_dict(average_states([aligned[i] for i in order], [w[i] for i in order]), assign=True)
     others = [aligned[i] for i in range(k) if i != t]
     return GeometricFusion(fused, plans, costs, time.perf_counter() - start, others, group_seconds)
