@@ -102,6 +102,11 @@ def test_sigkilled_train_run_resumes_bit_identically(mlflow_server, tmp_path, ca
     row = next(line for line in listed.stdout.splitlines() if run_id in line)
     assert f"ofexp train --resume {run_id}" in row and " 2 " in row
 
+    # a new `ofexp train` with the same settings offers the killed run for resume (and still trains)
+    again = ofexp_here([*TRAIN, "--experiment-name", EXPERIMENT], uri, capsys)
+    assert again.returncode == 0, again.stderr
+    assert f"interrupted at epoch 2; continue it with `ofexp train --resume {run_id}`" in again.stderr
+
     resumed = run_cli(["train", "--resume", run_id], tracking_uri=uri, cwd=tmp_path, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.last_line == run_id
@@ -113,7 +118,7 @@ def test_sigkilled_train_run_resumes_bit_identically(mlflow_server, tmp_path, ca
         want = _tensor_file(client, reference, f"weights/{name}.pt", tmp_path / f"{name}-reference")
         assert got.keys() == want.keys()
         assert all(torch.equal(got[k], want[k]) for k in want), name
-    for key in ("val_loss", "train_loss", "lr"):
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"):  # no gap, no duplicate
         assert [m.step for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)] == [1, 2, 3, 4]
     assert run.data.metrics["val_loss"] == client.get_run(reference).data.metrics["val_loss"]
 
