@@ -42,11 +42,11 @@ def test_epochs_are_logged_in_order_off_the_calling_thread():
 
 
 def test_submit_returns_before_the_epoch_is_logged():
-    sink = Recorder(delay=0.3)
+    sink = Recorder(delay=1.0)
     with EpochLogger("run-1", "checkpoint/last.pt", log_metrics=sink) as log:
         start = time.perf_counter()
         log.submit(1, None, {"val_loss": 1.0})
-        assert time.perf_counter() - start < 0.2  # the training loop does not wait for the server
+        assert time.perf_counter() - start < 0.5  # the training loop does not wait for the server
         assert sink.calls == []
     assert [c[0] for c in sink.calls] == [1]  # leaving the block flushed it
 
