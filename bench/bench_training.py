@@ -211,5 +211,6 @@ def _speed_flags(quick: bool, repeats: int, device: str, width: float) -> list[R
         results.append(Result(f"train epoch {flag}: {label} vgg11 w{width} ({device})", f"ofexp {flag}",
                               "ofexp default (eager, NCHW)", ours_s, base_s, target="report (helps if ratio > 1)",
                               notes={"device": device, "torch_threads": torch.get_num_threads(),
-                                     "note": "compile time is excluded (paid in the warm-up call)"}))
+                                     **({"note": "compile time excluded (paid in the warm-up call)"}
+                                        if speed.compile else {})}))
     return results
