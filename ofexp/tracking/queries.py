@@ -93,8 +93,8 @@ def runs_by_id(run_ids: Iterable[str], experiment_ids: Sequence[str] | None = No
         found.update({r.run_id: r for r in search(experiments, f"attributes.run_id IN ({ids})")})
     missing = [r for r in wanted if r not in found]
     if missing:
-        raise RunLookupError(f"no run {', '.join(missing)} on {tracking_uri()}; check the IDs "
-                             "(and MLFLOW_TRACKING_URI)")
+        raise RunLookupError(f"run {', '.join(missing)} does not exist on {tracking_uri()} (or is deleted); "
+                             "check the IDs (and MLFLOW_TRACKING_URI)")
     return {r: found[r] for r in wanted}
 
 
@@ -107,7 +107,8 @@ def get_run_data(run_id: str, stage: str | None = None) -> RunData:
         found = mlflow.MlflowClient().get_run(run_id)
     except MlflowException as exc:
         if exc.get_http_status_code() == 404 or "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code):
-            raise RunLookupError(f"no run {run_id} on {tracking_uri()}; check the ID (and MLFLOW_TRACKING_URI)") from None
+            raise RunLookupError(f"run {run_id} does not exist on {tracking_uri()}; check the ID "
+                                 "(and MLFLOW_TRACKING_URI)") from None
         raise OfexpError(f"cannot read run {run_id} on {tracking_uri()}: {str(exc).splitlines()[0][:300]}") from exc
     if found.info.lifecycle_stage == "deleted":
         raise RunLookupError(f"run {run_id} is deleted; restore it (mlflow runs restore) or pass another run")
