@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -78,7 +77,13 @@ CASES = [
     ("study with zero batch size", lambda r, b: ["study", "--batch-size", "0"], "--batch-size"),
 ]
 if importlib.util.find_spec("ofexp.cli.report_commands") is not None:
-    CASES.append(("report of an unknown study", lambda r, b: ["report", "--study-run", MISSING_RUN], MISSING_RUN))
+    CASES += [
+        ("report of an unknown run", lambda r, b: ["report", MISSING_RUN], MISSING_RUN),
+        ("report of a malformed run id", lambda r, b: ["report", "--study-run", "not/a run"], "not/a run"),
+        ("report of a deleted run", lambda r, b: ["report", b["deleted"]], "deleted"),
+    ]
+# commands that take --experiment-name; the cases run in their own experiment
+WITH_EXPERIMENT = ("train", "fuse", "evaluate", "study")
 
 
 def _error_line(stderr: str) -> str:
@@ -98,7 +103,7 @@ def _running(client: MlflowClient, experiment: str) -> list:
 @pytest.mark.parametrize("case,argv,expected", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_gives_one_line_error(tiny_runs, bad_runs, capsys, case, argv, expected):
     args = argv(tiny_runs, bad_runs)
-    if "--experiment-name" not in args:
+    if args[0] in WITH_EXPERIMENT and "--experiment-name" not in args:
         args += ["--experiment-name", EXPERIMENT]
     result = run_cli_in_process(args, tiny_runs.server.uri, capsys)
     assert result.returncode != 0
