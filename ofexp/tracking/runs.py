@@ -270,6 +270,7 @@ def process_tags() -> dict[str, str]:
 def experiment_id_for(name: str | None) -> str:
     """The ID of an existing experiment (default as configure_tracking), without creating it."""
     name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+    server.check_server(tracking_uri())
     try:
         experiment = mlflow.MlflowClient().get_experiment_by_name(name)
     except MlflowException as exc:

@@ -168,10 +168,12 @@ def test_unwritable_working_directory_with_the_default_store(unwritable_dir):
     assert list(unwritable_dir.iterdir()) == []
 
 
-def test_server_down_at_start_names_the_uri(capsys, monkeypatch):
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # no 30 s of retries against a closed port
-    uri = "http://127.0.0.1:9"
-    result = run_cli_in_process(["train", "--epochs", "1", "--experiment-name", EXPERIMENT], uri, capsys)
+@pytest.mark.parametrize("argv", [["train", "--epochs", "1"], ["fuse", "--parents", f"{MISSING_RUN},{'1' * 32}"],
+                                  ["evaluate", "--model-run", MISSING_RUN], ["study", "--seeds", "1"], ["runs"]],
+                         ids=lambda argv: argv[0])
+def test_server_down_at_start_names_the_uri(capsys, argv):
+    uri = "http://127.0.0.1:9"  # nothing listens there: ofexp must say so without minutes of retries
+    result = run_cli_in_process([*argv, "--experiment-name", EXPERIMENT], uri, capsys)
     assert result.returncode != 0
     line = _error_line(result.stderr)
     assert uri in line and "server" in line
