@@ -7,6 +7,7 @@ from ofexp import tracking
 from ofexp.cli.commands import _fuse_options, _parse_seeds, _train_config, fusion_options
 from ofexp.cli.options import data_options, experiment_option, flag, model_options, pop_flag, recipe_options
 from ofexp.cli.remote_options import remote_from_options, remote_options, run_remote
+from ofexp.errors import ConfigError
 from ofexp.pipeline.study import StudyConfig, run_study
 
 
@@ -25,10 +26,12 @@ from ofexp.pipeline.study import StudyConfig, run_study
 @flag("cache", "Reuse FINISHED runs that did a step already; --no-cache runs every step afresh.", default=True)
 @click.option("--jobs", type=click.INT, default=1, show_default=True,
               help="Seeds run at once, each in its own process, against the same tracking store.")
+@click.option("--finetune-epochs", type=click.INT, default=0, show_default=True,
+              help="Also fine-tune both fusions for N epochs and add the parents' prediction ensemble (0 = off).")
 @remote_options
 @experiment_option
-def study(seeds: str, measures: str, accuracy_metric: str, preset: str, jobs: int, experiment_name: str | None,
-          **kw) -> None:
+def study(seeds: str, measures: str, accuracy_metric: str, preset: str, jobs: int, finetune_epochs: int,
+          experiment_name: str | None, **kw) -> None:
     """Train, fuse and evaluate per seed, as nested runs of one study run; print its ID.
 
     Steps that a FINISHED run already did (same stage, params, upstream runs, ofexp
@@ -40,7 +43,10 @@ def study(seeds: str, measures: str, accuracy_metric: str, preset: str, jobs: in
     fuse_options = _fuse_options(kw)
     cfg = StudyConfig(train=_train_config(kw), seeds=_parse_seeds(seeds), measures=measures,
                       fuse_options=fuse_options, preset=preset, accuracy_metric=accuracy_metric,
-                      use_cache=use_cache, jobs=jobs)
+                      use_cache=use_cache, jobs=jobs, finetune_epochs=finetune_epochs)
+    if remote is not None and finetune_epochs:
+        raise ConfigError("--finetune-epochs runs in-process only; drop --backend, or fine-tune with "
+                          "`ofexp train --init-from` and `ofexp ensemble`")
     if remote is not None:
         return run_remote(cfg, remote, experiment_name)
     tracking.configure_tracking(experiment_name)

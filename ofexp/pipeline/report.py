@@ -28,7 +28,7 @@ RESULTS_COLUMNS = ["Model", "Space", "Metric", "Value"]
 STEP_COLUMNS = ["seed", "kind", "stage", "run_id", "reused"]
 STEP_TAG_PREFIX = "ofexp.step."
 TAG_KINDS = "ofexp.kinds"
-_STEP_TAG = re.compile(r"^ofexp\.step\.(?P<kind>\w+?)_seed(?P<seed>\d+)\.(?P<stage>train|fuse|evaluate)$")
+_STEP_TAG = re.compile(r"^ofexp\.step\.(?P<kind>\w+?)_seed(?P<seed>\d+)\.(?P<stage>train|fuse|ensemble|evaluate)$")
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,9 @@ def step_tags(steps: pd.DataFrame) -> dict[str, str]:
     """The study run's index tags: `ofexp.step.<kind>_seed<k>.<stage>` -> run ID, and the model
     kinds in the order the study made them (`ofexp.kinds`), which the tables keep."""
     tags = {f"{STEP_TAG_PREFIX}{r.kind}_seed{r.seed}.{r.stage}": r.run_id for r in steps.itertuples()}
-    return {**tags, TAG_KINDS: ",".join(dict.fromkeys(steps["kind"]))}
+    # kinds in evaluation order: a kind made by a train step after the fusions (fine-tuning) keeps its place
+    kinds = dict.fromkeys([*steps.loc[steps["stage"] == "evaluate", "kind"], *steps["kind"]])
+    return {**tags, TAG_KINDS: ",".join(kinds)}
 
 
 def steps_from_tags(tags: Mapping[str, str], study_run_id: str, runs: Mapping[str, RunData] | None = None) -> pd.DataFrame:
@@ -60,7 +62,7 @@ def steps_from_tags(tags: Mapping[str, str], study_run_id: str, runs: Mapping[st
 
 def sort_steps(steps: pd.DataFrame, kinds: Iterable[str] = ()) -> pd.DataFrame:
     order = {k: i for i, k in enumerate(kinds)}
-    stage_order = {"train": 0, "fuse": 1, "evaluate": 2}
+    stage_order = {"train": 0, "fuse": 1, "ensemble": 1, "evaluate": 2}
     key = steps.assign(_k=steps["kind"].map(lambda k: order.get(k, len(order))),
                        _s=steps["stage"].map(stage_order))
     return key.sort_values(["seed", "_s", "_k", "kind"]).drop(columns=["_k", "_s"]).reset_index(drop=True)

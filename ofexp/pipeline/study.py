@@ -23,7 +23,9 @@ from ofexp.errors import ConfigError
 from ofexp.metrics import PREDICTION_METRICS, resolve_measures
 from ofexp.metrics.context import PRESETS, search_budget
 from ofexp.pipeline import plots
+from ofexp.pipeline.ensemble import study_ensemble_step
 from ofexp.pipeline.evaluate import EvalConfig, run_evaluate
+from ofexp.pipeline.finetune import study_finetune_step
 from ofexp.pipeline.fuse import FuseConfig, run_fuse
 from ofexp.pipeline.report import (STEP_COLUMNS, StudyTables, build_tables, correlation_metrics, correlation_notes,
                                    results_csv, sort_steps, step_tags, summarise, summary_metrics)
@@ -46,6 +48,7 @@ class StudyConfig:
     accuracy_metric: str = "accuracy"
     use_cache: bool = True
     jobs: int = 1
+    finetune_epochs: int = 0  # > 0: add the ensemble and both fusions fine-tuned for this many epochs
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -59,6 +62,8 @@ class StudyConfig:
                               f"use one of: {', '.join(PREDICTION_METRICS)}")
         if self.jobs < 1:
             raise ConfigError(f"--jobs must be ≥ 1, got {self.jobs}")
+        if self.finetune_epochs < 0:
+            raise ConfigError(f"--finetune-epochs must be ≥ 0 (0 = off), got {self.finetune_epochs}")
         resolve_measures(self.measures)  # a bad name fails here, before any run starts
 
     @property
@@ -142,8 +147,11 @@ def _fused(method: str) -> Callable[[SeedContext], str | None]:
 KINDS: tuple[ModelKind, ...] = (
     ModelKind("parent_1", _parent(1)),
     ModelKind("parent_2", _parent(2)),
+    ModelKind("ensemble", study_ensemble_step),  # with --finetune-epochs: the reference ceiling
     ModelKind("naive_fused", _fused("naive")),
     ModelKind("geometric_fused", _fused("geometric")),
+    ModelKind("naive_finetuned", lambda ctx: study_finetune_step(ctx, "naive")),
+    ModelKind("geometric_finetuned", lambda ctx: study_finetune_step(ctx, "geometric")),
 )
 MODEL_KINDS = tuple(k.name for k in KINDS)
 
@@ -209,6 +217,8 @@ def study_params(cfg: StudyConfig) -> dict[str, object]:
     params = {**cfg.train.params(), "seeds": cfg.seeds, "measures": cfg.measure_names, "preset": cfg.preset,
               "accuracy_metric": cfg.accuracy_metric}
     params.pop("seed")
+    if cfg.finetune_epochs:
+        params["finetune_epochs"] = cfg.finetune_epochs
     options = dict(cfg.fuse_options)
     params["method"] = ",".join(options.pop("methods", ("naive", "geometric")))
     for key, value in options.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import mlflow
+import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -121,3 +122,35 @@ def test_cli_finetunes_by_run_id_and_refuses_bad_input(tiny_runs, capsys):
     assert [r.info.run_id for r in found] == [ok.last_line]  # the refused commands left no run at all
     assert found[0].info.status == "FINISHED"
     assert found[0].data.tags[TAG_INIT_FROM] == tiny_runs.fused["geometric"]
+
+
+@pytest.mark.slow  # two one-seed studies in-process: seconds on an idle machine, but 7 models each
+def test_study_with_finetune_epochs_adds_the_ensemble_and_both_finetuned_fusions(store):
+    from ofexp.pipeline.report import steps_from_tags
+    from ofexp.pipeline.study import StudyConfig, run_study
+
+    tcfg = TrainConfig(model="mlp", width=0.125, recipe=make_recipe(epochs=1), log_model=False, progress=False,
+                       device="cpu")
+    cfg = StudyConfig(train=tcfg, seeds=(1,), finetune_epochs=1, fuse_options={"methods": ("naive", "geometric")})
+    client = store["client"]
+    study = client.get_run(run_study(cfg))
+    kinds = ["parent_1", "parent_2", "ensemble", "naive_fused", "geometric_fused", "naive_finetuned",
+             "geometric_finetuned"]  # the paper's Table 2 layout
+    summary = pd.read_csv(client.download_artifacts(study.info.run_id, "summary.csv"))
+    assert list(dict.fromkeys(summary["Kind"])) == kinds
+    assert study.data.tags["ofexp.kinds"] == ",".join(kinds)  # what `ofexp report` rebuilds the order from
+    steps = pd.read_csv(client.download_artifacts(study.info.run_id, "steps.csv"))
+    made = {(r.kind, r.stage): r.run_id for r in steps.itertuples()}
+    for method in ("naive", "geometric"):
+        finetuned = client.get_run(made[(f"{method}_finetuned", "train")])
+        assert finetuned.data.tags[TAG_INIT_FROM] == made[(f"{method}_fused", "fuse")]
+        assert finetuned.data.params["epochs"] == "1" and finetuned.data.params["recipe"] == "finetune"
+    ensemble = client.get_run(made[("ensemble", "ensemble")])
+    assert ensemble.data.tags[tracking.TAG_PARENTS] == f"{made[('parent_1', 'train')]},{made[('parent_2', 'train')]}"
+    assert set(kinds) == {kind for kind, stage in made if stage == "evaluate"}
+    assert study.data.params["finetune_epochs"] == "1"
+    rebuilt = steps_from_tags(study.data.tags, study.info.run_id)  # what `ofexp report` reads
+    assert set(zip(rebuilt["kind"], rebuilt["stage"])) == set(made)
+    # the steps' params are known before they run: a second study reuses every one of them
+    again = client.get_run(run_study(cfg))
+    assert again.data.metrics["steps/reused"] == len(steps) and again.data.metrics["steps/new"] == 0
