@@ -153,7 +153,9 @@ KINDS: tuple[ModelKind, ...] = (
     ModelKind("naive_finetuned", lambda ctx: study_finetune_step(ctx, "naive")),
     ModelKind("geometric_finetuned", lambda ctx: study_finetune_step(ctx, "geometric")),
 )
-MODEL_KINDS = tuple(k.name for k in KINDS)
+KIND_ORDER = tuple(k.name for k in KINDS)  # table order of every kind a study may make
+# The kinds every study makes; --finetune-epochs adds ensemble, naive_finetuned, geometric_finetuned.
+MODEL_KINDS = ("parent_1", "parent_2", "naive_fused", "geometric_fused")
 
 
 def evaluate_config(cfg: StudyConfig, model_run: str, label: str) -> EvalConfig:
@@ -209,7 +211,7 @@ def _rows_from_eval(run, label: str) -> list[tuple]:
     return [(label, m.csv_space, m.name, logged[m.metric_key]) for m in MEASURES.values() if m.metric_key in logged]
 
 
-__all__ = ["KINDS", "MODEL_KINDS", "ModelKind", "StudyConfig", "evaluate_params", "log_outputs", "parent_seed",
+__all__ = ["KINDS", "KIND_ORDER", "MODEL_KINDS", "ModelKind", "StudyConfig", "evaluate_params", "log_outputs", "parent_seed",
            "run_seed", "run_study", "summarise"]
 
 
@@ -243,7 +245,7 @@ def run_study(cfg: StudyConfig) -> str:
             rows = [row for seed in cfg.seeds for row in run_seed(cfg, seed, load, experiment_id)]
         else:
             rows = _run_seeds_in_parallel(cfg, run.info.run_id, experiment_id)
-        steps = sort_steps(pd.DataFrame(rows, columns=STEP_COLUMNS), MODEL_KINDS)
+        steps = sort_steps(pd.DataFrame(rows, columns=STEP_COLUMNS), KIND_ORDER)
         tables = log_outputs(steps, cfg.accuracy_metric, experiment_id)
         reused = int(tables.steps["reused"].sum())
         tracking.set_description(f"{description} {reused} of {len(steps)} steps reused finished runs (steps.csv).")
