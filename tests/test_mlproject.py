@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from ofexp.pipeline.study import MODEL_KINDS
+
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
@@ -119,8 +121,14 @@ def test_mlflow_run_main_study(mlflow_server, tmp_path):
 
     results = pd.read_csv(client.download_artifacts(sid, "results.csv", str(tmp_path)))
     assert list(results.columns) == ["Model", "Space", "Metric", "Value"]
-    assert results["Model"].nunique() == 4
-    assert results["Value"].notna().all()
+    per_seed = results[results["Space"] != "correlation_space"]
+    assert sorted(per_seed["Model"].unique()) == sorted(f"{k}_seed1" for k in MODEL_KINDS)
+    # one seed gives no correlation: its rows are there, undefined, per model kind
+    correlations = results[results["Space"] == "correlation_space"]
+    assert set(correlations["Model"]) == set(MODEL_KINDS)
+    raw = pd.read_csv(client.download_artifacts(sid, "results.csv", str(tmp_path)), dtype=str, keep_default_na=False)
+    assert (raw != "").all().all(), "no blank cells"
+    assert results.loc[per_seed.index, "Value"].notna().all()
 
 
 def test_mlflow_run_bad_model_fails_cleanly(mlflow_server):

@@ -252,6 +252,9 @@ STALE_AFTER_S = 600.0
 
 def _reopen_run(run_id: str, tags: Mapping[str, str] | None) -> mlflow.ActiveRun:
     """Reopen an existing run (status RUNNING again), update its tags, drop an old failure reason."""
+    # MLflow refuses to reopen a run outside the process's active experiment (set by an
+    # earlier command in a notebook or test), so make the run's own experiment active.
+    mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
     run = mlflow.start_run(run_id=run_id, tags=dict(tags or {}))
     try:
         if TAG_FAILURE in run.data.tags:

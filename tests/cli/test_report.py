@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 # The same tiny study as tests/pipeline/test_study.py: when both run, this one reuses its steps.
 TINY = ["--model", "mlp", "--width", "0.125", "--epochs", "1", "--no-log-model", "--device", "cpu",
-        "--measures", "prediction", "--preset", "quick", "--experiment-name", "study-tests"]
+        "--measures", "prediction", "--preset", "quick", "--experiment-name", "report-tests"]
 
 
 @pytest.fixture(scope="module")
