@@ -34,6 +34,8 @@ class FuseConfig:
     # Loss/accuracy along 3 straight lines (11 points each) on the test set; cheap on digits (README).
     interpolation: bool = True
     device: str = "auto"
+    # Appended to the run name (the study passes "seed3"), so a study's fuse runs are told apart.
+    run_label: str = ""
 
     def __post_init__(self) -> None:
         if len(self.parents) < 2:
@@ -110,7 +112,7 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
     target_spec = parents.specs[cfg.target]
     tags = {tracking.TAG_PARENTS: ",".join(cfg.parents),
             **{f"ofexp.parent_{i}": rid for i, rid in enumerate(cfg.parents, start=1)}}
-    name = f"fuse {method} {target_spec.arch} {parents.data.name}"
+    name = " ".join(filter(None, ("fuse", method, target_spec.arch, parents.data.name, cfg.run_label)))
     with tracking.stage_run("fuse", run_name=name, params=cfg.params(method), tags=tags) as run:
         start = time.perf_counter()
         result = None

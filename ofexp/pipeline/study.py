@@ -136,7 +136,8 @@ def _fused(method: str) -> Callable[[SeedContext], str | None]:
         if method not in options.pop("methods", (method,)):
             return None
         parents = (ctx.model_runs["parent_1"], ctx.model_runs["parent_2"])
-        fcfg = FuseConfig(parents=parents, methods=(method,), device=ctx.cfg.train.device, **options)
+        fcfg = FuseConfig(parents=parents, methods=(method,), device=ctx.cfg.train.device,
+                          run_label=f"seed{ctx.seed}", **options)
         tags = {tracking.TAG_PARENTS: ",".join(parents)}
         return ctx.step(f"{method}_fused", "fuse", fcfg.params(method), tags,
                         lambda: run_fuse(fcfg, ctx.data())[method])
