@@ -23,7 +23,7 @@ from dataclasses import replace
 import torch
 
 from bench.common import Result, time_pair
-from ofexp.data import DataConfig, load_dataset
+from ofexp.data import load_dataset
 from ofexp.models import build_model, init_weights
 from ofexp.pipeline import TrainConfig, run_train
 from ofexp.pipeline.train import model_spec_for

@@ -40,22 +40,27 @@ def using_tracking_uri(uri: str):
 
     `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI and pins the URI for
     the rest of the process; a test that leaves it set redirects every later
-    in-process test, so this restores both.
+    in-process test, so this restores both. The active experiment (which a command
+    run inside sets, as an ID of *its* store) is restored too.
     """
     import mlflow
     import mlflow.tracking._tracking_service.utils as tracking_utils
+    import mlflow.tracking.fluent as fluent
 
-    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
     saved = tracking_utils._tracking_uri
+    saved_experiment = fluent._active_experiment_id
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
         mlflow.set_tracking_uri(saved)
-        if saved_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+        fluent._active_experiment_id = saved_experiment
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @dataclass
@@ -80,18 +85,27 @@ def start_mlflow_server(root: Path, port: int | None = None, timeout: float = 18
         env={**os.environ, **(env or {})},
     )
     uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(uri, process, timeout, what=f"mlflow server (log: {root / 'server.log'})")
+    except RuntimeError:
+        process.kill()
+        raise
+    return MlflowServer(uri, root, process)
+
+
+def wait_for_health(url: str, process: subprocess.Popen, timeout: float = 180.0, what: str = "server") -> None:
+    """Wait until `url`/health answers 200; RuntimeError if `process` exits or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"mlflow server exited early; see {root / 'server.log'}")
+            raise RuntimeError(f"{what} exited early with {process.returncode}")
         try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
                 if response.status == 200:
-                    return MlflowServer(uri, root, process)
+                    return
         except OSError:
             time.sleep(0.5)
-    process.kill()
-    raise RuntimeError(f"mlflow server did not answer /health within {timeout} s")
+    raise RuntimeError(f"{what} did not answer {url}/health within {timeout} s")
 
 
 def stop_mlflow_server(server: MlflowServer) -> None:

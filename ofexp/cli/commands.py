@@ -13,7 +13,7 @@ from dataclasses import replace
 import click
 
 from ofexp import tracking
-from ofexp.cli.options import (OPT_FLOAT, OPT_INT, OPT_STR, data_options, experiment_option, flag, model_options,
+from ofexp.cli.options import (OPT_STR, data_options, experiment_option, flag, model_options,
                                pop_flag, recipe_options)
 from ofexp.data import DataConfig
 from ofexp.errors import ConfigError

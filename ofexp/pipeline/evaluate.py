@@ -140,7 +140,6 @@ def _measure_one(measure: Measure, ctx: MeasureContext, progress: bool) -> tuple
     A search-backed measure's bar counts the search's steps (up to its depth) the
     first time the search runs; others count one step.
     """
-    name = measure.name
     searching = measure.search is not None and measure.search not in ctx.completed_searches()
     total = ctx.search_depth(measure.search) if searching else 1
     bar = tqdm(total=total, desc=f"{measure.metric_key}", unit="step", file=sys.stderr, disable=not progress,

@@ -1,7 +1,6 @@
 """The evaluate step on real runs in a real local MLflow store (SQLite): options, warnings, lineage."""
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import replace
 

@@ -6,29 +6,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import free_port, run_cli_in_process
+from conftest import free_port, run_cli_in_process, wait_for_health
 
 BIN = Path(sys.executable).parent
-
-
-def _wait_for_health(url: str, process: subprocess.Popen, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"ofexp ui exited with {process.returncode}: {process.stderr.read()}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"ofexp ui did not answer {url}/health within {timeout} s")
 
 
 def _experiment_names(url: str) -> set[str]:
@@ -59,7 +44,7 @@ def test_ui_serves_the_store_ofexp_uses(tmp_path):
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_for_health(url, process)
+        wait_for_health(url, process, what="ofexp ui")
         assert f"only-here-{store}" in _experiment_names(url)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
