@@ -9,13 +9,17 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
+import signal
+import subprocess
+import time
 
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from conftest import using_tracking_uri
+from conftest import BIN, using_tracking_uri
 from ofexp.metrics import MEASURES
 from ofexp.pipeline.study import MODEL_KINDS, parent_seed
 
@@ -152,17 +156,44 @@ def test_a_rerun_creates_no_step_run_and_a_changed_measure_only_new_evaluations(
                                                                      if k[2] != "evaluate"}
 
 
-def test_a_study_killed_after_training_resumes_at_fusion(study, client, mlflow_server):
-    # What a killed study leaves: its seed's two train runs FINISHED (here made by `ofexp train`),
-    # under settings (lr 0.02) that no other test uses.
-    options = TINY + ["--lr", "0.02", "--method", "naive"]
-    train_options = TINY[:TINY.index("--measures")] + ["--lr", "0.02", "--experiment-name", EXPERIMENT]
-    parents = [ofexp(mlflow_server.uri, "train", *train_options, "--seed", str(parent_seed(1, i))) for i in (1, 2)]
-    study_id, new = _new_runs(client, study.info.experiment_id,
-                              lambda: ofexp(mlflow_server.uri, "study", *options, "--seeds", "1"))
-    assert not new["train"] and len(new["fuse"]) == 1 and len(new["evaluate"]) == 3
+def _finished_steps(client, experiment_id: str) -> dict[str, set[str]]:
+    runs = client.search_runs([experiment_id], "attributes.status = 'FINISHED'", max_results=1000)
+    return {s: {r.info.run_id for r in runs if r.data.tags.get("ofexp.stage") == s} for s in STEP_STAGES}
+
+
+def test_a_study_sigkilled_after_training_resumes_at_fusion(client, mlflow_server, tmp_path):
+    """A real `ofexp study` process is SIGKILLed once its parents have trained; the rerun trains nothing."""
+    experiment = "study-killed"
+    options = [*TINY[:-1], experiment, "--method", "naive", "--seeds", "1"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.uri, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_RUN_ID", None)
+    proc = subprocess.Popen([str(BIN / "ofexp"), "study", *options], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            found = client.get_experiment_by_name(experiment)
+            if found and len(_finished_steps(client, found.experiment_id)["train"]) == 2:
+                break
+            assert proc.poll() is None, "the study ended before it could be killed"
+            assert time.monotonic() < deadline, "the study's parents did not finish training in time"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    experiment_id = found.experiment_id
+    before = _finished_steps(client, experiment_id)
+    assert len(before["evaluate"]) < 3, "killed before the study got through its steps"
+
+    study_id, new = _new_runs(client, experiment_id, lambda: ofexp(mlflow_server.uri, "study", *options))
+    assert not new["train"], "the rerun trains nothing: it resumes at fusion"
     steps = _steps(client.get_run(study_id))
-    assert [steps[(f"parent_{i}", 1, "train")] for i in (1, 2)] == parents
+    assert {steps[(f"parent_{i}", 1, "train")] for i in (1, 2)} == before["train"]
+    made = {run_id for (_, _, stage), run_id in steps.items() if stage != "train"}
+    assert len(made) == 1 + 3  # the naive fusion and the three evaluations
+    # every fuse/evaluate step is either reused from before the kill or new in the rerun
+    assert made <= before["fuse"] | before["evaluate"] | set().union(*new.values())
 
 
 def test_jobs_2_gives_the_same_runs_as_jobs_1(study, client, mlflow_server, tmp_path):
