@@ -71,8 +71,8 @@ def _cost_tensors(state: State, spec: AlignmentSpec, group: str, solved: set[str
 
 def _unit_rows(state: State, keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows [n, d] (float32, CPU) scaled to unit norm, and their squared norms [n] (1, or 0 for zero rows)."""
-    rows = torch.cat([state[k].detach().reshape(state[k].shape[0], -1) for k in keys], dim=1)  # [n, d]
-    rows = rows.to("cpu", torch.float32)
+    parts = [state[k].detach().reshape(state[k].shape[0], -1) for k in keys]
+    rows = (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)).to("cpu", torch.float32)  # [n, d]
     norms = rows.norm(dim=1, keepdim=True)  # [n, 1]
     return rows / norms.clamp_min(1e-12), (norms[:, 0] > 0).double()  # zero rows stay zero
 
