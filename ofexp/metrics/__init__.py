@@ -10,7 +10,8 @@ from ofexp.metrics.flatness import (
     pac_bayes_mag_flat,
     pac_bayes_sigma,
 )
-from ofexp.metrics.hessian import TraceEstimate, hessian_top_eigenvalue, hessian_trace, hessian_trace_with_error
+from ofexp.metrics.hessian import (Lanczos, TraceEstimate, hessian_lanczos, hessian_top_eigenvalue, hessian_trace,
+                                   hessian_trace_with_error)
 from ofexp.metrics.input_space import lipschitz
 from ofexp.metrics.prediction import generalisation_gap
 from ofexp.metrics.registry import MEASURES, METRIC_PREFIX, PREDICTION_METRICS, SPACES, Measure, resolve_measures
@@ -31,9 +32,9 @@ from ofexp.metrics.sharpness import (
 
 __all__ = [
     "MEASURES", "METRIC_PREFIX", "PREDICTION_METRICS", "SPACES", "Measure", "MeasureContext",
-    "SearchBudget", "SearchResult", "TraceEstimate",
+    "Lanczos", "SearchBudget", "SearchResult", "TraceEstimate",
     "flatness_init", "flatness_mag_init", "flatness_mag_orig", "flatness_orig",
-    "generalisation_gap", "hessian_top_eigenvalue", "hessian_trace", "hessian_trace_with_error", "lipschitz",
+    "generalisation_gap", "hessian_lanczos", "hessian_top_eigenvalue", "hessian_trace", "hessian_trace_with_error", "lipschitz",
     "pac_bayes_deviation", "pac_bayes_flatness", "pac_bayes_mag_flat", "pac_bayes_sigma",
     "parameter_vector", "reference_vector", "resolve_measures",
     "sharpness_deviation", "sharpness_flatness", "sharpness_init", "sharpness_mag_flat", "sharpness_mag_init",

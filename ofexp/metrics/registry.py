@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from ofexp.errors import ConfigError
-from ofexp.metrics import flatness, hessian, input_space, prediction, sharpness
+from ofexp.metrics import flatness, input_space, prediction, sharpness
 from ofexp.metrics.context import MeasureContext
 
 SPACES = ("input", "parameter", "prediction")
@@ -51,11 +51,10 @@ MEASURES: dict[str, Measure] = {
                 lambda c: input_space.lipschitz(c.model, c.input_shape, generator=c.generator("lipschitz")),
                 "lower bound on the Lipschitz constant of f(x) - f(0), by power iteration"),
         Measure("hessian_top_eigenvalue", "parameter",
-                lambda c: hessian.hessian_top_eigenvalue(c.model, *c.hessian_batch,
-                                                         generator=c.generator("hessian_top_eigenvalue")),
+                lambda c: c.hessian_top_eigenvalue(),  # one Lanczos run shared with hessian_trace
                 "largest eigenvalue of the cross-entropy Hessian on a batch of test images (Lanczos)"),
         Measure("hessian_trace", "parameter",
-                lambda c: hessian.hessian_trace(c.model, *c.hessian_batch, generator=c.generator("hessian_trace")),
+                lambda c: c.hessian_trace().trace,
                 "trace of the cross-entropy Hessian on a batch of test images (Hutchinson)"),
         Measure("sharpness_flatness", "parameter",
                 lambda c: sharpness.sharpness_flatness(c.sharpness_search.sigma),

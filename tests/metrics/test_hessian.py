@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ofexp.metrics import hessian_top_eigenvalue, hessian_trace, hessian_trace_with_error
+from ofexp.metrics import hessian_lanczos, hessian_top_eigenvalue, hessian_trace, hessian_trace_with_error
 
 
 def dense_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
@@ -61,9 +61,57 @@ def test_trace_stops_at_tolerance_and_leaves_the_model_alone():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 5), nn.Dropout(0.5), nn.ReLU(), nn.Linear(5, 4)).train()
     x, y = data()
-    est = hessian_trace_with_error(model, x, y, max_samples=100, tol=1e-2)
-    assert 1 < est.samples < 100 and np.isfinite(est.trace) and np.isfinite(est.stderr)
+    est = hessian_trace_with_error(model, x, y, max_samples=100, tol=0.1, deflation=5, min_samples=4)
+    assert 4 <= est.samples < 100 and np.isfinite(est.trace) and np.isfinite(est.stderr)
+    assert est.stderr <= 0.1 * abs(est.trace)  # the stopping rule: relative standard error ≤ tol
     # eval mode (dropout off) while measuring, so two calls agree; mode and grads untouched
     assert hessian_top_eigenvalue(model, x, y) == hessian_top_eigenvalue(model, x, y)
     assert model.training
     assert all(p.grad is None for p in model.parameters())
+
+
+def two_layer():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4))  # ω = 92
+
+
+def test_deflated_trace_is_unbiased_and_has_lower_variance():
+    model, (x, y) = two_layer(), data()
+    expected = np.trace(dense_hessian(model, x, y))
+    plain = hessian_trace_with_error(model, x, y, max_samples=1500, tol=0.0, deflation=0)
+    deflated = hessian_trace_with_error(model, x, y, max_samples=1500, tol=0.0, deflation=40)
+    assert deflated.deflated == 40 and plain.deflated == 0
+    for est in (plain, deflated):
+        assert est.trace == pytest.approx(expected, rel=0.01)
+        assert abs(est.trace - expected) < 4 * est.stderr  # the reported error is honest
+    assert deflated.stderr < 0.5 * plain.stderr  # the dominant directions no longer add variance
+
+
+def test_full_deflation_is_exact():
+    model, (x, y) = two_layer(), data()
+    expected = np.trace(dense_hessian(model, x, y))
+    est = hessian_trace_with_error(model, x, y, deflation=92, min_samples=3)
+    assert est.deflated <= 92 and est.samples == 3 and est.trace == pytest.approx(expected, rel=1e-4)
+    assert est.stderr < 1e-4 * abs(expected)
+
+
+def test_one_shared_lanczos_run_serves_both_in_either_order():
+    model, (x, y) = two_layer(), data()
+    top = hessian_top_eigenvalue(model, x, y)
+    run = hessian_lanczos(model, x, y)  # same default seed as the standalone call
+    est = hessian_trace_with_error(model, x, y, lanczos=run, deflation=30, tol=0.0, max_samples=20)
+    assert hessian_top_eigenvalue(model, x, y, lanczos=run) == top  # the first converged step, not the last
+    assert run.op.products == 30 + 20  # the eigenvalue took no extra products
+    assert est.deflated == 30
+    run.release()
+    assert hessian_top_eigenvalue(model, x, y, lanczos=run) == top  # history outlives the basis
+    with pytest.raises(ValueError, match="released"):
+        hessian_trace_with_error(model, x, y, lanczos=run)
+
+
+@pytest.mark.parametrize("kwargs, name", [({"max_samples": 0}, "max_samples"), ({"deflation": -1}, "deflation"),
+                                          ({"tol": -1.0}, "tol"), ({"min_samples": 0}, "min_samples")])
+def test_bad_trace_arguments_are_named(kwargs, name):
+    model, (x, y) = two_layer(), data()
+    with pytest.raises(ValueError, match=name):
+        hessian_trace_with_error(model, x, y, **kwargs)
