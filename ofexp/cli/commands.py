@@ -46,6 +46,7 @@ def _fuse_options(kw: dict) -> dict:
         fusion_weights=_float_list(weights, "--fusion-weights") if weights else None,
         target=kw.pop("target"), solver=kw.pop("solver"), reg=kw.pop("reg"), alignment=kw.pop("alignment"),
         activation_samples=kw.pop("activation_samples"), interpolation=pop_flag(kw, "interpolation"),
+        repair=pop_flag(kw, "repair"),
     )
 
 
@@ -59,7 +60,9 @@ def fusion_options(f):
         click.option("--alignment", type=click.Choice(["weights", "activations"]), default="activations", show_default=True,
                      help="Neuron similarity for geometric fusion: incoming weights, or activations on training samples."),
         click.option("--activation-samples", type=click.INT, default=256, show_default=True,
-                     help="Training inputs (fixed sample) used by --alignment activations."),
+                     help="Training inputs (fixed sample) used by --alignment activations and --repair."),
+        flag("repair", "Geometric fusion: rescale every fused neuron to the aligned parents' activation "
+             "mean/std on the activation samples (REPAIR, Jordan et al. 2023)."),
         flag("interpolation", "Log test loss/accuracy at 11 points between the target parent and the other "
              "parent (raw, aligned) and the fused net, with barriers and a plot.", default=True),
     ]

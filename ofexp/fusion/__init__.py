@@ -4,6 +4,7 @@ from ofexp.fusion.batchnorm import recompute_batchnorm_stats
 from ofexp.fusion.geometric import ALIGNMENTS, GeometricFusion, geometric_fuse
 from ofexp.fusion.groups import AlignmentSpec, alignment_spec, check_covers, permute_model
 from ofexp.fusion.naive import naive_fuse
+from ofexp.fusion.repair import repair_geometric, repair_statistics
 from ofexp.fusion.transport import SOLVERS, solve_transport
 
 __all__ = [
@@ -17,5 +18,7 @@ __all__ = [
     "naive_fuse",
     "permute_model",
     "recompute_batchnorm_stats",
+    "repair_geometric",
+    "repair_statistics",
     "solve_transport",
 ]

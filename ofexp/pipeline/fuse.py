@@ -10,7 +10,8 @@ from ofexp import tracking
 from ofexp.tracking.study_runs import log_figure
 from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.errors import ConfigError, IncompatibleModelsError
-from ofexp.fusion import ALIGNMENTS, SOLVERS, geometric_fuse, naive_fuse, recompute_batchnorm_stats
+from ofexp.fusion import (ALIGNMENTS, SOLVERS, geometric_fuse, naive_fuse, recompute_batchnorm_stats,
+                          repair_geometric)
 from ofexp.fusion.naive import parent_specs
 from ofexp.fusion.interpolation import InterpolationCurve, fusion_curves, plot_curves
 from ofexp.models import ModelSpec
@@ -31,6 +32,9 @@ class FuseConfig:
     alignment: str = "activations"
     activation_samples: int = 256  # training inputs whose activations drive alignment="activations"
     recompute_bn: bool = True
+    # REPAIR (geometric only): give fused neurons the aligned parents' activation mean/std on the
+    # activation samples. Off by default: it helps VGG11 and hurts the MLP (README, "Fusion quality").
+    repair: bool = False
     # Loss/accuracy along 3 straight lines (11 points each) on the test set; cheap on digits (README).
     interpolation: bool = True
     device: str = "auto"
@@ -65,8 +69,9 @@ class FuseConfig:
         if method == "naive":
             return common
         options = {**common, "alignment": self.alignment, "solver": self.solver, "reg": self.reg,
-                   "target": self.target, "recompute_bn": self.recompute_bn, "interpolation": self.interpolation}
-        if self.alignment == "activations":
+                   "target": self.target, "recompute_bn": self.recompute_bn, "repair": self.repair,
+                   "interpolation": self.interpolation}
+        if self.alignment == "activations" or self.repair:
             options["activation_samples"] = self.activation_samples
         return options
 
@@ -116,17 +121,20 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
     with tracking.stage_run("fuse", run_name=name, params=cfg.params(method), tags=tags) as run:
         start = time.perf_counter()
         result = None
+        inputs = activation_inputs(splits, cfg.activation_samples)
         if method == "naive":
             fused, plans, costs = naive_fuse(parents.models, weights=cfg.fusion_weights), {}, {}
         else:
             result = geometric_fuse(
                 parents.models, weights=cfg.fusion_weights, target=cfg.target, solver=cfg.solver,
-                reg=cfg.reg, alignment=cfg.alignment, inputs=activation_inputs(splits, cfg.activation_samples),
+                reg=cfg.reg, alignment=cfg.alignment, inputs=inputs,
             )
             fused, plans, costs = result.model, result.plans, result.costs
         seconds = time.perf_counter() - start
         if cfg.recompute_bn and fused.spec.batchnorm:
             recompute_batchnorm_stats(fused, splits.train_x)
+        if result is not None and cfg.repair:  # after the statistics: REPAIR reads batch-norm outputs
+            repair_geometric(result, parents.models, inputs, weights=cfg.fusion_weights, target=cfg.target)
         test = evaluate(fused, splits.test_x, splits.test_y, device=device)
         curves = _log_interpolation(cfg, parents, result, splits) if result and cfg.interpolation else {}
         tracking.log_spec(fused.spec, parents.data)
@@ -188,7 +196,8 @@ def _describe(cfg: FuseConfig, method: str, parents: _Parents, accuracy: float,
         samples = f" on {cfg.activation_samples} training inputs" if cfg.alignment == "activations" else ""
         lines.append(f"Options: alignment={cfg.alignment}{samples}, solver={cfg.solver}{reg}, "
                      f"target=parent {cfg.target % k + 1}, batch-norm statistics "
-                     f"{'recomputed' if cfg.recompute_bn else 'averaged'}.")
+                     f"{'recomputed' if cfg.recompute_bn else 'averaged'}"
+                     + (f", REPAIR on {cfg.activation_samples} training inputs." if cfg.repair else "."))
     known = [a for a in parents.accuracies if a is not None]
     versus = f" (parents: {' / '.join(f'{a:.4f}' for a in known)})" if known else ""
     lines.append(f"Fused test accuracy: {accuracy:.4f}{versus}.")

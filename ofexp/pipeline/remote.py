@@ -167,7 +167,8 @@ def _fuse_params(cfg: StudyConfig, method: str) -> dict[str, str]:
         "method": method, "fusion_weights": ",".join(map(str, weights)), "target": str(opts.get("target", -1)),
         "solver": opts.get("solver", "exact"), "reg": str(opts.get("reg", 0.01)),
         "alignment": opts.get("alignment", "activations"),
-        "activation_samples": str(opts.get("activation_samples", 256)), "device": cfg.train.device,
+        "activation_samples": str(opts.get("activation_samples", 256)), "repair": _flag(opts.get("repair", False)),
+        "device": cfg.train.device,
     }
 
 

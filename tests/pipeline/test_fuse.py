@@ -123,3 +123,17 @@ def test_vgg11_parents_of_different_widths_fuse_onto_the_targets_width(tiny_runs
     assert '"width": 0.25' in open(spec).read()  # the target (last parent) sets the width
     assert "interp/parents_raw/loss" not in run.data.metrics  # no straight line between different shapes
     assert len(client.get_metric_history(run_id, "interp/parents_aligned/accuracy")) == 11
+
+
+def test_repair_is_a_logged_option_that_changes_the_fused_network(tiny_runs, capsys):
+    result = run_cli_in_process(["fuse", "--parents", f"{tiny_runs.parent_1},{tiny_runs.parent_2}", "--method",
+                                 "geometric", "--repair", "--no-interpolation", "--experiment-name", "repair"],
+                                tiny_runs.server.uri, capsys)
+    assert result.returncode == 0, result.stderr[-2000:]
+    client = MlflowClient(tiny_runs.server.uri)
+    run = client.get_run(result.last_line.split()[1])
+    plain = client.get_run(tiny_runs.fused["geometric"])
+    assert run.data.params["repair"] == "True" and plain.data.params["repair"] == "False"
+    assert run.data.params["activation_samples"] == "256"  # the samples REPAIR measured
+    assert "REPAIR on 256 training inputs" in run.data.tags["mlflow.note.content"]
+    assert run.data.metrics["test_loss"] != pytest.approx(plain.data.metrics["test_loss"], rel=1e-6)
