@@ -1,10 +1,11 @@
 """Fusion quality on digits: the README's table. Not a test (slow); run it as a script:
 
-    .venv/bin/python tests/fusion/quality.py --arch vgg11 --width 0.25 [--batchnorm] [--epochs 10]
+    .venv/bin/python tests/fusion/quality.py --arch vgg11 --width 0.25 [--batchnorm] [--bias] [--epochs 10]
 
 For each study seed s (1, 2), trains parents with torch seeds 100·s+1 and 100·s+2
 (default recipe, one torch thread, CPU), then prints the test accuracy of both
-parents, their naive average and geometric fusion with each alignment. Fused
+parents, their naive average and geometric fusion with each alignment, and
+activation-based fusion followed by REPAIR (`ofexp fuse --repair`). Fused
 batch-norm nets get their statistics recomputed on the training data, as `ofexp
 fuse` does. `--cache DIR` keeps the trained parents between runs.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ofexp.data import DataConfig, load_dataset
-from ofexp.fusion import geometric_fuse, naive_fuse, recompute_batchnorm_stats
+from ofexp.fusion import geometric_fuse, naive_fuse, recompute_batchnorm_stats, repair_geometric
 from ofexp.models import ModelSpec, build_model, init_weights
 from ofexp.pipeline.fuse import activation_inputs
 from ofexp.training import evaluate, fit, make_recipe, seed_everything
@@ -26,7 +27,8 @@ CPU = torch.device("cpu")
 
 
 def _parent(spec: ModelSpec, splits, epochs: int | None, seed: int, cache: Path | None) -> torch.nn.Module:
-    path = cache / f"{spec.arch}_{spec.width:g}_bn{int(spec.batchnorm)}_e{epochs}_{seed}.pt" if cache else None
+    bias = "_bias" if spec.bias else ""
+    path = cache / f"{spec.arch}_{spec.width:g}_bn{int(spec.batchnorm)}{bias}_e{epochs}_{seed}.pt" if cache else None
     model = build_model(spec)
     if path is not None and path.exists():
         model.load_state_dict(torch.load(path, weights_only=True))
@@ -53,6 +55,7 @@ def main() -> None:
     parser.add_argument("--arch", default="mlp", choices=("mlp", "vgg11", "resnet18"))
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--batchnorm", action="store_true")
+    parser.add_argument("--bias", action="store_true")
     parser.add_argument("--epochs", type=int, default=None, help="default: the default recipe's (10)")
     parser.add_argument("--seeds", default="1,2")
     parser.add_argument("--cache", type=Path, default=None)
@@ -61,9 +64,9 @@ def main() -> None:
     splits = load_dataset(DataConfig())
     info = splits.info
     spec = ModelSpec(args.arch, info.num_classes, info.in_channels, info.input_size, width=args.width,
-                     batchnorm=args.batchnorm)
+                     batchnorm=args.batchnorm, bias=args.bias)
     inputs = activation_inputs(splits, 256)
-    print("| seed | parents | naive | geometric, weights | geometric, activations |")
+    print("| seed | parents | naive | geometric, weights | geometric, activations | activations + REPAIR |")
     for s in (int(v) for v in args.seeds.split(",")):
         parents = [_parent(spec, splits, args.epochs, 100 * s + i, args.cache) for i in (1, 2)]
         row = [" / ".join(f"{_accuracy(p, splits, False):.3f}" for p in parents),
@@ -72,6 +75,11 @@ def main() -> None:
             start = time.perf_counter()
             fused = geometric_fuse(parents, alignment=alignment, inputs=inputs).model
             row.append(f"{_accuracy(fused, splits, True):.3f} ({time.perf_counter() - start:.1f} s)")
+        result = geometric_fuse(parents, alignment="activations", inputs=inputs)
+        if spec.batchnorm:  # as `ofexp fuse`: statistics first, then REPAIR reads the batch-norm outputs
+            recompute_batchnorm_stats(result.model, splits.train_x)
+        repair_geometric(result, parents, inputs)
+        row.append(f"{_accuracy(result.model, splits, False):.3f}")
         print(f"| {s} | " + " | ".join(row) + " |", flush=True)
 
 
