@@ -4,7 +4,8 @@ Ours is `ofexp.fusion.geometric_fuse` (weight-based alignment, exact solver: a
 linear assignment per group where the plan is a permutation). The baseline is
 the same fusion with POT's `ot.emd` (network simplex) for every group, the
 definition the shortcut must reproduce; both run in this process on the same
-two randomly initialised parents (no bias, no batch-norm), alternately.
+two randomly initialised parents (no bias, no batch-norm), alternately, on one
+torch thread.
 """
 from __future__ import annotations
 
@@ -72,7 +73,14 @@ def _one(arch: str, width: float, repeats: int) -> Result:
 
 def run(quick: bool, repeats: int) -> list[Result]:
     widths = (0.5,) if quick else (1.0,)
-    results = [_one(arch, w, repeats) for arch in ("vgg11", "resnet18") for w in widths]
+    # One thread: on a shared 2-core machine a second BLAS thread competes with other jobs and
+    # makes timings swing 3-5x; fusion's few large GEMMs and assignments are serial anyway.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        results = [_one(arch, w, repeats) for arch in ("vgg11", "resnet18") for w in widths]
+    finally:
+        torch.set_num_threads(threads)
     for r in results:
         per_group = ", ".join(f"{g} {s * 1e3:.1f} ms" for g, s in r.notes["seconds_per_group"].items())
         print(f"[bench] {r.name}: total {r.notes['fusion_seconds_total'] * 1e3:.1f} ms; {per_group}", file=sys.stderr)
