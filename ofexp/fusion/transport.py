@@ -28,21 +28,30 @@ def _check_cost(cost: np.ndarray) -> np.ndarray:
     return cost
 
 
-def _sinkhorn(a: np.ndarray, b: np.ndarray, cost: np.ndarray, reg: float) -> np.ndarray:
+def _sinkhorn_plan(a: np.ndarray, b: np.ndarray, cost: np.ndarray, reg: float, method: str) -> np.ndarray:
     with warnings.catch_warnings():
-        # POT's own warning names no fix; we check the result and warn below instead.
+        # POT's own warnings name no fix; the caller checks the result and warns instead.
         warnings.simplefilter("ignore")
-        plan = ot.sinkhorn(a, b, cost, reg, numItermax=_SINKHORN_MAX_ITER)
-        if not np.isfinite(plan).all():
-            warnings.warn(
-                f"sinkhorn with reg={reg} under/overflowed (NaN plan); retried in the log domain. "
-                "Raise reg (e.g. 0.05) for a faster, stable solve",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            plan = ot.sinkhorn(a, b, cost, reg, method="sinkhorn_log", numItermax=_SINKHORN_MAX_ITER)
-    if not np.isfinite(plan).all():
-        raise ValueError(f"solve_transport: sinkhorn with reg={reg} gave a NaN plan; raise reg (e.g. 0.05)")
+        return ot.sinkhorn(a, b, cost, reg, method=method, numItermax=_SINKHORN_MAX_ITER)
+
+
+def _usable(plan: np.ndarray) -> bool:
+    # Underflow in the plain solver gives NaN, or an all-zero plan with no warning of its own.
+    return bool(np.isfinite(plan).all()) and abs(plan.sum() - 1.0) < 0.5
+
+
+def _sinkhorn(a: np.ndarray, b: np.ndarray, cost: np.ndarray, reg: float) -> np.ndarray:
+    plan = _sinkhorn_plan(a, b, cost, reg, "sinkhorn")
+    if not _usable(plan):
+        warnings.warn(
+            f"sinkhorn with reg={reg} under/overflowed; retried in the log domain. "
+            "Raise reg (e.g. 0.05) for a faster, stable solve",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        plan = _sinkhorn_plan(a, b, cost, reg, "sinkhorn_log")
+    if not _usable(plan):
+        raise ValueError(f"solve_transport: sinkhorn with reg={reg} gave no usable plan; raise reg (e.g. 0.05)")
     err = max(np.abs(plan.sum(1) - a).max() * len(a), np.abs(plan.sum(0) - b).max() * len(b))
     if err > 1e-3:
         warnings.warn(
@@ -81,8 +90,10 @@ def solve_transport(cost: np.ndarray, solver: str = "exact", reg: float = 0.01) 
 
     exactly (network simplex, ``ot.emd``; for n = m, the same plan by linear
     assignment, see ``assignment_plan``) or with an entropic regulariser
-    :math:`- \mathrm{reg} \cdot H(T)` (Sinkhorn, ``ot.sinkhorn``). With n = m the
-    exact plan is a permutation matrix divided by n.
+    :math:`- \mathrm{reg} \cdot H(T)` (Sinkhorn, ``ot.sinkhorn``) on the cost
+    scaled to :math:`M / \max M`, so that ``reg`` means the same for weight costs
+    (~1) and activation costs (~10-1000); the exact plan does not change under
+    that scaling. With n = m the exact plan is a permutation matrix divided by n.
 
     Parameters
     ----------
@@ -91,7 +102,8 @@ def solve_transport(cost: np.ndarray, solver: str = "exact", reg: float = 0.01) 
     solver : str
         ``"exact"`` or ``"sinkhorn"``.
     reg : float
-        Entropic regularisation strength, for ``"sinkhorn"`` only; > 0.
+        Entropic regularisation strength relative to the largest cost, for
+        ``"sinkhorn"`` only; > 0.
 
     Returns
     -------
@@ -107,4 +119,5 @@ def solve_transport(cost: np.ndarray, solver: str = "exact", reg: float = 0.01) 
         return assignment_plan(cost) if n == m else ot.emd(a, b, cost, numItermax=_EMD_MAX_ITER)
     if not (isinstance(reg, (int, float)) and reg > 0 and np.isfinite(reg)):
         raise ConfigError(f"sinkhorn reg={reg!r} must be a positive number; use e.g. 0.01 or 0.05")
-    return _sinkhorn(a, b, cost, float(reg))
+    top = cost.max()
+    return _sinkhorn(a, b, cost / top if top > 0 else cost, float(reg))

@@ -95,9 +95,11 @@ def test_different_widths_fuse_onto_the_target_width(target, width):
     assert torch.allclose(plan.sum(0), torch.ones(plan.shape[1], dtype=plan.dtype))
 
 
-def test_sinkhorn_fusion_runs_and_gives_soft_plans():
+@pytest.mark.parametrize("alignment", ["weights", "activations"])
+def test_sinkhorn_fusion_runs_and_gives_soft_plans(alignment):
     a, b = _model("mlp", seed=0), _model("mlp", seed=1)
-    result = geometric_fuse([a, b], solver="sinkhorn", reg=0.05)
+    inputs = 10 * torch.randn(64, 3, 32, 32)  # large activations: costs far above reg
+    result = geometric_fuse([a, b], solver="sinkhorn", reg=0.05, alignment=alignment, inputs=inputs)
     plan = result.plans["features.0"][0]
     assert ((plan > 0) & (plan < 1)).any()
     assert torch.allclose(plan.sum(0), torch.ones(64, dtype=plan.dtype), atol=1e-6)
@@ -169,10 +171,24 @@ def test_sinkhorn_marginals_and_warning():
         plan = solve_transport(cost, solver="sinkhorn", reg=0.1)
     assert np.allclose(plan.sum(1), 1 / 6, atol=1e-6) and np.allclose(plan.sum(0), 1 / 4, atol=1e-6)
     with pytest.warns(RuntimeWarning, match="raise reg"):
-        plan = solve_transport(100 * cost, solver="sinkhorn", reg=1e-3)
-    assert np.isfinite(plan).all()
+        plan = solve_transport(cost, solver="sinkhorn", reg=1e-5)
+    assert np.isfinite(plan).all() and plan.sum() == pytest.approx(1.0, abs=0.5)
     with pytest.raises(ConfigError, match="reg=0"):
         solve_transport(cost, solver="sinkhorn", reg=0)
+
+
+def test_sinkhorn_reg_is_relative_to_the_largest_cost():
+    """Activation costs run to the hundreds: reg=0.01 must not underflow into an empty plan."""
+    rng = np.random.default_rng(2)
+    cost = rng.random((8, 8))
+    a = np.full(8, 1 / 8)
+    plan = solve_transport(cost, solver="sinkhorn", reg=0.05)
+    np.testing.assert_allclose(plan, ot.sinkhorn(a, a, cost / cost.max(), 0.05), atol=1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scaled = solve_transport(800 * cost, solver="sinkhorn", reg=0.05)
+    np.testing.assert_allclose(scaled, plan, atol=1e-9)
+    np.testing.assert_allclose(solve_transport(800 * cost), solve_transport(cost))  # exact: scale-free anyway
 
 
 def test_recompute_batchnorm_stats():
