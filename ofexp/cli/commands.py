@@ -56,7 +56,7 @@ def fusion_options(f):
         click.option("--fusion-weights", type=OPT_STR, default=None, help="One weight per parent, e.g. 0.5,0.5 [default: equal]."),
         click.option("--target", type=click.INT, default=-1, show_default=True, help="Index of the parent the others align to."),
         click.option("--solver", type=click.Choice(["exact", "sinkhorn"]), default="exact", show_default=True),
-        click.option("--reg", type=click.FLOAT, default=0.01, show_default=True, help="Entropic regulariser for sinkhorn."),
+        click.option("--reg", type=click.FLOAT, default=0.01, show_default=True, help="Entropic regulariser for sinkhorn, relative to the largest cost."),
         click.option("--alignment", type=click.Choice(["weights", "activations"]), default="activations", show_default=True,
                      help="Neuron similarity for geometric fusion: incoming weights, or activations on training samples."),
         click.option("--activation-samples", type=click.INT, default=256, show_default=True,
