@@ -3,26 +3,14 @@ import itertools
 
 import pytest
 import torch
-from torch import nn
 
 from ofexp.fusion import alignment_spec, geometric_fuse, naive_fuse, permute_model, repair_geometric, repair_statistics
 from ofexp.fusion.groups import group_sizes
 from ofexp.fusion.repair import _channel_stats
-from ofexp.models import ARCHITECTURES, ModelSpec, build_model
+from ofexp.models import ARCHITECTURES
+from test_geometric import _model  # random nets with non-trivial batch-norm
 
 FLAGS = list(itertools.product(ARCHITECTURES, [False, True], [False, True]))
-
-
-def _model(arch, bias, bn, seed):
-    torch.manual_seed(seed)
-    model = build_model(ModelSpec(arch, 10, 3, 32, width=0.125, bias=bias, batchnorm=bn))
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):  # non-trivial affine maps and statistics
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.normal_(0, 0.1)
-    return model.eval()
 
 
 def _probe_stats(model, x):
@@ -40,7 +28,7 @@ def _probe_stats(model, x):
 
 @pytest.mark.parametrize("arch,bias,bn", FLAGS)
 def test_repaired_neurons_take_the_weighted_mean_of_the_sources_statistics(arch, bias, bn):
-    sources = [_model(arch, bias, bn, seed) for seed in (0, 1)]
+    sources = [_model(arch, bias, bn, seed=seed) for seed in (0, 1)]
     weights = (0.3, 0.7)
     fused = naive_fuse(sources, weights=weights).eval()
     x = torch.randn(64, 3, 32, 32)
@@ -77,7 +65,7 @@ def test_repair_is_a_no_op_when_the_fusion_is_exact(arch, bias, bn):
 
 
 def test_repair_keeps_each_channels_sign_and_leaves_dead_channels_alone():
-    sources = [_model("vgg11", False, False, seed) for seed in (0, 1)]
+    sources = [_model("vgg11", seed=seed) for seed in (0, 1)]
     fused = naive_fuse(sources).eval()
     first = fused.features[0]
     with torch.no_grad():
@@ -91,6 +79,6 @@ def test_repair_keeps_each_channels_sign_and_leaves_dead_channels_alone():
 
 
 def test_repair_needs_two_samples():
-    model = _model("mlp", True, False, seed=0)
+    model = _model("mlp", bias=True)
     with pytest.raises(ValueError, match="at least 2"):
         repair_statistics(model, [model], torch.randn(1, 3, 32, 32))
