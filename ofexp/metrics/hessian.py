@@ -30,6 +30,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 DEFLATION_STEPS = 20  # Lanczos vectors deflated from the trace: past ~20 the variance hardly drops on VGG11
+# Memory for the deflation rows (ω floats each): a full-width VGG11 (ω = 9.2M, 35 MiB a row) then
+# deflates only the eigenvalue's own steps, keeping `ofexp evaluate --measures all` under 2 GiB.
+MAX_BASIS_MIB = 256.0
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,7 @@ class Lanczos:
     def _orthogonalise(self, w: Tensor) -> Tensor:
         for _ in range(2):  # "twice is enough" (Kahan–Parlett) keeps the basis orthogonal in float32
             for q in self.rows:
-                w -= (q @ w) * q
+                w.add_(q, alpha=-float(q @ w))  # in place: no ω-sized temporary per row
         return w
 
     def step(self) -> None:
@@ -176,8 +179,9 @@ class Lanczos:
         """P z = z − QQᵀz [ω]: z without its components along the rows."""
         if self.released:
             raise RuntimeError("this Lanczos run was released; build a new one to deflate a trace")
+        z = z.clone()
         for q in self.rows:
-            z = z - (q @ z) * q
+            z.add_(q, alpha=-float(q @ z))
         return z
 
     def release(self) -> None:
@@ -232,7 +236,7 @@ def _deflated_samples(run: Lanczos, max_samples: int, min_samples: int, tol: flo
     op, exact = run.op, float(sum(run.alphas))
     samples: list[float] = []
     for k in range(1, max_samples + 1):
-        z = torch.randint(0, 2, (op.n,), generator=gen, device=gen.device).to(device=op.device, dtype=op.dtype)
+        z = torch.randint(0, 2, (op.n,), generator=gen, device=gen.device, dtype=op.dtype).to(op.device)
         z = run.project_out(z.mul_(2).sub_(1))
         samples.append(float(z @ op(z)))
         if tol > 0 and k >= min_samples:
@@ -251,6 +255,7 @@ def hessian_trace_with_error(
     tol: float = 0.05,
     min_samples: int = 8,
     deflation: int = DEFLATION_STEPS,
+    max_basis_mib: float = MAX_BASIS_MIB,
     generator: torch.Generator | None = None,
     lanczos: Lanczos | None = None,
 ) -> TraceEstimate:
@@ -260,7 +265,9 @@ def hessian_trace_with_error(
     steps and P = I − QQᵀ, tr(H) = tr(QᵀHQ) + tr(PHP) exactly. tr(QᵀHQ) = Σ αᵢ, the
     Lanczos diagonal; tr(PHP) = E[(Pz)ᵀH(Pz)] for Rademacher z (entries ±1), so the
     estimate is unbiased, and its variance 2Σ_{i≠j}(PHP)ᵢⱼ² lacks H's dominant
-    directions. `deflation=0` is plain Hutchinson. Samples continue until the standard
+    directions. `deflation=0` on a fresh run is plain Hutchinson. The rows take ω floats each: beyond
+    the steps the run already took (the eigenvalue's, when shared), it only steps on
+    while they fit in `max_basis_mib`. Samples continue until the standard
     error is at most `tol` relative to the estimate (after at least `min_samples`) or
     `max_samples` are taken; `tol=0` always takes `max_samples`. The report stopped when
     the running mean moved by < 1e-3 relative, a random stop that left a standard error
@@ -278,7 +285,8 @@ def hessian_trace_with_error(
     run = lanczos if lanczos is not None else hessian_lanczos(model, inputs, targets, gen)
     if run.released:
         raise ValueError("hessian_trace: lanczos was released; pass a live run (hessian_lanczos)")
-    run.extend(deflation)
+    row_mib = run.op.n * torch.finfo(run.op.dtype).bits / 8 / 2**20
+    run.extend(min(deflation, int(max_basis_mib // row_mib)))
     samples = _deflated_samples(run, max_samples, min(min_samples, max_samples), tol, gen)
     k = len(samples)
     stderr = float(np.std(samples, ddof=1) / math.sqrt(k)) if k > 1 else math.nan

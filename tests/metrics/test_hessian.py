@@ -115,3 +115,14 @@ def test_bad_trace_arguments_are_named(kwargs, name):
     model, (x, y) = two_layer(), data()
     with pytest.raises(ValueError, match=name):
         hessian_trace_with_error(model, x, y, **kwargs)
+
+
+def test_deflation_rows_stay_within_the_memory_cap():
+    model, (x, y) = two_layer(), data()
+    row_mib = 92 * 4 / 2**20
+    est = hessian_trace_with_error(model, x, y, deflation=40, max_basis_mib=10.5 * row_mib, max_samples=5)
+    assert est.deflated == 10
+    run = hessian_lanczos(model, x, y)
+    hessian_top_eigenvalue(model, x, y, lanczos=run)  # steps taken before stay deflated
+    est = hessian_trace_with_error(model, x, y, lanczos=run, max_basis_mib=0.0, max_samples=5)
+    assert est.deflated == run.steps > 0

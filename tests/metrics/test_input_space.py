@@ -32,3 +32,14 @@ def test_relu_network_bound_is_below_the_product_of_norms_and_seeded():
     same = lipschitz(model, (1, 10), max_iter=200, generator=torch.Generator().manual_seed(0))
     assert value == same  # the default is a generator seeded 0
     assert model.training and all(p.grad is None for p in model.parameters())
+
+
+def test_threads_are_restored_and_validated():
+    torch.manual_seed(0)
+    model = nn.Linear(20, 7, bias=False)
+    before = torch.get_num_threads()
+    one = lipschitz(model, (1, 20), threads=1)
+    assert torch.get_num_threads() == before
+    assert lipschitz(model, (1, 20), threads=None) == pytest.approx(one, rel=1e-5)
+    with pytest.raises(ValueError, match="threads"):
+        lipschitz(model, (1, 20), threads=0)
