@@ -1,7 +1,8 @@
 """Model fusion: naive averaging and geometric (optimal-transport) alignment, DESIGN section 4."""
 
 from ofexp.fusion.batchnorm import recompute_batchnorm_stats
-from ofexp.fusion.geometric import ALIGNMENTS, GeometricFusion, geometric_fuse
+from ofexp.fusion.diagnostics import alignment_diagnostics
+from ofexp.fusion.geometric import ALIGNMENTS, GeometricFusion, aligned_parents, geometric_fuse
 from ofexp.fusion.groups import AlignmentSpec, alignment_spec, check_covers, permute_model
 from ofexp.fusion.naive import naive_fuse
 from ofexp.fusion.repair import repair_geometric, repair_statistics
@@ -12,6 +13,8 @@ __all__ = [
     "SOLVERS",
     "AlignmentSpec",
     "GeometricFusion",
+    "aligned_parents",
+    "alignment_diagnostics",
     "alignment_spec",
     "check_covers",
     "geometric_fuse",

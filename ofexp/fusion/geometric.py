@@ -286,3 +286,20 @@ def geometric_fuse(
     fused.load_state_dict(average_states([aligned[i] for i in order], [w[i] for i in order]), assign=True)
     others = [aligned[i] for i in range(k) if i != t]
     return GeometricFusion(fused, plans, costs, time.perf_counter() - start, others, group_seconds)
+
+
+def aligned_parents(result: GeometricFusion, models: Sequence[nn.Module], target: int = -1) -> list[nn.Module]:
+    """The parents in input order, each non-target one rebuilt from ``result.aligned``: all
+    of them then share the target's (and the fused network's) neuron order."""
+    t = target % len(models)
+    aligned = iter(result.aligned)
+    out = []
+    for i, model in enumerate(models):
+        if i == t:
+            out.append(model)
+            continue
+        with torch.device("meta"):  # the weights are replaced at once
+            parent = build_model(result.model.spec)
+        parent.load_state_dict(next(aligned), assign=True)
+        out.append(parent.eval())
+    return out

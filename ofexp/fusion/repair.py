@@ -14,10 +14,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ofexp.fusion.geometric import GeometricFusion
+from ofexp.fusion.geometric import GeometricFusion, aligned_parents
 from ofexp.fusion.groups import alignment_spec
 from ofexp.fusion.naive import fusion_weights
-from ofexp.models import build_model
 
 # A channel whose fused output barely varies is dead (ReLU-clipped upstream): leave it alone
 # rather than amplify rounding noise into a signal.
@@ -152,16 +151,4 @@ def repair_geometric(
     ``models``, ``weights`` and ``target`` are what ``geometric_fuse`` was given; the
     sources are the target itself and every other parent mapped onto its neurons.
     """
-    k = len(models)
-    t = target % k
-    aligned = iter(result.aligned)
-    sources = []
-    for i, model in enumerate(models):
-        if i == t:
-            sources.append(model)
-            continue
-        with torch.device("meta"):  # the weights are replaced at once
-            source = build_model(result.model.spec)
-        source.load_state_dict(next(aligned), assign=True)
-        sources.append(source)
-    return repair_statistics(result.model, sources, inputs, weights)
+    return repair_statistics(result.model, aligned_parents(result, models, target), inputs, weights)

@@ -10,8 +10,8 @@ from ofexp import tracking
 from ofexp.tracking.study_runs import log_figure
 from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.errors import ConfigError, IncompatibleModelsError
-from ofexp.fusion import (ALIGNMENTS, SOLVERS, geometric_fuse, naive_fuse, recompute_batchnorm_stats,
-                          repair_geometric)
+from ofexp.fusion import (ALIGNMENTS, SOLVERS, aligned_parents, alignment_diagnostics, geometric_fuse, naive_fuse,
+                          recompute_batchnorm_stats, repair_statistics)
 from ofexp.fusion.naive import parent_specs
 from ofexp.fusion.interpolation import InterpolationCurve, fusion_curves, plot_curves
 from ofexp.models import ModelSpec
@@ -70,9 +70,9 @@ class FuseConfig:
             return common
         options = {**common, "alignment": self.alignment, "solver": self.solver, "reg": self.reg,
                    "target": self.target, "recompute_bn": self.recompute_bn, "repair": self.repair,
-                   "interpolation": self.interpolation}
-        if self.alignment == "activations" or self.repair:
-            options["activation_samples"] = self.activation_samples
+                   "interpolation": self.interpolation,
+                   # alignment="activations", --repair and the diagnostics all read these samples
+                   "activation_samples": self.activation_samples}
         return options
 
 
@@ -133,8 +133,7 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
         seconds = time.perf_counter() - start
         if cfg.recompute_bn and fused.spec.batchnorm:
             recompute_batchnorm_stats(fused, splits.train_x)
-        if result is not None and cfg.repair:  # after the statistics: REPAIR reads batch-norm outputs
-            repair_geometric(result, parents.models, inputs, weights=cfg.fusion_weights, target=cfg.target)
+        diagnostics = _repair_and_diagnose(cfg, result, parents, inputs) if result is not None else {}
         test = evaluate(fused, splits.test_x, splits.test_y, device=device)
         curves = _log_interpolation(cfg, parents, result, splits) if result and cfg.interpolation else {}
         tracking.log_spec(fused.spec, parents.data)
@@ -145,9 +144,19 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
             "test_accuracy": test["accuracy"], "test_loss": test["loss"], "fusion_seconds": seconds,
             **{f"ot_cost/{group}": cost for group, cost in costs.items()},
             **({f"group_seconds/{g}": s for g, s in result.group_seconds.items()} if result else {}),
+            **{f"{name}/{g}": value for g, values in diagnostics.items() for name, value in values.items()},
         })
-        tracking.set_description(_describe(cfg, method, parents, test["accuracy"], curves))
+        tracking.set_description(_describe(cfg, method, parents, test["accuracy"], curves, diagnostics))
         return run.info.run_id
+
+
+def _repair_and_diagnose(cfg: FuseConfig, result, parents: _Parents, inputs: torch.Tensor) -> dict:
+    """REPAIR the fused net if asked (after batch-norm statistics: it reads their outputs), then
+    measure per group how well neurons matched and how much activations shrank."""
+    sources = aligned_parents(result, parents.models, cfg.target)
+    if cfg.repair:
+        repair_statistics(result.model, sources, inputs, cfg.fusion_weights)
+    return alignment_diagnostics(result.model, sources, inputs, weights=cfg.fusion_weights, target=cfg.target)
 
 
 def activation_inputs(splits: DataSplits, n: int) -> torch.Tensor:
@@ -183,7 +192,7 @@ def _log_interpolation(cfg: FuseConfig, parents: _Parents, result, splits: DataS
 
 
 def _describe(cfg: FuseConfig, method: str, parents: _Parents, accuracy: float,
-              curves: dict[str, InterpolationCurve]) -> str:
+              curves: dict[str, InterpolationCurve], diagnostics: dict[str, dict[str, float]]) -> str:
     k = len(cfg.parents)
     weights = ", ".join(f"{w:g}" for w in cfg.fusion_weights) if cfg.fusion_weights else "equal"
     lines = [f"{method.capitalize()} fusion of {k} train runs (fusion weights: {weights}):"]
@@ -203,4 +212,10 @@ def _describe(cfg: FuseConfig, method: str, parents: _Parents, accuracy: float,
     lines.append(f"Fused test accuracy: {accuracy:.4f}{versus}.")
     if curves:
         lines.append("Loss barriers: " + ", ".join(f"{n} {c.loss_barrier:.4f}" for n, c in curves.items()) + ".")
+    if diagnostics:
+        corr = [d["match_correlation"] for d in diagnostics.values()]
+        ratio = [d["std_ratio"] for d in diagnostics.values()]
+        lines.append(f"Matched neurons correlate {min(corr):.2f}–{max(corr):.2f} across layer groups; the fused "
+                     f"activations keep {min(ratio):.2f}–{max(ratio):.2f} of the parents' spread "
+                     "(metrics match_correlation/<group>, std_ratio/<group>; --repair restores the spread).")
     return "\n".join(lines)

@@ -4,7 +4,8 @@ import itertools
 import pytest
 import torch
 
-from ofexp.fusion import alignment_spec, geometric_fuse, naive_fuse, permute_model, repair_geometric, repair_statistics
+from ofexp.fusion import (aligned_parents, alignment_diagnostics, alignment_spec, geometric_fuse, naive_fuse,
+                          permute_model, repair_geometric, repair_statistics)
 from ofexp.fusion.groups import group_sizes
 from ofexp.fusion.repair import _channel_stats
 from ofexp.models import ARCHITECTURES
@@ -82,3 +83,26 @@ def test_repair_needs_two_samples():
     model = _model("mlp", bias=True)
     with pytest.raises(ValueError, match="at least 2"):
         repair_statistics(model, [model], torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_diagnostics_of_an_exact_fusion_are_perfect_and_repair_restores_a_collapsed_spread(arch):
+    model = _model(arch, bn=True)
+    gen = torch.Generator().manual_seed(1)
+    perms = {g: torch.randperm(n, generator=gen)
+             for g, n in group_sizes(alignment_spec(model.spec), model.state_dict()).items()}
+    parents = [model, permute_model(model, perms).eval()]
+    x = torch.randn(32, 3, 32, 32)
+    exact = geometric_fuse(parents, alignment="activations", inputs=x)
+    for g, d in alignment_diagnostics(exact.model, aligned_parents(exact, parents), x).items():
+        assert d["match_correlation"] == pytest.approx(1.0, abs=1e-4), g
+        assert d["std_ratio"] == pytest.approx(1.0, abs=1e-3), g
+    # Two unrelated nets averaged as they are: neurons do not match, and the spread shrinks.
+    others = [_model(arch, bn=True, seed=s) for s in (0, 1)]
+    fused = naive_fuse(others).eval()
+    collapsed = alignment_diagnostics(fused, others, x)
+    assert max(d["match_correlation"] for d in collapsed.values()) < 0.6
+    assert min(d["std_ratio"] for d in collapsed.values()) < 0.9
+    repair_statistics(fused, others, x)
+    for g, d in alignment_diagnostics(fused, others, x).items():
+        assert d["std_ratio"] == pytest.approx(1.0, abs=0.05), g  # median over the group's probes

@@ -48,6 +48,13 @@ def test_description_names_parents_options_and_accuracies(tiny_runs):
     assert "alignment=activations" in text and "solver=exact" in text and "target=parent 2" in text
     assert f"Fused test accuracy: {run.data.metrics['test_accuracy']:.4f}" in text
     assert f"{parent_acc:.4f}" in text and "Loss barriers:" in text
+    # Why the fusion lost accuracy: per group, how well neurons matched and how much activations shrank.
+    groups = [k.removeprefix("ot_cost/") for k in run.data.metrics if k.startswith("ot_cost/")]
+    assert groups
+    for g in groups:
+        assert -1 <= run.data.metrics[f"match_correlation/{g}"] <= 1
+        assert run.data.metrics[f"std_ratio/{g}"] > 0
+    assert "Matched neurons correlate" in text and "--repair restores the spread" in text
 
 
 def _error_line(stderr: str) -> str:
@@ -137,3 +144,5 @@ def test_repair_is_a_logged_option_that_changes_the_fused_network(tiny_runs, cap
     assert run.data.params["activation_samples"] == "256"  # the samples REPAIR measured
     assert "REPAIR on 256 training inputs" in run.data.tags["mlflow.note.content"]
     assert run.data.metrics["test_loss"] != pytest.approx(plain.data.metrics["test_loss"], rel=1e-6)
+    for g in (k.removeprefix("std_ratio/") for k in run.data.metrics if k.startswith("std_ratio/")):
+        assert run.data.metrics[f"std_ratio/{g}"] == pytest.approx(1.0, abs=0.05), g  # the spread is restored

@@ -1,0 +1,86 @@
+"""Why a fusion lost accuracy: how well neurons matched, and how much the fused activations shrank."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ofexp.fusion.geometric import _probe_features
+from ofexp.fusion.groups import alignment_spec
+from ofexp.fusion.naive import fusion_weights
+from ofexp.fusion.repair import _source_stats
+
+
+def _standardise(a: torch.Tensor) -> torch.Tensor:
+    """Rows [n, s] to zero mean and unit variance (constant rows stay 0)."""
+    a = a - a.mean(dim=1, keepdim=True)
+    return a / a.norm(dim=1, keepdim=True).clamp_min(1e-12) * a.shape[1] ** 0.5
+
+
+@torch.no_grad()
+def alignment_diagnostics(
+    fused: nn.Module,
+    sources: Sequence[nn.Module],
+    inputs: torch.Tensor,
+    *,
+    weights: Sequence[float] | None = None,
+    target: int = -1,
+) -> dict[str, dict[str, float]]:
+    r"""Per alignment group, two numbers on ``inputs`` (at the group's probes, the pre-activations):
+
+    - ``match_correlation``: the mean over neurons j and non-target sources k of the
+      Pearson correlation between the target's neuron j and source k's neuron j. 1
+      means the alignment found an exact counterpart for every neuron; unrelated
+      neurons give about 0.
+    - ``std_ratio``: the median over neurons (and, for a residual stream, over each of its
+      terms) of :math:`\sigma^{fused}_j / \sum_k w_k \sigma^{(k)}_j`.
+      Averaging partly correlated neurons shrinks their spread, layer after layer
+      ("variance collapse"); values well below 1 are what ``repair_statistics`` fixes.
+
+    Parameters
+    ----------
+    fused : nn.Module
+        The fused network.
+    sources : sequence of nn.Module
+        The parents with their neurons in the fused network's order
+        (``aligned_parents``), the target among them.
+    inputs : torch.Tensor, shape [N, C, H, W] (or [N, D])
+        Training samples.
+    weights : sequence of float, optional
+        The fusion weights; equal by default.
+    target : int
+        Index of the target parent in ``sources``.
+
+    Returns
+    -------
+    dict[str, dict[str, float]]
+        Group -> {"match_correlation": ..., "std_ratio": ...}.
+    """
+    spec = alignment_spec(fused.spec)
+    w = fusion_weights(weights, len(sources))
+    t = target % len(sources)
+    names = list(dict.fromkeys(n for probes in spec.probes.values() for n in probes))
+    modes = [(m, m.training) for net in (fused, *sources) for m in net.modules()]
+    try:
+        feats = [_probe_features(net.eval(), spec, inputs) for net in sources]  # per source: group -> [n, s]
+        # Spreads per probe module: a residual stream's terms (stem, branches, shortcuts) each
+        # have their own scale, and REPAIR sets each one.
+        stds = [{n: st[1] for n, st in _source_stats(net.eval(), names, inputs).items()} for net in (fused, *sources)]
+    finally:
+        for m, training in modes:
+            m.train(training)
+    out = {}
+    for g in spec.groups:
+        ref = _standardise(feats[t][g])  # [n, s]
+        corr = [(ref * _standardise(f[g])).mean(dim=1) for i, f in enumerate(feats) if i != t]  # each [n]
+        ratios = []
+        for probe in spec.probes[g]:
+            spread = sum(wk * st[probe] for wk, st in zip(w, stds[1:]))  # [n]
+            live = spread > 1e-12
+            ratios.append(stds[0][probe][live] / spread[live])
+        ratio = torch.cat(ratios)
+        out[g] = {"match_correlation": float(torch.stack(corr).mean()),
+                  "std_ratio": float(ratio.median()) if len(ratio) else 1.0}
+    return out
