@@ -8,6 +8,7 @@ import torch
 
 from ofexp import tracking
 from ofexp.tracking.study_runs import log_figure
+from ofexp.pipeline import plots
 from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.errors import ConfigError, IncompatibleModelsError
 from ofexp.fusion import (ALIGNMENTS, SOLVERS, aligned_parents, alignment_diagnostics, geometric_fuse, naive_fuse,
@@ -146,6 +147,10 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
             **({f"group_seconds/{g}": s for g, s in result.group_seconds.items()} if result else {}),
             **{f"{name}/{g}": value for g, values in diagnostics.items() for name, value in values.items()},
         })
+        if diagnostics:
+            figure = plots.alignment_figure(diagnostics, f"{name}: test accuracy {test['accuracy']:.4f}")
+            log_figure(figure, "plots/alignment.png")
+            plots.close(figure)
         tracking.set_description(_describe(cfg, method, parents, test["accuracy"], curves, diagnostics))
         return run.info.run_id
 

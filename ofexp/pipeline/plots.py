@@ -1,5 +1,6 @@
-"""The study's figures (matplotlib, Agg backend): accuracy across seeds, correlation heatmaps,
-interpolation curves. Each function returns a Figure; the study logs it as a PNG artifact."""
+"""The study's and the fuse run's figures (matplotlib, Agg backend): accuracy across seeds,
+correlation heatmaps, interpolation curves, alignment diagnostics. Each function returns a
+Figure; the runs log them as PNG artifacts."""
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -76,6 +77,25 @@ def interpolation_figure(curves: Mapping[str, Mapping[str, Sequence[tuple[float,
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize="x-small")
+    fig.tight_layout()
+    return fig
+
+
+def alignment_figure(diagnostics: Mapping[str, Mapping[str, float]], title: str = "") -> Figure:
+    """Per layer group (forward order, top to bottom): matched-neuron correlation and the fused
+    activations' spread relative to the parents' (``ofexp.fusion.alignment_diagnostics``)."""
+    groups = list(diagnostics)
+    y = np.arange(len(groups))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 1.2 + 0.3 * len(groups)), sharey=True)
+    for ax, key, label in ((axes[0], "match_correlation", "matched-neuron correlation"),
+                           (axes[1], "std_ratio", "fused spread / parents' spread")):
+        ax.barh(y, [diagnostics[g][key] for g in groups], color="tab:blue")
+        ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
+        ax.set_xlabel(label)
+    axes[0].set_yticks(y, groups, fontsize="x-small")
+    axes[0].invert_yaxis()
+    if title:
+        fig.suptitle(title, fontsize="small")
     fig.tight_layout()
     return fig
 

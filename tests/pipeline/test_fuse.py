@@ -55,6 +55,7 @@ def test_description_names_parents_options_and_accuracies(tiny_runs):
         assert -1 <= run.data.metrics[f"match_correlation/{g}"] <= 1
         assert run.data.metrics[f"std_ratio/{g}"] > 0
     assert "Matched neurons correlate" in text and "--repair restores the spread" in text
+    assert "plots/alignment.png" in [f.path for f in client.list_artifacts(run.info.run_id, "plots")]
 
 
 def _error_line(stderr: str) -> str:
