@@ -11,6 +11,7 @@ from ofexp.fusion.geometric import _probe_features
 from ofexp.fusion.groups import alignment_spec
 from ofexp.fusion.naive import fusion_weights
 from ofexp.fusion.repair import _source_stats
+from ofexp.models import eval_mode
 
 
 def _standardise(a: torch.Tensor) -> torch.Tensor:
@@ -62,15 +63,11 @@ def alignment_diagnostics(
     w = fusion_weights(weights, len(sources))
     t = target % len(sources)
     names = list(dict.fromkeys(n for probes in spec.probes.values() for n in probes))
-    modes = [(m, m.training) for net in (fused, *sources) for m in net.modules()]
-    try:
-        feats = [_probe_features(net.eval(), spec, inputs) for net in sources]  # per source: group -> [n, s]
+    with eval_mode(fused, *sources):
+        feats = [_probe_features(net, spec, inputs) for net in sources]  # per source: group -> [n, s]
         # Spreads per probe module: a residual stream's terms (stem, branches, shortcuts) each
         # have their own scale, and REPAIR sets each one.
-        stds = [{n: st[1] for n, st in _source_stats(net.eval(), names, inputs).items()} for net in (fused, *sources)]
-    finally:
-        for m, training in modes:
-            m.train(training)
+        stds = [{n: st[1] for n, st in _source_stats(net, names, inputs).items()} for net in (fused, *sources)]
     out = {}
     for g in spec.groups:
         ref = _standardise(feats[t][g])  # [n, s]

@@ -14,7 +14,7 @@ from ofexp.errors import ConfigError
 from ofexp.fusion.groups import AlignmentSpec, alignment_spec, apply_plan, check_covers
 from ofexp.fusion.naive import average_states, fusion_weights, parent_specs
 from ofexp.fusion.transport import SOLVERS, solve_transport
-from ofexp.models import build_model
+from ofexp.models import build_model, eval_mode
 
 ALIGNMENTS = ("weights", "activations")
 
@@ -144,21 +144,15 @@ def activation_costs(
     dict[str, np.ndarray]
         Group -> cost of shape [n_parent, n_target].
     """
-    modes = [(m, m.training) for net in (parent, target) for m in net.modules()]
-    parent.eval()
-    target.eval()
     device = next(parent.parameters()).device
     sq: dict[str, torch.Tensor] = {}
-    try:
+    with eval_mode(parent, target):
         for x in torch.split(inputs, batch_size):
             fp = _probe_features(parent, spec, x.to(device))
             ft = _probe_features(target, spec, x.to(next(target.parameters()).device))
             for g in spec.groups:
                 d2 = torch.cdist(fp[g], ft[g].to(device)) ** 2  # [n_p, n_t]
                 sq[g] = sq[g] + d2 if g in sq else d2
-    finally:
-        for m, training in modes:
-            m.train(training)
     return {g: sq[g].sqrt().cpu().numpy() for g in spec.groups}
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from ofexp.fusion.geometric import GeometricFusion, aligned_parents
 from ofexp.fusion.groups import alignment_spec
 from ofexp.fusion.naive import fusion_weights
+from ofexp.models import eval_mode
 
 # A channel whose fused output barely varies is dead (ReLU-clipped upstream): leave it alone
 # rather than amplify rounding noise into a signal.
@@ -35,17 +36,23 @@ def _channel_stats(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return flat.mean(dim=1), flat.std(dim=1)
 
 
-@torch.no_grad()
-def _source_stats(model: nn.Module, names: list[str], inputs: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _run_with_hooks(model: nn.Module, names: list[str], hook, inputs: torch.Tensor) -> None:
+    """``model(inputs)`` with ``hook(module, args, output, name)`` on each named module; its
+    return value, if not None, replaces the module's output downstream."""
     modules = dict(model.named_modules())
-    stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: stats.__setitem__(n, _channel_stats(o)))
-             for n in names]
+    handles = [modules[n].register_forward_hook(lambda m, a, o, n=n: hook(m, a, o, n)) for n in names]
     try:
         model(inputs)
     finally:
-        for h in hooks:
+        for h in handles:
             h.remove()
+
+
+@torch.no_grad()
+def _source_stats(model: nn.Module, names: list[str], inputs: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per named module, the channel (mean, std) of its output on ``inputs``, each [C]."""
+    stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    _run_with_hooks(model, names, lambda m, a, o, n: stats.__setitem__(n, _channel_stats(o)), inputs)
     return stats
 
 
@@ -114,27 +121,17 @@ def repair_statistics(
     w = fusion_weights(weights, len(sources))
     names = _probe_names(fused)
     device = next(fused.parameters()).device
-    modes = [(m, m.training) for net in (fused, *sources) for m in net.modules()]
     scales: dict[str, float] = {}
-    try:
-        per_source = [_source_stats(s.eval(), names, inputs.to(next(s.parameters()).device)) for s in sources]
+    with eval_mode(fused, *sources):
+        per_source = [_source_stats(s, names, inputs.to(next(s.parameters()).device)) for s in sources]
         goal = {n: tuple(sum(wk * st[n][i].to(device) for wk, st in zip(w, per_source)) for i in (0, 1))
                 for n in names}
-        modules = dict(fused.eval().named_modules())
 
-        def hook(module, args, out, name):
+        def correct(module, args, out, name):
             out, scales[name] = _correct(module, out, goal[name])
             return out
 
-        hooks = [modules[n].register_forward_hook(lambda m, a, o, n=n: hook(m, a, o, n)) for n in names]
-        try:
-            fused(inputs.to(device))
-        finally:
-            for h in hooks:
-                h.remove()
-    finally:
-        for m, training in modes:
-            m.train(training)
+        _run_with_hooks(fused, names, correct, inputs.to(device))
     return scales
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from torch import nn
 
 from ofexp.errors import ConfigError
@@ -25,6 +28,19 @@ def build_model(spec: ModelSpec) -> nn.Module:
     return model
 
 
+@contextmanager
+def eval_mode(*models: nn.Module) -> Iterator[None]:
+    """Run the block with every module of ``models`` in eval mode; restore each module's own mode after."""
+    modes = [(m, m.training) for model in models for m in model.modules()]
+    try:
+        for model in models:
+            model.eval()
+        yield
+    finally:
+        for m, training in modes:
+            m.train(training)
+
+
 __all__ = [
     "ARCHITECTURES",
     "INIT_SCHEMES",
@@ -33,5 +49,6 @@ __all__ = [
     "ResNet18",
     "VGG11",
     "build_model",
+    "eval_mode",
     "init_weights",
 ]

@@ -6,10 +6,9 @@ import torch
 
 from ofexp.fusion import (aligned_parents, alignment_diagnostics, alignment_spec, geometric_fuse, naive_fuse,
                           permute_model, repair_geometric, repair_statistics)
-from ofexp.fusion.groups import group_sizes
 from ofexp.fusion.repair import _channel_stats
 from ofexp.models import ARCHITECTURES
-from test_geometric import _model  # random nets with non-trivial batch-norm
+from test_geometric import _model, _random_perms  # random nets with non-trivial batch-norm
 
 FLAGS = list(itertools.product(ARCHITECTURES, [False, True], [False, True]))
 
@@ -46,16 +45,17 @@ def test_repaired_neurons_take_the_weighted_mean_of_the_sources_statistics(arch,
             torch.testing.assert_close(mean, goal_mean, rtol=1e-3, atol=1e-4, msg=name)
 
 
+def _fused_with_a_permuted_copy(model):
+    parents = [model, permute_model(model, _random_perms(model, seed=1)).eval()]
+    x = torch.randn(32, 3, 32, 32)
+    return parents, x, geometric_fuse(parents, alignment="activations", inputs=x)
+
+
 @pytest.mark.parametrize("arch,bias,bn", FLAGS)
 def test_repair_is_a_no_op_when_the_fusion_is_exact(arch, bias, bn):
     """A net fused with a permuted copy of itself already has its parents' statistics."""
     model = _model(arch, bias, bn, seed=0)
-    gen = torch.Generator().manual_seed(1)
-    perms = {g: torch.randperm(n, generator=gen)
-             for g, n in group_sizes(alignment_spec(model.spec), model.state_dict()).items()}
-    parents = [model, permute_model(model, perms).eval()]
-    x = torch.randn(32, 3, 32, 32)
-    result = geometric_fuse(parents, alignment="activations", inputs=x)
+    parents, x, result = _fused_with_a_permuted_copy(model)
     before = {k: v.clone() for k, v in result.model.state_dict().items()}
     scales = repair_geometric(result, parents, x)
     assert all(s == pytest.approx(1.0, abs=1e-3) for s in scales.values())
@@ -88,12 +88,7 @@ def test_repair_needs_two_samples():
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_diagnostics_of_an_exact_fusion_are_perfect_and_repair_restores_a_collapsed_spread(arch):
     model = _model(arch, bn=True)
-    gen = torch.Generator().manual_seed(1)
-    perms = {g: torch.randperm(n, generator=gen)
-             for g, n in group_sizes(alignment_spec(model.spec), model.state_dict()).items()}
-    parents = [model, permute_model(model, perms).eval()]
-    x = torch.randn(32, 3, 32, 32)
-    exact = geometric_fuse(parents, alignment="activations", inputs=x)
+    parents, x, exact = _fused_with_a_permuted_copy(model)
     for g, d in alignment_diagnostics(exact.model, aligned_parents(exact, parents), x).items():
         assert d["match_correlation"] == pytest.approx(1.0, abs=1e-4), g
         assert d["std_ratio"] == pytest.approx(1.0, abs=1e-3), g
