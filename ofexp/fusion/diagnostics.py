@@ -63,11 +63,14 @@ def alignment_diagnostics(
     w = fusion_weights(weights, len(sources))
     t = target % len(sources)
     names = list(dict.fromkeys(n for probes in spec.probes.values() for n in probes))
-    with eval_mode(fused, *sources):
-        feats = [_probe_features(net, spec, inputs) for net in sources]  # per source: group -> [n, s]
+    def on(net: nn.Module) -> torch.Tensor:
+        return inputs.to(next(net.parameters()).device)
+
+    with eval_mode(fused, *sources):  # results come back to the CPU, so parents may sit on any device
+        feats = [{g: f.cpu() for g, f in _probe_features(net, spec, on(net)).items()} for net in sources]
         # Spreads per probe module: a residual stream's terms (stem, branches, shortcuts) each
         # have their own scale, and REPAIR sets each one.
-        stds = [{n: st[1] for n, st in _source_stats(net, names, inputs).items()} for net in (fused, *sources)]
+        stds = [{n: st[1].cpu() for n, st in _source_stats(net, names, on(net)).items()} for net in (fused, *sources)]
     out = {}
     for g in spec.groups:
         ref = _standardise(feats[t][g])  # [n, s]
