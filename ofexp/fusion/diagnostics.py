@@ -10,7 +10,7 @@ from torch import nn
 from ofexp.fusion.geometric import _probe_features
 from ofexp.fusion.groups import alignment_spec
 from ofexp.fusion.naive import fusion_weights
-from ofexp.fusion.repair import _source_stats
+from ofexp.fusion.repair import _probe_names, _source_stats
 from ofexp.models import eval_mode
 
 
@@ -62,7 +62,8 @@ def alignment_diagnostics(
     spec = alignment_spec(fused.spec)
     w = fusion_weights(weights, len(sources))
     t = target % len(sources)
-    names = list(dict.fromkeys(n for probes in spec.probes.values() for n in probes))
+    names = _probe_names(fused)
+
     def on(net: nn.Module) -> torch.Tensor:
         return inputs.to(next(net.parameters()).device)
 

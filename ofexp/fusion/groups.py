@@ -217,7 +217,7 @@ def _gather(t: torch.Tensor, axis: int, perm: torch.Tensor) -> torch.Tensor:
     if axis == 0 or t.ndim == 1:
         return torch.index_select(t, 0, perm)
     # index_select on an inner axis of a conv weight [o, n, kh, kw] walks tiny strided
-    # runs and is ~3x slower than selecting whole [n * kh * kw] columns of a 2-D view.
+    # runs and is ~2x slower than selecting whole [n * kh * kw] columns of a 2-D view.
     inner = t.shape[axis + 1:].numel()
     cols = (perm[:, None] * inner + torch.arange(inner, device=t.device)).reshape(-1)  # [n * inner]
     outer = t.shape[:axis].numel()

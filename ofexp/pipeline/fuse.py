@@ -122,10 +122,10 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
     with tracking.stage_run("fuse", run_name=name, params=cfg.params(method), tags=tags) as run:
         start = time.perf_counter()
         result = None
-        inputs = activation_inputs(splits, cfg.activation_samples)
         if method == "naive":
             fused, plans, costs = naive_fuse(parents.models, weights=cfg.fusion_weights), {}, {}
         else:
+            inputs = activation_inputs(splits, cfg.activation_samples)
             result = geometric_fuse(
                 parents.models, weights=cfg.fusion_weights, target=cfg.target, solver=cfg.solver,
                 reg=cfg.reg, alignment=cfg.alignment, inputs=inputs,
