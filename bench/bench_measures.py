@@ -3,9 +3,9 @@
 Full mode: full-width VGG11 (no bias, no batch-norm) on a batch of 100 digits
 images (32×32), CPU. Quick mode uses a narrow VGG11 and small search budgets.
 
-- hessian: `hessian_top_eigenvalue` + `hessian_trace` (sharing one Lanczos run, as
-  `ofexp evaluate` does) vs pyhessian 0.1; both sides' Hessian-vector products are
-  counted (pyhessian's by patching its `hessian_vector_product`)
+- hessian: `hessian_top_eigenvalue` (Lanczos) + `hessian_trace` (exact from per-sample
+  gradients, as `ofexp evaluate` computes it for these ReLU nets) vs pyhessian 0.1;
+  both sides' Hessian-vector products are counted (pyhessian's by patching its `hessian_vector_product`)
   (`.venv/bin/pip install pyhessian==0.1 --no-deps`; benchmark only, never a
   dependency). Without it, a faithful re-implementation of its algorithm is the
   baseline: power iteration and Hutchinson on double-backward HVPs over lists of
@@ -136,7 +136,7 @@ def bench_hessian(model: nn.Module, x, y, repeats: int) -> Result:
     counted = _CountedPyhessian(pyh) if pyh is not None else None
     ours_products = []
 
-    def ours():  # as `ofexp evaluate` does: one Lanczos run for both
+    def ours():  # as `ofexp evaluate` does: Lanczos for the eigenvalue, the exact trace (method="auto")
         gen = torch.Generator().manual_seed(0)
         run = hessian_lanczos(model, x, y, generator=gen)
         top = hessian_top_eigenvalue(model, x, y, lanczos=run)
@@ -155,7 +155,7 @@ def bench_hessian(model: nn.Module, x, y, repeats: int) -> Result:
     # two independent estimates: their difference has the two standard errors combined
     joint_err = math.sqrt(b_err**2 + (trace.stderr if math.isfinite(trace.stderr) else 0.0) ** 2)
     agree = top_rel < 0.01 and abs(trace.trace - b_trace) <= 2 * joint_err
-    r = Result("hessian top eigenvalue + trace", "lanczos + deflated hutchinson (ofexp)",
+    r = Result("hessian top eigenvalue + trace", f"lanczos + {trace.method} trace (ofexp)",
                "pyhessian 0.1" if pyh is not None else "pyhessian's algorithm (not installed: "
                "`.venv/bin/pip install pyhessian==0.1 --no-deps`)",
                ours_s, base_s, target="ratio >= 10; top eig within 1%, trace within 2 joint std errors")
@@ -163,7 +163,7 @@ def bench_hessian(model: nn.Module, x, y, repeats: int) -> Result:
     b_products = counted.products if counted is not None else None
     r.notes = {"top_eig": top, "baseline_top_eig": b_top, "top_eig_rel_diff": top_rel,
                "trace": trace.trace, "trace_stderr": trace.stderr, "trace_samples": trace.samples,
-               "trace_deflated": trace.deflated,
+               "trace_deflated": trace.deflated, "trace_method": trace.method,
                "baseline_trace": b_trace, "baseline_trace_stderr": b_err, "baseline_trace_samples": len(b_samples),
                "values_agree": agree, "hvps": ours_products[-1], "baseline_hvps": b_products,
                "s_per_hvp": r.ours_median / ours_products[-1],

@@ -11,7 +11,8 @@ from ofexp.metrics.flatness import (
     pac_bayes_sigma,
 )
 from ofexp.metrics.hessian import (Lanczos, TraceEstimate, hessian_lanczos, hessian_top_eigenvalue, hessian_trace,
-                                   hessian_trace_with_error)
+                                   hessian_trace_with_error, trace_method)
+from ofexp.metrics.hessian_exact import exact_trace_unsupported, hessian_trace_exact
 from ofexp.metrics.input_space import lipschitz
 from ofexp.metrics.prediction import generalisation_gap
 from ofexp.metrics.registry import MEASURES, METRIC_PREFIX, PREDICTION_METRICS, SPACES, Measure, resolve_measures
@@ -34,9 +35,10 @@ __all__ = [
     "MEASURES", "METRIC_PREFIX", "PREDICTION_METRICS", "SPACES", "Measure", "MeasureContext",
     "Lanczos", "SearchBudget", "SearchResult", "TraceEstimate",
     "flatness_init", "flatness_mag_init", "flatness_mag_orig", "flatness_orig",
-    "generalisation_gap", "hessian_lanczos", "hessian_top_eigenvalue", "hessian_trace", "hessian_trace_with_error", "lipschitz",
+    "exact_trace_unsupported", "generalisation_gap", "hessian_lanczos", "hessian_top_eigenvalue", "hessian_trace",
+    "hessian_trace_exact", "hessian_trace_with_error", "lipschitz",
     "pac_bayes_deviation", "pac_bayes_flatness", "pac_bayes_mag_flat", "pac_bayes_sigma",
-    "parameter_vector", "reference_vector", "resolve_measures",
+    "parameter_vector", "reference_vector", "resolve_measures", "trace_method",
     "sharpness_deviation", "sharpness_flatness", "sharpness_init", "sharpness_mag_flat", "sharpness_mag_init",
     "sharpness_mag_orig", "sharpness_orig", "sharpness_sigma",
 ]

@@ -12,7 +12,8 @@ from torch import nn
 
 from ofexp.data import DataSplits
 from ofexp.errors import ConfigError
-from ofexp.metrics.hessian import Lanczos, TraceEstimate, hessian_lanczos, hessian_top_eigenvalue, hessian_trace_with_error
+from ofexp.metrics.hessian import (Lanczos, TraceEstimate, hessian_lanczos, hessian_top_eigenvalue, hessian_trace_with_error,
+                                   trace_method)
 from ofexp.metrics.flatness import (PAC_BAYES_BOUNDS, PAC_BAYES_MAG_BOUNDS, PAC_BAYES_MIN_WIDTH, PAC_BAYES_TOL,
                                     pac_bayes_deviation)
 from ofexp.metrics.sharpness import (SHARPNESS_BOUNDS, SHARPNESS_MAG_BOUNDS, SHARPNESS_MIN_WIDTH, SHARPNESS_TOL,
@@ -134,21 +135,37 @@ class MeasureContext:
         """
         return hessian_lanczos(self.model, *self.hessian_batch, generator=self.generator("hessian_lanczos"))
 
-    def hessian_top_eigenvalue(self) -> float:
-        """`hessian_top_eigenvalue` of the model on `hessian_batch`, from the shared Lanczos run."""
-        return hessian_top_eigenvalue(self.model, *self.hessian_batch, lanczos=self.hessian_lanczos)
+    @cached_property
+    def trace_method(self) -> str:
+        """"exact" when `hessian_trace_exact` applies to the model, else "hutchinson"."""
+        return trace_method(self.model)
 
+    def hessian_top_eigenvalue(self) -> float:
+        """`hessian_top_eigenvalue` of the model on `hessian_batch`, from the shared Lanczos run.
+
+        When the trace is exact it needs no Lanczos basis, so the run's rows and
+        gradient graph are freed at once (the eigenvalue stays readable from its history).
+        """
+        value = hessian_top_eigenvalue(self.model, *self.hessian_batch, lanczos=self.hessian_lanczos)
+        if self.trace_method == "exact":
+            self.hessian_lanczos.release()
+        return value
+
+    @cached_property
     def hessian_trace(self) -> TraceEstimate:
-        """`hessian_trace_with_error` on `hessian_batch`, deflated by the shared Lanczos run.
+        """`hessian_trace_with_error` on `hessian_batch`: exact where it applies, else
+        Hutchinson deflated by the shared Lanczos run.
 
         The run's basis (deflation × ω floats: ~0.7 GiB on a full-width VGG11) and
         gradient graph are freed afterwards; the eigenvalue, read before or after,
         needs only the run's history.
         """
+        if self.trace_method == "exact":
+            return hessian_trace_with_error(self.model, *self.hessian_batch, method="exact")
         run = self.hessian_lanczos
         try:
             run.top(1e-3, 100)  # the eigenvalue's steps, so that it can still be read once the basis is gone
-            return hessian_trace_with_error(self.model, *self.hessian_batch, lanczos=run,
+            return hessian_trace_with_error(self.model, *self.hessian_batch, lanczos=run, method="hutchinson",
                                             generator=self.generator("hessian_trace"))
         finally:
             run.release()

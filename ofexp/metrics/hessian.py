@@ -15,6 +15,10 @@ is one vector and the savings come from needing fewer of them:
   diagonal, for free; Hutchinson's estimator only samples the remainder, whose
   variance lacks the dominant eigen-directions (on a trained VGG11 the per-sample
   standard deviation drops about 4×, so ~16× fewer samples reach the same error).
+
+For piecewise-linear networks (ofexp's MLP, VGG11 and ResNet18) the trace needs no
+HVPs at all: `hessian_trace_exact` computes it exactly from per-sample gradients, at the
+cost of about C backward passes, and `hessian_trace` uses it by default (method="auto").
 """
 from __future__ import annotations
 
@@ -29,24 +33,48 @@ from scipy.linalg import eigh_tridiagonal
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ofexp.metrics.hessian_exact import exact_trace_unsupported, hessian_trace_exact
+
 DEFLATION_STEPS = 20  # Lanczos vectors deflated from the trace: past ~20 the variance hardly drops on VGG11
 # Memory for the deflation rows (ω floats each): a full-width VGG11 (ω = 9.2M, 35 MiB a row) then
 # deflates only the eigenvalue's own steps, keeping `ofexp evaluate --measures all` under 2 GiB.
 MAX_BASIS_MIB = 256.0
+TRACE_METHODS = ("auto", "exact", "hutchinson")
 
 
 @dataclass(frozen=True)
 class TraceEstimate:
-    """An estimate of tr(H): value, standard error, Hutchinson samples and deflated dimensions.
+    """An estimate of tr(H): value, standard error, Hutchinson samples, deflated dimensions and method.
 
-    trace = Σ αᵢ (exact part, `deflated` Lanczos directions) + the mean of the samples
-    zᵀPHPz; `stderr` is the samples' standard deviation over √samples (nan with one).
+    method "hutchinson": trace = Σ αᵢ (exact part, `deflated` Lanczos directions) + the
+    mean of the samples zᵀPHPz; `stderr` is the samples' standard deviation over
+    √samples (nan with one). method "exact" (`hessian_trace_exact`): stderr 0, no samples.
     """
 
     trace: float
     stderr: float
     samples: int
     deflated: int = 0
+    method: str = "hutchinson"
+
+
+def trace_method(model: nn.Module, method: str = "auto") -> str:
+    """The trace method `hessian_trace(method=...)` uses for `model`: "exact" or "hutchinson".
+
+    "auto" picks "exact" when `hessian_trace_exact` applies (`exact_trace_unsupported`
+    gives no reason), else "hutchinson"; ValueError for an unknown method or "exact" on
+    a model it does not apply to.
+    """
+    if method not in TRACE_METHODS:
+        raise ValueError(f"hessian_trace: method must be one of {', '.join(TRACE_METHODS)}, got {method!r}")
+    if method == "hutchinson":
+        return method
+    reason = exact_trace_unsupported(model)
+    if reason is None:
+        return "exact"
+    if method == "exact":
+        raise ValueError(f"hessian_trace: method='exact' does not apply: {reason}; use method='hutchinson'")
+    return "hutchinson"
 
 
 class HessianOperator:
@@ -265,8 +293,13 @@ def hessian_trace_with_error(
     max_basis_mib: float = MAX_BASIS_MIB,
     generator: torch.Generator | None = None,
     lanczos: Lanczos | None = None,
+    method: str = "auto",
 ) -> TraceEstimate:
     """tr(H) of the mean cross-entropy of (inputs [b, ...], targets [b]), with its standard error.
+
+    `method`: "exact" (`hessian_trace_exact`, for piecewise-linear networks: no
+    sampling error, about C backward passes; the other options are then unused),
+    "hutchinson" (below), or "auto" (default): exact where it applies (`trace_method`).
 
     Deflated Hutchinson: with Q [k, ω] the orthonormal basis of `deflation` Lanczos
     steps and P = I − QQᵀ, tr(H) = tr(QᵀHQ) + tr(PHP) exactly. tr(QᵀHQ) = Σ αᵢ, the
@@ -288,6 +321,8 @@ def hessian_trace_with_error(
             raise ValueError(f"hessian_trace: {name} must be ≥ {low}, got {value}")
     if tol < 0:
         raise ValueError(f"hessian_trace: tol must be ≥ 0, got {tol}")
+    if trace_method(model, method) == "exact":
+        return TraceEstimate(hessian_trace_exact(model, inputs, targets), 0.0, 0, 0, "exact")
     gen = _default_generator(generator)
     run = lanczos if lanczos is not None else hessian_lanczos(model, inputs, targets, gen)
     if run.released:

@@ -54,8 +54,9 @@ MEASURES: dict[str, Measure] = {
                 lambda c: c.hessian_top_eigenvalue(),  # one Lanczos run shared with hessian_trace
                 "largest eigenvalue of the cross-entropy Hessian on a batch of test images (Lanczos)"),
         Measure("hessian_trace", "parameter",
-                lambda c: c.hessian_trace().trace,
-                "trace of the cross-entropy Hessian on a batch of test images (Hutchinson)"),
+                lambda c: c.hessian_trace.trace,
+                "trace of the cross-entropy Hessian on a batch of test images (exact for piecewise-linear nets, "
+                "else deflated Hutchinson)"),
         Measure("sharpness_flatness", "parameter",
                 lambda c: sharpness.sharpness_flatness(c.sharpness_search.sigma),
                 "1/σ², σ the worst-case perturbation radius that moves the training loss by 0.1", search="sharpness"),

@@ -29,6 +29,9 @@ def layer_plan(spec: ModelSpec) -> list[tuple[str, int]]:
 class MLP(nn.Module):
     """MLP on flattened ``[B, C, H, W]`` inputs; see ``layer_plan`` for the hidden layers."""
 
+    # forward only chains and adds its children's outputs (ofexp.metrics.hessian_exact relies on it)
+    piecewise_linear_forward = True
+
     def __init__(self, spec: ModelSpec):
         super().__init__()
         n_in = spec.in_channels * spec.input_size**2

@@ -50,6 +50,9 @@ def _norm(c: int, batchnorm: bool) -> nn.Module:
 class BasicBlock(nn.Module):
     """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))."""
 
+    # forward only chains and adds its children's outputs (ofexp.metrics.hessian_exact relies on it)
+    piecewise_linear_forward = True
+
     def __init__(self, p: BlockPlan, bias: bool, batchnorm: bool):
         super().__init__()
         self.conv1 = nn.Conv2d(p.c_in, p.c_out, 3, stride=p.stride, padding=1, bias=bias)
@@ -71,6 +74,9 @@ class BasicBlock(nn.Module):
 
 class ResNet18(nn.Module):
     """CIFAR ResNet18 for ``[B, C, H, W]`` inputs with H = W >= 32."""
+
+    # forward only chains and adds its children's outputs (ofexp.metrics.hessian_exact relies on it)
+    piecewise_linear_forward = True
 
     def __init__(self, spec: ModelSpec):
         super().__init__()

@@ -33,6 +33,9 @@ def layer_plan(spec: ModelSpec) -> list[tuple[str, int]]:
 class VGG11(nn.Module):
     """VGG11 for ``[B, C, H, W]`` inputs with H = W >= 32."""
 
+    # forward only chains and adds its children's outputs (ofexp.metrics.hessian_exact relies on it)
+    piecewise_linear_forward = True
+
     def __init__(self, spec: ModelSpec):
         super().__init__()
         c_in = spec.in_channels

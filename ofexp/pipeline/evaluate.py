@@ -14,7 +14,8 @@ from tqdm import tqdm
 from ofexp import tracking
 from ofexp.data import DataSplits, load_dataset
 from ofexp.errors import ConfigError
-from ofexp.metrics import MEASURES, PREDICTION_METRICS, MeasureContext, Measure, SearchResult, resolve_measures
+from ofexp.metrics import (MEASURES, PREDICTION_METRICS, Measure, MeasureContext, SearchResult, TraceEstimate,
+                           resolve_measures)
 from ofexp.metrics.context import PRESETS, search_budget
 from ofexp.metrics.sharpness import WORST_CASES
 from ofexp.tracking.artifacts import ENSEMBLE_STAGE
@@ -23,6 +24,7 @@ from ofexp.training import resolve_device
 
 RESULTS_COLUMNS = ["Model", "Space", "Metric", "Value"]
 TAG_ACCURACY_METRIC = "ofexp.accuracy_metric"
+TAG_TRACE_METHOD = "ofexp.hessian_trace_method"  # "exact" or "hutchinson"
 ENSEMBLE_SKIP_NOTE = ("skipped: an ensemble run has no single parameter vector; "
                       "parameter-space measures apply to train and fuse runs")
 
@@ -63,7 +65,9 @@ def run_evaluate(cfg: EvalConfig, splits: DataSplits | None = None) -> str:
     Metrics are named by space (e.g. 'prediction/accuracy'), each with its wall
     time under 'time/<measure>' (a σ search's time counts to the first measure
     that needs it). Every σ search that ran logs its diagnostics under
-    'search/<search>/{sigma,deviation,converged,steps}' (converged is 1 or 0).
+    'search/<search>/{sigma,deviation,converged,steps}' (converged is 1 or 0). The
+    trace logs its precision, 'hessian/trace_{stderr,samples}', and its method in the
+    tag 'ofexp.hessian_trace_method' ("exact" or "hutchinson").
 
     A measure does not abort the others when it fails. The run gets the tag
     'ofexp.warning.<measure>' (one line: why) when the measure raised, gave a
@@ -116,6 +120,9 @@ def run_evaluate(cfg: EvalConfig, splits: DataSplits | None = None) -> str:
             if value is not None:
                 metrics[measure.metric_key] = value
                 rows.append((label, measure.csv_space, name, value))
+                if name == "hessian_trace":
+                    metrics.update(trace_metrics(ctx.hessian_trace))
+                    tracking.set_tags({TAG_TRACE_METHOD: ctx.hessian_trace.method})
             tracking.log_metrics(metrics, model_id=model_id)
             if problems:
                 reason = "; ".join(problems)
@@ -126,6 +133,11 @@ def run_evaluate(cfg: EvalConfig, splits: DataSplits | None = None) -> str:
             tracking.set_tags({TAG_WARNINGS: ",".join(warned)})
         tracking.log_text(results_frame(rows).to_csv(index=False), "results.csv")
         return run.info.run_id
+
+
+def trace_metrics(estimate: TraceEstimate) -> dict[str, float]:
+    """How precise the logged trace is: hessian/trace_{stderr,samples} (0 and 0 when it is exact)."""
+    return {"hessian/trace_stderr": estimate.stderr, "hessian/trace_samples": float(estimate.samples)}
 
 
 def search_metrics(search: str, result: SearchResult) -> dict[str, float]:

@@ -50,18 +50,19 @@ def test_trace_matches_dense_with_enough_samples():
     model = nn.Linear(6, 4)
     x, y = data()
     expected = np.trace(dense_hessian(model, x, y))
-    est = hessian_trace_with_error(model, x, y, max_samples=4000, tol=0.0)
+    est = hessian_trace_with_error(model, x, y, max_samples=4000, tol=0.0, method="hutchinson")
     assert est.samples == 4000
     assert est.trace == pytest.approx(expected, rel=0.01)
     assert abs(est.trace - expected) < 4 * est.stderr  # the reported error is honest
-    assert hessian_trace(model, x, y, max_samples=4000, tol=0.0) == est.trace  # same default seed
+    assert hessian_trace(model, x, y, max_samples=4000, tol=0.0, method="hutchinson") == est.trace  # same default seed
 
 
 def test_trace_stops_at_tolerance_and_leaves_the_model_alone():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 5), nn.Dropout(0.5), nn.ReLU(), nn.Linear(5, 4)).train()
     x, y = data()
-    est = hessian_trace_with_error(model, x, y, max_samples=100, tol=0.1, deflation=5, min_samples=4)
+    est = hessian_trace_with_error(model, x, y, max_samples=100, tol=0.1, deflation=5, min_samples=4,
+                                   method="hutchinson")
     assert 4 <= est.samples < 100 and np.isfinite(est.trace) and np.isfinite(est.stderr)
     assert est.stderr <= 0.1 * abs(est.trace)  # the stopping rule: relative standard error ≤ tol
     # eval mode (dropout off) while measuring, so two calls agree; mode and grads untouched

@@ -74,6 +74,10 @@ def test_all_measures_quick_on_a_fused_model(store):
             assert all(n in warned and MEASURES[n].metric_key in metrics for n in dependents), search
     if warned:
         assert set(run.data.tags["ofexp.warnings"].split(",")) == set(warned)
+    # the trace of this ReLU net is exact: its method and (zero) sampling error are on the run
+    assert run.data.tags["ofexp.hessian_trace_method"] == "exact"
+    assert metrics["hessian/trace_stderr"] == 0 and metrics["hessian/trace_samples"] == 0
+    assert metrics["param/hessian_trace"] > 0
     # results.csv: exactly the logged values, no blank cells
     assert list(results.columns) == ["Model", "Space", "Metric", "Value"]
     assert not results.isna().any().any()
