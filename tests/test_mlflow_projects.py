@@ -49,7 +49,7 @@ def _entry(project: str, entry_point: str):
 
 # Values for the parameters a project requires (the Kubernetes project's, which the study driver fills).
 REQUIRED_VALUES = {"parents": "RUN1,RUN2", "model_run": "RUN1", "label": "parent_1_seed1", "data_dir": "./data",
-                   "epochs": "2", "batch_size": "64", "lr": "0.01", "init": "kaiming", "warmup_epochs": "1",
+                   "epochs": "2", "batch_size": "64", "lr": "0.1", "weight_decay": "0.0005", "init": "kaiming", "warmup_epochs": "1",
                    "grad_clip": "1.0", "fusion_weights": "0.5,0.5"}
 
 

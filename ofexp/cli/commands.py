@@ -20,7 +20,7 @@ from ofexp.errors import ConfigError
 from ofexp.pipeline import EvalConfig, FuseConfig, TrainConfig, run_evaluate, run_fuse, run_train
 from ofexp.training import SpeedOptions, make_recipe
 
-RECIPE_OVERRIDES = ("epochs", "batch_size", "lr", "init", "warmup_epochs", "grad_clip")
+RECIPE_OVERRIDES = ("epochs", "batch_size", "lr", "weight_decay", "init", "warmup_epochs", "grad_clip")
 
 
 def _train_config(kw: dict, seed: int = 0) -> TrainConfig:

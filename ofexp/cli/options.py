@@ -95,6 +95,7 @@ def recipe_options(f: Callable) -> Callable:
         click.option("--epochs", type=OPT_INT, default=None, help="Override the recipe's epoch count."),
         click.option("--batch-size", type=OPT_INT, default=None, help="Override the recipe's batch size."),
         click.option("--lr", type=OPT_FLOAT, default=None, help="Override the recipe's learning rate."),
+        click.option("--weight-decay", type=OPT_FLOAT, default=None, help="Override the recipe's SGD weight decay."),
         click.option("--init", type=OPT_STR, default=None, help="Override the recipe's init: default or kaiming."),
         click.option("--warmup-epochs", type=OPT_FLOAT, default=None, help="Override the recipe's linear warm-up."),
         click.option("--grad-clip", type=OPT_FLOAT, default=None, help="Override the recipe's grad-norm clip (0 = off)."),

@@ -42,7 +42,7 @@ _SPEC_OPTIONS = {
     "split_seed": lambda spec, data: data.split_seed,
     "image_size": lambda spec, data: data.image_size,
 }
-_RECIPE_OVERRIDES = ("epochs", "batch_size", "lr", "warmup_epochs", "grad_clip")
+_RECIPE_OVERRIDES = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "grad_clip")
 
 
 def finetune_recipe(base: str | Recipe = "default", **overrides) -> Recipe:

@@ -155,7 +155,7 @@ def _train_params(cfg: StudyConfig, seed: int) -> dict[str, str]:
         "dataset": d.name, "data_dir": d.resolved_data_dir or "./data", "val_fraction": str(d.val_fraction),
         "split_seed": str(d.split_seed), "image_size": str(d.image_size), "download": _flag(d.download),
         "recipe": r.name, "epochs": str(r.epochs), "batch_size": str(r.batch_size), "lr": str(r.lr),
-        "init": r.init, "warmup_epochs": str(r.warmup_epochs), "grad_clip": str(r.grad_clip),
+        "weight_decay": str(r.weight_decay), "init": r.init, "warmup_epochs": str(r.warmup_epochs), "grad_clip": str(r.grad_clip),
         "seed": str(seed), "device": t.device, "log_model": _flag(t.log_model),
     }
 

@@ -81,9 +81,13 @@ def _validate(r: Recipe) -> None:
 
 RECIPES: dict[str, Recipe] = {
     # DESIGN §3 measured: on small data the report's recipe stays at chance for VGG/ResNet
-    # without BN; Kaiming init, a lower lr, one warm-up epoch and clipping train them all.
+    # without BN; Kaiming init, one warm-up epoch and clipping train them all. lr 0.1 with
+    # weight decay 5e-4 (not 0.01 and none): parents reach 98-99% instead of 87-97%, and
+    # geometric fusion of narrow VGG11s on digits 0.91 instead of 0.23-0.28 (README,
+    # "Fusion quality"): with lr 0.01 ten epochs leave the nets near their random inits,
+    # which no neuron matching can align.
     "default": Recipe(
-        name="default", epochs=10, batch_size=64, lr=0.01, momentum=0.9, weight_decay=0.0,
+        name="default", epochs=10, batch_size=64, lr=0.1, momentum=0.9, weight_decay=5e-4,
         init="kaiming", warmup_epochs=1.0, grad_clip=1.0, schedule="cosine", milestones=(), gamma=0.1,
     ),
     # DESIGN §3: the report's settings, exactly.

@@ -69,7 +69,7 @@ def test_compare_puts_runs_side_by_side(mlflow_server, study_id, capsys):
     result = run_cli_in_process(["compare", p1, p2], mlflow_server.uri, capsys)
     assert result.returncode == 0, result.stderr
     lines = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[1:] if line.strip()}
-    assert lines["param.seed"] == ["101", "102"] and lines["param.lr"] == ["0.01", "0.01"]
+    assert lines["param.seed"] == ["101", "102"] and lines["param.lr"] == ["0.1", "0.1"]
     accuracy = [client.get_run(r).data.metrics["test_accuracy"] for r in (p1, p2)]
     assert [float(v) for v in lines["metric.test_accuracy"]] == pytest.approx(accuracy, abs=1e-6)
     differences = run_cli_in_process(["compare", f"{p1},{p2}", "--differences"], mlflow_server.uri, capsys)

@@ -1,6 +1,6 @@
 """Fusion quality on digits: the README's table. Not a test (slow); run it as a script:
 
-    .venv/bin/python tests/fusion/quality.py --arch vgg11 --width 0.25 [--batchnorm] [--bias] [--epochs 10]
+    .venv/bin/python tests/fusion/quality.py --arch vgg11 --width 0.25 [--batchnorm] [--bias] [--epochs 10] [--lr 0.01] [--weight-decay 0]
 
 For each study seed s (1, 2), trains parents with torch seeds 100·s+1 and 100·s+2
 (default recipe, one torch thread, CPU), then prints the test accuracy of both
@@ -26,14 +26,15 @@ from ofexp.training import evaluate, fit, make_recipe, seed_everything
 CPU = torch.device("cpu")
 
 
-def _parent(spec: ModelSpec, splits, epochs: int | None, seed: int, cache: Path | None) -> torch.nn.Module:
+def _parent(spec: ModelSpec, splits, overrides: dict, seed: int, cache: Path | None) -> torch.nn.Module:
     bias = "_bias" if spec.bias else ""
-    path = cache / f"{spec.arch}_{spec.width:g}_bn{int(spec.batchnorm)}{bias}_e{epochs}_{seed}.pt" if cache else None
+    tag = "_".join(f"{k}{v}" for k, v in overrides.items() if v is not None) or "default"
+    path = cache / f"{spec.arch}_{spec.width:g}_bn{int(spec.batchnorm)}{bias}_{tag}_{seed}.pt" if cache else None
     model = build_model(spec)
     if path is not None and path.exists():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
-    recipe = make_recipe("default", epochs=epochs)
+    recipe = make_recipe("default", **overrides)
     seed_everything(seed)
     model = build_model(spec)
     init_weights(model, recipe.init)
@@ -57,6 +58,8 @@ def main() -> None:
     parser.add_argument("--batchnorm", action="store_true")
     parser.add_argument("--bias", action="store_true")
     parser.add_argument("--epochs", type=int, default=None, help="default: the default recipe's (10)")
+    parser.add_argument("--lr", type=float, default=None, help="default: the default recipe's (0.01)")
+    parser.add_argument("--weight-decay", type=float, default=None, help="default: the default recipe's (0)")
     parser.add_argument("--seeds", default="1,2")
     parser.add_argument("--cache", type=Path, default=None)
     args = parser.parse_args()
@@ -68,7 +71,8 @@ def main() -> None:
     inputs = activation_inputs(splits, 256)
     print("| seed | parents | naive | geometric, weights | geometric, activations | activations + REPAIR |")
     for s in (int(v) for v in args.seeds.split(",")):
-        parents = [_parent(spec, splits, args.epochs, 100 * s + i, args.cache) for i in (1, 2)]
+        overrides = {"epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay}
+        parents = [_parent(spec, splits, overrides, 100 * s + i, args.cache) for i in (1, 2)]
         row = [" / ".join(f"{_accuracy(p, splits, False):.3f}" for p in parents),
                f"{_accuracy(naive_fuse(parents), splits, True):.3f}"]
         for alignment in ("weights", "activations"):

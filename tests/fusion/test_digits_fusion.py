@@ -51,10 +51,26 @@ def test_geometric_beats_naive_on_digits_mlp(digits, seed):
                                               inputs=activation_inputs(digits, 256)).model, digits)
     print(f"seed {seed}: parents {parent_acc}, naive {naive:.3f}, weights {by_weights:.3f}, "
           f"activations {by_activations:.3f}")
-    assert min(parent_acc) > 0.9
+    assert min(parent_acc) > 0.95
     assert by_weights > naive + 0.1
-    assert by_activations > naive + 0.3
-    assert by_activations > 0.75
+    assert by_activations > naive + 0.2
+    assert by_activations > 0.9
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_geometric_fusion_of_narrow_vgg11s_beats_the_issues_figures(digits, seed):
+    """Narrow VGG11 (width 0.25), default recipe: the issue measured parents 98%, naive 10%,
+    weight-based 19% and activation-based 77%; activation-based fusion must beat those."""
+    parents = [_train(digits, 100 * seed + i, "vgg11", 0.25) for i in (1, 2)]
+    parent_acc = [_accuracy(p, digits) for p in parents]
+    naive = _accuracy(naive_fuse(parents), digits)
+    fused = _accuracy(geometric_fuse(parents, alignment="activations",
+                                     inputs=activation_inputs(digits, 256)).model, digits)
+    print(f"vgg11 seed {seed}: parents {parent_acc}, naive {naive:.3f}, activations {fused:.3f}")
+    assert min(parent_acc) > 0.97
+    assert naive < 0.3  # without alignment the average collapses, as in the paper
+    assert fused > 0.77 and fused > naive + 0.5
 
 
 def test_three_parents_fuse_better_than_their_naive_average(digits):
@@ -73,8 +89,8 @@ def test_three_parents_fuse_better_than_their_naive_average(digits):
 def test_geometric_beats_naive_on_digits_resnet18(digits, seed):
     """Narrow ResNet18 (width 0.125, batch-norm, 5 epochs): residual streams align as one group each.
 
-    The margin is modest (README, "Fusion quality on digits"): a stage-0 stream of 8
-    channels leaves little to match. Statistics are recomputed, as `ofexp fuse` does.
+    Statistics are recomputed, as `ofexp fuse` does. Measured: parents 0.98, naive
+    0.14-0.16, geometric 0.75-0.83.
     """
     parents = [_train(digits, 100 * seed + i, "resnet18", 0.125, batchnorm=True, epochs=5) for i in (1, 2)]
     inputs = activation_inputs(digits, 256)
@@ -84,5 +100,5 @@ def test_geometric_beats_naive_on_digits_resnet18(digits, seed):
     parent_acc = [_accuracy(p, digits) for p in parents]
     accs = {"naive": _accuracy(naive, digits), "geometric": _accuracy(geometric, digits)}
     print(f"resnet18 seed {seed}: parents {parent_acc}, {accs}")
-    assert min(parent_acc) > 0.6
-    assert accs["geometric"] > accs["naive"] + 0.03
+    assert min(parent_acc) > 0.9
+    assert accs["geometric"] > accs["naive"] + 0.3

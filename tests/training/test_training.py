@@ -57,8 +57,8 @@ def test_report_recipe_is_design_section_3():
 
 def test_default_recipe_is_the_sturdy_one():
     r = make_recipe()
-    assert (r.name, r.init, r.lr, r.momentum, r.warmup_epochs, r.grad_clip, r.batch_size) == (
-        "default", "kaiming", 0.01, 0.9, 1.0, 1.0, 64,
+    assert (r.name, r.init, r.lr, r.momentum, r.weight_decay, r.warmup_epochs, r.grad_clip, r.batch_size) == (
+        "default", "kaiming", 0.1, 0.9, 5e-4, 1.0, 1.0, 64,
     )  # fmt: skip
     params = r.to_params()
     assert params["recipe"] == "default" and all(isinstance(v, str) for v in params.values())
@@ -226,7 +226,7 @@ def test_resume_refuses_another_recipe(digits8):
     saved = {}
     fit(tiny_mlp(), digits8, make_recipe("default", epochs=1), device=CPU, seed=0, progress=False,
         on_epoch_end=lambda e, m, ckpt: saved.update(ckpt))  # fmt: skip
-    with pytest.raises(ConfigError, match="lr 0.01→0.02"):
+    with pytest.raises(ConfigError, match="lr 0.1→0.02"):
         fit(tiny_mlp(), digits8, make_recipe("default", epochs=2, lr=0.02), device=CPU, seed=0,
             progress=False, resume=saved)  # fmt: skip
 
