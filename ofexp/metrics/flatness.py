@@ -25,6 +25,7 @@ from ofexp.metrics.sharpness import (
     scaled_norm_bound,
     training_loss,
 )
+from ofexp.models import eval_mode
 
 PAC_BAYES_BOUNDS = (0.0, 0.2)
 PAC_BAYES_MAG_BOUNDS = (0.5, 4.0)
@@ -42,9 +43,7 @@ def pac_bayes_deviation(
     Each draw's loss is the mean over `budget.pac_bayes_batches` random minibatches of
     the training data (x, y); `loss` is L, the true mean training cross-entropy.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         fm = FlatModel(model)
         gen = default_generator(generator)
         theta, draws = fm.theta, budget.pac_bayes_draws
@@ -52,8 +51,6 @@ def pac_bayes_deviation(
         noise = noise.to(theta.device)
         std = (sigma**2 * theta.pow(2) + EPSILON**2).sqrt() if magnitude_aware else sigma
         losses = estimate_losses(fm, theta + noise * std, x, y, budget.pac_bayes_batches, budget.batch_size, gen)
-    finally:
-        model.train(was_training)
     return abs(loss - float(losses.mean()))
 
 

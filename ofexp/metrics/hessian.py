@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ofexp.metrics.hessian_exact import exact_trace_unsupported, hessian_trace_exact
+from ofexp.models import eval_mode
 
 DEFLATION_STEPS = 20  # Lanczos vectors deflated from the trace: past ~20 the variance hardly drops on VGG11
 # Memory for the deflation rows (ω floats each): a full-width VGG11 (ω = 9.2M, 35 MiB a row) then
@@ -86,17 +87,12 @@ class HessianOperator:
         if not self.params:
             raise ValueError("the model has no parameters; the Hessian is empty")
         buffers = {k: b.detach() for k, b in model.named_buffers()}
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.enable_grad():
-                logits = functional_call(model, ({**dict(zip(names, self.params)), **buffers}), (inputs,))  # [b, c]
-                loss = F.cross_entropy(logits, targets)
-                grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True,
-                                            materialize_grads=True)
-                self.grads = grads  # per parameter, with their graph (no flat copy: 35 MiB at full width)
-        finally:
-            model.train(was_training)
+        with eval_mode(model), torch.enable_grad():
+            logits = functional_call(model, ({**dict(zip(names, self.params)), **buffers}), (inputs,))  # [b, c]
+            loss = F.cross_entropy(logits, targets)
+            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True,
+                                        materialize_grads=True)
+            self.grads = grads  # per parameter, with their graph (no flat copy: 35 MiB at full width)
         self.sizes = [g.numel() for g in grads]
         self.n = sum(self.sizes)
         self.dtype, self.device = self.params[0].dtype, self.params[0].device

@@ -7,6 +7,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from ofexp.models import eval_mode
+
 
 def lipschitz(
     model: nn.Module,
@@ -57,13 +59,8 @@ def lipschitz(
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None else torch.float32
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    was_training = model.training
-    model.eval()
-    try:
-        with _intra_op_threads(threads if device.type == "cpu" else None):
-            return _power_iteration(model, input_shape, max_iter, tol, gen, device, dtype)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), _intra_op_threads(threads if device.type == "cpu" else None):
+        return _power_iteration(model, input_shape, max_iter, tol, gen, device, dtype)
 
 
 @contextmanager

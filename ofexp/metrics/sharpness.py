@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from ofexp.errors import ConfigError, IncompatibleModelsError
+from ofexp.models import eval_mode
 from ofexp.training import evaluate
 
 DELTA = 0.05  # δ of the bounds
@@ -260,9 +261,7 @@ def sharpness_deviation(
     """
     if worst not in WORST_CASES:
         raise ConfigError(f"worst={worst!r}: use 'max' (Jiang et al. 2019) or 'min' (the report's choice)")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         fm = FlatModel(model)
         gen = default_generator(generator)
         theta, draws, size = fm.theta, budget.sharpness_draws, budget.batch_size
@@ -277,8 +276,6 @@ def sharpness_deviation(
             else:  # the zero vector has norm 0 and stays put
                 u = u * (sigma / u.norm(dim=1, keepdim=True).clamp_min(1e-30)).clamp(max=1.0)
         losses = estimate_losses(fm, theta + u, x, y, budget.sharpness_batches, size, gen)
-    finally:
-        model.train(was_training)
     chosen = losses.max() if worst == "max" else losses.min()
     return abs(loss - float(chosen))
 
