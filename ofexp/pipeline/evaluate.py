@@ -1,6 +1,8 @@
 """The evaluate step: measure one train or fuse run's model, by run ID."""
 from __future__ import annotations
 
+import ctypes
+import gc
 import math
 import sys
 import time
@@ -111,6 +113,7 @@ def run_evaluate(cfg: EvalConfig, splits: DataSplits | None = None) -> str:
                 warned.append(name)
                 continue
             value, problems, elapsed = _measure_one(measure, ctx, cfg.progress)
+            release_freed_memory()
             metrics = {f"time/{name}": elapsed}
             if measure.search is not None and measure.search not in logged_searches:
                 result = ctx.completed_searches().get(measure.search)
@@ -133,6 +136,21 @@ def run_evaluate(cfg: EvalConfig, splits: DataSplits | None = None) -> str:
             tracking.set_tags({TAG_WARNINGS: ",".join(warned)})
         tracking.log_text(results_frame(rows).to_csv(index=False), "results.csv")
         return run.info.run_id
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's free pages back to the OS between measures (glibc's malloc_trim).
+
+    Each measure frees what it allocated, but glibc keeps freed heap memory for reuse,
+    and the next measure's different block sizes grow the heap further: measured on a
+    full-width VGG11, no measure alone peaked above 1.86 GiB, all of them in one run at
+    2.2-2.3 GiB. A no-op where there is no glibc.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def trace_metrics(estimate: TraceEstimate) -> dict[str, float]:
