@@ -19,9 +19,11 @@ from ofexp.metrics.sharpness import (
     as_flat64,
     binary_search,
     default_generator,
-    estimate_losses,
+    draw_chunks,
     inverse_square,
+    losses_on,
     magnitude_aware_bound,
+    minibatch_indices,
     scaled_norm_bound,
     training_loss,
 )
@@ -35,22 +37,26 @@ PAC_BAYES_MIN_WIDTH = 1e-4  # ... or the search interval is narrower than this
 
 def pac_bayes_deviation(
     model: nn.Module, x: Tensor, y: Tensor, sigma: float, *, loss: float, magnitude_aware: bool = False,
-    budget: SearchBudget = SearchBudget(), generator: torch.Generator | None = None,
+    budget: SearchBudget = SearchBudget(), generator: torch.Generator | None = None, chunk: int | None = None,
 ) -> float:
     """d(σ) = |L − mean perturbed loss| over `budget.pac_bayes_draws` Gaussian draws.
 
     Plain noise is N(0, σ²) per coordinate; magnitude-aware noise N(0, σ²θᵢ² + ε²).
     Each draw's loss is the mean over `budget.pac_bayes_batches` random minibatches of
     the training data (x, y); `loss` is L, the true mean training cross-entropy.
+    `chunk`: how many draws go through the network together (`draw_chunks`; the result
+    does not depend on it).
     """
     with eval_mode(model):
         fm = FlatModel(model)
         gen = default_generator(generator)
         theta, draws = fm.theta, budget.pac_bayes_draws
         noise = torch.randn((draws, theta.numel()), generator=gen, device=gen.device, dtype=theta.dtype)
-        noise = noise.to(theta.device)
+        noise = noise.to(theta.device)  # [D, ω]
         std = (sigma**2 * theta.pow(2) + EPSILON**2).sqrt() if magnitude_aware else sigma
-        losses = estimate_losses(fm, theta + noise * std, x, y, budget.pac_bayes_batches, budget.batch_size, gen)
+        scoring = minibatch_indices(x.shape[0], draws, budget.pac_bayes_batches, budget.batch_size, gen)
+        losses = torch.cat([losses_on(fm, theta + noise[c] * std, x, y, scoring[:, c])
+                            for c in draw_chunks(draws, theta.device, chunk)])  # [D]
     return abs(loss - float(losses.mean()))
 
 

@@ -86,22 +86,25 @@ def reference_pac_bayes(model, x, y, sigma, loss, magnitude_aware, seed):
     return abs(loss - sum(losses) / len(losses))
 
 
+# chunk: draws through the network together (None: the device's choice, one at a time on the CPU)
+@pytest.mark.parametrize("chunk", [None, 2, 3], ids=["auto", "chunks-of-2", "all-draws"])
 @pytest.mark.parametrize("magnitude_aware,worst,sigma", [(False, "max", 0.5), (True, "min", 0.3)],
                          ids=["plain-max", "magnitude-min"])
-def test_sharpness_draws_match_a_per_draw_loop(conv_net, magnitude_aware, worst, sigma):
+def test_sharpness_draws_match_a_per_draw_loop(conv_net, magnitude_aware, worst, sigma, chunk):
     model, x, y, loss = conv_net
     got = sharpness_deviation(model, x, y, sigma, loss=loss, magnitude_aware=magnitude_aware, budget=BUDGET,
-                              worst=worst, generator=torch.Generator().manual_seed(5))
+                              worst=worst, generator=torch.Generator().manual_seed(5), chunk=chunk)
     want = reference_sharpness(model, x, y, sigma, loss, magnitude_aware, worst, seed=5)
     assert want > 1e-3  # the perturbation moved the loss: the comparison is not 0 == 0
     assert got == pytest.approx(want, rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.parametrize("chunk", [None, 2, 3], ids=["auto", "chunks-of-2", "all-draws"])
 @pytest.mark.parametrize("magnitude_aware,sigma", [(False, 0.05), (True, 0.5)], ids=["plain", "magnitude"])
-def test_pac_bayes_draws_match_a_per_draw_loop(conv_net, magnitude_aware, sigma):
+def test_pac_bayes_draws_match_a_per_draw_loop(conv_net, magnitude_aware, sigma, chunk):
     model, x, y, loss = conv_net
     got = pac_bayes_deviation(model, x, y, sigma, loss=loss, magnitude_aware=magnitude_aware, budget=BUDGET,
-                              generator=torch.Generator().manual_seed(7))
+                              generator=torch.Generator().manual_seed(7), chunk=chunk)
     want = reference_pac_bayes(model, x, y, sigma, loss, magnitude_aware, seed=7)
     assert want > 1e-3
     assert got == pytest.approx(want, rel=1e-4, abs=1e-6)
