@@ -47,22 +47,23 @@ def exact_trace_unsupported(model: nn.Module) -> str | None:
 
     It applies when every leaf module is a parameter layer (Linear, Conv2d with
     groups=1 and zero padding, BatchNorm with running statistics) or a
-    piecewise-linear map (not in place), every container is an ``nn.Sequential``, an ``nn.ModuleList`` or
-    declares ``piecewise_linear_forward = True`` (its forward only chains and adds its
-    children's outputs, as ofexp's MLP, VGG11 and ResNet18 do), and every parameter
-    belongs to exactly one parameter layer.
+    piecewise-linear map (not in place), every container is an ``nn.Sequential``, an
+    ``nn.ModuleList`` or declares ``piecewise_linear_forward = True`` (its forward only
+    chains and adds its children's outputs, as ofexp's MLP, VGG11 and ResNet18 do), and
+    every parameter belongs to exactly one parameter layer.
     """
     owned = 0
     for name, module in model.named_modules():
         label = name or type(module).__name__
-        if type(module) in (nn.Sequential, nn.ModuleList) and not any(True for _ in module.children()):
-            continue  # an empty Sequential is the identity
+        plain_container = type(module) in (nn.Sequential, nn.ModuleList)
         if any(True for _ in module.children()):
-            if not (type(module) in (nn.Sequential, nn.ModuleList) or getattr(module, "piecewise_linear_forward", False)):
+            if not (plain_container or getattr(module, "piecewise_linear_forward", False)):
                 return f"{label} ({type(module).__name__}) does not declare piecewise_linear_forward"
             if any(True for _ in module.parameters(recurse=False)):
                 return f"{label} holds parameters of its own"
             continue
+        if plain_container:
+            continue  # an empty Sequential is the identity
         if isinstance(module, PIECEWISE_LINEAR):
             if getattr(module, "inplace", False):
                 return f"{label} works in place"
