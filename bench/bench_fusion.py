@@ -17,7 +17,7 @@ import numpy as np
 import ot
 import torch
 
-from bench.common import Result, time_pair
+from bench.common import Result, one_thread, time_pair
 from ofexp.fusion import alignment_spec, geometric_fuse
 from ofexp.fusion.geometric import weight_cost
 from ofexp.fusion.groups import apply_plan
@@ -73,14 +73,8 @@ def _one(arch: str, width: float, repeats: int) -> Result:
 
 def run(quick: bool, repeats: int) -> list[Result]:
     widths = (0.5,) if quick else (1.0,)
-    # One thread: on a shared 2-core machine a second BLAS thread competes with other jobs and
-    # makes timings swing 3-5x; fusion's few large GEMMs and assignments are serial anyway.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():  # fusion's few large GEMMs and assignments gain little from a second thread
         results = [_one(arch, w, repeats) for arch in ("vgg11", "resnet18") for w in widths]
-    finally:
-        torch.set_num_threads(threads)
     for r in results:
         per_group = ", ".join(f"{g} {s * 1e3:.1f} ms" for g, s in r.notes["seconds_per_group"].items())
         print(f"[bench] {r.name}: total {r.notes['fusion_seconds_total'] * 1e3:.1f} ms; {per_group}", file=sys.stderr)

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.common import Result, time_pair
+from bench.common import Result, one_thread, time_pair
 from ofexp.data import DataConfig, load_dataset
 from ofexp.metrics import (SearchBudget, hessian_lanczos, hessian_top_eigenvalue, hessian_trace_with_error,
                            lipschitz, pac_bayes_deviation, sharpness_deviation)
@@ -194,12 +194,8 @@ def _baseline_lipschitz(model: nn.Module, shape, max_iter: int = 500, tol: float
 
 def _one_thread(fn):
     def run():
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with one_thread():
             return fn()
-        finally:
-            torch.set_num_threads(before)
     return run
 
 

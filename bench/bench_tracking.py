@@ -22,7 +22,7 @@ from dataclasses import replace
 
 import torch
 
-from bench.common import Result, time_pair
+from bench.common import Result, one_thread, time_pair
 from ofexp.data import load_dataset
 from ofexp.models import build_model, init_weights
 from ofexp.pipeline import TrainConfig, run_train
@@ -53,18 +53,15 @@ def run(quick: bool, repeats: int) -> list[Result]:
     import mlflow
     from mlflow.tracking import fluent
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in bench_training: 2 threads oversubscribe this shared machine
     # set_tracking_uri/set_experiment pin process-wide state (and env vars): put it all back
     saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
     saved_experiment = fluent._active_experiment_id
     try:
-        with tempfile.TemporaryDirectory(prefix="ofexp-bench-tracking-") as tmp:
+        with one_thread(), tempfile.TemporaryDirectory(prefix="ofexp-bench-tracking-") as tmp:
             mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
             mlflow.set_experiment("bench-tracking")
             return _run(quick, repeats, tmp)
     finally:
-        torch.set_num_threads(threads)
         mlflow.set_tracking_uri(saved_env["MLFLOW_TRACKING_URI"])
         fluent._active_experiment_id = saved_experiment
         for key, value in saved_env.items():

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from bench.common import Result, time_pair
+from bench.common import Result, one_thread, time_pair
 from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.data.splits import finish_splits
 from ofexp.models import ModelSpec, build_model, init_weights
@@ -151,12 +151,8 @@ def _result(name: str, pair: EpochPair, repeats: int, target: str, threshold: fl
 
 
 def run(quick: bool, repeats: int) -> list[Result]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         return _run(quick, repeats)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(quick: bool, repeats: int) -> list[Result]:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import gc
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 
 @dataclass
@@ -74,3 +75,20 @@ def time_pair(ours: Callable[[], object], baseline: Callable[[], object] | None,
             seconds, base_value = timed(baseline)
             base_s.append(seconds)
     return ours_s, base_s, ours_value, base_value
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one intra-op thread for the block, then the previous setting.
+
+    On this shared 2-core machine a second thread competes with other jobs, and
+    timings swung 3-5x (fusion) and up to 20x (training, lipschitz) with it.
+    """
+    import torch  # here, so that `python -m bench --help` does not import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -37,8 +37,8 @@ from ofexp.metrics.hessian_exact import exact_trace_unsupported, hessian_trace_e
 from ofexp.models import eval_mode
 
 DEFLATION_STEPS = 20  # Lanczos vectors deflated from the trace: past ~20 the variance hardly drops on VGG11
-# Memory for the deflation rows (ω floats each): a full-width VGG11 (ω = 9.2M, 35 MiB a row) then
-# deflates only the eigenvalue's own steps, keeping `ofexp evaluate --measures all` under 2 GiB.
+# Memory for the deflation rows of the Hutchinson fallback (ω floats each): a full-width VGG11
+# (ω = 9.2M, 35 MiB a row) would then deflate only the eigenvalue's own steps.
 MAX_BASIS_MIB = 256.0
 TRACE_METHODS = ("auto", "exact", "hutchinson")
 
