@@ -34,7 +34,7 @@ def _train_config(kw: dict, seed: int = 0) -> TrainConfig:
         model=kw.pop("model"), data=data, width=kw.pop("width"), bias=pop_flag(kw, "bias"),
         batchnorm=pop_flag(kw, "batchnorm"), recipe=recipe, seed=seed, device=kw.pop("device"),
         log_model=pop_flag(kw, "log_model"),
-        speed=SpeedOptions(channels_last=pop_flag(kw, "channels_last"), compile=pop_flag(kw, "compile")),
+        speed=SpeedOptions.from_params({f: pop_flag(kw, f) for f in SpeedOptions().to_params()}),
     )
 
 

@@ -103,6 +103,8 @@ def recipe_options(f: Callable) -> Callable:
         flag("log-model", "Also log the final network as an MLflow model.", default=True),
         flag("channels-last", "Train in channels_last (NHWC) memory layout; faster convs on many machines."),
         flag("compile", "torch.compile the network (one-off compile time per run; pays off on long runs)."),
+        flag("tf32", "On CUDA, run float32 convs and matmuls in TF32 (faster, lower precision); "
+                     "off: IEEE float32."),
     ]
     for option in reversed(options):
         f = option(f)

@@ -23,6 +23,7 @@ from ofexp.metrics.sharpness import WORST_CASES
 from ofexp.tracking.artifacts import ENSEMBLE_STAGE
 from ofexp.tracking.runs import TAG_WARNINGS, warning_tag
 from ofexp.training import resolve_device
+from ofexp.training.speed import float32_kernels
 
 RESULTS_COLUMNS = ["Model", "Space", "Metric", "Value"]
 TAG_ACCURACY_METRIC = "ofexp.accuracy_metric"
@@ -112,7 +113,8 @@ def run_evaluate(cfg: EvalConfig, splits: DataSplits | None = None) -> str:
                 tracking.set_tags(dict([warning_tag(name, ENSEMBLE_SKIP_NOTE)]))
                 warned.append(name)
                 continue
-            value, problems, elapsed = _measure_one(measure, ctx, cfg.progress)
+            with float32_kernels():  # the measures in IEEE float32 on CUDA too, not cuDNN's default TF32
+                value, problems, elapsed = _measure_one(measure, ctx, cfg.progress)
             release_freed_memory()
             metrics = {f"time/{name}": elapsed}
             if measure.search is not None and measure.search not in logged_searches:

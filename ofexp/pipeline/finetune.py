@@ -76,7 +76,7 @@ class FinetuneConfig:
     expect: tuple[tuple[str, object], ...] = ()
     progress: bool = True
     data: DataConfig | None = None
-    speed: SpeedOptions = SpeedOptions()  # --channels-last, --compile: layout, not hyperparameters
+    speed: SpeedOptions = SpeedOptions()  # --channels-last, --compile, --tf32: not hyperparameters
 
     def __post_init__(self) -> None:
         if self.recipe is None:
@@ -103,8 +103,7 @@ def finetune_config_from_options(source: str, given: Mapping[str, object]) -> Fi
         source=source, recipe=recipe, base_recipe=base, seed=int(given.get("seed", 0)),
         device=str(given.get("device", "auto")), log_model=bool(given.get("log_model", True)),
         data_dir=given.get("data_dir"), run_name=given.get("run_name"),
-        speed=SpeedOptions(channels_last=bool(given.get("channels_last", False)),
-                           compile=bool(given.get("compile", False))),
+        speed=SpeedOptions.from_params(given),
         expect=tuple((k, given[k]) for k in _SPEC_OPTIONS if k in given),
     )
 

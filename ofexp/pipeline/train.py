@@ -30,7 +30,7 @@ class TrainConfig:
     log_model: bool = True
     run_name: str | None = None
     progress: bool = True
-    speed: SpeedOptions = field(default_factory=SpeedOptions)  # --channels-last, --compile
+    speed: SpeedOptions = field(default_factory=SpeedOptions)  # --channels-last, --compile, --tf32
 
     def params(self) -> dict[str, object]:
         """Every setting that determines the trained weights, under the CLI options' names."""
@@ -192,7 +192,7 @@ def train_config_from_run(run: Run, given: Mapping[str, object]) -> TrainConfig:
             model=p["model"], data=data, width=float(p["width"]), bias=p["bias"] == "True",
             batchnorm=p["batchnorm"] == "True", recipe=recipe, seed=int(p["seed"]), device=p["device"],
             log_model=run.data.tags.get(runs.TAG_LOG_MODEL, "True") == "True", run_name=run.info.run_name,
-            speed=SpeedOptions(channels_last=p["channels_last"] == "True", compile=p["compile"] == "True"),
+            speed=SpeedOptions.from_params(p),
         )
     except (KeyError, ValueError) as exc:
         raise RunLookupError(f"run {run.info.run_id}'s params are incomplete or invalid ({exc}); "

@@ -174,7 +174,7 @@ def fit(
     weights, data, recipe and seed give the same run. `on_epoch_end(epoch, metrics,
     checkpoint)` is called after every epoch (1-based) with a make_checkpoint() dict;
     `resume` is such a dict: training continues from its epoch + 1 with every RNG restored.
-    `speed` turns on channels_last and torch.compile (both off by default: plain float32).
+    `speed` turns on channels_last, torch.compile and TF32 (all off by default: plain float32).
     """
     device = torch.device(device)
     model.to(device)
@@ -195,20 +195,21 @@ def fit(
         range(start + 1, recipe.epochs + 1), desc="train", unit="epoch", file=sys.stderr,
         disable=not progress, initial=start, total=recipe.epochs,
     )  # fmt: skip
-    for epoch in bar:
-        train = train_one_epoch(
-            forward, optimizer, scheduler, train_x, train_y, batch_size=recipe.batch_size,
-            generator=generator, grad_clip=recipe.grad_clip, device=device, epoch=epoch,
-        )  # fmt: skip
-        metrics = _epoch_metrics(train, evaluate(forward, val_x, val_y, device=device))
-        history.append({"epoch": epoch, **metrics})
-        # the original code stored state_dict() itself, i.e. the live weights; snapshot copies
-        if best["state"] is None or metrics["val_loss"] < best["val_loss"]:
-            best = {"state": snapshot(model.state_dict()), "epoch": epoch, "val_loss": metrics["val_loss"]}
-        bar.set_postfix({k: f"{metrics[k]:.3f}" for k in ("train_loss", "val_loss", "val_accuracy")})
-        if on_epoch_end is not None:
-            ckpt = make_checkpoint(model, optimizer, scheduler, epoch, generator, config, best, history)
-            on_epoch_end(epoch, metrics, ckpt)
+    with speed.numerics():  # IEEE float32 and deterministic cuDNN on CUDA unless --tf32
+        for epoch in bar:
+            train = train_one_epoch(
+                forward, optimizer, scheduler, train_x, train_y, batch_size=recipe.batch_size,
+                generator=generator, grad_clip=recipe.grad_clip, device=device, epoch=epoch,
+            )  # fmt: skip
+            metrics = _epoch_metrics(train, evaluate(forward, val_x, val_y, device=device))
+            history.append({"epoch": epoch, **metrics})
+            # the original code stored state_dict() itself, i.e. the live weights; snapshot copies
+            if best["state"] is None or metrics["val_loss"] < best["val_loss"]:
+                best = {"state": snapshot(model.state_dict()), "epoch": epoch, "val_loss": metrics["val_loss"]}
+            bar.set_postfix({k: f"{metrics[k]:.3f}" for k in ("train_loss", "val_loss", "val_accuracy")})
+            if on_epoch_end is not None:
+                ckpt = make_checkpoint(model, optimizer, scheduler, epoch, generator, config, best, history)
+                on_epoch_end(epoch, metrics, ckpt)
     bar.close()
     final = {k: v for k, v in history[-1].items() if k != "epoch"} if history else {}
     return FitResult(best["state"], best["epoch"], best["val_loss"], final, history)

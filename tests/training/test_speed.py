@@ -1,4 +1,4 @@
-"""Opt-in speed flags: channels_last and torch.compile train the same network, keep plain checkpoints."""
+"""Opt-in speed flags: channels_last, torch.compile and TF32 train the same network, keep plain checkpoints."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -29,8 +29,28 @@ def tiny_vgg(splits):
 
 def test_defaults_are_off_and_logged_as_params():
     speed = SpeedOptions()
-    assert (speed.channels_last, speed.compile) == (False, False)
-    assert SpeedOptions(channels_last=True).to_params() == {"channels_last": "True", "compile": "False"}
+    assert (speed.channels_last, speed.compile, speed.tf32) == (False, False, False)
+    assert SpeedOptions(channels_last=True).to_params() == {"channels_last": "True", "compile": "False",
+                                                            "tf32": "False"}
+
+
+def test_options_round_trip_through_run_params():
+    speed = SpeedOptions(channels_last=True, tf32=True)
+    assert SpeedOptions.from_params(speed.to_params()) == speed
+    assert SpeedOptions.from_params({"compile": True}) == SpeedOptions(compile=True)  # CLI flags are bools
+    # a run logged before --tf32 existed has no tf32 param, and was trained without it
+    assert SpeedOptions.from_params({"channels_last": "False", "compile": "False"}) == SpeedOptions()
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_float32_kernels_sets_cuda_precision_and_determinism_then_restores(tf32):
+    """Default GPU training must be IEEE float32 like the report's, and deterministic for --resume."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (cudnn.allow_tf32, matmul.allow_tf32, cudnn.deterministic, cudnn.benchmark)
+    with SpeedOptions(tf32=tf32).numerics():
+        assert (cudnn.allow_tf32, matmul.allow_tf32) == (tf32, tf32)
+        assert cudnn.deterministic and not cudnn.benchmark
+    assert (cudnn.allow_tf32, matmul.allow_tf32, cudnn.deterministic, cudnn.benchmark) == before
 
 
 def test_channels_last_changes_layout_not_shapes():
