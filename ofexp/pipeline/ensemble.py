@@ -60,6 +60,7 @@ def run_ensemble(cfg: EnsembleConfig, splits: DataSplits | None = None) -> str:
     with tracking.stage_run(ENSEMBLE_STAGE, run_name=name, params=cfg.params(), tags=tags) as run:
         tracking.log_spec(spec, data, parents=cfg.parents)
         tracking.log_state_dict(model.state_dict(), ENSEMBLE_WEIGHTS)
+        model.to(device)  # the members are its submodules: they move too
         test = evaluate(model, splits.test_x, splits.test_y, device=device)
         member_acc = [evaluate(m.model, splits.test_x, splits.test_y, device=device)["accuracy"] for m in members]
         tracking.log_metrics({"test_accuracy": test["accuracy"], "test_loss": test["loss"],

@@ -135,7 +135,9 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
         if cfg.recompute_bn and fused.spec.batchnorm:
             recompute_batchnorm_stats(fused, splits.train_x)
         diagnostics = _repair_and_diagnose(cfg, result, parents, inputs) if result is not None else {}
-        test = evaluate(fused, splits.test_x, splits.test_y, device=device)
+        # fusion (POT), its curves and its logged weights stay on the CPU; --device is where it is tested
+        test = evaluate(fused.to(device), splits.test_x, splits.test_y, device=device)
+        fused.cpu()
         curves = _log_interpolation(cfg, parents, result, splits) if result and cfg.interpolation else {}
         tracking.log_spec(fused.spec, parents.data)
         tracking.log_state_dict(fused.state_dict(), "weights/fused.pt")

@@ -6,6 +6,7 @@ Weights are state dicts saved with `torch.save` and read with
 from __future__ import annotations
 
 import json
+import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -225,6 +226,9 @@ def _load_tensor_file(run_id: str, artifact_path: str) -> dict:
 
 
 
+PREDICTION_DEVICE = "MLFLOW_DEFAULT_PREDICTION_DEVICE"  # where MLflow's pyfunc loads a PyTorch model
+
+
 def log_mlflow_model(model: nn.Module, input_example: torch.Tensor) -> str:
     """Log the network as an MLflow model (pickle-free pt2 format); return its model ID.
 
@@ -233,10 +237,20 @@ def log_mlflow_model(model: nn.Module, input_example: torch.Tensor) -> str:
     import mlflow.pytorch  # deferred: importing it costs ~1 s and most commands never log a model
 
     requirements = [f"torch=={torch.__version__.split('+')[0]}"]
-    info = mlflow.pytorch.log_model(
-        model.eval(), name="model", input_example=input_example.cpu().numpy(),
-        pip_requirements=requirements,
-    )
+    # MLflow checks the input example by loading the model through pyfunc, on the GPU when
+    # there is one, and a pt2 model exported on the CPU cannot load there: on a GPU machine
+    # every train run printed "Got error: ... can't be loaded on 'cuda' device". The check
+    # runs on the CPU unless the user chose a device.
+    chosen = os.environ.get(PREDICTION_DEVICE)
+    os.environ[PREDICTION_DEVICE] = chosen or "cpu"
+    try:
+        info = mlflow.pytorch.log_model(
+            model.eval(), name="model", input_example=input_example.cpu().numpy(),
+            pip_requirements=requirements,
+        )
+    finally:
+        if chosen is None:
+            os.environ.pop(PREDICTION_DEVICE, None)
     return info.model_id
 
 
