@@ -18,9 +18,13 @@ images (32×32), CPU. Quick mode uses a narrow VGG11 and small search budgets.
   report's draws, ascent steps and minibatches) vs a per-draw loop over a deep
   copy of the model, updating each parameter tensor; the full searches' time is
   extrapolated from it (depth × step time) in the notes.
-- peak RSS (full mode only) of `ofexp evaluate --measures all --preset quick` on a
+- peak RSS (full mode only, CPU) of `ofexp evaluate --measures all --preset quick` on a
   freshly trained full-width VGG11, in a subprocess,
   against a SQLite store in a temporary folder.
+
+With `python -m bench --device cuda` the networks, data and both sides of every row run
+on the GPU, in IEEE float32 as `ofexp evaluate` runs its measures; the σ searches then
+send all draws through the network in one vmap (`draw_chunks`' GPU choice).
 """
 from __future__ import annotations
 
@@ -38,18 +42,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.common import Result, one_thread, time_pair
+from bench.common import Result, bench_device, one_thread, time_pair
 from ofexp.data import DataConfig, load_dataset
 from ofexp.metrics import (SearchBudget, hessian_lanczos, hessian_top_eigenvalue, hessian_trace_with_error,
                            lipschitz, pac_bayes_deviation, sharpness_deviation)
 from ofexp.metrics.sharpness import ASCENT_LR, EPSILON, training_loss
 from ofexp.models import ModelSpec, build_model, init_weights
 from ofexp.training import fit, make_recipe, seed_everything
+from ofexp.training.speed import float32_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def trained_vgg(width: float, splits, epochs: int = 2, seed: int = 0) -> nn.Module:
+def trained_vgg(width: float, splits, epochs: int = 2, seed: int = 0, device: str = "cpu") -> nn.Module:
     """VGG11 (no bias/BN) at `width`, trained `epochs` epochs on digits with the default recipe.
 
     A trained network, the kind `ofexp evaluate` measures: its Hessian spectrum has a
@@ -60,7 +65,7 @@ def trained_vgg(width: float, splits, epochs: int = 2, seed: int = 0) -> nn.Modu
     seed_everything(seed)
     model = build_model(ModelSpec("vgg11", 10, 1, 32, width=width))
     init_weights(model, recipe.init)
-    fit(model, splits, recipe, device=torch.device("cpu"), seed=seed, progress=False)
+    fit(model, splits, recipe, device=torch.device(device), seed=seed, progress=False)
     model.zero_grad(set_to_none=True)
     return model.eval()
 
@@ -115,7 +120,7 @@ class _CountedPyhessian:
         self.cls, self.module = hessian_cls, sys.modules[hessian_cls.__module__]
         self.products = 0
 
-    def __call__(self, model, x, y):
+    def __call__(self, model, x, y, cuda: bool = False):
         original = self.module.hessian_vector_product
 
         def counted(*args, **kwargs):
@@ -125,7 +130,7 @@ class _CountedPyhessian:
         self.products = 0
         self.module.hessian_vector_product = counted
         try:
-            comp = self.cls(model, nn.CrossEntropyLoss(), data=(x, y), cuda=False)
+            comp = self.cls(model, nn.CrossEntropyLoss(), data=(x, y), cuda=cuda)
             top, _ = comp.eigenvalues(maxIter=100, tol=1e-3)
             return top[0], comp.trace(maxIter=100, tol=1e-3)
         finally:
@@ -133,6 +138,7 @@ class _CountedPyhessian:
 
 
 def bench_hessian(model: nn.Module, x, y, repeats: int) -> Result:
+    on_gpu = x.device.type == "cuda"
     pyh = _pyhessian()
     counted = _CountedPyhessian(pyh) if pyh is not None else None
     ours_products = []
@@ -147,7 +153,7 @@ def bench_hessian(model: nn.Module, x, y, repeats: int) -> Result:
 
     def baseline():
         twin = copy.deepcopy(model)
-        return _baseline_hessian(twin, x, y) if counted is None else counted(twin, x, y)
+        return _baseline_hessian(twin, x, y) if counted is None else counted(twin, x, y, cuda=on_gpu)
 
     ours_s, base_s, (top, trace), (b_top, b_samples) = time_pair(ours, baseline, repeats, warmup=0)
     b_trace = float(np.mean(b_samples))
@@ -176,18 +182,19 @@ def bench_hessian(model: nn.Module, x, y, repeats: int) -> Result:
 
 def _baseline_lipschitz(model: nn.Module, shape, max_iter: int = 500, tol: float = 1e-8) -> float:
     """The report's loop: each iteration re-runs f(0) and back-propagates into the weights too."""
-    v = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    device = next(model.parameters()).device
+    v = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
     v = v / v.norm()
     for _ in range(max_iter):
         v = v.detach().requires_grad_(True)
-        g = model(v) - model(torch.zeros(shape))
+        g = model(v) - model(torch.zeros(shape, device=device))
         model.zero_grad()
         (g.norm() ** 2).backward()
         v_prev, v = v.detach(), (v.grad / v.grad.norm()).detach()
         if (v - v_prev).norm() < tol:
             break
     with torch.no_grad():
-        value = float((model(v) - model(torch.zeros(shape))).norm())
+        value = float((model(v) - model(torch.zeros(shape, device=device))).norm())
     model.zero_grad(set_to_none=True)
     return value
 
@@ -202,8 +209,11 @@ def _one_thread(fn):
 def bench_lipschitz(model: nn.Module, shape, repeats: int, max_iter: int, warmup: int) -> list[Result]:
     """Two rows: vs the report's loop at torch's default threads (as it ran), and both on one thread."""
     out = []
-    for label, base_fn in (("default threads", lambda: _baseline_lipschitz(model, shape, max_iter)),
-                           ("1 thread", _one_thread(lambda: _baseline_lipschitz(model, shape, max_iter)))):
+    cases = [("default threads", lambda: _baseline_lipschitz(model, shape, max_iter)),
+             ("1 thread", _one_thread(lambda: _baseline_lipschitz(model, shape, max_iter)))]
+    if next(model.parameters()).device.type == "cuda":  # CPU threads barely matter there
+        cases = [("the GPU", cases[0][1])]
+    for label, base_fn in cases:
         ours_s, base_s, ours, base = time_pair(lambda: lipschitz(model, shape, max_iter=max_iter),
                                                base_fn, repeats, warmup)
         rel = abs(ours - base) / abs(base)
@@ -247,7 +257,7 @@ def _loop_sharpness(model, x, y, sigma, loss, budget: SearchBudget, magnitude_aw
         params = list(twin.parameters())
         with torch.no_grad():
             for p in params:
-                p.add_((torch.rand(p.shape, generator=gen) - 0.5) * sigma)
+                p.add_(((torch.rand(p.shape, generator=gen) - 0.5) * sigma).to(p.device))
         for _ in range(budget.ascent_steps):
             idx = torch.randint(x.shape[0], (budget.batch_size,), generator=gen)
             twin.zero_grad()
@@ -267,13 +277,14 @@ def _loop_pac_bayes(model, x, y, sigma, loss, budget: SearchBudget) -> float:
         twin = copy.deepcopy(model)
         with torch.no_grad():
             for p in twin.parameters():
-                p.add_(torch.randn(p.shape, generator=gen) * sigma)
+                p.add_((torch.randn(p.shape, generator=gen) * sigma).to(p.device))
         losses.append(_loop_losses(twin, x, y, budget.pac_bayes_batches, budget.batch_size, gen))
     return abs(loss - float(np.mean(losses)))
 
 
 def bench_search_steps(model, splits, budget: SearchBudget, repeats: int, warmup: int) -> list[Result]:
-    x, y = splits.train_x, splits.train_y
+    device = next(model.parameters()).device
+    x, y = splits.train_x.to(device), splits.train_y.to(device)
     loss = training_loss(model, x, y)
     out = []
     for name, sigma, ours, base, depth in (
@@ -332,18 +343,26 @@ def bench_evaluate_rss(width: float) -> Result:
 
 def run(quick: bool, repeats: int) -> list[Result]:
     """Full: full-width VGG11 (searches: width 0.25, the report's budget). Quick: width 0.125, small budgets, no RSS."""
+    device = bench_device()
+    with float32_kernels():  # IEEE float32 on a GPU, as `ofexp evaluate` measures
+        return _run(quick, repeats, device)
+
+
+def _run(quick: bool, repeats: int, device: str) -> list[Result]:
     splits = load_dataset(DataConfig())
     width = 0.125 if quick else 1.0
-    model = trained_vgg(width, splits)
-    x, y = splits.test_x[:100], splits.test_y[:100]
-    heavy = repeats if quick else 1  # one full-width pyhessian run takes minutes
-    warm = 1 if quick else 0  # an untimed first call (lazy kernels, allocator) where it is cheap
+    model = trained_vgg(width, splits, device=device)
+    x, y = splits.test_x[:100].to(device), splits.test_y[:100].to(device)
+    heavy = repeats if quick or device == "cuda" else 1  # one full-width pyhessian run takes minutes on a CPU
+    warm = 1 if quick or device == "cuda" else 0  # an untimed first call (lazy kernels, allocator) where cheap
     results = [bench_hessian(model, x, y, heavy),
                *bench_lipschitz(model, (1, 1, 32, 32), heavy, max_iter=50 if quick else 500, warmup=warm)]
-    narrow = model if quick else trained_vgg(0.25, splits)
+    narrow = model if quick else trained_vgg(0.25, splits, device=device)
     budget = (SearchBudget(sharpness_draws=4, ascent_steps=3, sharpness_batches=2, pac_bayes_draws=4,
                            pac_bayes_batches=2) if quick else SearchBudget())
     results += bench_search_steps(narrow, splits, budget, heavy, warm)
-    if not quick:
+    for r in results:
+        r.name += f" ({device})"
+    if not quick and device == "cpu":
         results.append(bench_evaluate_rss(1.0))
     return results

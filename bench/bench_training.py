@@ -6,10 +6,13 @@ permutation). Baseline: a torchvision-style data set whose __getitem__ turns eac
 into a PIL image and applies ToTensor and Normalize, read through a DataLoader (batch
 64, shuffle, num_workers=0), feeding the same network, loss and SGD optimizer.
 
-Both sides run on one torch thread: on the shared 2-core machine two threads
+On the CPU both sides run on one torch thread: on the shared 2-core machine two threads
 oversubscribe the cores and timings swing by 10x (measured: 24-41 s against 1.2 s for
-one epoch of VGG11 width 0.125). On a GPU (`device=cuda`) each side moves its batches
-to the GPU as it would in real use: ofexp keeps the whole set there.
+one epoch of VGG11 width 0.125). On a GPU (`python -m bench --device cuda`) each side
+moves its batches to the GPU as it would in real use (ofexp keeps the whole set there),
+the CIFAR-sized rows use the report's full-width VGG11, and each side runs with its own
+default numerics: ofexp's IEEE float32 with deterministic cuDNN (`fit`'s), the plain
+loop's PyTorch defaults (cuDNN may pick TF32 and non-deterministic kernels).
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from bench.common import Result, one_thread, time_pair
+from bench.common import Result, bench_device, one_thread, sync, time_pair
 from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.data.splits import finish_splits
 from ofexp.models import ModelSpec, build_model, init_weights
@@ -106,6 +109,7 @@ class EpochPair:
         base_model = build_model(spec)
         init_weights(base_model, "kaiming")
         self.device = torch.device(device)
+        self.speed = speed
         recipe = make_recipe("report", lr=LR, batch_size=BATCH)
         # ours: the loop fit() runs, with fit's data placement (whole set on the device, once)
         self.model = copy.deepcopy(base_model).to(self.device)
@@ -122,25 +126,22 @@ class EpochPair:
         self.loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=0)
 
     def ours(self) -> float:
-        out = train_one_epoch(self.forward, self.optimizer, self.scheduler, self.x, self.y, batch_size=BATCH,
-                              generator=self.generator, device=self.device)
-        _sync(self.device)
+        with self.speed.numerics():  # as fit() runs it
+            out = train_one_epoch(self.forward, self.optimizer, self.scheduler, self.x, self.y, batch_size=BATCH,
+                                  generator=self.generator, device=self.device)
+            sync(self.device)
         return out["loss"]
 
     def baseline(self) -> float:
         loss = plain_epoch(self.plain_model, self.plain_optimizer, self.loader, self.device)
-        _sync(self.device)
+        sync(self.device)
         return loss
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _result(name: str, pair: EpochPair, repeats: int, target: str, threshold: float | None, **notes) -> Result:
     ours_s, base_s, ours_loss, base_loss = time_pair(pair.ours, pair.baseline, repeats)
-    result = Result(name, "ofexp train_one_epoch (in-memory tensors)",
+    flags = " ".join(f"--{k.replace('_', '-')}" for k, v in pair.speed.to_params().items() if v == "True")
+    result = Result(name, "ofexp train_one_epoch (in-memory tensors)" + (f", {flags}" if flags else ""),
                     "PIL->ToTensor->Normalize + DataLoader loop", ours_s, base_s, target=target,
                     notes={"device": str(pair.device), "torch_threads": torch.get_num_threads(),
                            "images": int(pair.y.shape[0]), "last_loss_ours": ours_loss,
@@ -151,27 +152,35 @@ def _result(name: str, pair: EpochPair, repeats: int, target: str, threshold: fl
 
 
 def run(quick: bool, repeats: int) -> list[Result]:
-    with one_thread():
-        return _run(quick, repeats)
+    device = bench_device()
+    if device == "cpu":
+        with one_thread():
+            return _run(quick, repeats, device)
+    return _run(quick, repeats, device)
 
 
-def _run(quick: bool, repeats: int) -> list[Result]:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+def _run(quick: bool, repeats: int, device: str) -> list[Result]:
+    on_gpu = device == "cuda"
     width = 0.125 if quick else 0.25
     results = []
     splits, images, labels = digits_pair()
     print(f"[bench] training: digits, vgg11 width {width}, {device}", file=sys.stderr, flush=True)
     results.append(_result(f"train epoch: digits vgg11 w{width} ({device})", EpochPair(splits, images, labels,
                            width, device), repeats, "ratio >= 1.0", 1.0, width=width))
-    n = 1000 if quick else 5000
+    n = (2000 if quick else 10000) if on_gpu else (1000 if quick else 5000)
+    width = 1.0 if on_gpu else width  # a GPU trains the report's full-width VGG11
     splits, images, labels = cifar_like(n)
-    print(f"[bench] training: {n} CIFAR-sized images, {device}", file=sys.stderr, flush=True)
-    on_gpu = device == "cuda"
+    print(f"[bench] training: {n} CIFAR-sized images, vgg11 width {width}, {device}", file=sys.stderr, flush=True)
     results.append(_result(f"train epoch: {n} synthetic CIFAR vgg11 w{width} ({device})",
                            EpochPair(splits, images, labels, width, device), repeats,
-                           "ratio >= 2 on a GPU" if on_gpu else "report (target >= 2 is for GPUs)",
-                           2.0 if on_gpu else None, width=width))
-    results += _speed_flags(quick, repeats, device, width)
+                           "report: IEEE float32 against the loop's TF32" if on_gpu
+                           else "report (target >= 2 is for GPUs)", None, width=width))
+    if on_gpu:  # the GPU target, at the loop's own precision: ofexp with its speed flags
+        fast = SpeedOptions(channels_last=True, tf32=True)
+        results.append(_result(f"train epoch --channels-last --tf32: {n} synthetic CIFAR vgg11 w{width} ({device})",
+                               EpochPair(splits, images, labels, width, device, fast), repeats,
+                               "ratio >= 2 on a GPU", 2.0, width=width))
+    results += _speed_flags(quick, repeats, device, width, n)
     return results
 
 
@@ -192,20 +201,25 @@ class FlagPair:
         return self.off.ours()
 
 
-def _speed_flags(quick: bool, repeats: int, device: str, width: float) -> list[Result]:
-    """Do --channels-last and --compile help here? Each against ofexp's default epoch."""
-    cases = [("digits", digits_pair, SpeedOptions(channels_last=True))]
-    if not quick:
-        cases += [("5000 synthetic CIFAR", lambda: cifar_like(5000), SpeedOptions(channels_last=True)),
-                  ("digits", digits_pair, SpeedOptions(compile=True))]
+def _speed_flags(quick: bool, repeats: int, device: str, width: float, n: int) -> list[Result]:
+    """Do --channels-last, --compile and --tf32 help here? Each against ofexp's default epoch."""
+    cifar = (f"{n} synthetic CIFAR", lambda: cifar_like(n))
+    if device == "cuda":  # the flags are for the GPU: time them on the CIFAR-sized, full-width case
+        cases = [(*cifar, SpeedOptions(channels_last=True)), (*cifar, SpeedOptions(tf32=True)),
+                 (*cifar, SpeedOptions(channels_last=True, tf32=True))]
+        cases += [] if quick else [(*cifar, SpeedOptions(compile=True))]
+    else:
+        cases = [("digits", digits_pair, SpeedOptions(channels_last=True))]
+        cases += [] if quick else [(*cifar, SpeedOptions(channels_last=True)),
+                                   ("digits", digits_pair, SpeedOptions(compile=True))]
     results = []
     for label, data, speed in cases:
-        flag = "--compile" if speed.compile else "--channels-last"
+        flag = " ".join(f"--{k.replace('_', '-')}" for k, v in speed.to_params().items() if v == "True")
         print(f"[bench] training: {flag} on {label}", file=sys.stderr, flush=True)
         pair = FlagPair(data(), width, device, speed)
         ours_s, base_s, _, _ = time_pair(pair.ours, pair.baseline, repeats)
         results.append(Result(f"train epoch {flag}: {label} vgg11 w{width} ({device})", f"ofexp {flag}",
-                              "ofexp default (eager, NCHW)", ours_s, base_s, target="report (helps if ratio > 1)",
+                              "ofexp default (eager, NCHW, IEEE float32)", ours_s, base_s, target="report (helps if ratio > 1)",
                               notes={"device": device, "torch_threads": torch.get_num_threads(),
                                      **({"note": "compile time excluded (paid in the warm-up call)"}
                                         if speed.compile else {})}))

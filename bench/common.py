@@ -77,6 +77,31 @@ def time_pair(ours: Callable[[], object], baseline: Callable[[], object] | None,
     return ours_s, base_s, ours_value, base_value
 
 
+_DEVICE: list[str] = []  # set once by `python -m bench --device`
+
+
+def set_device(name: str) -> None:
+    """Where the benchmarks that can use a GPU run: "cpu", "cuda" or "auto" (cuda when there is one)."""
+    _DEVICE[:] = [name]
+
+
+def bench_device() -> str:
+    import torch
+
+    name = _DEVICE[0] if _DEVICE else "auto"
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def sync(device: str) -> None:
+    """Wait for queued GPU work, so that a timer around a call measures the call."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 @contextmanager
 def one_thread() -> Iterator[None]:
     """torch on one intra-op thread for the block, then the previous setting.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.common import Result
+from bench.common import Result, bench_device, set_device
 
 # Modules bench/bench_<area>.py; each defines run(quick, repeats) -> list[Result].
 MODULES = ("fusion", "measures", "training", "tracking", "report")
@@ -43,11 +43,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="Timed repeats per side (median reported).")
     parser.add_argument("--only", action="append", choices=MODULES, help="Run only this area (repeatable).")
     parser.add_argument("--json", type=Path, default=None, help="Where to write the results [bench/results/<time>.json].")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="Where training and the measures run [auto: cuda when there is one].")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
 
     import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA GPU here; use --device cpu")
+    set_device(args.device)
 
     results: list[Result] = []
     for area in args.only or _available():
@@ -63,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     path.write_text(json.dumps({
         "quick": args.quick, "repeats": args.repeats, "python": platform.python_version(),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+        "device": bench_device(), "gpu": torch.cuda.get_device_name() if bench_device() == "cuda" else None,
         "results": [r.to_dict() for r in results],
     }, indent=2))
     print(f"[bench] wrote {path}", file=sys.stderr)
