@@ -106,7 +106,8 @@ def train(**kw) -> None:
 @click.command()
 @click.option("--parents", required=True, help="Comma-separated train run IDs, e.g. ID1,ID2.")
 @fusion_options
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True,
+              help="cpu, cuda, mps or auto: where the fused network is tested (the fusion itself runs on the CPU).")
 @experiment_option
 def fuse(parents: str, device: str, experiment_name: str | None, **kw) -> None:
     """Fuse parent train runs, by run ID; print '<method> <run_id>' per fuse run."""

@@ -10,7 +10,7 @@ from ofexp.cli.options import OPT_STR, experiment_option
 @click.command()
 @click.option("--parents", required=True, help="Comma-separated train or fuse run IDs, e.g. ID1,ID2.")
 @click.option("--run-name", type=OPT_STR, default=None, help="MLflow run name [default: 'ensemble of K ARCH DATASET'].")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto: where the ensemble is tested.")
 @experiment_option
 def ensemble(parents: str, run_name: str | None, device: str, experiment_name: str | None) -> None:
     """Log the ensemble of runs (mean of their softmax outputs) as a run; print its ID.
