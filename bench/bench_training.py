@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import sys
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.data.splits import finish_splits
 from ofexp.models import ModelSpec, build_model, init_weights
 from ofexp.training import SpeedOptions, build_optimizer, build_scheduler, make_recipe, train_one_epoch
+from ofexp.training.speed import float32_kernels
 
 BATCH = 64
 LR = 0.01  # the default recipe's; the report's 0.05 leaves a kaiming-initialised VGG11 unstable
@@ -101,7 +103,7 @@ class EpochPair:
     """One network trained on both paths; each call of ours()/baseline() is one epoch."""
 
     def __init__(self, splits: DataSplits, images: np.ndarray, labels: np.ndarray, width: float, device: str,
-                 speed: SpeedOptions = SpeedOptions()) -> None:
+                 speed: SpeedOptions = SpeedOptions(), baseline_ieee: bool = False) -> None:
         info = splits.info
         spec = ModelSpec("vgg11", num_classes=info.num_classes, in_channels=info.in_channels,
                          input_size=info.input_size, width=width)
@@ -110,6 +112,7 @@ class EpochPair:
         init_weights(base_model, "kaiming")
         self.device = torch.device(device)
         self.speed = speed
+        self.baseline_ieee = baseline_ieee  # the plain loop in IEEE float32 too, rather than PyTorch's defaults
         recipe = make_recipe("report", lr=LR, batch_size=BATCH)
         # ours: the loop fit() runs, with fit's data placement (whole set on the device, once)
         self.model = copy.deepcopy(base_model).to(self.device)
@@ -133,8 +136,9 @@ class EpochPair:
         return out["loss"]
 
     def baseline(self) -> float:
-        loss = plain_epoch(self.plain_model, self.plain_optimizer, self.loader, self.device)
-        sync(self.device)
+        with float32_kernels() if self.baseline_ieee else nullcontext():
+            loss = plain_epoch(self.plain_model, self.plain_optimizer, self.loader, self.device)
+            sync(self.device)
         return loss
 
 
@@ -175,6 +179,10 @@ def _run(quick: bool, repeats: int, device: str) -> list[Result]:
                            EpochPair(splits, images, labels, width, device), repeats,
                            "report: IEEE float32 against the loop's TF32" if on_gpu
                            else "report (target >= 2 is for GPUs)", None, width=width))
+    if on_gpu:  # both defaults at one precision: the plain loop in IEEE float32 too
+        results.append(_result(f"train epoch, loop in IEEE float32: {n} synthetic CIFAR vgg11 w{width} ({device})",
+                               EpochPair(splits, images, labels, width, device, baseline_ieee=True), repeats,
+                               "report", None, width=width, baseline="IEEE float32"))
     if on_gpu:  # the GPU target, at the loop's own precision: ofexp with its speed flags
         fast = SpeedOptions(channels_last=True, tf32=True)
         results.append(_result(f"train epoch --channels-last --tf32: {n} synthetic CIFAR vgg11 w{width} ({device})",
