@@ -157,6 +157,7 @@ def _train_params(cfg: StudyConfig, seed: int) -> dict[str, str]:
         "recipe": r.name, "epochs": str(r.epochs), "batch_size": str(r.batch_size), "lr": str(r.lr),
         "weight_decay": str(r.weight_decay), "init": r.init, "warmup_epochs": str(r.warmup_epochs), "grad_clip": str(r.grad_clip),
         "seed": str(seed), "device": t.device, "log_model": _flag(t.log_model),
+        **{flag: value.lower() for flag, value in t.speed.to_params().items()},  # "true"/"false"
     }
 
 

@@ -86,6 +86,18 @@ def test_train_jobs_carry_the_study_options_and_parent_seeds(jobs):
     for params in trains:
         assert (params["model"], params["width"], params["epochs"], params["dataset"]) == ("mlp", 0.25, 1, "digits")
         assert params["recipe"] == "default" and params["bias_value"] is False and params["log_model_value"] is True
+        assert params["tf32_value"] is False and params["channels_last_value"] is False
+
+
+def test_train_jobs_carry_the_speed_flags(capsys):
+    """A cluster is where the GPUs are: --tf32 and --channels-last must reach the train jobs."""
+    result = dry_run(capsys, "--tf32", "--channels-last")
+    assert result.returncode == 0, result.stderr
+    trains = [_ofexp_options(doc)[1] for doc in yaml.safe_load_all(result.stdout)
+              if doc and _ofexp_options(doc)[0] == "train"]
+    assert len(trains) == 4
+    for params in trains:
+        assert (params["tf32_value"], params["channels_last_value"], params["compile_value"]) == (True, True, False)
 
 
 def test_fuse_and_evaluate_jobs_take_earlier_steps_run_ids(jobs):
