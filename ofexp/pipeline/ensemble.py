@@ -14,6 +14,7 @@ from ofexp.models.ensemble import COMBINE, Ensemble, EnsembleSpec
 from ofexp.pipeline.fuse import _data_key
 from ofexp.tracking.artifacts import ENSEMBLE_STAGE, ModelRun
 from ofexp.training import evaluate, resolve_device
+from ofexp.training.speed import float32_kernels
 
 ENSEMBLE_WEIGHTS = "weights/ensemble.pt"  # the members' state dicts, keys 'members.<i>.<name>'
 
@@ -61,8 +62,10 @@ def run_ensemble(cfg: EnsembleConfig, splits: DataSplits | None = None) -> str:
         tracking.log_spec(spec, data, parents=cfg.parents)
         tracking.log_state_dict(model.state_dict(), ENSEMBLE_WEIGHTS)
         model.to(device)  # the members are its submodules: they move too
-        test = evaluate(model, splits.test_x, splits.test_y, device=device)
-        member_acc = [evaluate(m.model, splits.test_x, splits.test_y, device=device)["accuracy"] for m in members]
+        with float32_kernels():  # IEEE float32 on CUDA too, as ofexp trains and measures
+            test = evaluate(model, splits.test_x, splits.test_y, device=device)
+            member_acc = [evaluate(m.model, splits.test_x, splits.test_y, device=device)["accuracy"]
+                          for m in members]
         tracking.log_metrics({"test_accuracy": test["accuracy"], "test_loss": test["loss"],
                               **{f"member_test_accuracy/{i}": a for i, a in enumerate(member_acc, start=1)}})
         lines = [f"Prediction ensemble (mean of softmax outputs) of {len(members)} runs:"]

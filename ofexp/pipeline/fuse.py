@@ -17,6 +17,7 @@ from ofexp.fusion.naive import parent_specs
 from ofexp.fusion.interpolation import InterpolationCurve, fusion_curves, plot_curves
 from ofexp.models import ModelSpec
 from ofexp.training import evaluate, resolve_device
+from ofexp.training.speed import float32_kernels
 
 METHODS = ("naive", "geometric")
 
@@ -136,7 +137,8 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
             recompute_batchnorm_stats(fused, splits.train_x)
         diagnostics = _repair_and_diagnose(cfg, result, parents, inputs) if result is not None else {}
         # fusion (POT), its curves and its logged weights stay on the CPU; --device is where it is tested
-        test = evaluate(fused.to(device), splits.test_x, splits.test_y, device=device)
+        with float32_kernels():  # IEEE float32 on CUDA too, as ofexp trains and measures
+            test = evaluate(fused.to(device), splits.test_x, splits.test_y, device=device)
         fused.cpu()
         curves = _log_interpolation(cfg, parents, result, splits) if result and cfg.interpolation else {}
         tracking.log_spec(fused.spec, parents.data)

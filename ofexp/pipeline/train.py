@@ -98,7 +98,8 @@ def _fit_and_log(cfg: TrainConfig, model, splits: DataSplits, device, resume: di
                      resume=resume, progress=cfg.progress, speed=cfg.speed)
     tracking.log_state_dict(result.best_state, "weights/best.pt")
     tracking.log_state_dict(model.state_dict(), "weights/final.pt")
-    test = evaluate(model, splits.test_x, splits.test_y, device=device)
+    with cfg.speed.numerics():  # the test set under the numerics the network trained with
+        test = evaluate(model, splits.test_x, splits.test_y, device=device)
     tracking.log_metrics({
         "test_accuracy": test["accuracy"], "test_loss": test["loss"],
         "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
