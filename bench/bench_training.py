@@ -142,9 +142,14 @@ class EpochPair:
         return loss
 
 
+def _flag_words(speed: SpeedOptions) -> str:
+    """The `ofexp train` flags that turn these options on, e.g. "--channels-last --tf32"."""
+    return " ".join(f"--{k.replace('_', '-')}" for k, v in speed.to_params().items() if v == "True")
+
+
 def _result(name: str, pair: EpochPair, repeats: int, target: str, threshold: float | None, **notes) -> Result:
     ours_s, base_s, ours_loss, base_loss = time_pair(pair.ours, pair.baseline, repeats)
-    flags = " ".join(f"--{k.replace('_', '-')}" for k, v in pair.speed.to_params().items() if v == "True")
+    flags = _flag_words(pair.speed)
     result = Result(name, "ofexp train_one_epoch (in-memory tensors)" + (f", {flags}" if flags else ""),
                     "PIL->ToTensor->Normalize + DataLoader loop", ours_s, base_s, target=target,
                     notes={"device": str(pair.device), "torch_threads": torch.get_num_threads(),
@@ -179,11 +184,12 @@ def _run(quick: bool, repeats: int, device: str) -> list[Result]:
                            EpochPair(splits, images, labels, width, device), repeats,
                            "report: IEEE float32 against the loop's TF32" if on_gpu
                            else "report (target >= 2 is for GPUs)", None, width=width))
-    if on_gpu:  # both defaults at one precision: the plain loop in IEEE float32 too
+    if on_gpu:
+        # both defaults at one precision: the plain loop in IEEE float32 too
         results.append(_result(f"train epoch, loop in IEEE float32: {n} synthetic CIFAR vgg11 w{width} ({device})",
                                EpochPair(splits, images, labels, width, device, baseline_ieee=True), repeats,
                                "report", None, width=width, baseline="IEEE float32"))
-    if on_gpu:  # the GPU target, at the loop's own precision: ofexp with its speed flags
+        # the GPU target, at the loop's own precision: ofexp with its speed flags
         fast = SpeedOptions(channels_last=True, tf32=True)
         results.append(_result(f"train epoch --channels-last --tf32: {n} synthetic CIFAR vgg11 w{width} ({device})",
                                EpochPair(splits, images, labels, width, device, fast), repeats,
@@ -222,7 +228,7 @@ def _speed_flags(quick: bool, repeats: int, device: str, width: float, n: int) -
                                    ("digits", digits_pair, SpeedOptions(compile=True))]
     results = []
     for label, data, speed in cases:
-        flag = " ".join(f"--{k.replace('_', '-')}" for k, v in speed.to_params().items() if v == "True")
+        flag = _flag_words(speed)
         print(f"[bench] training: {flag} on {label}", file=sys.stderr, flush=True)
         pair = FlagPair(data(), width, device, speed)
         ours_s, base_s, _, _ = time_pair(pair.ours, pair.baseline, repeats)

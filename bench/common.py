@@ -77,21 +77,21 @@ def time_pair(ours: Callable[[], object], baseline: Callable[[], object] | None,
     return ours_s, base_s, ours_value, base_value
 
 
-_DEVICE: list[str] = []  # set once by `python -m bench --device`
+_device = "auto"  # set once by `python -m bench --device`
 
 
 def set_device(name: str) -> None:
     """Where the benchmarks that can use a GPU run: "cpu", "cuda" or "auto" (cuda when there is one)."""
-    _DEVICE[:] = [name]
+    global _device
+    _device = name
 
 
 def bench_device() -> str:
     import torch
 
-    name = _DEVICE[0] if _DEVICE else "auto"
-    if name == "auto":
+    if _device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    return _device
 
 
 def sync(device: str) -> None:

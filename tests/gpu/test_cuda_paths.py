@@ -19,6 +19,7 @@ from ofexp.fusion import alignment_spec, geometric_fuse, permute_model
 from ofexp.fusion.groups import group_sizes
 from ofexp.metrics import (SearchBudget, hessian_lanczos, hessian_top_eigenvalue, hessian_trace_exact, lipschitz,
                            pac_bayes_deviation, sharpness_deviation)
+from ofexp.metrics.sharpness import training_loss
 from ofexp.models import ModelSpec, build_model, init_weights
 from ofexp.training import SpeedOptions, fit, make_recipe
 from ofexp.training.speed import float32_kernels
@@ -138,7 +139,7 @@ def test_all_draws_at_once_on_cuda_equal_one_at_a_time(trained, digits_small, se
     """The GPU's default (every draw in one vmap) against one draw at a time, same noise."""
     model = copy.deepcopy(trained[0]).to(CUDA)
     x, y = digits_small.train_x.to(CUDA), digits_small.train_y.to(CUDA)
-    loss = float(F.cross_entropy(model(x), y))
+    loss = training_loss(model, x, y)
     fn, sigma = (sharpness_deviation, 0.05) if search == "sharpness" else (pac_bayes_deviation, 0.01)
     together, single = (fn(model, x, y, sigma, loss=loss, budget=BUDGET, chunk=chunk,
                            generator=torch.Generator().manual_seed(1)) for chunk in (None, 1))
