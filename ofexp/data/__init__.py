@@ -17,6 +17,10 @@ def load_dataset(cfg: DataConfig) -> DataSplits:
         from ofexp.data.digits import load_digits
 
         return load_digits(cfg)
+    if cfg.name == "fashion_mnist":
+        from ofexp.data.fashion_mnist import load_fashion_mnist
+
+        return load_fashion_mnist(cfg)
     if cfg.name in ("cifar10", "cifar100"):
         from ofexp.data.cifar import load_cifar
 

@@ -73,7 +73,7 @@ def test_holdout_indices_partition_and_stratify():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"name": "mnist"}, "digits, cifar10, cifar100, imagefolder"),
+        ({"name": "mnist"}, "digits, fashion_mnist, cifar10, cifar100, imagefolder"),
         ({"val_fraction": 0.0}, "--val-fraction"),
         ({"val_fraction": 1.0}, "--val-fraction"),
         ({"image_size": 0}, "--image-size"),
@@ -89,7 +89,7 @@ def test_to_params_is_flat_strings():
     params = DataConfig(name="cifar10").to_params()
     assert params["dataset"] == "cifar10" and params["data_dir"] == "./data"
     assert all(isinstance(v, str) for v in params.values())
-    assert DATASETS == ("digits", "cifar10", "cifar100", "imagefolder")
+    assert DATASETS == ("digits", "fashion_mnist", "cifar10", "cifar100", "imagefolder")
 
 
 # ---------------------------------------------------------------- CIFAR on tiny generated files
