@@ -46,6 +46,7 @@ def _fuse_options(kw: dict) -> dict:
         fusion_weights=_float_list(weights, "--fusion-weights") if weights else None,
         target=kw.pop("target"), solver=kw.pop("solver"), reg=kw.pop("reg"), alignment=kw.pop("alignment"),
         activation_samples=kw.pop("activation_samples"), interpolation=pop_flag(kw, "interpolation"),
+        curve_samples=kw.pop("curve_samples"),
         repair=pop_flag(kw, "repair"),
     )
 
@@ -65,6 +66,9 @@ def fusion_options(f):
              "mean/std on the activation samples (REPAIR, Jordan et al. 2023)."),
         flag("interpolation", "Log test loss/accuracy at 11 points between the target parent and the other "
              "parent (raw, aligned) and the fused net, with barriers and a plot.", default=True),
+        click.option("--curve-samples", type=click.INT, default=2000, show_default=True,
+                     help="Interpolation curves' budget: test images per point (fixed sample) and training "
+                          "images for batch-norm statistics."),
     ]
     for option in reversed(options):
         f = option(f)

@@ -39,6 +39,10 @@ class FuseConfig:
     repair: bool = False
     # Loss/accuracy along 3 straight lines (11 points each) on the test set; cheap on digits (README).
     interpolation: bool = True
+    # The curves' budget: 33 points, each a pass over the test images and, for batch-norm nets,
+    # a statistics pass over training images. A fixed sample of this many of each keeps the
+    # curves at seconds on Fashion-MNIST (60k/10k images); digits' 360 test images are all used.
+    curve_samples: int = 2000
     device: str = "auto"
     # Appended to the run name (the study passes "seed3"), so a study's fuse runs are told apart.
     run_label: str = ""
@@ -53,6 +57,8 @@ class FuseConfig:
             raise ConfigError(f"unknown fusion method {','.join(unknown) or '(none)'}; use naive, geometric or both")
         if self.activation_samples < 2:
             raise ConfigError(f"--activation-samples must be ≥ 2, got {self.activation_samples}")
+        if self.curve_samples < 2:
+            raise ConfigError(f"--curve-samples must be ≥ 2, got {self.curve_samples}")
         if self.fusion_weights is not None and len(self.fusion_weights) != len(self.parents):
             raise ConfigError(f"--fusion-weights has {len(self.fusion_weights)} values for {len(self.parents)} parents; give one per parent")
         k = len(self.parents)
@@ -73,6 +79,7 @@ class FuseConfig:
         options = {**common, "alignment": self.alignment, "solver": self.solver, "reg": self.reg,
                    "target": self.target, "recompute_bn": self.recompute_bn, "repair": self.repair,
                    "interpolation": self.interpolation,
+                   **({"curve_samples": self.curve_samples} if self.interpolation else {}),
                    # alignment="activations", --repair and the diagnostics all read these samples
                    "activation_samples": self.activation_samples}
         return options
@@ -155,7 +162,8 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
             figure = plots.alignment_figure(diagnostics, f"{name}: test accuracy {test['accuracy']:.4f}")
             log_figure(figure, "plots/alignment.png")
             plots.close(figure)
-        tracking.set_description(_describe(cfg, method, parents, test["accuracy"], curves, diagnostics))
+        tracking.set_description(_describe(cfg, method, parents, test["accuracy"], len(splits.test_x), curves,
+                                           diagnostics))
         return run.info.run_id
 
 
@@ -170,9 +178,14 @@ def _repair_and_diagnose(cfg: FuseConfig, result, parents: _Parents, inputs: tor
 
 def activation_inputs(splits: DataSplits, n: int) -> torch.Tensor:
     """A fixed sample (seed 0) of n training inputs, the same for every fusion of this data."""
-    generator = torch.Generator().manual_seed(0)
-    index = torch.randperm(len(splits.train_x), generator=generator)[:n]
-    return splits.train_x[index]  # [n, C, H, W]
+    return splits.train_x[_fixed_sample(len(splits.train_x), n)]  # [n, C, H, W]
+
+
+def _fixed_sample(total: int, n: int) -> torch.Tensor:
+    """n of range(total) drawn with seed 0 (all of them, in order, when n ≥ total)."""
+    if n >= total:
+        return torch.arange(total)
+    return torch.randperm(total, generator=torch.Generator().manual_seed(0))[:n]
 
 
 def _plans_by_parent(plans: dict[str, list[torch.Tensor]], k: int, target: int) -> dict[str, torch.Tensor]:
@@ -186,8 +199,10 @@ def _log_interpolation(cfg: FuseConfig, parents: _Parents, result, splits: DataS
     k = len(parents.models)
     t = cfg.target % k
     other = next(i for i in range(k) if i != t)  # the first non-target parent
+    test = _fixed_sample(len(splits.test_x), cfg.curve_samples)
     curves = fusion_curves(parents.models[t], parents.models[other], result.aligned[0], result.model,
-                           splits.test_x, splits.test_y, bn_inputs=splits.train_x)
+                           splits.test_x[test], splits.test_y[test],
+                           bn_inputs=activation_inputs(splits, cfg.curve_samples))
     for step in range(len(curves["parent_fused"].alphas)):  # step = α index: α = step / 10
         metrics = {}
         for name, c in curves.items():
@@ -200,7 +215,7 @@ def _log_interpolation(cfg: FuseConfig, parents: _Parents, result, splits: DataS
     return curves
 
 
-def _describe(cfg: FuseConfig, method: str, parents: _Parents, accuracy: float,
+def _describe(cfg: FuseConfig, method: str, parents: _Parents, accuracy: float, curve_test_images: int,
               curves: dict[str, InterpolationCurve], diagnostics: dict[str, dict[str, float]]) -> str:
     k = len(cfg.parents)
     weights = ", ".join(f"{w:g}" for w in cfg.fusion_weights) if cfg.fusion_weights else "equal"
@@ -220,7 +235,8 @@ def _describe(cfg: FuseConfig, method: str, parents: _Parents, accuracy: float,
     versus = f" (parents: {' / '.join(f'{a:.4f}' for a in known)})" if known else ""
     lines.append(f"Fused test accuracy: {accuracy:.4f}{versus}.")
     if curves:
-        lines.append("Loss barriers: " + ", ".join(f"{n} {c.loss_barrier:.4f}" for n, c in curves.items()) + ".")
+        lines.append(f"Interpolation curves on {min(cfg.curve_samples, curve_test_images)} test images "
+                     f"(--curve-samples {cfg.curve_samples}). Loss barriers: " + ", ".join(f"{n} {c.loss_barrier:.4f}" for n, c in curves.items()) + ".")
     if diagnostics:
         corr = [d["match_correlation"] for d in diagnostics.values()]
         ratio = [d["std_ratio"] for d in diagnostics.values()]

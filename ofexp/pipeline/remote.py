@@ -169,6 +169,7 @@ def _fuse_params(cfg: StudyConfig, method: str) -> dict[str, str]:
         "solver": opts.get("solver", "exact"), "reg": str(opts.get("reg", 0.01)),
         "alignment": opts.get("alignment", "activations"),
         "activation_samples": str(opts.get("activation_samples", 256)), "repair": _flag(opts.get("repair", False)),
+        "curve_samples": str(opts.get("curve_samples", 2000)),
         "device": cfg.train.device,
     }
 

@@ -5,6 +5,7 @@ Weights are state dicts saved with `torch.save` and read with
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -255,9 +256,17 @@ def log_mlflow_model(model: nn.Module, input_example: torch.Tensor) -> str:
 
 
 def log_dataset_input(name: str, source: str, inputs: torch.Tensor, targets: torch.Tensor, context: str) -> None:
-    """Record the data a run used as an MLflow dataset input (name, source, digest)."""
+    """Record the data a run used as an MLflow dataset input (name, source, digest).
+
+    The digest is the sha256 of all images and labels, read in place: MLflow's own
+    digest flattens a copy of the whole array to hash its first rows (220 MB more peak
+    memory on Fashion-MNIST, for a weaker fingerprint).
+    """
+    x, y = inputs.detach().cpu().contiguous().numpy(), targets.detach().cpu().contiguous().numpy()
+    digest = hashlib.sha256(memoryview(x).cast("B"))
+    digest.update(memoryview(y).cast("B"))
     dataset = mlflow.data.from_numpy(
-        inputs.cpu().numpy(), targets=targets.cpu().numpy(), name=name,
+        x, targets=y, name=name, digest=digest.hexdigest()[:16],
         source=source if _is_resolvable_source(source) else None,
     )
     mlflow.log_input(dataset, context=context)
