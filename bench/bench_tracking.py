@@ -14,15 +14,13 @@ epoch (run start-up and teardown dominate it), and the per-epoch cost from the t
 """
 from __future__ import annotations
 
-import os
 import statistics
 import sys
-import tempfile
 from dataclasses import replace
 
 import torch
 
-from bench.common import Result, one_thread, time_pair
+from bench.common import Result, one_thread, temporary_tracking, time_pair
 from ofexp.data import load_dataset
 from ofexp.models import build_model, init_weights
 from ofexp.pipeline import TrainConfig, run_train
@@ -50,25 +48,8 @@ def _per_epoch(long_s: list[float], short_s: list[float], epochs: int) -> list[f
 
 
 def run(quick: bool, repeats: int) -> list[Result]:
-    import mlflow
-    from mlflow.tracking import fluent
-
-    # set_tracking_uri/set_experiment pin process-wide state (and env vars): put it all back
-    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
-    saved_experiment = fluent._active_experiment_id
-    try:
-        with one_thread(), tempfile.TemporaryDirectory(prefix="ofexp-bench-tracking-") as tmp:
-            mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
-            mlflow.set_experiment("bench-tracking")
-            return _run(quick, repeats, tmp)
-    finally:
-        mlflow.set_tracking_uri(saved_env["MLFLOW_TRACKING_URI"])
-        fluent._active_experiment_id = saved_experiment
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with one_thread(), temporary_tracking("ofexp-bench-tracking-") as tmp:
+        return _run(quick, repeats, tmp)
 
 
 def _run(quick: bool, repeats: int, tmp: str) -> list[Result]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import sys
 import time
@@ -19,7 +20,7 @@ import pandas as pd
 from bench.common import Result, bench_device, set_device
 
 # Modules bench/bench_<area>.py; each defines run(quick, repeats) -> list[Result].
-MODULES = ("fusion", "measures", "training", "tracking", "report")
+MODULES = ("fusion", "measures", "training", "tracking", "report", "fashion_mnist")
 
 
 def _available() -> list[str]:
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
+    # MLflow's per-artifact download bars would drown the bench's own lines on stderr
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA GPU here; use --device cpu")
     set_device(args.device)

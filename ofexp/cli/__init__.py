@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 import click
 
 from ofexp import __version__
+from ofexp.errors import Terminated, stop_on_termination_signals
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -51,18 +53,26 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    previous = stop_on_termination_signals()
     try:
         cli.main(args=args, prog_name="ofexp", standalone_mode=False)
     except click.exceptions.Exit as exc:  # --help, --version
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         _fail(exc.format_message(), exc.exit_code or EXIT_USAGE)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        # click turns KeyboardInterrupt, and so Terminated, into Abort
+        stopped = exc if isinstance(exc, Terminated) else exc.__context__
+        if isinstance(stopped, Terminated):
+            _fail(f"{stopped}; the runs it had open are marked KILLED", stopped.exit_code)
         _fail("interrupted", EXIT_INTERRUPTED)
     except Exception as exc:  # noqa: BLE001 - the one place that reports every error
         if debug:
             raise
         _fail(describe_error(exc), EXIT_ERROR)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def describe_error(exc: BaseException) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
@@ -19,18 +21,20 @@ import pandas as pd
 
 from ofexp import tracking
 from ofexp.data import DataConfig, DataSplits, load_dataset
-from ofexp.errors import ConfigError
+from ofexp.errors import ConfigError, stop_on_termination_signals
 from ofexp.metrics import PREDICTION_METRICS, resolve_measures
 from ofexp.metrics.context import PRESETS, search_budget
 from ofexp.pipeline import plots
 from ofexp.pipeline.ensemble import study_ensemble_step
 from ofexp.pipeline.evaluate import EvalConfig, run_evaluate
 from ofexp.pipeline.finetune import study_finetune_step
+from ofexp.pipeline.progress import StudyProgress
 from ofexp.pipeline.fuse import FuseConfig, run_fuse
 from ofexp.pipeline.report import (STEP_COLUMNS, StudyTables, build_tables, correlation_metrics, correlation_notes,
                                    results_csv, sort_steps, step_tags, summarise, summary_metrics)
 from ofexp.pipeline.train import TrainConfig, run_train
 from ofexp.tracking import cache, queries, runs
+from ofexp.tracking.artifacts import ENSEMBLE_STAGE
 from ofexp.tracking.study_runs import log_figure
 
 
@@ -92,6 +96,7 @@ class SeedContext:
     model_runs: dict[str, str] = field(default_factory=dict)  # kind -> train or fuse run ID
     steps: list[tuple] = field(default_factory=list)  # STEP_COLUMNS rows
     cache_only: bool = False  # raise NotCached instead of starting a run
+    progress: StudyProgress | None = None  # prints each step as it starts
 
     def data(self) -> DataSplits:
         """The data, loaded when the first step that is not reused needs it."""
@@ -102,7 +107,12 @@ class SeedContext:
         found = cache.find_finished_run(self.experiment_id, stage, params, tags) if self.cfg.use_cache else None
         if found is None and self.cache_only:
             raise NotCached(f"{kind} seed {self.seed} {stage}")
+        began = time.perf_counter()
+        if self.progress is not None:
+            self.progress.step_started(f"seed {self.seed} {kind} {stage}" + (" (reused)" if found else ""))
         run_id = found.info.run_id if found else start()
+        if self.progress is not None:
+            self.progress.step_finished(stage, time.perf_counter() - began, found is not None)
         self.steps.append((self.seed, kind, stage, run_id, found is not None))
         return run_id
 
@@ -155,6 +165,8 @@ KINDS: tuple[ModelKind, ...] = (
     ModelKind("geometric_finetuned", lambda ctx: study_finetune_step(ctx, "geometric")),
 )
 KIND_ORDER = tuple(k.name for k in KINDS)  # table order of every kind a study may make
+_KIND_STAGES = {"parent_1": "train", "parent_2": "train", "ensemble": ENSEMBLE_STAGE, "naive_fused": "fuse",
+                "geometric_fused": "fuse", "naive_finetuned": "train", "geometric_finetuned": "train"}
 # The kinds every study makes; --finetune-epochs adds ensemble, naive_finetuned, geometric_finetuned.
 MODEL_KINDS = ("parent_1", "parent_2", "naive_fused", "geometric_fused")
 
@@ -183,13 +195,21 @@ def data_loader(data: DataConfig) -> Callable[[], DataSplits]:
     return load
 
 
+def planned_stages(cfg: StudyConfig, seeds: tuple[int, ...]) -> list[str]:
+    """The stage of every step `run_seed` makes for `seeds`, in order (for the progress line)."""
+    methods = [m for m in ("naive", "geometric") if m in cfg.fuse_options.get("methods", ("naive", "geometric"))]
+    kinds = ["parent_1", "parent_2"] + (["ensemble"] if cfg.finetune_epochs else [])
+    kinds += [f"{m}_fused" for m in methods] + ([f"{m}_finetuned" for m in methods] if cfg.finetune_epochs else [])
+    return [stage for _ in seeds for stage in [_KIND_STAGES[k] for k in kinds] + ["evaluate"] * len(kinds)]
+
+
 def run_seed(cfg: StudyConfig, seed: int, load: Callable[[], DataSplits], experiment_id: str,
-             cache_only: bool = False) -> list[tuple]:
+             cache_only: bool = False, progress: StudyProgress | None = None) -> list[tuple]:
     """Make every model kind of one seed, then evaluate each; return the STEP_COLUMNS rows.
 
     With `cache_only`, every step must be a finished run already (else NotCached): no data needed.
     """
-    ctx = SeedContext(cfg, seed, load, experiment_id, cache_only=cache_only)
+    ctx = SeedContext(cfg, seed, load, experiment_id, cache_only=cache_only, progress=progress)
     for kind in KINDS:
         run_id = kind.make(ctx)
         if run_id is not None:
@@ -243,7 +263,8 @@ def run_study(cfg: StudyConfig) -> str:
         experiment_id = run.info.experiment_id
         if cfg.jobs == 1 or len(cfg.seeds) == 1:
             load = data_loader(tcfg.data)
-            rows = [row for seed in cfg.seeds for row in run_seed(cfg, seed, load, experiment_id)]
+            progress = StudyProgress(planned_stages(cfg, cfg.seeds), enabled=tcfg.progress)
+            rows = [row for seed in cfg.seeds for row in run_seed(cfg, seed, load, experiment_id, progress=progress)]
         else:
             rows = _run_seeds_in_parallel(cfg, run.info.run_id, experiment_id)
         steps = sort_steps(pd.DataFrame(rows, columns=STEP_COLUMNS), KIND_ORDER)
@@ -275,6 +296,11 @@ def _run_seeds_in_parallel(cfg: StudyConfig, study_run_id: str, experiment_id: s
         except BaseException:
             for future in futures.values():
                 future.cancel()
+            # a SIGTERM reached only this driver (Ctrl-C reaches the whole process group):
+            # pass it on, or the pool would wait for the running seeds to finish
+            for process in list(getattr(pool, "_processes", {}).values()):
+                if process.is_alive():
+                    os.kill(process.pid, signal.SIGTERM)
             raise
 
 
@@ -292,8 +318,10 @@ def _seed_worker(cfg: StudyConfig, seed: int, study_run_id: str, experiment_id: 
     from ofexp.tracking.study_runs import attached_to
 
     torch.set_num_threads(threads)
+    stop_on_termination_signals()  # the driver passes a SIGTERM on: end this seed's runs KILLED
+    progress = StudyProgress(planned_stages(cfg, (seed,)), enabled=cfg.train.progress)
     with attached_to(study_run_id, uri):
-        return run_seed(cfg, seed, data_loader(cfg.train.data), experiment_id)
+        return run_seed(cfg, seed, data_loader(cfg.train.data), experiment_id, progress=progress)
 
 
 # --- what the study run logs ------------------------------------------------------------------

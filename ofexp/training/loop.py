@@ -63,12 +63,14 @@ def train_one_epoch(
     grad_clip: float = 0.0,
     device: torch.device | str,
     epoch: int | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> dict:
     """One pass over x [n, C, H, W], y [n] in an order drawn from `generator`.
 
-    Steps the scheduler every iteration. Returns {"loss", "accuracy"} averaged over the
-    epoch's samples and "lr", the rate of the epoch's last iteration. Raises
-    TrainingDivergedError as soon as a batch's loss is not finite (`epoch` names it).
+    Steps the scheduler every iteration, then calls `on_step()` (e.g. a progress bar's
+    update). Returns {"loss", "accuracy"} averaged over the epoch's samples and "lr", the
+    rate of the epoch's last iteration. Raises TrainingDivergedError as soon as a batch's
+    loss is not finite (`epoch` names it).
     """
     n = x.shape[0]
     if n == 0:
@@ -94,6 +96,8 @@ def train_one_epoch(
         scheduler.step()
         loss_sum += value * yb.shape[0]
         correct += (logits.argmax(dim=1) == yb).sum()
+        if on_step is not None:
+            on_step()
     return {"loss": loss_sum / n, "accuracy": correct.item() / n, "lr": lr}
 
 
@@ -183,7 +187,8 @@ def fit(
     val_x, val_y = speed.prepare_inputs(splits.val_x.to(device)), splits.val_y.to(device)
     forward = speed.prepare_model(model)  # `model` itself keeps the state_dict keys
     optimizer = build_optimizer(model, recipe)
-    scheduler = build_scheduler(optimizer, recipe, math.ceil(train_x.shape[0] / recipe.batch_size))
+    steps = math.ceil(train_x.shape[0] / recipe.batch_size)
+    scheduler = build_scheduler(optimizer, recipe, steps)
     seed_everything(seed)
     generator = torch.Generator(device=device).manual_seed(seed + SHUFFLE_SEED_OFFSET)
     config = {"recipe": recipe.to_params(), "seed": int(seed)}
@@ -191,25 +196,31 @@ def fit(
     if resume is not None:
         _check_resume(resume, recipe)
         start, best, history = restore_checkpoint(resume, model, optimizer, scheduler, generator)
+    # one bar over every batch of the run, so the time left is known within the first epoch
+    # (a 60,000-image epoch takes minutes on a CPU), and the epoch is in its description
     bar = tqdm(
-        range(start + 1, recipe.epochs + 1), desc="train", unit="epoch", file=sys.stderr,
-        disable=not progress, initial=start, total=recipe.epochs,
+        desc=f"train epoch {start + 1}/{recipe.epochs}", unit="batch", file=sys.stderr, disable=not progress,
+        initial=start * steps, total=recipe.epochs * steps,
     )  # fmt: skip
-    with speed.numerics():  # IEEE float32 and deterministic cuDNN on CUDA unless --tf32
-        for epoch in bar:
-            train = train_one_epoch(
-                forward, optimizer, scheduler, train_x, train_y, batch_size=recipe.batch_size,
-                generator=generator, grad_clip=recipe.grad_clip, device=device, epoch=epoch,
-            )  # fmt: skip
-            metrics = _epoch_metrics(train, evaluate(forward, val_x, val_y, device=device))
-            history.append({"epoch": epoch, **metrics})
-            # the original code stored state_dict() itself, i.e. the live weights; snapshot copies
-            if best["state"] is None or metrics["val_loss"] < best["val_loss"]:
-                best = {"state": snapshot(model.state_dict()), "epoch": epoch, "val_loss": metrics["val_loss"]}
-            bar.set_postfix({k: f"{metrics[k]:.3f}" for k in ("train_loss", "val_loss", "val_accuracy")})
-            if on_epoch_end is not None:
-                ckpt = make_checkpoint(model, optimizer, scheduler, epoch, generator, config, best, history)
-                on_epoch_end(epoch, metrics, ckpt)
-    bar.close()
+    try:
+        with speed.numerics():  # IEEE float32 and deterministic cuDNN on CUDA unless --tf32
+            for epoch in range(start + 1, recipe.epochs + 1):
+                bar.set_description(f"train epoch {epoch}/{recipe.epochs}", refresh=False)
+                train = train_one_epoch(
+                    forward, optimizer, scheduler, train_x, train_y, batch_size=recipe.batch_size,
+                    generator=generator, grad_clip=recipe.grad_clip, device=device, epoch=epoch,
+                    on_step=bar.update,
+                )  # fmt: skip
+                metrics = _epoch_metrics(train, evaluate(forward, val_x, val_y, device=device))
+                history.append({"epoch": epoch, **metrics})
+                # the original code stored state_dict() itself, i.e. the live weights; snapshot copies
+                if best["state"] is None or metrics["val_loss"] < best["val_loss"]:
+                    best = {"state": snapshot(model.state_dict()), "epoch": epoch, "val_loss": metrics["val_loss"]}
+                bar.set_postfix({k: f"{metrics[k]:.3f}" for k in ("train_loss", "val_loss", "val_accuracy")})
+                if on_epoch_end is not None:
+                    ckpt = make_checkpoint(model, optimizer, scheduler, epoch, generator, config, best, history)
+                    on_epoch_end(epoch, metrics, ckpt)
+    finally:  # closed before an error is reported, so the error is the last line
+        bar.close()
     final = {k: v for k, v in history[-1].items() if k != "epoch"} if history else {}
     return FitResult(best["state"], best["epoch"], best["val_loss"], final, history)

@@ -7,6 +7,7 @@ one thing changed and count the runs each rerun created.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 import io
 import math
 import os
@@ -21,7 +22,7 @@ from scipy import stats
 
 from conftest import BIN, using_tracking_uri
 from ofexp.metrics import MEASURES
-from ofexp.pipeline.study import MODEL_KINDS, parent_seed
+from ofexp.pipeline.study import MODEL_KINDS, StudyConfig, parent_seed, planned_stages
 
 pytestmark = pytest.mark.slow
 
@@ -105,6 +106,8 @@ def test_the_study_nests_every_step_and_chains_them_by_run_id(study, client):
             model_run = steps[(kind, seed, "train" if kind.startswith("parent") else "fuse")]
             assert by_id[steps[(kind, seed, "evaluate")]].data.tags["ofexp.model_run_id"] == model_run
     assert study.data.metrics["steps/reused"] == 0 and study.data.metrics["steps/new"] == 16
+    # the progress line's plan ("study step i/N") counts exactly the steps the study made
+    assert Counter(stage for _, _, stage in steps) == Counter(planned_stages(StudyConfig(), (1, 2)))
 
 
 def test_results_csv_holds_exactly_the_logged_values_and_scipy_correlations(study, client, tmp_path):
