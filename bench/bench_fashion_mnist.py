@@ -187,7 +187,8 @@ def _scaling(fashion: DataSplits, quick: bool) -> list[Result]:
             seconds[label] = _stage_seconds(splits, data, preset)
     labels = list(sizes)
     print(_markdown(seconds, {k: v[0].info.num_train for k, v in sizes.items()}), file=sys.stderr)
-    return [Result(f"fashion_mnist scaling: {stage}", f"{labels[-1]} images", "digits 1437 images",
+    return [Result(f"fashion_mnist scaling: {stage}", f"{labels[-1]} images",
+                   f"digits {sizes['digits'][0].info.num_train} images",
                    [seconds[labels[-1]][stage]], [seconds["digits"][stage]], target="report",
                    notes={"seconds": {label: round(seconds[label][stage], 3) for label in labels},
                           "preset": preset, "ratio": "t(digits) / t(largest)"})

@@ -39,6 +39,7 @@ REPORT_SETTINGS = {"recipe": "report", "epochs": 30, "seeds": "5", "width": 1.0,
 ENTRY_POINTS = {
     **{name: {"main": "study"} for name in REPORT_PROJECTS},
     "digits_quickstart": {"main": "study"},
+    "fashion_mnist": {"main": "study"},
     "kubernetes": {"train": "train", "fuse": "fuse", "evaluate": "evaluate"},
 }
 
@@ -139,3 +140,13 @@ def test_report_project_without_data_offline_fails_with_one_line(project, tmp_pa
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert str(tmp_path / folder) in lines[0] and "--data-dir" in lines[0], lines[0]
     assert result.stdout == ""
+
+
+def test_fashion_mnist_project_runs_the_benchmark_configuration():
+    params = _parse("study", _rendered_args("fashion_mnist", "main")[4:])
+    assert (params["dataset"], params["model"], params["width"], params["seeds"], params["measures"]) == (
+        "fashion_mnist", "vgg11", 0.25, "5", "all")
+    assert not pop_flag(dict(params), "bias") and not pop_flag(dict(params), "batchnorm")
+    resnet = _parse("study", _rendered_args("fashion_mnist", "main", model="resnet18", width="0.125",
+                                            batchnorm="true")[4:])
+    assert (resnet["model"], resnet["width"], pop_flag(dict(resnet), "batchnorm")) == ("resnet18", 0.125, True)
