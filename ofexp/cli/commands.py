@@ -166,13 +166,29 @@ def ui(port: int) -> None:
 
 
 def _parse_seeds(text: str) -> tuple[int, ...]:
+    """--seeds: a count N (seeds 1..N) or a list like 1,2,5 of integers, no empty items.
+
+    StudyConfig checks which seeds are allowed (integers ≥ 1, each once), for both forms.
+    """
     text = text.strip()
+    fix = "pass a count like 2 or a list like 1,2,5"
     if "," not in text:
-        count = _int(text, "--seeds")
+        try:
+            count = int(text)
+        except ValueError:
+            raise ConfigError(f"--seeds {text!r} is neither a count nor a list of integers; {fix}") from None
         if count < 1:
-            raise ConfigError(f"--seeds must be ≥ 1, got {count}; pass a count like 2 or a list like 1,2,5")
+            raise ConfigError(f"--seeds must be ≥ 1, got {count}; {fix}")
         return tuple(range(1, count + 1))
-    return tuple(_int(part, "--seeds") for part in text.split(",") if part.strip())
+    seeds = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            raise ConfigError(f"--seeds {text!r} has an empty item; {fix} (no empty items)")
+        try:
+            seeds.append(int(part))
+        except ValueError:
+            raise ConfigError(f"--seeds {text!r} lists {part!r}, not an integer; {fix}") from None
+    return tuple(seeds)
 
 
 def _int(text: str, option: str) -> int:
@@ -183,10 +199,17 @@ def _int(text: str, option: str) -> int:
 
 
 def _float_list(text: str, option: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise ConfigError(f"{option} expects comma-separated numbers, got {text!r}") from None
+    """Comma-separated numbers, e.g. 0.5,0.5; the config checks which values are allowed."""
+    values = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            raise ConfigError(f"{option} {text!r} has an empty item; pass comma-separated numbers like 0.5,0.5")
+        try:
+            values.append(float(part))
+        except ValueError:
+            raise ConfigError(f"{option} {text!r} lists {part!r}, not a number; "
+                              "pass comma-separated numbers like 0.5,0.5") from None
+    return tuple(values)
 
 
 def _echo_stale_notice(cfg: TrainConfig, experiment_id: str) -> None:

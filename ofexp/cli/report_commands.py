@@ -1,6 +1,9 @@
 """`ofexp report` and `ofexp compare`: tables rebuilt from the tracking server alone."""
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from pathlib import Path
 
 import click
@@ -21,10 +24,13 @@ _WIDE = {"display.width": 250, "display.max_columns": None, "display.max_rows": 
 @click.option("--csv", "csv_path", type=OPT_STR, default=None, metavar="PATH",
               help="Also write results.csv (report format) to PATH, and the summary and correlations "
                    "next to it as PATH-stem.summary.csv and PATH-stem.correlations.csv.")
-def report(study_run_id: str | None, study_run_option: str | None, csv_path: str | None) -> None:
+@click.option("--force", is_flag=True, help="Let --csv overwrite files that exist.")
+def report(study_run_id: str | None, study_run_option: str | None, csv_path: str | None, force: bool) -> None:
     """Rebuild a study's results, summary and correlation tables from the server; print them."""
     if bool(study_run_id) == bool(study_run_option):
         raise ConfigError("report needs one study run ID: `ofexp report STUDY_RUN_ID` (or --study-run ID)")
+    csv_files = _report_csv_paths(Path(csv_path).expanduser()) if csv_path else []
+    check_csv_targets(csv_files, force)  # before the server is asked anything
     study = queries.get_run_data((study_run_id or study_run_option).strip(), stage="study")
     ids = [v for k, v in study.tags.items() if k.startswith("ofexp.step.")]
     if not ids:
@@ -44,19 +50,61 @@ def report(study_run_id: str | None, study_run_option: str | None, csv_path: str
         click.echo(tables.summary.to_string())
         click.echo(f"\n## correlation with {study.params.get('accuracy_metric', 'accuracy')} per model kind")
         click.echo(tables.correlations.to_string(index=False, na_rep="nan"))
-    if csv_path:
-        _write_csvs(Path(csv_path), tables)
+    if csv_files:
+        write_csv_files(dict(zip(csv_files, (results_csv(tables.results), tables.summary.to_csv(),
+                                             tables.correlations.to_csv(index=False, na_rep="nan")))), force)
+        click.echo(f"wrote {csv_files[0]} and its .summary.csv, .correlations.csv", err=True)
 
 
-def _write_csvs(path: Path, tables) -> None:
+def _report_csv_paths(path: Path) -> list[Path]:
+    """What `report --csv PATH` writes: PATH, PATH-stem.summary.csv, PATH-stem.correlations.csv."""
+    return [path, path.with_name(f"{path.stem}.summary.csv"), path.with_name(f"{path.stem}.correlations.csv")]
+
+
+def check_csv_targets(paths: list[Path], force: bool) -> None:
+    """Refuse --csv files that cannot be written, or that exist (unless `force`); paths[0] is --csv's."""
+    if not paths:
+        return
+    path = paths[0]
     if path.is_dir():
         raise ConfigError(f"--csv {path} is a folder; pass a file path like {path / 'results.csv'}")
     if not path.parent.exists():
         raise ConfigError(f"--csv {path}: folder {path.parent} does not exist; create it or pick another path")
-    path.write_text(results_csv(tables.results))
-    tables.summary.to_csv(path.with_name(f"{path.stem}.summary.csv"))
-    tables.correlations.to_csv(path.with_name(f"{path.stem}.correlations.csv"), index=False, na_rep="nan")
-    click.echo(f"wrote {path} and its .summary.csv, .correlations.csv", err=True)
+    if not path.parent.is_dir():
+        raise ConfigError(f"--csv {path}: {path.parent} is a file, not a folder; pick another path")
+    for other in paths[1:]:
+        if other.is_dir():
+            raise ConfigError(f"--csv {path} would write {other}, which is a folder; pick another path")
+    existing = [str(p) for p in paths if os.path.lexists(p)]
+    if existing and not force:
+        raise ConfigError(f"--csv {path}: {', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
+                          "add --force to overwrite, or pick another path")
+
+
+def write_csv_files(files: dict[Path, str], force: bool) -> None:
+    """Write each text to a temporary file in its folder, then move them all into place with
+    os.replace: an interrupted or failed write leaves the old files as they were, never half a file."""
+    check_csv_targets(list(files), force)  # again: a file may have appeared while the tables were built
+    umask = os.umask(0)
+    os.umask(umask)
+    temporary: list[str] = []
+    path = next(iter(files))
+    try:
+        for path, text in files.items():
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            temporary.append(name)
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
+                file.write(text)
+            os.chmod(name, 0o666 & ~umask)  # mkstemp's 0600 -> what a plain new file gets
+        for name, path in zip(temporary, files):
+            os.replace(name, path)
+    except OSError as exc:
+        raise ConfigError(f"--csv {next(iter(files))}: cannot write {path} ({exc.strerror or exc}); "
+                          "pick a folder you can write to") from None
+    finally:
+        for name in temporary:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
 
 
 def compare_table(runs: list[queries.RunData]) -> pd.DataFrame:
@@ -76,17 +124,20 @@ def compare_table(runs: list[queries.RunData]) -> pd.DataFrame:
 @click.command()
 @click.argument("run_ids", nargs=-1, required=True)
 @click.option("--csv", "csv_path", type=OPT_STR, default=None, metavar="PATH", help="Also write the table to PATH.")
+@click.option("--force", is_flag=True, help="Let --csv overwrite a file that exists.")
 @click.option("--differences", is_flag=True, help="Only rows whose values differ between the runs.")
-def compare(run_ids: tuple[str, ...], csv_path: str | None, differences: bool) -> None:
+def compare(run_ids: tuple[str, ...], csv_path: str | None, force: bool, differences: bool) -> None:
     """Print any runs' params and metrics side by side (one column per run)."""
     ids = [part.strip() for arg in run_ids for part in arg.split(",") if part.strip()]
     if not ids:
         raise ConfigError("compare needs at least one run ID; pass IDs separated by spaces or commas")
+    csv_file = Path(csv_path).expanduser() if csv_path else None
+    check_csv_targets([csv_file] if csv_file else [], force)  # before the server is asked anything
     table = compare_table(list(queries.runs_by_id(ids).values()))
     if differences:
         table = table[table.astype(str).nunique(axis=1) > 1]
     with pd.option_context(*[x for item in _WIDE.items() for x in item]):
         click.echo(table.fillna("").to_string())
-    if csv_path:
-        table.to_csv(csv_path)
-        click.echo(f"wrote {csv_path}", err=True)
+    if csv_file:
+        write_csv_files({csv_file: table.to_csv()}, force)
+        click.echo(f"wrote {csv_file}", err=True)

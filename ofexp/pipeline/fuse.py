@@ -56,11 +56,30 @@ class FuseConfig:
         if unknown or not self.methods:
             raise ConfigError(f"unknown fusion method {','.join(unknown) or '(none)'}; use naive, geometric or both")
         if self.activation_samples < 2:
-            raise ConfigError(f"--activation-samples must be ≥ 2, got {self.activation_samples}")
+            raise ConfigError(f"--activation-samples must be ≥ 2, got {self.activation_samples}; "
+                              "pass 2 or more, e.g. the default 256")
         if self.curve_samples < 2:
-            raise ConfigError(f"--curve-samples must be ≥ 2, got {self.curve_samples}")
+            raise ConfigError(f"--curve-samples must be ≥ 2, got {self.curve_samples}; pass 2 or more, e.g. the default 2000")
         if self.fusion_weights is not None and len(self.fusion_weights) != len(self.parents):
             raise ConfigError(f"--fusion-weights has {len(self.fusion_weights)} values for {len(self.parents)} parents; give one per parent")
+        if self.fusion_weights is not None:
+            # here, before any run exists, not in the fusion inside a run (that left a FAILED run)
+            import math
+
+            weights = tuple(self.fusion_weights)
+            allowed = "pass non-negative finite numbers with a positive sum, one per parent, e.g. 0.5,0.5"
+            numbers = all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)
+            shown = ",".join(f"{w:g}" if numbers else str(w) for w in weights)
+            if not numbers:
+                raise ConfigError(f"--fusion-weights {shown} holds a value that is not a number; {allowed}")
+            bad = [w for w in weights if not math.isfinite(w)]
+            if bad:
+                raise ConfigError(f"--fusion-weights {shown}: {bad[0]:g} is not a finite number; {allowed}")
+            bad = [w for w in weights if w < 0]
+            if bad:
+                raise ConfigError(f"--fusion-weights {shown}: {bad[0]:g} is negative; {allowed}")
+            if not 0 < sum(weights) < math.inf:
+                raise ConfigError(f"--fusion-weights {shown} sums to {sum(weights):g}; {allowed}")
         k = len(self.parents)
         if isinstance(self.target, bool) or not isinstance(self.target, int) or not -k <= self.target < k:
             raise ConfigError(f"--target {self.target!r} is not a parent index for {k} parents; use an int in [{-k}, {k - 1}]")

@@ -57,6 +57,11 @@ class StudyConfig:
     def __post_init__(self) -> None:
         if not self.seeds:
             raise ConfigError("--seeds selects no seed; pass a count like 2 or a list like 1,2,5")
+        # the one rule for seeds, whether --seeds gave a count or a list
+        bad = [s for s in self.seeds if isinstance(s, bool) or not isinstance(s, int) or s < 1]
+        if bad:
+            raise ConfigError(f"--seeds {','.join(map(str, self.seeds))} has seed {bad[0]!r}; seeds are integers "
+                              "≥ 1: pass a count like 2 or a list like 1,2,5")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"--seeds lists a seed twice ({','.join(map(str, self.seeds))}); list each once")
         if self.preset not in PRESETS:
@@ -69,6 +74,10 @@ class StudyConfig:
         if self.finetune_epochs < 0:
             raise ConfigError(f"--finetune-epochs must be ≥ 0 (0 = off), got {self.finetune_epochs}")
         resolve_measures(self.measures)  # a bad name fails here, before any run starts
+        # Each seed's fuse steps build their FuseConfig inside the study run; build one now, for a
+        # study's 2 parents, so that bad fusion options (--fusion-weights, --target...) are refused
+        # before any run exists rather than after the parents trained.
+        FuseConfig(parents=("parent_1", "parent_2"), device=self.train.device, **self.fuse_options)
 
     @property
     def measure_names(self) -> str:

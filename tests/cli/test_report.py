@@ -77,3 +77,24 @@ def test_compare_puts_runs_side_by_side(mlflow_server, study_id, capsys):
     assert "param.seed" in rows and "param.lr" not in rows
     unknown = run_cli_in_process(["compare", p1, "f" * 32], mlflow_server.uri, capsys)
     assert unknown.returncode != 0 and "f" * 32 in unknown.stderr
+
+
+def test_report_csv_keeps_existing_files_unless_forced(mlflow_server, study_id, tmp_path, capsys):
+    client = MlflowClient(mlflow_server.uri)
+    logged = Path(client.download_artifacts(study_id, "results.csv", str(tmp_path)))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.correlations.csv").write_bytes(b"my own table\n")  # only the side file exists
+    args = ["report", study_id, "--csv", str(out / "results.csv")]
+    refused = run_cli_in_process(args, mlflow_server.uri, capsys)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    (line,) = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert str(out / "results.correlations.csv") in line and "--force" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {"results.correlations.csv": b"my own table\n"}
+    forced = run_cli_in_process([*args, "--force"], mlflow_server.uri, capsys)
+    assert forced.returncode == 0, forced.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["results.correlations.csv", "results.csv", "results.summary.csv"]
+    assert (out / "results.csv").read_text() == logged.read_text()
+    assert set(pd.read_csv(out / "results.correlations.csv")["method"]) == {"kendall", "pearson", "spearman"}
+    experiment_id = client.get_run(study_id).info.experiment_id
+    assert client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'") == []
