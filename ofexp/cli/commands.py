@@ -191,13 +191,6 @@ def _parse_seeds(text: str) -> tuple[int, ...]:
     return tuple(seeds)
 
 
-def _int(text: str, option: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError(f"{option} expects integers, got {text!r}") from None
-
-
 def _float_list(text: str, option: str) -> tuple[float, ...]:
     """Comma-separated numbers, e.g. 0.5,0.5; the config checks which values are allowed."""
     values = []

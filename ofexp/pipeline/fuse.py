@@ -1,6 +1,7 @@
 """The fuse step: fetch parents by run ID, fuse them, log one run per method."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -62,24 +63,8 @@ class FuseConfig:
             raise ConfigError(f"--curve-samples must be ≥ 2, got {self.curve_samples}; pass 2 or more, e.g. the default 2000")
         if self.fusion_weights is not None and len(self.fusion_weights) != len(self.parents):
             raise ConfigError(f"--fusion-weights has {len(self.fusion_weights)} values for {len(self.parents)} parents; give one per parent")
-        if self.fusion_weights is not None:
-            # here, before any run exists, not in the fusion inside a run (that left a FAILED run)
-            import math
-
-            weights = tuple(self.fusion_weights)
-            allowed = "pass non-negative finite numbers with a positive sum, one per parent, e.g. 0.5,0.5"
-            numbers = all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)
-            shown = ",".join(f"{w:g}" if numbers else str(w) for w in weights)
-            if not numbers:
-                raise ConfigError(f"--fusion-weights {shown} holds a value that is not a number; {allowed}")
-            bad = [w for w in weights if not math.isfinite(w)]
-            if bad:
-                raise ConfigError(f"--fusion-weights {shown}: {bad[0]:g} is not a finite number; {allowed}")
-            bad = [w for w in weights if w < 0]
-            if bad:
-                raise ConfigError(f"--fusion-weights {shown}: {bad[0]:g} is negative; {allowed}")
-            if not 0 < sum(weights) < math.inf:
-                raise ConfigError(f"--fusion-weights {shown} sums to {sum(weights):g}; {allowed}")
+        if self.fusion_weights is not None:  # here, before any run exists (a fusion inside one left it FAILED)
+            _check_fusion_weights(tuple(self.fusion_weights))
         k = len(self.parents)
         if isinstance(self.target, bool) or not isinstance(self.target, int) or not -k <= self.target < k:
             raise ConfigError(f"--target {self.target!r} is not a parent index for {k} parents; use an int in [{-k}, {k - 1}]")
@@ -102,6 +87,21 @@ class FuseConfig:
                    # alignment="activations", --repair and the diagnostics all read these samples
                    "activation_samples": self.activation_samples}
         return options
+
+
+def _check_fusion_weights(weights: tuple) -> None:
+    """ConfigError unless `weights` are non-negative finite numbers with a positive, finite sum."""
+    allowed = "pass non-negative finite numbers with a positive sum, one per parent, e.g. 0.5,0.5"
+    numbers = all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)
+    shown = ",".join(f"{w:g}" if numbers else str(w) for w in weights)
+    if not numbers:
+        raise ConfigError(f"--fusion-weights {shown} holds a value that is not a number; {allowed}")
+    for bad, what in ((lambda w: not math.isfinite(w), "is not a finite number"), (lambda w: w < 0, "is negative")):
+        found = [w for w in weights if bad(w)]
+        if found:
+            raise ConfigError(f"--fusion-weights {shown}: {found[0]:g} {what}; {allowed}")
+    if not 0 < sum(weights) < math.inf:
+        raise ConfigError(f"--fusion-weights {shown} sums to {sum(weights):g}; {allowed}")
 
 
 @dataclass
