@@ -248,22 +248,31 @@ def _resume_train(run_id: str, kw: dict) -> str:
 @click.command()
 @click.option("--stale", is_flag=True, help="Only killed runs: quiet for --older-than seconds, and not alive on this host.")
 @click.option("--older-than", type=click.FLOAT, default=600.0, show_default=True,
-              help="With --stale: seconds since the run's last epoch.")
+              help="With --stale: seconds since the run's last epoch (or its start, for other stages).")
+@click.option("--stage", type=click.Choice(tracking.runs.STAGES), default=None, help="Only runs of this stage [default: all].")
+@click.option("--close", is_flag=True, help="With --stale: end the listed runs as KILLED (train runs can still be resumed).")
 @experiment_option
-def runs(stale: bool, older_than: float, experiment_name: str | None) -> None:
-    """List RUNNING train runs (--stale: the killed ones) with the command that resumes each."""
+def runs(stale: bool, older_than: float, stage: str | None, close: bool, experiment_name: str | None) -> None:
+    """List RUNNING runs of every stage (--stale: the killed ones), with what picks each up again."""
     import pandas as pd
 
     if older_than < 0:
         raise ConfigError(f"--older-than must be ≥ 0 seconds, got {older_than}")
+    if close and not stale:
+        raise ConfigError("--close ends only stale runs; add --stale (and --older-than) to choose them")
     experiment_id = tracking.runs.experiment_id_for(experiment_name)
-    found = [r for r in tracking.runs.running_train_runs(experiment_id) if not stale or r.is_stale(older_than)]
+    found = [r for r in tracking.runs.running_runs(experiment_id, stage) if not stale or r.is_stale(older_than)]
+    what = f"{'stale ' if stale else ''}RUNNING {stage + ' ' if stage else ''}runs"
     if not found:
-        click.echo(f"no {'stale ' if stale else ''}RUNNING train runs", err=True)
+        click.echo(f"no {what}", err=True)
         return
     table = pd.DataFrame([{
-        "run_id": r.run_id, "name": r.name, "last_epoch": r.last_epoch, "idle_s": round(r.idle_s),
-        "process": "alive" if r.alive_here else "gone" if r.gone_here else "?", "resume": r.resume_command,
+        "run_id": r.run_id, "name": r.name, "stage": r.stage, "last_epoch": r.last_epoch, "idle_s": round(r.idle_s),
+        "process": "alive" if r.alive_here else "gone" if r.gone_here else "?", "next": r.resume_command,
     } for r in found])
     with pd.option_context("display.width", 250, "display.max_colwidth", 100):
         click.echo(table.to_string(index=False))
+    if close:
+        for r in found:
+            tracking.runs.close_stale_run(r.run_id, "closed by `ofexp runs --stale --close`: its process was gone")
+        click.echo(f"closed {len(found)} {what} as KILLED", err=True)

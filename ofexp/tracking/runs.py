@@ -125,7 +125,8 @@ def stage_run(
     if resume_run_id:
         run = _reopen_run(resume_run_id, tags)
     else:
-        all_tags = {**base_tags(stage), **(tags or {})}
+        # host and PID on every stage's run, so `ofexp runs --stale` can tell a killed one from a live one
+        all_tags = {**base_tags(stage), **process_tags(), **(tags or {})}
         parent = mlflow.active_run()
         parent_id = parent.info.run_id if parent else _launcher_run_id
         if parent_id and not parent:
@@ -290,19 +291,25 @@ def metric_steps(run_id: str, key: str) -> set[int]:
 
 @dataclass(frozen=True)
 class RunningRun:
-    """A train run whose status is RUNNING, with what tells a live run from a killed one."""
+    """A run whose status is RUNNING, with what tells a live run from a killed one."""
 
     run_id: str
     name: str
     params: dict
-    last_epoch: int  # last epoch with logged metrics (0: none)
+    last_epoch: int  # last epoch with logged metrics (0: none, and for stages without epochs)
     idle_s: float  # seconds since its last epoch's metrics (or its start)
     alive_here: bool  # its process still exists on this host
     gone_here: bool  # it was started on this host by a process that no longer exists
+    stage: str = "train"
 
     @property
     def resume_command(self) -> str:
-        return f"ofexp train --resume {self.run_id}"
+        """What picks the run's work up again: train runs resume in place, other steps are rerun."""
+        if self.stage == "train":
+            return f"ofexp train --resume {self.run_id}"
+        if self.stage == "study":
+            return "rerun the study (its finished steps are reused)"
+        return f"rerun the {self.stage} step"
 
     def is_stale(self, older_than: float) -> bool:
         """Quiet for `older_than` seconds and not known to be alive on this host."""
@@ -311,8 +318,14 @@ class RunningRun:
 
 def running_train_runs(experiment_id: str, epoch_metric: str = "val_loss") -> list[RunningRun]:
     """Every RUNNING train run of the experiment (server-side filter), newest first."""
+    return running_runs(experiment_id, "train", epoch_metric)
+
+
+def running_runs(experiment_id: str, stage: str | None = None, epoch_metric: str = "val_loss") -> list[RunningRun]:
+    """Every RUNNING ofexp run of the experiment, of `stage` or of any stage, newest first."""
     client = mlflow.MlflowClient()
-    query = f"attributes.status = 'RUNNING' and tags.`{TAG_STAGE}` = 'train'"
+    which = f"tags.`{TAG_STAGE}` = '{stage}'" if stage else f"tags.`{TAG_STAGE}` != ''"
+    query = f"attributes.status = 'RUNNING' and {which}"
     try:
         runs = client.search_runs([experiment_id], filter_string=query, max_results=1000,
                                   order_by=["attributes.start_time DESC"])
@@ -326,13 +339,25 @@ def experiment_name(experiment_id: str) -> str:
 
 
 def _running_run(client: mlflow.MlflowClient, run, epoch_metric: str) -> RunningRun:
-    history = client.get_metric_history(run.info.run_id, epoch_metric)
+    stage = run.data.tags.get(TAG_STAGE, "")
+    history = client.get_metric_history(run.info.run_id, epoch_metric) if stage == "train" else []
     last = max((m.timestamp for m in history), default=run.info.start_time or 0)
     alive, gone = process_state(run.data.tags)
     return RunningRun(
         run.info.run_id, run.info.run_name or "", dict(run.data.params),
-        max((m.step for m in history), default=0), max(0.0, time.time() - last / 1000.0), alive, gone,
+        max((m.step for m in history), default=0), max(0.0, time.time() - last / 1000.0), alive, gone, stage,
     )
+
+
+def close_stale_run(run_id: str, reason: str) -> None:
+    """End a RUNNING run whose process is gone as KILLED, with `reason` as its failure reason."""
+    client = mlflow.MlflowClient()
+    try:
+        client.set_tag(run_id, TAG_FAILURE, reason)
+        with redirect_stdout(sys.stderr):  # MLflow's "View run" links, as in _end_run
+            client.set_terminated(run_id, "KILLED")
+    except MlflowException as exc:
+        raise _store_error(exc) from exc
 
 
 def process_state(tags: Mapping[str, str]) -> tuple[bool, bool]:

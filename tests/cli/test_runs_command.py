@@ -57,28 +57,49 @@ def ofexp_here(args: list[str], uri: str, capsys) -> tuple[int, str, str]:
 
 def _rows(stdout: str) -> dict[str, str]:
     lines = stdout.strip().splitlines()
-    assert lines and lines[0].split()[:3] == ["run_id", "name", "last_epoch"], stdout
+    assert lines and lines[0].split()[:4] == ["run_id", "name", "stage", "last_epoch"], stdout
     return {line.split()[0]: line for line in lines[1:]}
 
 
-def test_stale_lists_killed_running_train_runs_with_the_resume_command(runs, mlflow_server, capsys):
+def test_stale_lists_killed_running_runs_of_every_stage_with_what_picks_them_up(runs, mlflow_server, capsys):
     code, out, err = ofexp_here(["runs", "--stale", "--older-than", "0", "--experiment-name", EXPERIMENT],
                                 mlflow_server.uri, capsys)
     assert code == 0, err
     rows = _rows(out)
-    # the live process is not stale; finished and non-train runs are never listed
-    assert set(rows) == {runs["killed"], runs["elsewhere"]}
+    # the live process is not stale; finished runs are never listed
+    assert set(rows) == {runs["killed"], runs["elsewhere"], runs["evaluate"]}
     killed = rows[runs["killed"]].split()
-    assert killed[1:3] == ["killed", "3"] and "gone" in killed
+    assert killed[1:4] == ["killed", "train", "3"] and "gone" in killed
     assert rows[runs["killed"]].endswith(f"ofexp train --resume {runs['killed']}")
+    assert rows[runs["evaluate"]].endswith("rerun the evaluate step")
+    code, out, err = ofexp_here(["runs", "--stale", "--older-than", "0", "--stage", "train", "--experiment-name",
+                                 EXPERIMENT], mlflow_server.uri, capsys)
+    assert code == 0 and set(_rows(out)) == {runs["killed"], runs["elsewhere"]}
 
 
 def test_threshold_and_plain_listing(runs, mlflow_server, capsys):
     code, out, err = ofexp_here(["runs", "--stale", "--experiment-name", EXPERIMENT], mlflow_server.uri, capsys)
-    assert (code, out) == (0, "") and "no stale RUNNING train runs" in err  # all were active < 600 s ago
+    assert (code, out) == (0, "") and "no stale RUNNING runs" in err  # all were active < 600 s ago
     code, out, err = ofexp_here(["runs", "--experiment-name", EXPERIMENT], mlflow_server.uri, capsys)
     assert code == 0, err
-    assert set(_rows(out)) == {runs["killed"], runs["live"], runs["elsewhere"]}
+    assert set(_rows(out)) == {runs["killed"], runs["live"], runs["elsewhere"], runs["evaluate"]}
+
+
+def test_close_ends_only_the_stale_runs_as_killed(mlflow_server, capsys):
+    client = MlflowClient(mlflow_server.uri)
+    experiment_id = client.create_experiment("runs-close")
+    here = socket.gethostname()
+    gone = client.create_run(experiment_id, run_name="gone fuse", tags={
+        "ofexp.stage": "fuse", "ofexp.host": here, "ofexp.pid": str(_dead_pid())}).info.run_id
+    live = client.create_run(experiment_id, run_name="live study", tags={
+        "ofexp.stage": "study", "ofexp.host": here, "ofexp.pid": str(os.getpid())}).info.run_id
+    code, out, err = ofexp_here(["runs", "--stale", "--older-than", "0", "--close", "--experiment-name", "runs-close"],
+                                mlflow_server.uri, capsys)
+    assert code == 0, err
+    assert set(_rows(out)) == {gone} and "closed 1 stale RUNNING runs as KILLED" in err
+    closed = client.get_run(gone)
+    assert closed.info.status == "KILLED" and "ofexp runs --stale --close" in closed.data.tags["ofexp.failure_reason"]
+    assert client.get_run(live).info.status == "RUNNING"
 
 
 @pytest.mark.parametrize("args,words", [
@@ -98,3 +119,9 @@ def test_train_notice_names_the_killed_run_with_the_same_settings(runs, mlflow_s
         assert notice and len(notice.splitlines()) == 1
         assert f"ofexp train --resume {runs['killed']}" in notice and "epoch 3" in notice
         assert stale_notice(TrainConfig(seed=8), experiment_id) is None  # other settings: nothing to offer
+
+
+def test_close_without_stale_is_refused(mlflow_server, capsys):
+    code, out, err = ofexp_here(["runs", "--close", "--experiment-name", EXPERIMENT], mlflow_server.uri, capsys)
+    assert code != 0 and out == "" and err.strip() == (
+        "error: --close ends only stale runs; add --stale (and --older-than) to choose them")
