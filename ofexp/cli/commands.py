@@ -162,7 +162,30 @@ def ui(port: int) -> None:
         return
     mlflow_bin = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
     click.echo(f"MLflow UI for {uri}: open http://127.0.0.1:{port}", err=True)
-    sys.exit(subprocess.call([mlflow_bin, "ui", "--backend-store-uri", uri, "--port", str(port)]))
+    # its own process group: `mlflow ui` starts a server with worker processes, and stopping
+    # only `mlflow ui` (as subprocess.call does on Ctrl-C or SIGTERM) left them serving
+    server = subprocess.Popen([mlflow_bin, "ui", "--backend-store-uri", uri, "--port", str(port)],
+                              start_new_session=True)
+    try:
+        sys.exit(server.wait())
+    except BaseException:
+        _stop_group(server)
+        raise
+
+
+def _stop_group(process: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM a process's whole group, then SIGKILL whatever is left after `grace_s`."""
+    import signal
+
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=grace_s)
+        os.killpg(process.pid, signal.SIGKILL)  # workers that outlived their parent
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _parse_seeds(text: str) -> tuple[int, ...]:

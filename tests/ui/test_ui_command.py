@@ -24,6 +24,14 @@ def _experiment_names(url: str) -> set[str]:
         return {e["name"] for e in json.load(response)["experiments"]}
 
 
+def _serving(url: str) -> bool:
+    try:
+        urllib.request.urlopen(f"{url}/health", timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
 @pytest.mark.slow
 def test_ui_serves_the_store_ofexp_uses(tmp_path):
     """Without MLFLOW_TRACKING_URI, ofexp's store is ./mlflow.db, and that is what the UI opens.
@@ -46,13 +54,17 @@ def test_ui_serves_the_store_ofexp_uses(tmp_path):
         url = f"http://127.0.0.1:{port}"
         wait_for_health(url, process, what="ofexp ui")
         assert f"only-here-{store}" in _experiment_names(url)
+        # SIGTERM to `ofexp ui` alone (as `kill` sends it) stops the server and all its workers
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 128 + signal.SIGTERM, stderr
+        assert not _serving(url), "the MLflow UI is still serving after ofexp ui was stopped"
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
         try:
-            _, stderr = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
-            _, stderr = process.communicate()
+        except ProcessLookupError:
+            pass
+        process.communicate()
     assert f"open {url}" in stderr, stderr
 
 
