@@ -130,7 +130,9 @@ def resume_train(run_id: str, given: Mapping[str, object] | None = None, *, expe
 
     The config comes from the run's params; `given` holds the options the user passed
     (param names -> values): any that contradicts the run is refused, except `epochs`,
-    which may extend it. Returns the run ID once it has FINISHED.
+    which may extend it. A FINISHED run is never changed: extending it (a larger
+    `epochs`) trains a new run from its last checkpoint, tagged `ofexp.extends`. Returns
+    the ID of the run that FINISHED.
     """
     run = tracking.get_run_checked(run_id, ("train",))
     _check_experiment(run, experiment_name)
@@ -144,6 +146,9 @@ def resume_train(run_id: str, given: Mapping[str, object] | None = None, *, expe
         raise ArtifactError(f"run {run_id}'s {SPEC_FILE} does not match its params; it cannot be resumed")
     model = build_model(spec)
     checkpoint = _checkpoint_or_initial(run_id, model)
+    if run.info.status == "FINISHED":
+        return _extend_finished(run, cfg, model, spec, splits, device, checkpoint)
+    runs.claim_run(run)  # one owner: a second resume of the same state of the run is refused here
     logged = frozenset(runs.metric_steps(run_id, "val_loss"))
     tags = {**runs.process_tags(), runs.TAG_LOG_MODEL: str(cfg.log_model),
             runs.TAG_EPOCHS: str(cfg.recipe.epochs)}
@@ -155,6 +160,28 @@ def resume_train(run_id: str, given: Mapping[str, object] | None = None, *, expe
                 logged |= {int(row["epoch"])}
         _fit_and_log(cfg, model, splits, device, resume=checkpoint, logged_epochs=logged)
     return run_id
+
+
+def _extend_finished(run: Run, cfg: TrainConfig, model, spec, splits: DataSplits, device, checkpoint: dict) -> str:
+    """Train a FINISHED run further as a NEW run from its last checkpoint; the old run stays as it
+    was (fuse and evaluate runs made from its weights keep pointing at those weights)."""
+    old = run.info.run_id
+    name = f"{run.info.run_name or 'train'} to {cfg.recipe.epochs} epochs"
+    tags = {runs.TAG_LOG_MODEL: str(cfg.log_model), runs.TAG_EXTENDS: old}
+    description = f"{_description(cfg)} Extends [run {old}](#/runs/{old}) from its epoch {checkpoint['epoch']}."
+    # the param keeps the study cache from taking it for a fresh run of cfg.params(): its lr
+    # schedule restarted from the old run's end, so its weights are not that run's
+    params = {**cfg.params(), "extends": old}
+    with tracking.stage_run("train", run_name=name, params=params, tags=tags, description=description) as new:
+        _log_inputs(splits)
+        tracking.log_spec(spec, cfg.data)
+        # θ₀ of the measures (sharpness_init, flatness_init) is the original start, not the checkpoint
+        tracking.log_state_dict(tracking.load_weights_from_run(old, "initial"), "weights/initial.pt")
+        for row in checkpoint.get("history", []):  # the epochs the old run trained, so the curves are whole
+            tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+        done = frozenset(int(row["epoch"]) for row in checkpoint.get("history", []))
+        _fit_and_log(cfg, model, splits, device, resume=checkpoint, logged_epochs=done)
+        return new.info.run_id
 
 
 def _checkpoint_or_initial(run_id: str, model) -> dict | None:

@@ -15,7 +15,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from ofexp.errors import OfexpError
-from ofexp.tracking.runs import _param_str, base_tags, tracking_uri
+from ofexp.tracking.runs import CLAIM_PARAM, _param_str, base_tags, tracking_uri
 
 _CANDIDATES = 20  # newest matching runs to check; one exact match is enough
 
@@ -78,6 +78,8 @@ def find_finished_run(experiment_id: str, stage: str, params: Mapping[str, objec
                          f"{str(exc).splitlines()[0][:300]}; check the server, or pass --no-cache") from exc
     for run in candidates:
         same_tags = all(run.data.tags.get(k) == str(v) for k, v in required.items())
-        if same_tags and dict(run.data.params) == expected:
+        # a resume's claim (runs.claim_run) says who trained it, not what: not part of the step
+        params = {k: v for k, v in run.data.params.items() if not k.startswith(CLAIM_PARAM)}
+        if same_tags and params == expected:
             return run
     return None

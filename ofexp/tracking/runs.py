@@ -10,12 +10,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
 import mlflow
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from ofexp import __version__
@@ -26,6 +28,9 @@ STAGES = ("train", "fuse", "evaluate", "study", "ensemble")
 TAG_STAGE = "ofexp.stage"
 TAG_VERSION = "ofexp.version"
 TAG_FAILURE = "ofexp.failure_reason"
+TAG_EXTENDS = "ofexp.extends"  # a train run that continues a FINISHED one: that run's ID
+# Params `ofexp.claim.<n>` = "<host>:<pid>:<token>": the n-th process that resumed the run
+CLAIM_PARAM = "ofexp.claim."
 TAG_PARENTS = "ofexp.parent_run_ids"
 TAG_MODEL_RUN = "ofexp.model_run_id"
 TAG_LAUNCHER = "ofexp.launcher_run_id"
@@ -264,6 +269,35 @@ def _reopen_run(run_id: str, tags: Mapping[str, str] | None) -> mlflow.ActiveRun
         _end_run("FAILED")
         raise
     return run
+
+
+def claim_run(run: Run) -> None:
+    """Make this process the one owner of `run` (as read before deciding to resume it), or refuse.
+
+    MLflow never lets a logged param change value, and its stores check that atomically.
+    Every process that resumes the same state of the run (the same end of its last attempt,
+    or the same lost owner) logs the same param `ofexp.claim.<that state>` with a token of
+    its own: exactly one succeeds, the others get a ConfigError naming the owner. A later
+    attempt (the run ended again) has a new state, so it can be claimed again.
+    """
+    client = mlflow.MlflowClient()
+    run_id = run.info.run_id
+    state = f"end{run.info.end_time}" if run.info.end_time else f"pid{run.data.tags.get(TAG_PID, 'unknown')}"
+    key = f"{CLAIM_PARAM}{state}"
+    token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    try:
+        try:
+            client.log_param(run_id, key, token)
+            return
+        except MlflowException:
+            owner = client.get_run(run_id).data.params.get(key)
+    except MlflowException as exc:
+        raise _store_error(exc) from exc
+    if owner == token:  # a retried request whose first try went through
+        return
+    host, pid, _ = (owner or "?:?:?").split(":", 2)
+    raise ConfigError(f"run {run_id} is being resumed by process {pid} on {host} (param {key}); only one process "
+                      "may resume a run: wait for that one, or stop it and resume again")
 
 
 def process_tags() -> dict[str, str]:
