@@ -278,7 +278,8 @@ def stale_notice(cfg: TrainConfig, experiment_id: str) -> str | None:
     params = {k: str(v) for k, v in cfg.params().items()}
     try:
         stale = [r for r in runs.running_train_runs(experiment_id)
-                 if r.params == params and (r.gone_here or r.is_stale(runs.STALE_AFTER_S))]
+                 if {k: v for k, v in r.params.items() if not k.startswith(runs.CLAIM_PARAM)} == params
+                 and (r.gone_here or r.is_stale(runs.STALE_AFTER_S))]
     except OfexpError:
         return None  # only a hint; the run itself reports a server that does not answer
     if not stale:
