@@ -16,6 +16,7 @@ from ofexp.fusion import (
     solve_transport,
 )
 from ofexp.fusion.groups import group_sizes, permutation_plan
+from ofexp.fusion.transport import MIN_SINKHORN_REG
 from ofexp.models import ARCHITECTURES, ModelSpec, build_model
 
 FLAGS = list(itertools.product(ARCHITECTURES, [False, True], [False, True]))
@@ -170,11 +171,36 @@ def test_sinkhorn_marginals_and_warning():
         warnings.simplefilter("error")
         plan = solve_transport(cost, solver="sinkhorn", reg=0.1)
     assert np.allclose(plan.sum(1), 1 / 6, atol=1e-6) and np.allclose(plan.sum(0), 1 / 4, atol=1e-6)
-    with pytest.warns(RuntimeWarning, match="raise reg"):
-        plan = solve_transport(cost, solver="sinkhorn", reg=1e-5)
+    with pytest.warns(RuntimeWarning, match="retried in the log domain. Raise reg"):
+        plan = solve_transport(cost, solver="sinkhorn", reg=MIN_SINKHORN_REG)
     assert np.isfinite(plan).all() and plan.sum() == pytest.approx(1.0, abs=0.5)
     with pytest.raises(ConfigError, match="reg=0"):
         solve_transport(cost, solver="sinkhorn", reg=0)
+
+
+@pytest.mark.parametrize("reg", [1e-12, 1e-6, MIN_SINKHORN_REG / 2])
+def test_sinkhorn_reg_too_small_to_converge_is_refused_before_solving(reg, monkeypatch):
+    """reg=1e-12 used to run 10,000 log-domain iterations per layer group (8 minutes on a digits MLP)."""
+    from ofexp.fusion import transport
+
+    def never(*args, **kwargs):
+        raise AssertionError("the solver ran")
+
+    monkeypatch.setattr(transport, "_sinkhorn_plan", never)
+    cost = np.random.default_rng(3).random((256, 256))
+    with pytest.raises(ConfigError, match=f"below {MIN_SINKHORN_REG:g}.*exact solver"):
+        solve_transport(cost, solver="sinkhorn", reg=reg)
+
+
+def test_sinkhorn_that_does_not_converge_fails_instead_of_returning_a_bad_plan(monkeypatch):
+    from ofexp.fusion import transport
+
+    monkeypatch.setattr(transport, "_SINKHORN_MAX_ITER", 3)  # far too few iterations for this reg
+    cost = np.random.default_rng(4).random((32, 32))
+    with pytest.raises(ValueError, match="did not converge in 3 iterations.*solver='exact'"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            solve_transport(cost, solver="sinkhorn", reg=MIN_SINKHORN_REG)
 
 
 def test_sinkhorn_reg_is_relative_to_the_largest_cost():
