@@ -32,6 +32,11 @@ class TrainingDivergedError(OfexpError):
     """Training produced a non-finite loss."""
 
 
+class NonFiniteWeightsError(ArtifactError):
+    """A network with NaN or infinite weights (read from a run, or just fused): whatever it
+    computed would be logged as if it were a result."""
+
+
 class TrackingServerError(OfexpError):
     """The tracking server does not answer, or stopped answering during a run."""
 

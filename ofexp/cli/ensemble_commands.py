@@ -11,8 +11,12 @@ from ofexp.cli.options import OPT_STR, experiment_option
 @click.option("--parents", required=True, help="Comma-separated train or fuse run IDs, e.g. ID1,ID2.")
 @click.option("--run-name", type=OPT_STR, default=None, help="MLflow run name [default: 'ensemble of K ARCH DATASET'].")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto: where the ensemble is tested.")
+@click.option("--allow-unfinished", is_flag=True,
+              help="Accept parent runs that are not FINISHED (RUNNING, FAILED, KILLED); the run is tagged "
+                   "ofexp.unfinished_inputs.")
 @experiment_option
-def ensemble(parents: str, run_name: str | None, device: str, experiment_name: str | None) -> None:
+def ensemble(parents: str, run_name: str | None, device: str, allow_unfinished: bool,
+             experiment_name: str | None) -> None:
     """Log the ensemble of runs (mean of their softmax outputs) as a run; print its ID.
 
     `ofexp evaluate --model-run ID` measures it in input and prediction space;
@@ -21,6 +25,6 @@ def ensemble(parents: str, run_name: str | None, device: str, experiment_name: s
     from ofexp.pipeline.ensemble import EnsembleConfig, run_ensemble
 
     ids = tuple(p.strip() for p in parents.split(",") if p.strip())
-    cfg = EnsembleConfig(parents=ids, device=device, run_name=run_name)
+    cfg = EnsembleConfig(parents=ids, device=device, run_name=run_name, allow_unfinished=allow_unfinished)
     tracking.configure_tracking(experiment_name)
     click.echo(run_ensemble(cfg))

@@ -5,14 +5,18 @@ the accuracy ceiling that fusion is compared with, at k times the inference cost
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+
+from tqdm import tqdm
 
 from ofexp import tracking
 from ofexp.data import DataSplits, load_dataset
 from ofexp.errors import ConfigError, IncompatibleModelsError
 from ofexp.models.ensemble import COMBINE, Ensemble, EnsembleSpec
 from ofexp.pipeline.fuse import _data_key
-from ofexp.tracking.artifacts import ENSEMBLE_STAGE, ModelRun
+from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, ENSEMBLE_STAGE, ModelRun, describe_unfinished,
+                                      unfinished_inputs, unfinished_tags)
 from ofexp.training import evaluate, resolve_device
 from ofexp.training.speed import float32_kernels
 
@@ -26,6 +30,9 @@ class EnsembleConfig:
     parents: tuple[str, ...]
     device: str = "auto"
     run_name: str | None = None
+    # Parents that are not FINISHED are refused unless this is set; the ensemble run is then
+    # tagged ofexp.unfinished_inputs. Not a param: it changes nothing the ensemble computes.
+    allow_unfinished: bool = False
 
     def __post_init__(self) -> None:
         if len(self.parents) < 2:
@@ -46,17 +53,24 @@ def run_ensemble(cfg: EnsembleConfig, splits: DataSplits | None = None) -> str:
     "parents"), weights/ensemble.pt (every member's weights, so the run loads on
     its own with `ofexp.tracking.load_model`). Metrics: test_accuracy and
     test_loss of the ensemble (its loss is the NLL of the mean probabilities),
-    and member_test_accuracy/<i>. Parents are checked before the run starts.
+    and member_test_accuracy/<i>. Parents are checked before the run starts: train or fuse
+    runs only, FINISHED ones unless `cfg.allow_unfinished` (the run is then tagged
+    ofexp.unfinished_inputs), weights that fit their spec and hold no NaN or inf, same data.
     """
     device = resolve_device(cfg.device)
-    members = [tracking.fetch_model_run(run_id) for run_id in cfg.parents]  # train or fuse runs only
+    members = [tracking.fetch_model_run(run_id, allow_unfinished=cfg.allow_unfinished,
+                                        accept_option=ALLOW_UNFINISHED_OPTION) for run_id in cfg.parents]
     _check_same_data(cfg.parents, members)
+    unfinished = unfinished_inputs(members)
+    if unfinished:
+        tqdm.write(f"warning: {describe_unfinished(unfinished)}", file=sys.stderr)
     spec = EnsembleSpec(tuple(m.spec for m in members))
     model = Ensemble([m.model for m in members], spec).eval()
     data = members[0].data
     splits = splits if splits is not None else load_dataset(data)
     tags = {tracking.TAG_PARENTS: ",".join(cfg.parents),
-            **{f"ofexp.parent_{i}": rid for i, rid in enumerate(cfg.parents, start=1)}}
+            **{f"ofexp.parent_{i}": rid for i, rid in enumerate(cfg.parents, start=1)},
+            **unfinished_tags(unfinished)}
     name = cfg.run_name or f"ensemble of {len(members)} {'/'.join(sorted({m.spec.arch for m in members}))} {data.name}"
     with tracking.stage_run(ENSEMBLE_STAGE, run_name=name, params=cfg.params(), tags=tags) as run:
         tracking.log_spec(spec, data, parents=cfg.parents)
@@ -72,6 +86,8 @@ def run_ensemble(cfg: EnsembleConfig, splits: DataSplits | None = None) -> str:
         lines += [f"- member {i}: run {rid} (test accuracy {a:.4f})"
                   for i, (rid, a) in enumerate(zip(cfg.parents, member_acc), start=1)]
         lines.append(f"Ensemble test accuracy: {test['accuracy']:.4f}.")
+        if unfinished:
+            lines.append(describe_unfinished(unfinished))
         tracking.set_description("\n".join(lines))
         return run.info.run_id
 

@@ -20,7 +20,8 @@ from ofexp.metrics import (MEASURES, PREDICTION_METRICS, Measure, MeasureContext
                            resolve_measures)
 from ofexp.metrics.context import PRESETS, search_budget
 from ofexp.metrics.sharpness import WORST_CASES
-from ofexp.tracking.artifacts import ENSEMBLE_STAGE
+from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, ENSEMBLE_STAGE, describe_unfinished,
+                                      unfinished_inputs, unfinished_tags)
 from ofexp.tracking.runs import TAG_WARNINGS, warning_tag
 from ofexp.training import resolve_device
 from ofexp.training.speed import float32_kernels
@@ -50,6 +51,9 @@ class EvalConfig:
     accuracy_metric: str = "accuracy"
     seed: int = 0
     progress: bool = True
+    # A model run that is not FINISHED (RUNNING, FAILED, KILLED) is refused unless this is set; the
+    # evaluate run is then tagged ofexp.unfinished_inputs. Not a param: it changes no measure.
+    allow_unfinished: bool = False
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -84,7 +88,11 @@ def run_evaluate(cfg: EvalConfig, splits: DataSplits | None = None) -> str:
     names = resolve_measures(cfg.measures)
     budget = search_budget(cfg.preset)
     device = resolve_device(cfg.device)
-    loaded = tracking.fetch_model_run(cfg.model_run, ensembles=True)
+    # refuses, before any run exists: unfinished runs (unless allowed), weights that do not fit
+    # their spec.json, NaN or infinite weights
+    loaded = tracking.fetch_model_run(cfg.model_run, ensembles=True, allow_unfinished=cfg.allow_unfinished,
+                                      accept_option=ALLOW_UNFINISHED_OPTION)
+    unfinished = unfinished_inputs([loaded])
     # An ensemble has no single parameter vector θ: parameter-space measures are skipped, with a note.
     no_theta = loaded.stage == ENSEMBLE_STAGE
     model_run = loaded.run
@@ -101,7 +109,11 @@ def run_evaluate(cfg: EvalConfig, splits: DataSplits | None = None) -> str:
               **{f"budget.{k}": v for k, v in asdict(budget).items()}}
     description = (f"Measures {', '.join(names)} of [run {cfg.model_run}](#/runs/{cfg.model_run}) ({model_name}), "
                    f"'{cfg.preset}' search budget.")
-    tags = {tracking.TAG_MODEL_RUN: cfg.model_run, TAG_ACCURACY_METRIC: cfg.accuracy_metric}
+    tags = {tracking.TAG_MODEL_RUN: cfg.model_run, TAG_ACCURACY_METRIC: cfg.accuracy_metric,
+            **unfinished_tags(unfinished)}
+    if unfinished:
+        description += f" {describe_unfinished(unfinished)}"
+        tqdm.write(f"warning: {describe_unfinished(unfinished)}", file=sys.stderr)
     model_id = model_run.data.tags.get(tracking.TAG_LOGGED_MODEL)
     # The label names the model in a study (parent_1_seed2), where several models share a run name.
     with tracking.stage_run("evaluate", run_name=f"evaluate {label}", params=params,

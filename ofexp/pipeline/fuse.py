@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
 from ofexp import tracking
 from ofexp.tracking.study_runs import log_figure
@@ -17,6 +19,8 @@ from ofexp.fusion import (ALIGNMENTS, SOLVERS, aligned_parents, alignment_diagno
 from ofexp.fusion.naive import parent_specs
 from ofexp.fusion.interpolation import InterpolationCurve, fusion_curves, plot_curves
 from ofexp.models import ModelSpec
+from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, check_finite, describe_unfinished,
+                                      unfinished_inputs, unfinished_tags)
 from ofexp.training import evaluate, resolve_device
 from ofexp.training.speed import float32_kernels
 
@@ -47,6 +51,10 @@ class FuseConfig:
     device: str = "auto"
     # Appended to the run name (the study passes "seed3"), so a study's fuse runs are told apart.
     run_label: str = ""
+    # Parents that are not FINISHED (RUNNING, FAILED, KILLED) are refused unless this is set; the
+    # fuse runs made from them are then tagged ofexp.unfinished_inputs. Not a param: it changes
+    # nothing the fusion computes, only which runs it accepts.
+    allow_unfinished: bool = False
 
     def __post_init__(self) -> None:
         if len(self.parents) < 2:
@@ -110,31 +118,39 @@ class _Parents:
     specs: list[ModelSpec]
     data: DataConfig
     accuracies: list[float | None]
+    unfinished: dict[str, str]  # {run ID: status} of parents that were not FINISHED (--allow-unfinished)
 
 
 def run_fuse(cfg: FuseConfig, splits: DataSplits | None = None) -> dict[str, str]:
     """Fuse the parent runs with each method; return {method: fuse run ID}."""
     device = resolve_device(cfg.device)
-    parents = _load_parents(cfg.parents)
+    parents = _load_parents(cfg.parents, cfg.allow_unfinished)
     # Refuse incompatible parents before any run exists, rather than leave FAILED runs behind.
     parent_specs(parents.models, allow_width="naive" not in cfg.methods)
     splits = splits if splits is not None else load_dataset(parents.data)
     return {method: _fuse_one(cfg, method, parents, splits, device) for method in cfg.methods}
 
 
-def _load_parents(run_ids: tuple[str, ...]) -> _Parents:
-    models, specs, datas, accs = [], [], [], []
+def _load_parents(run_ids: tuple[str, ...], allow_unfinished: bool = False) -> _Parents:
+    """The parents' networks, refusing (before any run exists) runs that are not FINISHED unless
+    `allow_unfinished`, weights that do not fit their spec, non-finite weights and mixed data."""
+    models, specs, datas, accs, loaded_runs = [], [], [], [], []
     for run_id in run_ids:
-        loaded = tracking.fetch_model_run(run_id)
+        loaded = tracking.fetch_model_run(run_id, allow_unfinished=allow_unfinished,
+                                          accept_option=ALLOW_UNFINISHED_OPTION)
         models.append(loaded.model), specs.append(loaded.spec), datas.append(loaded.data)
         accs.append(loaded.run.data.metrics.get("test_accuracy"))
+        loaded_runs.append(loaded)
     for run_id, data in zip(run_ids[1:], datas[1:]):
         if _data_key(data) != _data_key(datas[0]):
             raise IncompatibleModelsError(
                 f"parents {run_ids[0]} and {run_id} were trained on different data "
                 f"({_data_key(datas[0])} vs {_data_key(data)}); fuse runs trained on the same dataset and split"
             )
-    return _Parents(models, specs, datas[0], accs)
+    unfinished = unfinished_inputs(loaded_runs)
+    if unfinished:
+        tqdm.write(f"warning: {describe_unfinished(unfinished)}", file=sys.stderr)
+    return _Parents(models, specs, datas[0], accs, unfinished)
 
 
 def _data_key(cfg: DataConfig) -> tuple:
@@ -144,15 +160,20 @@ def _data_key(cfg: DataConfig) -> tuple:
 def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplits, device: torch.device) -> str:
     target_spec = parents.specs[cfg.target]
     tags = {tracking.TAG_PARENTS: ",".join(cfg.parents),
-            **{f"ofexp.parent_{i}": rid for i, rid in enumerate(cfg.parents, start=1)}}
+            **{f"ofexp.parent_{i}": rid for i, rid in enumerate(cfg.parents, start=1)},
+            **unfinished_tags(parents.unfinished)}
     name = " ".join(filter(None, ("fuse", method, target_spec.arch, parents.data.name, cfg.run_label)))
     with tracking.stage_run("fuse", run_name=name, params=cfg.params(method), tags=tags) as run:
         start = time.perf_counter()
-        result = None
+        result, inputs = None, None
         if method == "naive":
             fused, plans, costs = naive_fuse(parents.models, weights=cfg.fusion_weights), {}, {}
         else:
             inputs = activation_inputs(splits, cfg.activation_samples)
+            if len(inputs) < cfg.activation_samples:
+                tqdm.write(f"warning: --activation-samples {cfg.activation_samples}: the training split has only "
+                           f"{len(inputs)} inputs, so all {len(inputs)} are used (metric activation_samples_used "
+                           f"of run {run.info.run_id})", file=sys.stderr)
             result = geometric_fuse(
                 parents.models, weights=cfg.fusion_weights, target=cfg.target, solver=cfg.solver,
                 reg=cfg.reg, alignment=cfg.alignment, inputs=inputs,
@@ -162,11 +183,18 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
         if cfg.recompute_bn and fused.spec.batchnorm:
             recompute_batchnorm_stats(fused, splits.train_x)
         diagnostics = _repair_and_diagnose(cfg, result, parents, inputs) if result is not None else {}
+        # finite parents can still fuse into NaN or inf (a degenerate plan, REPAIR dividing by a zero
+        # spread): the run fails rather than log a meaningless network as a result
+        check_finite(fused.state_dict(), f"the {method} fusion of {', '.join(cfg.parents)}",
+                     "check the parents and the fusion options (e.g. --solver exact, without --repair)")
         # fusion (POT), its curves and its logged weights stay on the CPU; --device is where it is tested
         with float32_kernels():  # IEEE float32 on CUDA too, as ofexp trains and measures
             test = evaluate(fused.to(device), splits.test_x, splits.test_y, device=device)
         fused.cpu()
         curves = _log_interpolation(cfg, parents, result, splits) if result and cfg.interpolation else {}
+        # what was used, beside the params that say what was asked (a param is part of the cache key)
+        used = {**({"activation_samples_used": len(inputs)} if inputs is not None else {}),
+                **({"curve_samples_used": min(cfg.curve_samples, len(splits.test_x))} if curves else {})}
         tracking.log_spec(fused.spec, parents.data)
         tracking.log_state_dict(fused.state_dict(), "weights/fused.pt")
         if plans:
@@ -176,13 +204,14 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
             **{f"ot_cost/{group}": cost for group, cost in costs.items()},
             **({f"group_seconds/{g}": s for g, s in result.group_seconds.items()} if result else {}),
             **{f"{name}/{g}": value for g, values in diagnostics.items() for name, value in values.items()},
+            **used,
         })
         if diagnostics:
             figure = plots.alignment_figure(diagnostics, f"{name}: test accuracy {test['accuracy']:.4f}")
             log_figure(figure, "plots/alignment.png")
             plots.close(figure)
         tracking.set_description(_describe(cfg, method, parents, test["accuracy"], len(splits.test_x), curves,
-                                           diagnostics))
+                                           diagnostics, used.get("activation_samples_used")))
         return run.info.run_id
 
 
@@ -235,7 +264,8 @@ def _log_interpolation(cfg: FuseConfig, parents: _Parents, result, splits: DataS
 
 
 def _describe(cfg: FuseConfig, method: str, parents: _Parents, accuracy: float, curve_test_images: int,
-              curves: dict[str, InterpolationCurve], diagnostics: dict[str, dict[str, float]]) -> str:
+              curves: dict[str, InterpolationCurve], diagnostics: dict[str, dict[str, float]],
+              activation_samples: int | None = None) -> str:
     k = len(cfg.parents)
     weights = ", ".join(f"{w:g}" for w in cfg.fusion_weights) if cfg.fusion_weights else "equal"
     lines = [f"{method.capitalize()} fusion of {k} train runs (fusion weights: {weights}):"]
@@ -244,15 +274,21 @@ def _describe(cfg: FuseConfig, method: str, parents: _Parents, accuracy: float, 
         width = f", width {parents.specs[i - 1].width:g}" if len({s.width for s in parents.specs}) > 1 else ""
         lines.append(f"- parent {i}: [run {rid}](#/runs/{rid}) ({acc_txt}{width})")  # a link in the MLflow UI
     if method == "geometric":
+        used = cfg.activation_samples if activation_samples is None else activation_samples
         reg = f" (reg {cfg.reg:g})" if cfg.solver == "sinkhorn" else ""
-        samples = f" on {cfg.activation_samples} training inputs" if cfg.alignment == "activations" else ""
+        samples = f" on {used} training inputs" if cfg.alignment == "activations" else ""
         lines.append(f"Options: alignment={cfg.alignment}{samples}, solver={cfg.solver}{reg}, "
                      f"target=parent {cfg.target % k + 1}, batch-norm statistics "
                      f"{'recomputed' if cfg.recompute_bn else 'averaged'}"
-                     + (f", REPAIR on {cfg.activation_samples} training inputs." if cfg.repair else "."))
+                     + (f", REPAIR on {used} training inputs." if cfg.repair else "."))
+        if used < cfg.activation_samples:
+            lines.append(f"--activation-samples {cfg.activation_samples} asked for more training inputs than the "
+                         f"{used} there are: all {used} were used (metric activation_samples_used).")
     known = [a for a in parents.accuracies if a is not None]
     versus = f" (parents: {' / '.join(f'{a:.4f}' for a in known)})" if known else ""
     lines.append(f"Fused test accuracy: {accuracy:.4f}{versus}.")
+    if parents.unfinished:
+        lines.append(describe_unfinished(parents.unfinished))
     if curves:
         lines.append(f"Interpolation curves on {min(cfg.curve_samples, curve_test_images)} test images "
                      f"(--curve-samples {cfg.curve_samples}). Loss barriers: " + ", ".join(f"{n} {c.loss_barrier:.4f}" for n, c in curves.items()) + ".")

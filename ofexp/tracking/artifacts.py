@@ -12,7 +12,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import mlflow
 import torch
@@ -21,10 +21,10 @@ from mlflow.exceptions import MlflowException
 from torch import nn
 
 from ofexp.data import DataConfig
-from ofexp.errors import ArtifactError, RunLookupError
+from ofexp.errors import ArtifactError, NonFiniteWeightsError, RunLookupError
 from ofexp.models import ModelSpec, build_model
 from ofexp.models.ensemble import ENSEMBLE_ARCH, EnsembleSpec, build_ensemble, spec_from_dict
-from ofexp.tracking.runs import TAG_STAGE, tracking_uri
+from ofexp.tracking.runs import TAG_FAILURE, TAG_STAGE, tracking_uri
 
 SPEC_FILE = "spec.json"
 WEIGHTS_DIR = "weights"
@@ -37,6 +37,11 @@ ENSEMBLE_STAGE = ENSEMBLE_ARCH
 # an ensemble run's members' (one state dict, keys 'members.<i>.<name>').
 DEFAULT_WEIGHTS = {"train": "final", "fuse": "fused", ENSEMBLE_STAGE: "ensemble"}
 _RUN_ID = re.compile(r"^[0-9a-zA-Z][\w-]{0,255}$")
+# A step reads only FINISHED runs unless told otherwise (--allow-unfinished); a run made from
+# others that were not gets this tag: "<run ID>:<status>,..." of those inputs.
+FINISHED = "FINISHED"
+TAG_UNFINISHED_INPUTS = "ofexp.unfinished_inputs"
+ALLOW_UNFINISHED_OPTION = "--allow-unfinished"
 
 
 def get_run_checked(run_id: str, stages: tuple[str, ...] | None = None) -> Run:
@@ -65,6 +70,47 @@ def check_stage(run: Run, stages: tuple[str, ...]) -> None:
             f"run {run.info.run_id} is {'an' if kind[0] in 'aeiou' else 'a'} {kind} run, not a {' or '.join(stages)} run; "
             f"pass the ID of a {' or '.join(stages)} run"
         )
+
+
+def check_finished(run: Run, *, allow_unfinished: bool = False, accept_option: str | None = None) -> None:
+    """Refuse a run whose status is not FINISHED (RUNNING, SCHEDULED, FAILED, KILLED): its weights
+    may be missing, partial or change under the reader. `accept_option` names the option that
+    accepts it anyway, for the message; `allow_unfinished` is that option given."""
+    status = run.info.status
+    if status == FINISHED or allow_unfinished:
+        return
+    run_id, stage = run.info.run_id, run.data.tags.get(TAG_STAGE) or "non-ofexp"
+    name = f" {run.info.run_name!r}" if run.info.run_name else ""
+    if status in ("RUNNING", "SCHEDULED"):
+        what = f"is still {status}: its weights are not final, or not there yet"
+        fix = "wait until it ends FINISHED (`ofexp runs` lists the running runs) or pass a FINISHED run"
+    else:
+        reason = " ".join(str(run.data.tags.get(TAG_FAILURE, "")).split())[:200]
+        what = f"ended {status}{f' ({reason})' if reason else ''}: its weights may be partial or wrong"
+        again = f"`ofexp train --resume {run_id}` finishes it" if stage == "train" else "re-run the step that made it"
+        fix = f"{again}, or pass a FINISHED run"
+    if accept_option:
+        fix += f"; {accept_option} uses it anyway (the new run is tagged {TAG_UNFINISHED_INPUTS})"
+    raise RunLookupError(f"run {run_id} ({stage} run{name}) {what}; {fix}")
+
+
+def unfinished_inputs(loaded: Sequence[ModelRun]) -> dict[str, str]:
+    """{run ID: status} of the input runs that are not FINISHED (accepted with --allow-unfinished)."""
+    return {m.run.info.run_id: m.run.info.status for m in loaded if m.run.info.status != FINISHED}
+
+
+def unfinished_tags(unfinished: Mapping[str, str]) -> dict[str, str]:
+    """The tag that marks a run made from unfinished inputs ({} when there were none)."""
+    if not unfinished:
+        return {}
+    return {TAG_UNFINISHED_INPUTS: ",".join(f"{run_id}:{status}" for run_id, status in unfinished.items())}
+
+
+def describe_unfinished(unfinished: Mapping[str, str]) -> str:
+    """One sentence naming the unfinished inputs, for the run's description and the stderr warning."""
+    runs = ", ".join(f"run {run_id} was {status}" for run_id, status in unfinished.items())
+    return (f"Made from unfinished runs, accepted with {ALLOW_UNFINISHED_OPTION}: {runs} when it was read "
+            f"(tag {TAG_UNFINISHED_INPUTS}); its results may not stand.")
 
 
 def log_state_dict(state: Mapping[str, torch.Tensor], artifact_file: str) -> None:
@@ -181,28 +227,93 @@ class ModelRun:
         return self.run.data.tags[TAG_STAGE]
 
 
-def fetch_model_run(run_id: str, weights: str | None = None, *, ensembles: bool = False) -> ModelRun:
+def fetch_model_run(run_id: str, weights: str | None = None, *, ensembles: bool = False,
+                    allow_unfinished: bool = False, accept_option: str | None = None) -> ModelRun:
     """Fetch a train or fuse run (or, with `ensembles`, an ensemble run), rebuild its
-    network from spec.json and load its weights."""
+    network from spec.json and load its weights.
+
+    Refused (RunLookupError, ArtifactError), before anything is built or logged: a run that
+    is not FINISHED (unless `allow_unfinished`; `accept_option` names the option that allows
+    it, for the message), weights whose tensors do not fit the network of its spec.json,
+    and weights that hold NaN or infinite values (NonFiniteWeightsError).
+    """
     run = get_run_checked(run_id)
     if not (ensembles and run.data.tags.get(TAG_STAGE) == ENSEMBLE_STAGE):
         check_stage(run, MODEL_STAGES)
+    check_finished(run, allow_unfinished=allow_unfinished, accept_option=accept_option)
     spec, data = _parse_spec(run_id, _read_artifact(run_id, SPEC_FILE))
     model = build_ensemble(spec) if isinstance(spec, EnsembleSpec) else build_model(spec)
-    name = weights or DEFAULT_WEIGHTS[run.data.tags[TAG_STAGE]]
-    state = _load_tensor_file(run_id, f"{WEIGHTS_DIR}/{name}.pt")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ArtifactError(f"run {run_id}'s weights do not fit its spec: {str(exc).splitlines()[0]}") from exc
+    artifact = f"{WEIGHTS_DIR}/{weights or DEFAULT_WEIGHTS[run.data.tags[TAG_STAGE]]}.pt"
+    load_state_checked(model, _load_tensor_file(run_id, artifact), run_id, artifact, spec)
     model.eval()
     return ModelRun(run, model, spec, data)
 
 
-def load_model(run_id: str, weights: str | None = None) -> tuple[nn.Module, ModelSpec | EnsembleSpec]:
-    """Rebuild a train, fuse or ensemble run's network and load its weights: `(model, spec)`."""
-    loaded = fetch_model_run(run_id, weights, ensembles=True)
+def load_model(run_id: str, weights: str | None = None, *,
+               allow_unfinished: bool = False) -> tuple[nn.Module, ModelSpec | EnsembleSpec]:
+    """Rebuild a train, fuse or ensemble run's network and load its weights: `(model, spec)`.
+    A run that is not FINISHED is refused unless `allow_unfinished`."""
+    loaded = fetch_model_run(run_id, weights, ensembles=True, allow_unfinished=allow_unfinished)
     return loaded.model, loaded.spec
+
+
+_REMAKE = "re-run the step that made it"
+
+
+def load_state_checked(model: nn.Module, state: object, run_id: str, artifact: str,
+                       spec: ModelSpec | EnsembleSpec | None = None) -> None:
+    """Load a run's state dict into `model`, refusing, in one line that names the run and the
+    first offending tensor: a file that is no state dict, tensors missing, left over or of
+    another shape than the network its spec.json builds, and NaN or infinite values."""
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                 for k, v in state.items()):
+        raise ArtifactError(f"run {run_id}'s {artifact} is not a state dict (tensor names to tensors); {_REMAKE}")
+    expected = model.state_dict()
+    problems = []
+    for key, tensor in expected.items():
+        if key not in state:
+            problems.append(f"tensor {key!r} (shape {list(tensor.shape)}) is missing from the weights")
+        elif state[key].shape != tensor.shape:
+            problems.append(f"tensor {key!r} has shape {list(state[key].shape)} in the weights, but the network "
+                            f"needs {list(tensor.shape)}")
+    problems += [f"the weights hold tensor {key!r} (shape {list(state[key].shape)}), which the network lacks"
+                 for key in state if key not in expected]
+    if problems:
+        built = f" ({describe_spec(spec)})" if spec is not None else ""
+        extra = len(problems) - 1
+        more = f" (and {extra} more mismatch{'es' if extra > 1 else ''})" if extra else ""
+        raise ArtifactError(f"run {run_id}'s {artifact} does not fit the network its {SPEC_FILE} builds{built}: "
+                            f"{problems[0]}{more}; the run's spec and weights disagree: {_REMAKE}")
+    check_finite(state, f"run {run_id}'s {artifact}",
+                 f"{_REMAKE} (a train run that diverged: train again with a lower --lr or a --grad-clip)")
+    model.load_state_dict(state)
+
+
+def describe_spec(spec: ModelSpec | EnsembleSpec) -> str:
+    """A few words for a network spec: 'mlp width 0.25', 'ensemble of 2'."""
+    if isinstance(spec, EnsembleSpec):
+        return f"ensemble of {len(spec.members)}"
+    return f"{spec.arch} width {spec.width:g}"
+
+
+def check_finite(state: Mapping[str, torch.Tensor], what: str, fix: str) -> None:
+    """NonFiniteWeightsError naming the first tensor of `state` that holds NaN or infinite values.
+    `what` names the weights ("run X's weights/final.pt"), `fix` how to get good ones."""
+    bad = []
+    for key, tensor in state.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            finite = torch.isfinite(tensor)
+            if not bool(finite.all()):
+                bad.append((key, tensor, finite))
+    if not bad:
+        return
+    key, tensor, finite = bad[0]
+    nan = int(torch.isnan(tensor).sum())
+    inf = tensor.numel() - int(finite.sum()) - nan
+    counts = " and ".join(c for c in (f"{nan} NaN" if nan else "", f"{inf} infinite" if inf else "") if c)
+    more = f" (and {len(bad) - 1} more tensor{'s' if len(bad) > 2 else ''})" if len(bad) > 1 else ""
+    raise NonFiniteWeightsError(f"{what} holds non-finite weights: tensor {key!r} has {counts} of its "
+                                f"{tensor.numel()} values{more}, so anything measured on it is meaningless; {fix}")
 
 
 def _read_artifact(run_id: str, artifact_path: str) -> bytes:
