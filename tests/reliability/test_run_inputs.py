@@ -288,8 +288,9 @@ def test_weights_that_do_not_fit_the_spec_are_one_line_with_the_tensor_and_the_f
 def test_fuse_logs_the_activation_samples_it_used(store, capsys, asked):
     available = len(store.splits.train_x)
     before = _all_runs(store)
+    curves = ["--no-interpolation"] if asked > available else []  # with curves: --curve-samples 2000 of 359
     result = run_cli_in_process(["fuse", "--parents", ",".join(store.parents), "--method", "geometric",
-                                 "--activation-samples", str(asked), "--no-interpolation", "--device", "cpu",
+                                 "--activation-samples", str(asked), *curves, "--device", "cpu",
                                  "--experiment-name", EXPERIMENT], store.uri, capsys)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
     method, run_id = result.last_line.split()
@@ -306,6 +307,10 @@ def test_fuse_logs_the_activation_samples_it_used(store, capsys, asked):
         assert len(warnings) == 1 and f"--activation-samples {asked}" in warnings[0] and f"only {used}" in warnings[0]
     else:
         assert "were used" not in description and warnings == []
+        test_images = len(store.splits.test_x)
+        assert run.data.params["curve_samples"] == "2000"
+        assert run.data.metrics["curve_samples_used"] == test_images
+        assert f"Interpolation curves on {test_images} test images (--curve-samples 2000)" in description
     after = _all_runs(store)
     assert set(after) - set(before) == {run_id}
     assert {r for r, s in after.items() if s == "RUNNING"} == {r for r, s in before.items() if s == "RUNNING"}
