@@ -112,11 +112,14 @@ def train(**kw) -> None:
 @fusion_options
 @click.option("--device", default="auto", show_default=True,
               help="cpu, cuda, mps or auto: where the fused network is tested (the fusion itself runs on the CPU).")
+@click.option("--allow-unfinished", is_flag=True,
+              help="Accept parent runs that are not FINISHED (RUNNING, FAILED, KILLED); the fuse runs are "
+                   "tagged ofexp.unfinished_inputs.")
 @experiment_option
-def fuse(parents: str, device: str, experiment_name: str | None, **kw) -> None:
+def fuse(parents: str, device: str, allow_unfinished: bool, experiment_name: str | None, **kw) -> None:
     """Fuse parent train runs, by run ID; print '<method> <run_id>' per fuse run."""
     ids = tuple(p.strip() for p in parents.split(",") if p.strip())
-    cfg = FuseConfig(parents=ids, device=device, **_fuse_options(kw))
+    cfg = FuseConfig(parents=ids, device=device, allow_unfinished=allow_unfinished, **_fuse_options(kw))
     tracking.configure_tracking(experiment_name)
     for method, run_id in run_fuse(cfg).items():
         click.echo(f"{method} {run_id}")
@@ -135,16 +138,20 @@ def fuse(parents: str, device: str, experiment_name: str | None, **kw) -> None:
               show_default=True, help="Prediction metric the study correlates the measures with (param and tag).")
 @click.option("--seed", type=click.INT, default=0, show_default=True, help="Seed of the measures' random draws.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto: where the measures run.")
+@click.option("--allow-unfinished", is_flag=True,
+              help="Accept a model run that is not FINISHED (RUNNING, FAILED, KILLED); the evaluate run is "
+                   "tagged ofexp.unfinished_inputs.")
 @experiment_option
 def evaluate(model_run: str, measures: str, label: str | None, preset: str, sharpness_worst: str,
-             accuracy_metric: str, seed: int, device: str, experiment_name: str | None) -> None:
+             accuracy_metric: str, seed: int, device: str, allow_unfinished: bool, experiment_name: str | None) -> None:
     """Measure a train or fuse run's model in a new evaluate run; print its run ID.
 
     Measures that fail or whose σ search does not converge get an
     'ofexp.warning.<measure>' tag; the others are still computed.
     """
     cfg = EvalConfig(model_run=model_run.strip(), measures=measures, device=device, label=label, preset=preset,
-                     sharpness_worst=sharpness_worst, accuracy_metric=accuracy_metric, seed=seed)
+                     sharpness_worst=sharpness_worst, accuracy_metric=accuracy_metric, seed=seed,
+                     allow_unfinished=allow_unfinished)
     tracking.configure_tracking(experiment_name)
     click.echo(run_evaluate(cfg))
 

@@ -17,6 +17,7 @@ from ofexp.errors import ConfigError, IncompatibleModelsError
 from ofexp.fusion import (ALIGNMENTS, SOLVERS, aligned_parents, alignment_diagnostics, geometric_fuse, naive_fuse,
                           recompute_batchnorm_stats, repair_statistics)
 from ofexp.fusion.naive import parent_specs
+from ofexp.fusion.transport import MIN_SINKHORN_REG
 from ofexp.fusion.interpolation import InterpolationCurve, fusion_curves, plot_curves
 from ofexp.models import ModelSpec
 from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, check_finite, describe_unfinished,
@@ -82,6 +83,9 @@ class FuseConfig:
             raise ConfigError(f"unknown --alignment {self.alignment!r}; use one of {', '.join(ALIGNMENTS)}")
         if self.solver == "sinkhorn" and not (isinstance(self.reg, (int, float)) and 0 < self.reg < float("inf")):
             raise ConfigError(f"--reg must be a positive number for --solver sinkhorn, got {self.reg!r}; e.g. use 0.01")
+        if self.solver == "sinkhorn" and self.reg < MIN_SINKHORN_REG:
+            raise ConfigError(f"--reg {self.reg:g} is below {MIN_SINKHORN_REG:g}, where Sinkhorn does not converge in "
+                              "bounded time; raise it (e.g. 0.01) or use --solver exact for a sharp plan")
 
     def params(self, method: str) -> dict[str, object]:
         common = {"method": method, "parents": ",".join(self.parents), "device": self.device,

@@ -9,7 +9,7 @@ from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.errors import ArtifactError, ConfigError, OfexpError, RunLookupError
 from ofexp.models import ModelSpec, build_model, init_weights
 from ofexp.tracking import runs
-from ofexp.tracking.artifacts import CHECKPOINT_FILE, SPEC_FILE, has_artifact
+from ofexp.tracking.artifacts import CHECKPOINT_FILE, SPEC_FILE, has_artifact, load_state_checked
 from ofexp.tracking.async_log import EpochLogger
 from ofexp.training import Recipe, SpeedOptions, evaluate, fit, make_recipe, resolve_device, seed_everything
 
@@ -189,7 +189,8 @@ def _checkpoint_or_initial(run_id: str, model) -> dict | None:
     was killed before its first epoch ended (fit re-seeds, so that start is the same too)."""
     if has_artifact(run_id, CHECKPOINT_FILE):
         return tracking.load_checkpoint_from_run(run_id)
-    model.load_state_dict(tracking.load_weights_from_run(run_id, "initial"))
+    state = tracking.load_weights_from_run(run_id, "initial")
+    load_state_checked(model, state, run_id, "weights/initial.pt")  # one line naming a misfit tensor
     return None
 
 

@@ -225,6 +225,16 @@ def test_study_seed_list_is_refused_before_any_run(store, capsys, seeds, named):
     assert "--seeds" in line and named in line
 
 
+# --- --reg too small for Sinkhorn to converge in bounded time (reg 1e-12 ran 8 minutes) -------
+
+@pytest.mark.parametrize("reg", ["1e-12", "5e-5"])
+def test_fuse_sinkhorn_reg_too_small_is_refused_before_any_run(store, capsys, reg):
+    args = ["fuse", "--parents", ",".join(store.parents), "--solver", "sinkhorn", "--reg", reg, "--method",
+            "geometric", "--device", "cpu", "--experiment-name", REFUSED]
+    line = _refused_before_any_run(store, args, capsys)
+    assert "--reg" in line and "below 0.0001" in line and "--solver exact" in line
+
+
 # --- 3. --fusion-weights: non-negative finite numbers with a positive sum -----------------------
 
 BAD_WEIGHTS = [("nan,1", "nan"), ("-1,2", "-1"), ("0,0", "sums to 0"), ("inf,1", "inf"), ("1,-inf", "-inf"),
