@@ -281,3 +281,24 @@ def postgres_mlflow_server(postgres_database, tmp_path_factory) -> MlflowServer:
 def postgres_tiny_runs(postgres_mlflow_server, tmp_path_factory) -> TinyRuns:
     """`tiny_runs`, on the PostgreSQL-backed server."""
     return make_tiny_runs(postgres_mlflow_server, tmp_path_factory.mktemp("tiny-runs-postgres"))
+
+
+def sqlite_store_with_parents(root: Path, experiment: str):
+    """A SQLite store under `root` holding two FINISHED 1-epoch MLP (width 0.125) train runs on
+    digits in `experiment`: (uri, (parent_1, parent_2), splits, experiment_id)."""
+    from dataclasses import replace
+
+    import mlflow
+
+    from ofexp.data import DataConfig, load_dataset
+    from ofexp.pipeline import TrainConfig, run_train
+    from ofexp.training import make_recipe
+
+    uri = f"sqlite:///{root}/mlflow.db"
+    with using_tracking_uri(uri):
+        experiment_id = mlflow.set_experiment(experiment).experiment_id
+        splits = load_dataset(DataConfig())
+        base = TrainConfig(model="mlp", width=0.125, recipe=make_recipe(epochs=1), log_model=False, progress=False,
+                           device="cpu")
+        parents = tuple(run_train(replace(base, seed=s), splits) for s in (1, 2))
+    return uri, parents, splits, experiment_id

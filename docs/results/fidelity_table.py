@@ -18,6 +18,7 @@ the table, so every number can be traced to its runs in the UI.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import tempfile
 
@@ -56,6 +57,7 @@ def _accuracies(client: mlflow.MlflowClient, run_id: str) -> dict[str, list[floa
 
 
 def main() -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stdout is the table
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", default="fidelity-fmnist")
     args = parser.parse_args()

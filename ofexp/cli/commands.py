@@ -210,28 +210,24 @@ def _parse_seeds(text: str) -> tuple[int, ...]:
         if count < 1:
             raise ConfigError(f"--seeds must be ≥ 1, got {count}; {fix}")
         return tuple(range(1, count + 1))
-    seeds = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            raise ConfigError(f"--seeds {text!r} has an empty item; {fix} (no empty items)")
-        try:
-            seeds.append(int(part))
-        except ValueError:
-            raise ConfigError(f"--seeds {text!r} lists {part!r}, not an integer; {fix}") from None
-    return tuple(seeds)
+    return _parse_list(text, "--seeds", int, "an integer", fix)
 
 
 def _float_list(text: str, option: str) -> tuple[float, ...]:
     """Comma-separated numbers, e.g. 0.5,0.5; the config checks which values are allowed."""
+    return _parse_list(text, option, float, "a number", "pass comma-separated numbers like 0.5,0.5")
+
+
+def _parse_list(text: str, option: str, convert, what: str, fix: str) -> tuple:
+    """`text` split at commas, each item `convert`ed; ConfigError naming `option` for an empty or bad item."""
     values = []
     for part in (p.strip() for p in text.split(",")):
         if not part:
-            raise ConfigError(f"{option} {text!r} has an empty item; pass comma-separated numbers like 0.5,0.5")
+            raise ConfigError(f"{option} {text!r} has an empty item; {fix}")
         try:
-            values.append(float(part))
+            values.append(convert(part))
         except ValueError:
-            raise ConfigError(f"{option} {text!r} lists {part!r}, not a number; "
-                              "pass comma-separated numbers like 0.5,0.5") from None
+            raise ConfigError(f"{option} {text!r} lists {part!r}, not {what}; {fix}") from None
     return tuple(values)
 
 

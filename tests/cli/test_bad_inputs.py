@@ -9,14 +9,14 @@ two tiny parents (trained once for the module) and a study run made with the MLf
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from conftest import run_cli_in_process, using_tracking_uri
+from conftest import run_cli_in_process, sqlite_store_with_parents
 
 REFUSED = "refused-before-any-run"  # the experiment the (before) cases name; it must never appear
 # a tiny study, for the study cases: were the bad value let through, it would still end in seconds
@@ -37,20 +37,7 @@ class Store:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Store:
-    from ofexp.data import DataConfig, load_dataset
-    from ofexp.pipeline import TrainConfig, run_train
-    from ofexp.training import make_recipe
-
-    root = tmp_path_factory.mktemp("bad-inputs-store")
-    uri = f"sqlite:///{root}/mlflow.db"
-    with using_tracking_uri(uri):
-        import mlflow
-
-        mlflow.set_experiment("bad-inputs")
-        splits = load_dataset(DataConfig())
-        base = TrainConfig(model="mlp", width=0.125, recipe=make_recipe(epochs=1), log_model=False, progress=False,
-                           device="cpu")
-        parents = tuple(run_train(replace(base, seed=s), splits) for s in (1, 2))
+    uri, parents, _, _ = sqlite_store_with_parents(tmp_path_factory.mktemp("bad-inputs-store"), "bad-inputs")
     return Store(uri, parents, _fake_study(MlflowClient(uri)), parents)
 
 

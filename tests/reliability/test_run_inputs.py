@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import json
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ import torch
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from conftest import run_artifact_bytes, run_cli_in_process, using_tracking_uri
+from conftest import run_artifact_bytes, run_cli_in_process, sqlite_store_with_parents
 
 EXPERIMENT = "run-inputs"
 TAG = "ofexp.unfinished_inputs"
@@ -41,21 +41,7 @@ class Store:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Store:
-    from ofexp.data import DataConfig, load_dataset
-    from ofexp.pipeline import TrainConfig, run_train
-    from ofexp.training import make_recipe
-
-    root = tmp_path_factory.mktemp("run-inputs-store")
-    uri = f"sqlite:///{root}/mlflow.db"
-    with using_tracking_uri(uri):
-        import mlflow
-
-        experiment_id = mlflow.set_experiment(EXPERIMENT).experiment_id
-        splits = load_dataset(DataConfig())
-        base = TrainConfig(model="mlp", width=0.125, recipe=make_recipe(epochs=1), log_model=False, progress=False,
-                           device="cpu")
-        parents = tuple(run_train(replace(base, seed=s), splits) for s in (1, 2))
-    return Store(uri, parents, splits, experiment_id)
+    return Store(*sqlite_store_with_parents(tmp_path_factory.mktemp("run-inputs-store"), EXPERIMENT))
 
 
 def _copy_run(store: Store, *, status: str = "FINISHED", spec=None, weights=None, reason: str | None = None) -> str:
