@@ -83,6 +83,19 @@ def _check_local_store_writable(uri: str) -> None:
             f"cannot write the tracking store {uri} in {folder} ({exc.strerror or exc}); "
             "run ofexp from a writable folder or set MLFLOW_TRACKING_URI to a writable store or a server"
         ) from None
+    database = Path(uri.removeprefix("sqlite:///")).expanduser()
+    try:
+        # opened for appending and closed unwritten: refused for a read-only or immutable file,
+        # which MLflow would otherwise meet with an SQLAlchemy traceback on stderr
+        with open(database, "ab"):
+            pass
+    except FileNotFoundError:
+        pass  # MLflow creates it
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the tracking store {uri} ({exc.strerror or exc}: the file is read-only); make it "
+            "writable (chmod u+w, or chattr -i) or set MLFLOW_TRACKING_URI to a writable store or a server"
+        ) from None
 
 
 def git_commit() -> str | None:

@@ -168,6 +168,27 @@ def test_unwritable_working_directory_with_the_default_store(unwritable_dir):
     assert list(unwritable_dir.iterdir()) == []
 
 
+def test_read_only_store_file_in_a_writable_folder_is_one_line(tmp_path):
+    """An immutable mlflow.db used to print 91 lines, an SQLAlchemy traceback among them."""
+    import mlflow
+
+    db = tmp_path / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{db}").create_experiment("existing")
+    before = db.read_bytes()
+    if subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a file immutable here (no chattr, or not root)")
+    try:
+        result = run_cli(["train", "--epochs", "1", "--no-log-model"], tracking_uri=f"sqlite:///{db}", cwd=tmp_path,
+                         timeout=120)
+    finally:
+        subprocess.run(["chattr", "-i", str(db)], check=True)
+    assert result.returncode != 0 and result.stdout.strip() == ""
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    line = _error_line(result.stderr)
+    assert str(db) in line and "read-only" in line and "MLFLOW_TRACKING_URI" in line
+    assert db.read_bytes() == before
+
+
 @pytest.mark.parametrize("argv", [["train", "--epochs", "1"], ["fuse", "--parents", f"{MISSING_RUN},{'1' * 32}"],
                                   ["evaluate", "--model-run", MISSING_RUN], ["study", "--seeds", "1"], ["runs"]],
                          ids=lambda argv: argv[0])
