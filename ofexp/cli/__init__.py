@@ -80,10 +80,14 @@ def describe_error(exc: BaseException) -> str:
     from mlflow.exceptions import MlflowException
 
     from ofexp.errors import OfexpError
+    from ofexp.tracking.runs import describe_tracking_error
 
     text = " ".join(str(exc).split())
     if isinstance(exc, OfexpError):
         return text
+    fixable = describe_tracking_error(exc)
+    if fixable:
+        return fixable
     if isinstance(exc, MlflowException):
         return f"MLflow: {text[:400]}"
     return f"unexpected {type(exc).__name__}: {text[:400]} (re-run with --debug for the traceback)"

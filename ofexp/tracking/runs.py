@@ -213,11 +213,37 @@ def _store_error(exc: BaseException) -> OfexpError:
             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of that server")
     if status == 403:
         user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "(none)"
+        experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or mlflow_active_experiment_name()
+        on = f" on experiment {experiment!r}" if experiment else ""
         return TrackingServerError(
-            f"user {user} lacks permission on the tracking server {tracking_uri()} (HTTP 403); ask its admin "
-            "for EDIT permission, or set MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD to another user")
+            f"user {user} lacks permission{on} on the tracking server {tracking_uri()} (HTTP 403: it may read, "
+            "not write); ask its admin for EDIT permission, or set MLFLOW_TRACKING_USERNAME/"
+            "MLFLOW_TRACKING_PASSWORD to another user")
     return OfexpError(f"cannot use the tracking store {tracking_uri()}: {_first_line(exc)}; "
                       "check MLFLOW_TRACKING_URI and that the server is running")
+
+
+def mlflow_active_experiment_name() -> str | None:
+    """The name of the experiment ofexp selected, if any (no request is made when none is)."""
+    from mlflow.tracking import fluent
+
+    experiment_id = fluent._active_experiment_id
+    if not experiment_id:
+        return None
+    try:
+        return mlflow.MlflowClient().get_experiment(experiment_id).name
+    except MlflowException:
+        return None
+
+
+def describe_tracking_error(exc: BaseException) -> str | None:
+    """One line for an MLflow error a user can fix (credentials, permissions), else None.
+
+    Requests inside a run (log_param, log_metric, set_terminated...) raise MLflow's own
+    errors; a read-only user's first write used to end in a raw `403 != 200 ...`.
+    """
+    status = exc.get_http_status_code() if isinstance(exc, MlflowException) else None
+    return str(_store_error(exc)) if status in (401, 403) else None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -69,3 +69,25 @@ def test_bad_credentials_are_one_line(auth_server, monkeypatch, capsys, user, pa
     (line,) = [l for l in result.stderr.splitlines() if l.startswith("error:")]
     assert auth_server.uri in line and "MLFLOW_TRACKING_USERNAME" in line
     assert result.stdout.strip() == ""
+
+
+def test_a_read_only_user_gets_one_line_naming_the_user_and_the_permission(auth_server, monkeypatch, capsys):
+    """A user with the server's default READ permission may look, not log: its first write used
+    to end in a raw `403 != 200 ... Permission denied`."""
+    from mlflow.server import get_app_client
+
+    _login(monkeypatch, ADMIN, PASSWORD)
+    get_app_client("basic-auth", tracking_uri=auth_server.uri).create_user("reader", "reader-password-1")
+    client = MlflowClient(auth_server.uri)
+    experiment_id = client.create_experiment("admins-only")
+    before = len(client.search_runs([experiment_id]))
+    _login(monkeypatch, "reader", "reader-password-1")
+    result = run_cli_in_process(["train", "--epochs", "1", "--no-log-model", "--experiment-name", "admins-only"],
+                                auth_server.uri, capsys)
+    assert result.returncode != 0 and result.stdout.strip() == ""
+    assert "Traceback" not in result.stderr
+    (line,) = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    assert "user reader lacks permission on experiment 'admins-only'" in line and "EDIT" in line
+    assert "403 != 200" not in line
+    _login(monkeypatch, ADMIN, PASSWORD)
+    assert len(MlflowClient(auth_server.uri).search_runs([experiment_id])) == before  # no run was left behind
