@@ -19,6 +19,7 @@ DATASETS = ("digits", "fashion_mnist", "cifar10", "cifar100", "imagefolder")
 # Where torchvision data sets (CIFAR, Fashion-MNIST) are looked for and downloaded to by default.
 DEFAULT_DATA_DIR = "./data"
 STATS_CHUNK = 4096  # images per float64 chunk in channel_stats
+STATS_IN_ONE_GO = 1 << 24  # values (128 MB in float64) up to which channel_stats makes one float64 copy
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,11 @@ def stratified_holdout(y: Tensor, fraction: float, seed: int) -> tuple[Tensor, T
 
 def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of images x [n, C, H, W] (std floored so it never divides by 0)."""
+    if x.numel() <= STATS_IN_ONE_GO:
+        # one float64 pass, as ofexp always computed them: small sets (digits) keep the exact
+        # statistics, and so the exact trained weights, of earlier versions
+        flat = x.transpose(0, 1).reshape(x.shape[1], -1).double()  # [C, n*H*W]
+        return tuple(flat.mean(dim=1).tolist()), tuple(flat.std(dim=1).clamp_min(1e-6).tolist())
     # float64 sums over chunks of images: a float64 copy of all of Fashion-MNIST's train
     # split would alone be 470 MB, a third of a train run's memory budget
     total = torch.zeros(x.shape[1], dtype=torch.float64)  # [C]

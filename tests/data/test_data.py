@@ -222,3 +222,14 @@ def test_imagefolder_errors(tmp_path, layout, match):
         _png_tree(str(root), layout)
     with pytest.raises(DataError, match=match):
         load_dataset(DataConfig(name="imagefolder", data_dir=str(root)))
+
+
+def test_channel_stats_chunked_and_in_one_go_agree(monkeypatch):
+    from ofexp.data import splits as splits_module
+
+    x = torch.rand(300, 3, 8, 8) * 5 + 2
+    exact = splits_module.channel_stats(x)
+    monkeypatch.setattr(splits_module, "STATS_IN_ONE_GO", 0)
+    monkeypatch.setattr(splits_module, "STATS_CHUNK", 7)  # chunks that do not divide the set
+    chunked = splits_module.channel_stats(x)
+    assert np.allclose(exact[0], chunked[0], rtol=1e-12) and np.allclose(exact[1], chunked[1], rtol=1e-10)
