@@ -7,7 +7,7 @@ only ever indexes ready tensors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -32,6 +32,9 @@ class DataConfig:
     split_seed: int = 0  # fixes the train/val split (and digits' train/test split)
     download: bool = True  # torchvision data sets only
     image_size: int = 32  # digits, fashion_mnist and imagefolder are resized to this
+    # who named this location ("run <id>"), when it was read from a run rather than given by the
+    # user; such data is read where it is or not at all (the run's spec must not create or fetch)
+    recorded_by: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:

@@ -95,7 +95,7 @@ def _outer_norms(g: Tensor, u: Tensor) -> Tensor:
 
 def _conv_weight_norms(conv: nn.Conv2d, a: Tensor, g: Tensor, cache: dict) -> Tensor:
     """Per-sample ‖∂ℓ/∂W‖² [n] of a conv from its input a [n, in, H, W] and output gradient g [n, out, H', W']."""
-    n, o, positions = g.shape[0], g.shape[1], g.shape[2] * g.shape[3]
+    o, positions = g.shape[1], g.shape[2] * g.shape[3]
     i = conv.weight[0].numel()  # in · k · k
     if positions * (o + i) > o * i and positions >= 256:
         # Large maps: each sample's weight gradient as one group of a grouped convolution,

@@ -254,7 +254,7 @@ def reference_weights(model_run_id: str, parameter_keys: set[str] | None = None)
     if run.data.tags[tracking.TAG_STAGE] == "train":
         return tracking.load_weights_from_run(model_run_id, "initial")
     fused = tracking.load_weights_from_run(model_run_id)
-    parent_ids = run.data.tags[tracking.TAG_PARENTS].split(",")
+    parent_ids = tracking.parent_run_ids(run)
     best, best_distance = None, -1.0
     for parent_id in parent_ids:
         parent = tracking.load_weights_from_run(parent_id)

@@ -142,7 +142,8 @@ def _data_for(cfg: FinetuneConfig, source_data: DataConfig) -> DataConfig:
     if _split_key(data) != _split_key(source_data):
         raise ConfigError(f"run {cfg.source} was trained on {_split_key(source_data)}, not {_split_key(data)}; "
                           "fine-tune on the source's dataset and split")
-    return replace(data, data_dir=cfg.data_dir) if cfg.data_dir else data
+    # a --data-dir the user gives is theirs, not the run's: its errors name the option, not the run
+    return replace(data, data_dir=cfg.data_dir, recorded_by=None) if cfg.data_dir else data
 
 
 def _split_key(data: DataConfig) -> tuple:

@@ -20,8 +20,9 @@ from ofexp.fusion.naive import parent_specs
 from ofexp.fusion.transport import MIN_SINKHORN_REG
 from ofexp.fusion.interpolation import InterpolationCurve, fusion_curves, plot_curves
 from ofexp.models import ModelSpec
-from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, check_finite, describe_unfinished,
+from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, describe_unfinished,
                                       unfinished_inputs, unfinished_tags)
+from ofexp.tracking.integrity import check_finite
 from ofexp.training import evaluate, resolve_device
 from ofexp.training.speed import float32_kernels
 

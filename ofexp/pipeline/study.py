@@ -12,16 +12,18 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
+from tqdm import tqdm
 
 from ofexp import tracking
 from ofexp.data import DataConfig, DataSplits, load_dataset
-from ofexp.errors import ConfigError, stop_on_termination_signals
+from ofexp.errors import ArtifactError, ConfigError, stop_on_termination_signals
 from ofexp.metrics import PREDICTION_METRICS, resolve_measures
 from ofexp.metrics.context import PRESETS, search_budget
 from ofexp.pipeline import plots
@@ -36,6 +38,9 @@ from ofexp.pipeline.train import TrainConfig, run_train
 from ofexp.tracking import cache, queries, runs
 from ofexp.tracking.artifacts import ENSEMBLE_STAGE
 from ofexp.tracking.study_runs import log_figure
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,8 @@ class SeedContext:
     def step(self, kind: str, stage: str, params: dict, tags: dict, start: Callable[[], str]) -> str:
         """Reuse a finished run that did this step, or `start()` a new one; record it; return its ID."""
         found = cache.find_finished_run(self.experiment_id, stage, params, tags) if self.cfg.use_cache else None
+        if found is not None and stage in tracking.DEFAULT_WEIGHTS:
+            found = _intact_or_none(found, f"{kind} seed {self.seed}")
         if found is None and self.cache_only:
             raise NotCached(f"{kind} seed {self.seed} {stage}")
         began = time.perf_counter()
@@ -124,6 +131,17 @@ class SeedContext:
             self.progress.step_finished(stage, time.perf_counter() - began, found is not None)
         self.steps.append((self.seed, kind, stage, run_id, found is not None))
         return run_id
+
+
+def _intact_or_none(run: Run, step: str) -> Run | None:
+    """`run`, or None (the step is redone, with a warning) when its weights were changed after it
+    finished: reusing it would chain later steps to weights it never made."""
+    try:
+        tracking.check_weights_intact(run)
+    except ArtifactError as err:
+        tqdm.write(f"warning: not reusing run {run.info.run_id} for {step}: {err}", file=sys.stderr)
+        return None
+    return run
 
 
 class NotCached(Exception):

@@ -21,12 +21,13 @@ from mlflow.exceptions import MlflowException
 from torch import nn
 
 from ofexp.data import DataConfig
-from ofexp.errors import ArtifactError, NonFiniteWeightsError, RunLookupError
+from ofexp.errors import ArtifactError, RunLookupError
 from ofexp.models import ModelSpec, build_model
 from ofexp.models.ensemble import ENSEMBLE_ARCH, EnsembleSpec, build_ensemble, spec_from_dict
+from ofexp.tracking.integrity import (SPEC_FILE, check_digest, check_spec_against_params, load_state_checked,
+                                      record_digest)
 from ofexp.tracking.runs import TAG_FAILURE, TAG_STAGE, tracking_uri
 
-SPEC_FILE = "spec.json"
 WEIGHTS_DIR = "weights"
 CHECKPOINT_FILE = "checkpoint/last.pt"
 MODEL_STAGES = ("train", "fuse")
@@ -125,6 +126,7 @@ def log_tensors(obj: Mapping[str, object], artifact_file: str) -> None:
         torch.save(obj, path)
         parent = str(Path(artifact_file).parent)
         mlflow.log_artifact(str(path), artifact_path=None if parent == "." else parent)
+        record_digest(artifact_file, path)  # after the upload: a tag without its file would mislead
 
 
 def log_spec(model_spec: ModelSpec | EnsembleSpec, data_cfg: DataConfig, parents: tuple[str, ...] = ()) -> None:
@@ -145,8 +147,8 @@ def data_config_to_dict(cfg: DataConfig) -> dict:
 
 def load_spec_from_run(run_id: str) -> tuple[ModelSpec, DataConfig]:
     """The model spec and data config that a train or fuse run logged."""
-    get_run_checked(run_id, MODEL_STAGES)
-    return _parse_spec(run_id, _read_artifact(run_id, SPEC_FILE))
+    run = get_run_checked(run_id, MODEL_STAGES)
+    return _parse_spec(run, _read_artifact(run_id, SPEC_FILE))
 
 
 # spec.json is input from whoever wrote the run: only these keys, and a network of at most
@@ -158,8 +160,11 @@ _DATA_FIELDS = {"name": str, "data_dir": (str, type(None)), "val_fraction": (flo
 MAX_PARAMETERS = 1_000_000_000
 
 
-def _parse_spec(run_id: str, raw: bytes) -> tuple[ModelSpec | EnsembleSpec, DataConfig]:
-    """Validate a run's spec.json (keys, types, ranges, size) and return its model spec and data config."""
+def _parse_spec(run: Run, raw: bytes) -> tuple[ModelSpec | EnsembleSpec, DataConfig]:
+    """Validate a run's spec.json (keys, types, ranges, size, agreement with the run's params) and
+    return its model spec and data config. The data config never downloads: data a run names is
+    read where it is, or not at all."""
+    run_id = run.info.run_id
     try:
         blob = json.loads(raw)
         _check_keys(blob, _SPEC_KEYS, _OPTIONAL_SPEC_KEYS, "")
@@ -172,12 +177,14 @@ def _parse_spec(run_id: str, raw: bytes) -> tuple[ModelSpec | EnsembleSpec, Data
         if not isinstance(parents, list) or not all(isinstance(p, str) and _RUN_ID.match(p) for p in parents):
             raise TypeError("parents must be a list of run IDs")
         cfg = DataConfig(name=data["name"], data_dir=data["data_dir"], val_fraction=float(data["val_fraction"]),
-                         split_seed=data["split_seed"], image_size=data["image_size"])
+                         split_seed=data["split_seed"], image_size=data["image_size"], download=False,
+                         recorded_by=f"run {run_id}")
         spec = spec_from_dict(blob["model"])
     except (ValueError, KeyError, TypeError) as exc:  # ConfigError is a ValueError
         reason = " ".join(str(exc).split())[:300]
         raise ArtifactError(f"run {run_id} has an invalid {SPEC_FILE} ({reason}); re-run the step that made it") from None
     _check_size(run_id, spec)
+    check_spec_against_params(run, spec, cfg)
     return spec, cfg
 
 
@@ -204,13 +211,19 @@ def load_weights_from_run(run_id: str, name: str | None = None) -> dict[str, tor
     """A state dict logged by a run: 'final', 'best' or 'initial' for train runs, 'fused' for fuse runs."""
     run = get_run_checked(run_id, MODEL_STAGES)
     name = name or DEFAULT_WEIGHTS[run.data.tags[TAG_STAGE]]
-    return _load_tensor_file(run_id, f"{WEIGHTS_DIR}/{name}.pt")
+    return _load_tensor_file(run, f"{WEIGHTS_DIR}/{name}.pt")
+
+
+def check_weights_intact(run: Run) -> None:
+    """ArtifactError unless the weights a model run stands for are the file it recorded (a
+    study checks this before it reuses a finished run)."""
+    artifact = f"{WEIGHTS_DIR}/{DEFAULT_WEIGHTS[run.data.tags[TAG_STAGE]]}.pt"
+    check_digest(run, artifact, _read_artifact(run.info.run_id, artifact))
 
 
 def load_checkpoint_from_run(run_id: str) -> dict:
     """The resumable training checkpoint of a train run."""
-    get_run_checked(run_id, ("train",))
-    return _load_tensor_file(run_id, CHECKPOINT_FILE)
+    return _load_tensor_file(get_run_checked(run_id, ("train",)), CHECKPOINT_FILE)
 
 
 @dataclass
@@ -241,10 +254,10 @@ def fetch_model_run(run_id: str, weights: str | None = None, *, ensembles: bool 
     if not (ensembles and run.data.tags.get(TAG_STAGE) == ENSEMBLE_STAGE):
         check_stage(run, MODEL_STAGES)
     check_finished(run, allow_unfinished=allow_unfinished, accept_option=accept_option)
-    spec, data = _parse_spec(run_id, _read_artifact(run_id, SPEC_FILE))
+    spec, data = _parse_spec(run, _read_artifact(run_id, SPEC_FILE))
     model = build_ensemble(spec) if isinstance(spec, EnsembleSpec) else build_model(spec)
     artifact = f"{WEIGHTS_DIR}/{weights or DEFAULT_WEIGHTS[run.data.tags[TAG_STAGE]]}.pt"
-    load_state_checked(model, _load_tensor_file(run_id, artifact), run_id, artifact, spec)
+    load_state_checked(model, _load_tensor_file(run, artifact), run_id, artifact, spec)
     model.eval()
     return ModelRun(run, model, spec, data)
 
@@ -257,65 +270,6 @@ def load_model(run_id: str, weights: str | None = None, *,
     return loaded.model, loaded.spec
 
 
-_REMAKE = "re-run the step that made it"
-
-
-def load_state_checked(model: nn.Module, state: object, run_id: str, artifact: str,
-                       spec: ModelSpec | EnsembleSpec | None = None) -> None:
-    """Load a run's state dict into `model`, refusing, in one line that names the run and the
-    first offending tensor: a file that is no state dict, tensors missing, left over or of
-    another shape than the network its spec.json builds, and NaN or infinite values."""
-    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                 for k, v in state.items()):
-        raise ArtifactError(f"run {run_id}'s {artifact} is not a state dict (tensor names to tensors); {_REMAKE}")
-    expected = model.state_dict()
-    problems = []
-    for key, tensor in expected.items():
-        if key not in state:
-            problems.append(f"tensor {key!r} (shape {list(tensor.shape)}) is missing from the weights")
-        elif state[key].shape != tensor.shape:
-            problems.append(f"tensor {key!r} has shape {list(state[key].shape)} in the weights, but the network "
-                            f"needs {list(tensor.shape)}")
-    problems += [f"the weights hold tensor {key!r} (shape {list(state[key].shape)}), which the network lacks"
-                 for key in state if key not in expected]
-    if problems:
-        built = f" ({describe_spec(spec)})" if spec is not None else ""
-        extra = len(problems) - 1
-        more = f" (and {extra} more mismatch{'es' if extra > 1 else ''})" if extra else ""
-        raise ArtifactError(f"run {run_id}'s {artifact} does not fit the network its {SPEC_FILE} builds{built}: "
-                            f"{problems[0]}{more}; the run's spec and weights disagree: {_REMAKE}")
-    check_finite(state, f"run {run_id}'s {artifact}",
-                 f"{_REMAKE} (a train run that diverged: train again with a lower --lr or a --grad-clip)")
-    model.load_state_dict(state)
-
-
-def describe_spec(spec: ModelSpec | EnsembleSpec) -> str:
-    """A few words for a network spec: 'mlp width 0.25', 'ensemble of 2'."""
-    if isinstance(spec, EnsembleSpec):
-        return f"ensemble of {len(spec.members)}"
-    return f"{spec.arch} width {spec.width:g}"
-
-
-def check_finite(state: Mapping[str, torch.Tensor], what: str, fix: str) -> None:
-    """NonFiniteWeightsError naming the first tensor of `state` that holds NaN or infinite values.
-    `what` names the weights ("run X's weights/final.pt"), `fix` how to get good ones."""
-    bad = []
-    for key, tensor in state.items():
-        if tensor.is_floating_point() or tensor.is_complex():
-            finite = torch.isfinite(tensor)
-            if not bool(finite.all()):
-                bad.append((key, tensor, finite))
-    if not bad:
-        return
-    key, tensor, finite = bad[0]
-    nan = int(torch.isnan(tensor).sum())
-    inf = tensor.numel() - int(finite.sum()) - nan
-    counts = " and ".join(c for c in (f"{nan} NaN" if nan else "", f"{inf} infinite" if inf else "") if c)
-    more = f" (and {len(bad) - 1} more tensor{'s' if len(bad) > 2 else ''})" if len(bad) > 1 else ""
-    raise NonFiniteWeightsError(f"{what} holds non-finite weights: tensor {key!r} has {counts} of its "
-                                f"{tensor.numel()} values{more}, so anything measured on it is meaningless; {fix}")
-
-
 def _read_artifact(run_id: str, artifact_path: str) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -325,10 +279,15 @@ def _read_artifact(run_id: str, artifact_path: str) -> bytes:
         return Path(local).read_bytes()
 
 
-def _load_tensor_file(run_id: str, artifact_path: str) -> dict:
+def _load_tensor_file(run: Run, artifact_path: str) -> dict:
+    """A tensor artifact, refused unless it is the file the run recorded (integrity.check_digest)."""
+    run_id = run.info.run_id
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "blob.pt"
-        path.write_bytes(_read_artifact(run_id, artifact_path))
+        blob = _read_artifact(run_id, artifact_path)
+        if run.info.status == FINISHED:  # a running run may rewrite the file before it retags it
+            check_digest(run, artifact_path, blob)
+        path.write_bytes(blob)
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...

@@ -221,3 +221,26 @@ def test_jobs_2_gives_the_same_runs_as_jobs_1(study, client, mlflow_server, tmp_
     a = a[~a.Model.str.startswith("geometric_fused")].reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b)
     assert math.isfinite(parallel.data.metrics["summary/accuracy/parent_1_mean"])
+
+
+def test_a_run_whose_weights_were_changed_is_not_reused(study, client, mlflow_server, capsys, tmp_path):
+    # Last in this module: it rewrites one of the reference study's files. A train run's
+    # weights/final.pt overwritten after it finished: a rerun redoes that step and the steps
+    # that read it, says why, and still reuses everything else.
+    import torch
+
+    tampered = _steps(study)[("parent_1", 1, "train")]
+    blob = client.download_artifacts(tampered, "weights/final.pt", str(tmp_path))
+    state = torch.load(blob, weights_only=True)
+    torch.save({k: v * 2 if v.is_floating_point() else v for k, v in state.items()}, blob)
+    client.log_artifact(tampered, blob, "weights")
+    capsys.readouterr()
+    rerun_id, new = _new_runs(client, study.info.experiment_id,
+                              lambda: ofexp(mlflow_server.uri, "study", *TINY, "--seeds", "1", "--method", "naive"))
+    warning = capsys.readouterr().err
+    assert f"not reusing run {tampered} for parent_1 seed 1: run {tampered}'s weights/final.pt is not the file" in warning
+    assert {s: len(ids) for s, ids in new.items()} == {"train": 1, "fuse": 1, "evaluate": 2}
+    steps = _steps(client.get_run(rerun_id))
+    assert steps[("parent_1", 1, "train")] != tampered
+    assert steps[("parent_2", 1, "train")] == _steps(study)[("parent_2", 1, "train")]
+    assert steps[("parent_2", 1, "evaluate")] == _steps(study)[("parent_2", 1, "evaluate")]

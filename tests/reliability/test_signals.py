@@ -103,3 +103,42 @@ def test_sigterm_during_a_study_leaves_no_run_running_and_the_rerun_reuses_finis
     second = client.get_run(rerun.stdout.strip().splitlines()[-1])
     assert second.info.status == "FINISHED" and second.data.metrics["steps/reused"] >= 2
     assert {r.info.run_id for r in _runs(client) if r.data.tags.get("ofexp.stage") == "train"} == finished_train
+
+
+def test_sigterm_during_a_fuse_marks_it_killed_and_leaves_the_parents_as_they_were(tmp_path):
+    # VGG11 parents: a geometric fusion with its interpolation curves takes ~10 s on digits,
+    # a window wide enough to be signalled in
+    from dataclasses import replace
+
+    from conftest import using_tracking_uri
+    from ofexp.data import DataConfig, load_dataset
+    from ofexp.pipeline import TrainConfig, run_train
+    from ofexp.training import make_recipe
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with using_tracking_uri(uri):
+        import mlflow
+
+        mlflow.set_experiment("signals")
+        splits = load_dataset(DataConfig())
+        base = TrainConfig(model="vgg11", width=0.25, recipe=make_recipe(epochs=1), log_model=False, progress=False,
+                           device="cpu")
+        parents = [run_train(replace(base, seed=s), splits) for s in (1, 2)]
+    client = MlflowClient(uri)
+    before = {r.info.run_id: (r.info.status, r.data.tags.get("ofexp.sha256.weights/final.pt")) for r in _runs(client)}
+    fuse = ["fuse", "--parents", ",".join(parents), "--method", "geometric", "--device", "cpu",
+            "--experiment-name", "signals"]
+    proc, _ = _start(fuse, tmp_path)
+    _wait_until(proc, lambda: any(r.data.tags.get("ofexp.stage") == "fuse" for r in _runs(client)), "the fuse run began")
+    code, err = _terminate(proc)
+    _check_one_line(code, err)
+    (killed,) = [r for r in _runs(client) if r.data.tags.get("ofexp.stage") == "fuse"]
+    assert killed.info.status == "KILLED" and killed.data.tags["ofexp.failure_reason"] == "stopped by SIGTERM"
+    assert {r.info.run_id: (r.info.status, r.data.tags.get("ofexp.sha256.weights/final.pt"))
+            for r in _runs(client) if r.info.run_id in before} == before
+    # the same command again fuses them: the killed run holds nothing that stands in its way
+    again = subprocess.run([str(BIN / "ofexp"), *fuse], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0, again.stderr[-2000:]
+    fused = again.stdout.strip().splitlines()[-1].split()[-1]
+    assert client.get_run(fused).info.status == "FINISHED" and fused != killed.info.run_id

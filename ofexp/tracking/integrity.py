@@ -1,0 +1,196 @@
+"""What a run recorded about itself, checked whenever its artifacts are read back.
+
+Artifacts live in a store other processes (and people) can write to, so reading a
+run's files trusts nothing the run did not vouch for (docs/reliability.md,
+"What a run vouches for"):
+
+- **Tensor files** (weights, alignment plans): their sha256 is recorded in the tag
+  `ofexp.sha256.<artifact path>` when they are logged. A file read back must have
+  that digest, or it is refused: someone or something rewrote it after the fact.
+- **spec.json**: the data block (data set, folder, split, image size) and the
+  architecture must agree with the params of the run that trained the weights (the
+  run itself, or through `ofexp.parent_run_ids`, its first parent). An edited spec
+  would point the reader at another folder, or make it download; it is refused.
+- **State dicts** must fit the network the spec builds, tensor for tensor, and hold
+  only finite values.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import mlflow
+import torch
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from torch import nn
+
+from ofexp.data import DataConfig
+from ofexp.errors import ArtifactError, NonFiniteWeightsError
+from ofexp.models import ModelSpec
+from ofexp.models.ensemble import EnsembleSpec
+from ofexp.tracking.runs import TAG_PARENTS
+
+SPEC_FILE = "spec.json"
+TAG_SHA256_PREFIX = "ofexp.sha256."  # + artifact path, e.g. ofexp.sha256.weights/final.pt
+_MAX_LINEAGE_DEPTH = 4  # fine-tuned ← fused ← trained: the params are at most a few hops up
+
+
+def digest_tag(artifact_path: str) -> str:
+    """The tag that records `artifact_path`'s sha256."""
+    return TAG_SHA256_PREFIX + artifact_path
+
+
+def sha256_hex(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
+def record_digest(artifact_path: str, local_file: Path) -> None:
+    """Tag the active run with the sha256 of `local_file`, which it logs as `artifact_path`."""
+    with open(local_file, "rb") as f:
+        mlflow.set_tag(digest_tag(artifact_path), hashlib.file_digest(f, "sha256").hexdigest())
+
+
+def check_digest(run: Run, artifact_path: str, blob: bytes) -> None:
+    """ArtifactError when `blob` is not the file the run recorded under `artifact_path`.
+
+    Runs logged before digests were recorded carry no tag and are read as they are.
+    """
+    recorded = run.data.tags.get(digest_tag(artifact_path))
+    if recorded is None:
+        return
+    actual = sha256_hex(blob)
+    if actual != recorded:
+        run_id = run.info.run_id
+        raise ArtifactError(
+            f"run {run_id}'s {artifact_path} is not the file the run recorded (sha256 {actual[:12]}… against "
+            f"{recorded[:12]}… in tag {digest_tag(artifact_path)}): it was changed after the run wrote it; "
+            f"re-run the step that made it, or restore the original file")
+
+
+def parent_run_ids(run: Run) -> tuple[str, ...]:
+    """The runs a fuse or ensemble run was made from, in order (tag ofexp.parent_run_ids)."""
+    joined = run.data.tags.get(TAG_PARENTS, "")
+    return tuple(part for part in joined.split(",") if part)
+
+
+def _params_source(run: Run) -> Run | None:
+    """The run whose params say how the weights were trained: `run` itself when it logged the
+    data set (train and fine-tune runs), else its first parent's source; None if there is none."""
+    for _ in range(_MAX_LINEAGE_DEPTH):
+        if "dataset" in run.data.params:
+            return run
+        parents = parent_run_ids(run)
+        if not parents:
+            return None
+        try:
+            run = mlflow.MlflowClient().get_run(parents[0])
+        except MlflowException:
+            return None  # a deleted or foreign parent: there is nothing to check against
+    return None
+
+
+def _same(spec_value: object, param: str | None) -> bool:
+    if param is None:
+        return True  # a run from before the param existed
+    if isinstance(spec_value, bool):
+        return str(spec_value) == param
+    if isinstance(spec_value, float):
+        try:
+            return math.isclose(spec_value, float(param), rel_tol=1e-9)
+        except ValueError:
+            return False
+    return str(spec_value) == param
+
+
+def check_spec_against_params(run: Run, spec: ModelSpec | EnsembleSpec, data: DataConfig) -> None:
+    """ArtifactError when the run's spec.json disagrees with the params it was trained under.
+
+    Compared: the data block (data set, folder, validation fraction, split seed, image
+    size) and, for a single network, the architecture, bias and batch-norm. The width is
+    left to the weights' shapes (a fused network takes its target parent's width).
+    """
+    source = _params_source(run)
+    if source is None:
+        return
+    params = source.data.params
+    expected = [("data.name", data.name, params.get("dataset")),
+                ("data.data_dir", data.resolved_data_dir or "none", params.get("data_dir")),
+                ("data.val_fraction", float(data.val_fraction), params.get("val_fraction")),
+                ("data.split_seed", data.split_seed, params.get("split_seed")),
+                ("data.image_size", data.image_size, params.get("image_size"))]
+    if isinstance(spec, ModelSpec):
+        expected += [("model.arch", spec.arch, params.get("model")), ("model.bias", spec.bias, params.get("bias")),
+                     ("model.batchnorm", spec.batchnorm, params.get("batchnorm"))]
+    for field, value, param in expected:
+        if not _same(value, param):
+            whose = "its" if source is run else f"its lineage's train run {source.info.run_id}"
+            raise ArtifactError(
+                f"run {run.info.run_id}'s spec.json says {field}={value!r}, but {whose} params say {param!r}: "
+                f"the spec was changed after the run wrote it, so neither its network nor its data can be trusted; "
+                f"re-run the step that made it")
+
+
+_REMAKE = "re-run the step that made it"
+
+
+def load_state_checked(model: nn.Module, state: object, run_id: str, artifact: str,
+                       spec: ModelSpec | EnsembleSpec | None = None) -> None:
+    """Load a run's state dict into `model`, refusing, in one line that names the run and the
+    first offending tensor: a file that is no state dict, tensors missing, left over or of
+    another shape than the network its spec.json builds, and NaN or infinite values."""
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                 for k, v in state.items()):
+        raise ArtifactError(f"run {run_id}'s {artifact} is not a state dict (tensor names to tensors); {_REMAKE}")
+    expected = model.state_dict()
+    problems = []
+    for key, tensor in expected.items():
+        if key not in state:
+            problems.append(f"tensor {key!r} (shape {list(tensor.shape)}) is missing from the weights")
+        elif state[key].shape != tensor.shape:
+            problems.append(f"tensor {key!r} has shape {list(state[key].shape)} in the weights, but the network "
+                            f"needs {list(tensor.shape)}")
+    problems += [f"the weights hold tensor {key!r} (shape {list(state[key].shape)}), which the network lacks"
+                 for key in state if key not in expected]
+    if problems:
+        built = f" ({describe_spec(spec)})" if spec is not None else ""
+        extra = len(problems) - 1
+        more = f" (and {extra} more mismatch{'es' if extra > 1 else ''})" if extra else ""
+        raise ArtifactError(f"run {run_id}'s {artifact} does not fit the network its {SPEC_FILE} builds{built}: "
+                            f"{problems[0]}{more}; the run's spec and weights disagree: {_REMAKE}")
+    check_finite(state, f"run {run_id}'s {artifact}",
+                 f"{_REMAKE} (a train run that diverged: train again with a lower --lr or a --grad-clip)")
+    model.load_state_dict(state)
+
+
+def describe_spec(spec: ModelSpec | EnsembleSpec) -> str:
+    """A few words for a network spec: 'mlp width 0.25', 'ensemble of 2'."""
+    if isinstance(spec, EnsembleSpec):
+        return f"ensemble of {len(spec.members)}"
+    return f"{spec.arch} width {spec.width:g}"
+
+
+def check_finite(state: Mapping[str, torch.Tensor], what: str, fix: str) -> None:
+    """NonFiniteWeightsError naming the first tensor of `state` that holds NaN or infinite values.
+    `what` names the weights ("run X's weights/final.pt"), `fix` how to get good ones."""
+    bad = []
+    for key, tensor in state.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            finite = torch.isfinite(tensor)
+            if not bool(finite.all()):
+                bad.append((key, tensor, finite))
+    if not bad:
+        return
+    key, tensor, finite = bad[0]
+    nan = int(torch.isnan(tensor).sum())
+    inf = tensor.numel() - int(finite.sum()) - nan
+    counts = " and ".join(c for c in (f"{nan} NaN" if nan else "", f"{inf} infinite" if inf else "") if c)
+    more = f" (and {len(bad) - 1} more tensor{'s' if len(bad) > 2 else ''})" if len(bad) > 1 else ""
+    raise NonFiniteWeightsError(f"{what} holds non-finite weights: tensor {key!r} has {counts} of its "
+                                f"{tensor.numel()} values{more}, so anything measured on it is meaningless; {fix}")
+
+
+__all__ = ["SPEC_FILE", "TAG_SHA256_PREFIX", "check_digest", "check_finite", "check_spec_against_params", "describe_spec",
+           "digest_tag", "load_state_checked", "parent_run_ids", "record_digest", "sha256_hex"]
