@@ -23,7 +23,7 @@ from ofexp.cli.options import pop_flag
 REPO = Path(__file__).resolve().parents[1]
 PROJECTS = REPO / "mlflow_projects"
 
-# The report's configurations (DESIGN §1, §3): architecture and data set per project ...
+# The report's configurations (docs/design.md §1, §3): architecture and data set per project ...
 REPORT_PROJECTS = {
     "vgg11_cifar10": ("vgg11", "cifar10"),
     "vgg11_cifar100": ("vgg11", "cifar100"),

@@ -131,7 +131,7 @@ def fuse(parents: str, device: str, allow_unfinished: bool, experiment_name: str
               help="Comma-separated measure names, spaces (input, parameter, prediction) or 'all'.")
 @click.option("--label", type=OPT_STR, default=None, help="Model name in results.csv [default: the run's name].")
 @click.option("--preset", type=click.Choice(["report", "quick"]), default="report", show_default=True,
-              help="σ-search budget: the report's (DESIGN §5), or a tiny one for tests and demos (not for results).")
+              help="σ-search budget: the report's (docs/measures.md), or a tiny one for tests and demos (not for results).")
 @click.option("--sharpness-worst", type=click.Choice(["max", "min"]), default="max", show_default=True,
               help="Sharpness worst case over the draws: max (Jiang et al. 2019) or min (the report's code).")
 @click.option("--accuracy-metric", type=click.Choice(["accuracy", "generalisation_gap"]), default="accuracy",

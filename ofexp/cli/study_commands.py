@@ -22,7 +22,7 @@ from ofexp.pipeline.study import StudyConfig, run_study
 @click.option("--accuracy-metric", type=click.Choice(["accuracy", "generalisation_gap"]), default="accuracy",
               show_default=True, help="Prediction metric that every measure is correlated with (always measured).")
 @click.option("--preset", type=click.Choice(["report", "quick"]), default="report", show_default=True,
-              help="σ-search budget: the report's (DESIGN §5), or a tiny one for tests and demos (not for results).")
+              help="σ-search budget: the report's (docs/measures.md), or a tiny one for tests and demos (not for results).")
 @flag("cache", "Reuse FINISHED runs that did a step already; --no-cache runs every step afresh.", default=True)
 @click.option("--jobs", type=click.INT, default=1, show_default=True,
               help="Seeds run at once, each in its own process, against the same tracking store.")

@@ -16,7 +16,7 @@ from ofexp.errors import DataError
 # Looked up at call time, so a test can swap in a subclass that knows its own files' md5s.
 CIFAR_CLASSES = {"cifar10": CIFAR10, "cifar100": CIFAR100}
 
-# DESIGN §3: the report's published per-dataset normalisation.
+# docs/design.md §3: the report's published per-dataset normalisation.
 CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),

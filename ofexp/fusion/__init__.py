@@ -1,4 +1,4 @@
-"""Model fusion: naive averaging and geometric (optimal-transport) alignment, DESIGN section 4."""
+"""Model fusion: naive averaging and geometric (optimal-transport) alignment, docs/design.md §4."""
 
 from ofexp.fusion.batchnorm import recompute_batchnorm_stats
 from ofexp.fusion.diagnostics import alignment_diagnostics

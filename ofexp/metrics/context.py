@@ -21,7 +21,7 @@ from ofexp.metrics.sharpness import (SHARPNESS_BOUNDS, SHARPNESS_MAG_BOUNDS, SHA
                                      reference_vector, sharpness_deviation)
 from ofexp.training import evaluate
 
-# The search budget presets of `ofexp evaluate --preset`: "report" is DESIGN §5's budget
+# The search budget presets of `ofexp evaluate --preset`: "report" is docs/design.md §5's budget
 # (the default; what results should use), "quick" SearchBudget.quick() for tests and demos.
 PRESETS: dict[str, Callable[[], SearchBudget]] = {"report": SearchBudget, "quick": SearchBudget.quick}
 
@@ -41,7 +41,7 @@ def search_budget(preset: str) -> SearchBudget:
 class MeasureContext:
     """Inputs shared by all measures of one model, with passes cached across measures.
 
-    `reference_weights` returns θ₀ (DESIGN §5) on demand, so that measures that
+    `reference_weights` returns θ₀ (docs/design.md §5) on demand, so that measures that
     don't need it never download it. `budget` sets the σ searches' work (the report's
     by default; `SearchBudget.quick()` for tests), `sharpness_worst` their worst case
     ("max", Jiang et al. 2019, or the report's "min"; see `sharpness_deviation`), and
@@ -92,7 +92,7 @@ class MeasureContext:
 
     @property
     def train_loss(self) -> float:
-        """L of DESIGN §5: the true mean training cross-entropy."""
+        """L of docs/design.md §5: the true mean training cross-entropy."""
         return self.train_eval["loss"]
 
     @property

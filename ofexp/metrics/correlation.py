@@ -1,4 +1,4 @@
-"""Correlation space (DESIGN §5): how well each measure tracks the prediction metric across seeds.
+"""Correlation space (docs/design.md §5): how well each measure tracks the prediction metric across seeds.
 
 For every model kind (parent_1, parent_2, naive_fused, geometric_fused, ...) and every
 measure, the measure's values over the seeds are paired with the prediction metric's

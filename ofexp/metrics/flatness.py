@@ -1,4 +1,4 @@
-"""PAC-Bayes flatness measures (DESIGN §5): σ of random (not adversarial) perturbations.
+"""PAC-Bayes flatness measures (docs/design.md §5): σ of random (not adversarial) perturbations.
 
     result = pac_bayes_sigma(model, train_x, train_y, loss=L)   # plain, bounds [0, 0.2]
     flatness_init(result.sigma, theta, theta0, m)

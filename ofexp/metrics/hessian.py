@@ -1,4 +1,4 @@
-"""Parameter-space curvature (DESIGN §5): top eigenvalue and trace of the loss Hessian.
+"""Parameter-space curvature (docs/design.md §5): top eigenvalue and trace of the loss Hessian.
 
 Both use Hessian-vector products (HVPs) of the mean cross-entropy of one batch with
 respect to all of the model's parameters (`named_parameters`, not buffers), with the

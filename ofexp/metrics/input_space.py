@@ -1,4 +1,4 @@
-"""Input-space measure (DESIGN §5): a lower bound on the Lipschitz constant of the network."""
+"""Input-space measure (docs/design.md §5): a lower bound on the Lipschitz constant of the network."""
 from __future__ import annotations
 
 from contextlib import contextmanager

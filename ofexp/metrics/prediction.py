@@ -1,4 +1,4 @@
-"""Prediction-space measures (DESIGN §5)."""
+"""Prediction-space measures (docs/design.md §5)."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Sharpness measures (DESIGN §5), and the perturbation-search machinery shared with PAC-Bayes flatness.
+"""Sharpness measures (docs/design.md §5), and the perturbation-search machinery shared with PAC-Bayes flatness.
 
 A search finds the perturbation scale σ at which the training loss moves by 0.1:
 
@@ -40,7 +40,7 @@ WORST_CASES = ("max", "min")
 
 @dataclass(frozen=True)
 class SearchBudget:
-    """How much work the σ searches do. The defaults are the report's (DESIGN §5).
+    """How much work the σ searches do. The defaults are the report's (docs/design.md §5).
 
     sharpness_*: binary-search depth, Monte Carlo draws per step, gradient-ascent steps
     per draw and minibatches for each draw's loss estimate; pac_bayes_*: the same
@@ -209,7 +209,7 @@ def binary_search(
     what: str,
     depth_field: str,
 ) -> SearchResult:
-    """Bisect [lo, hi] for the σ with deviation(σ) ≈ 0.1 (DESIGN §5's rule); warn when it fails.
+    """Bisect [lo, hi] for the σ with deviation(σ) ≈ 0.1 (docs/design.md §5's rule); warn when it fails.
 
     Each step measures d at the midpoint; it stops when |d - 0.1| < tol, when the
     interval is narrower than min_width, or after `depth` steps. Otherwise d > 0.1

@@ -1,4 +1,4 @@
-"""Weight initialisation schemes (DESIGN section 3: small data needs Kaiming init)."""
+"""Weight initialisation schemes (docs/design.md §3: small data needs Kaiming init)."""
 
 from __future__ import annotations
 

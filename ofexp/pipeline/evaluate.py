@@ -35,7 +35,7 @@ ENSEMBLE_SKIP_NOTE = ("skipped: an ensemble run has no single parameter vector; 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """What `ofexp evaluate` does. `preset` picks the σ searches' budget: "report" (DESIGN §5's,
+    """What `ofexp evaluate` does. `preset` picks the σ searches' budget: "report" (docs/design.md §5's,
     the default) or "quick" (SearchBudget.quick(): seconds, for tests and demos, not results).
     `sharpness_worst` is the sharpness deviation's worst case over the draws: "max" (Jiang et al.
     2019, the default) or "min" (the report's code). `accuracy_metric` names the prediction metric
@@ -241,7 +241,7 @@ def results_frame(rows: list[tuple[str, str, str, float]]) -> pd.DataFrame:
 
 
 def reference_weights(model_run_id: str, parameter_keys: set[str] | None = None) -> dict[str, torch.Tensor]:
-    """θ₀ of DESIGN §5, found through lineage.
+    """θ₀ of docs/design.md §5, found through lineage.
 
     For a train run: its own initial weights. For a fuse run: the final weights
     of the parent farthest (in squared ℓ2 distance over the parameters θ, i.e.

@@ -158,7 +158,7 @@ def run_finetune(cfg: FinetuneConfig, splits: DataSplits | None = None) -> str:
     weights/initial.pt equal, bit for bit, to the source's weights (a train
     run's final, a fuse run's fused). A batch-norm network's running statistics
     are then recomputed on the training data before the first epoch, since a
-    fused network's are wrong (DESIGN §4). Bad input raises before the run starts.
+    fused network's are wrong (docs/design.md §4). Bad input raises before the run starts.
     """
     source = tracking.fetch_model_run(cfg.source)  # refuses evaluate, study and ensemble runs
     check_against_source(cfg, cfg.source, source.spec, source.data)

@@ -4,7 +4,7 @@ The study run indexes its steps with one tag per step,
 `ofexp.step.<kind>_seed<k>.<stage>` = run ID (reused runs from earlier studies
 included, since they are not its children). From those runs' metrics come:
 
-- results: the report's `results.csv` (DESIGN §5): `Model,Space,Metric,Value`, per-seed
+- results: the report's `results.csv` (docs/design.md §5): `Model,Space,Metric,Value`, per-seed
   rows `Model=<kind>_seed<k>`, then correlation rows `Model=<kind>`,
   `Space=correlation_space`, `Metric=<method>_<measure>`, `nan` when undefined;
 - summary: mean, std and count over seeds per (model kind, metric);

@@ -1,7 +1,7 @@
 """Resumable training checkpoints made only of tensors, numbers, strings, lists and dicts.
 
 That restriction is what lets them load with `torch.load(path, weights_only=True)`,
-which never executes pickled code (DESIGN §2).
+which never executes pickled code (docs/design.md §2).
 """
 
 from __future__ import annotations

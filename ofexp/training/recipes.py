@@ -80,7 +80,7 @@ def _validate(r: Recipe) -> None:
 
 
 RECIPES: dict[str, Recipe] = {
-    # DESIGN §3 measured: on small data the report's recipe stays at chance for VGG/ResNet
+    # docs/design.md §3 measured: on small data the report's recipe stays at chance for VGG/ResNet
     # without BN; Kaiming init, one warm-up epoch and clipping train them all. lr 0.1 with
     # weight decay 5e-4 (not 0.01 and none): parents reach 98-99% instead of 87-97%, and
     # geometric fusion of narrow VGG11s on digits 0.91 instead of 0.23-0.28 (README,
@@ -90,7 +90,7 @@ RECIPES: dict[str, Recipe] = {
         name="default", epochs=10, batch_size=64, lr=0.1, momentum=0.9, weight_decay=5e-4,
         init="kaiming", warmup_epochs=1.0, grad_clip=1.0, schedule="cosine", milestones=(), gamma=0.1,
     ),
-    # DESIGN §3: the report's settings, exactly.
+    # docs/design.md §3: the report's settings, exactly.
     "report": Recipe(
         name="report", epochs=30, batch_size=64, lr=0.05, momentum=0.9, weight_decay=0.0,
         init="default", warmup_epochs=0.0, grad_clip=0.0, schedule="multistep",
