@@ -123,9 +123,11 @@ def test_mlflow_run_main_study(mlflow_server, tmp_path):
     assert list(results.columns) == ["Model", "Space", "Metric", "Value"]
     per_seed = results[results["Space"] != "correlation_space"]
     assert sorted(per_seed["Model"].unique()) == sorted(f"{k}_seed1" for k in MODEL_KINDS)
+    # results.csv as the original study reads it: one prediction row per model, the study's metric
+    assert (per_seed["Space"] == "prediction_space").all() and set(per_seed["Metric"]) == {"accuracy"}
     # one seed gives no correlation: its rows are there, undefined, per model kind
-    correlations = results[results["Space"] == "correlation_space"]
-    assert set(correlations["Model"]) == set(MODEL_KINDS)
+    correlations = pd.read_csv(client.download_artifacts(sid, "correlations.csv", str(tmp_path)))
+    assert set(correlations["model_kind"]) == set(MODEL_KINDS) and correlations["value"].isna().all()
     raw = pd.read_csv(client.download_artifacts(sid, "results.csv", str(tmp_path)), dtype=str, keep_default_na=False)
     assert (raw != "").all().all(), "no blank cells"
     assert results.loc[per_seed.index, "Value"].notna().all()

@@ -11,7 +11,7 @@ import pandas as pd
 
 from ofexp.cli.options import OPT_STR
 from ofexp.errors import ConfigError, RunLookupError
-from ofexp.pipeline.report import build_tables, results_csv, steps_from_tags
+from ofexp.pipeline.report import PREDICTION_FILE, RESULTS_FILE, build_tables, report_files, steps_from_tags
 from ofexp.tracking import queries
 
 _WIDE = {"display.width": 250, "display.max_columns": None, "display.max_rows": None, "display.max_colwidth": 60}
@@ -22,8 +22,9 @@ _WIDE = {"display.width": 250, "display.max_columns": None, "display.max_rows": 
 @click.option("--study-run", "study_run_option", type=OPT_STR, default=None, metavar="RUN_ID",
               help="The study run's ID (the same as the argument).")
 @click.option("--csv", "csv_path", type=OPT_STR, default=None, metavar="PATH",
-              help="Also write results.csv (report format) to PATH, and the summary and correlations "
-                   "next to it as PATH-stem.summary.csv and PATH-stem.correlations.csv.")
+              help="Also write results.csv (the original study's format) to PATH, and the other prediction "
+                   "values, the summary and the correlations next to it as PATH-stem.prediction.csv, "
+                   "PATH-stem.summary.csv and PATH-stem.correlations.csv.")
 @click.option("--force", is_flag=True, help="Let --csv overwrite files that exist.")
 def report(study_run_id: str | None, study_run_option: str | None, csv_path: str | None, force: bool) -> None:
     """Rebuild a study's results, summary and correlation tables from the server; print them."""
@@ -51,14 +52,15 @@ def report(study_run_id: str | None, study_run_option: str | None, csv_path: str
         click.echo(f"\n## correlation with {study.params.get('accuracy_metric', 'accuracy')} per model kind")
         click.echo(tables.correlations.to_string(index=False, na_rep="nan"))
     if csv_files:
-        write_csv_files(dict(zip(csv_files, (results_csv(tables.results), tables.summary.to_csv(),
+        files = report_files(tables.results, study.params.get("accuracy_metric", "accuracy"))
+        write_csv_files(dict(zip(csv_files, (files[RESULTS_FILE], files[PREDICTION_FILE], tables.summary.to_csv(),
                                              tables.correlations.to_csv(index=False, na_rep="nan")))), force)
-        click.echo(f"wrote {csv_files[0]} and its .summary.csv, .correlations.csv", err=True)
+        click.echo(f"wrote {csv_files[0]} and its .prediction.csv, .summary.csv, .correlations.csv", err=True)
 
 
 def _report_csv_paths(path: Path) -> list[Path]:
-    """What `report --csv PATH` writes: PATH, PATH-stem.summary.csv, PATH-stem.correlations.csv."""
-    return [path, path.with_name(f"{path.stem}.summary.csv"), path.with_name(f"{path.stem}.correlations.csv")]
+    """What `report --csv PATH` writes: PATH, then PATH-stem.{prediction,summary,correlations}.csv."""
+    return [path, *(path.with_name(f"{path.stem}.{part}.csv") for part in ("prediction", "summary", "correlations"))]
 
 
 def check_csv_targets(paths: list[Path], force: bool) -> None:

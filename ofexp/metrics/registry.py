@@ -25,6 +25,12 @@ class Measure:
     compute: Callable[[MeasureContext], float]
     doc: str
     search: str | None = None  # the σ search (context.SEARCHES) the measure's value comes from, if any
+    csv_name: str | None = None  # its name in the report's results.csv, where that differs
+
+    @property
+    def report_name(self) -> str:
+        """The Metric cell of results.csv: the original study's name for the measure."""
+        return self.csv_name or self.name
 
     @property
     def metric_key(self) -> str:
@@ -49,7 +55,8 @@ MEASURES: dict[str, Measure] = {
         ),
         Measure("lipschitz", "input",
                 lambda c: input_space.lipschitz(c.model, c.input_shape, generator=c.generator("lipschitz")),
-                "lower bound on the Lipschitz constant of f(x) - f(0), by power iteration"),
+                "lower bound on the Lipschitz constant of f(x) - f(0), by power iteration",
+                csv_name="lipschitz_constant"),
         Measure("hessian_top_eigenvalue", "parameter",
                 lambda c: c.hessian_top_eigenvalue(),  # one Lanczos run shared with hessian_trace
                 "largest eigenvalue of the cross-entropy Hessian on a batch of test images (Lanczos)"),

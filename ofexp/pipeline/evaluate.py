@@ -20,13 +20,13 @@ from ofexp.metrics import (MEASURES, PREDICTION_METRICS, Measure, MeasureContext
                            resolve_measures)
 from ofexp.metrics.context import PRESETS, search_budget
 from ofexp.metrics.sharpness import WORST_CASES
+from ofexp.pipeline.report import RESULTS_COLUMNS, report_files
 from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, ENSEMBLE_STAGE, describe_unfinished,
                                       unfinished_inputs, unfinished_tags)
 from ofexp.tracking.runs import TAG_WARNINGS, warning_tag
 from ofexp.training import resolve_device
 from ofexp.training.speed import float32_kernels
 
-RESULTS_COLUMNS = ["Model", "Space", "Metric", "Value"]
 TAG_ACCURACY_METRIC = "ofexp.accuracy_metric"
 TAG_TRACE_METHOD = "ofexp.hessian_trace_method"  # "exact" or "hutchinson"
 ENSEMBLE_SKIP_NOTE = ("skipped: an ensemble run has no single parameter vector; "
@@ -148,7 +148,8 @@ def run_evaluate(cfg: EvalConfig, splits: DataSplits | None = None) -> str:
                 tqdm.write(f"warning: {name}: {reason}", file=sys.stderr)
         if warned:
             tracking.set_tags({TAG_WARNINGS: ",".join(warned)})
-        tracking.log_text(results_frame(rows).to_csv(index=False), "results.csv")
+        for name, text in report_files(results_frame(rows), cfg.accuracy_metric).items():
+            tracking.log_text(text, name)
         return run.info.run_id
 
 

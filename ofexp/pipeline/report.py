@@ -4,9 +4,11 @@ The study run indexes its steps with one tag per step,
 `ofexp.step.<kind>_seed<k>.<stage>` = run ID (reused runs from earlier studies
 included, since they are not its children). From those runs' metrics come:
 
-- results: the report's `results.csv` (docs/design.md §5): `Model,Space,Metric,Value`, per-seed
-  rows `Model=<kind>_seed<k>`, then correlation rows `Model=<kind>`,
+- results: every logged value as `Model,Space,Metric,Value` rows, per-seed rows
+  `Model=<kind>_seed<k>`, then correlation rows `Model=<kind>`,
   `Space=correlation_space`, `Metric=<method>_<measure>`, `nan` when undefined;
+  `report_files` writes it as the original study's `results.csv` (one prediction
+  row per model, the report's measure names) and `prediction_metrics.csv`;
 - summary: mean, std and count over seeds per (model kind, metric);
 - correlations: every (method, measure, model kind) coefficient with its note.
 
@@ -124,8 +126,42 @@ def _kind_order(per_seed: pd.DataFrame):
     return key
 
 
+RESULTS_FILE = "results.csv"
+PREDICTION_FILE = "prediction_metrics.csv"
+
+
+def report_frames(results: pd.DataFrame, accuracy_metric: str) -> dict[str, pd.DataFrame]:
+    """`results` split as the original study's reader needs it: {RESULTS_FILE, PREDICTION_FILE}.
+
+    That reader takes each model's one prediction_space row as the metric every other
+    measure is correlated with, and knows the input-space measure as `lipschitz_constant`.
+    So results.csv holds, per model, exactly one prediction_space row (`accuracy_metric`)
+    and the input and parameter measures under their report names, then the correlations
+    of those measures; the other prediction values (test loss, training accuracy, ...) go
+    to prediction_metrics.csv in the same four columns.
+    """
+    correlation = results["Space"] == "correlation_space"
+    other_prediction = (results["Space"] == "prediction_space") & (results["Metric"] != accuracy_metric)
+    names = {m.name: m.report_name for m in MEASURES.values()}
+    kept = results[~correlation & ~other_prediction].copy()
+    kept["Metric"] = kept["Metric"].map(lambda m: names.get(m, m))
+    rows = results[correlation].copy()
+    method_measure = rows["Metric"].str.extract(r"^(?P<method>[a-z]+)_(?P<measure>.+)$")
+    spaces = {m.name: m.csv_space for m in MEASURES.values()}
+    rows = rows[method_measure["measure"].map(spaces) != "prediction_space"]
+    method_measure = method_measure.loc[rows.index]
+    rows["Metric"] = method_measure["method"] + "_" + method_measure["measure"].map(lambda m: names.get(m, m))
+    return {RESULTS_FILE: pd.concat([kept, rows], ignore_index=True),
+            PREDICTION_FILE: results[other_prediction].reset_index(drop=True)}
+
+
+def report_files(results: pd.DataFrame, accuracy_metric: str) -> dict[str, str]:
+    """The CSV texts of `report_frames`: no blank cells, undefined values as 'nan' (readable as floats)."""
+    return {name: results_csv(frame) for name, frame in report_frames(results, accuracy_metric).items()}
+
+
 def results_csv(results: pd.DataFrame) -> str:
-    """results.csv text: no blank cells, undefined values as 'nan' (readable as floats)."""
+    """Rows as CSV text: no blank cells, undefined values as 'nan' (readable as floats)."""
     return results.to_csv(index=False, na_rep="nan")
 
 

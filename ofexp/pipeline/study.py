@@ -33,7 +33,7 @@ from ofexp.pipeline.finetune import study_finetune_step
 from ofexp.pipeline.progress import StudyProgress
 from ofexp.pipeline.fuse import FuseConfig, run_fuse
 from ofexp.pipeline.report import (STEP_COLUMNS, StudyTables, build_tables, correlation_metrics, correlation_notes,
-                                   results_csv, sort_steps, step_tags, summarise, summary_metrics)
+                                   report_files, sort_steps, step_tags, summary_metrics)
 from ofexp.pipeline.train import TrainConfig, run_train
 from ofexp.tracking import cache, queries, runs
 from ofexp.tracking.artifacts import ENSEMBLE_STAGE
@@ -248,19 +248,8 @@ def run_seed(cfg: StudyConfig, seed: int, load: Callable[[], DataSplits], experi
     return ctx.steps
 
 
-def _rows_from_eval(run, label: str) -> list[tuple]:
-    """results.csv rows (Model, Space, Metric, Value) of one evaluate run (an MLflow Run), as logged.
-
-    Kept for ofexp.pipeline.remote, which logs its own results; `summarise` is re-exported for it too.
-    """
-    from ofexp.metrics import MEASURES
-
-    logged = run.data.metrics
-    return [(label, m.csv_space, m.name, logged[m.metric_key]) for m in MEASURES.values() if m.metric_key in logged]
-
-
 __all__ = ["KINDS", "KIND_ORDER", "MODEL_KINDS", "ModelKind", "StudyConfig", "evaluate_params", "log_outputs", "parent_seed",
-           "run_seed", "run_study", "summarise"]
+           "run_seed", "run_study"]
 
 
 def study_params(cfg: StudyConfig) -> dict[str, object]:
@@ -360,7 +349,8 @@ def log_outputs(steps: pd.DataFrame, accuracy_metric: str, experiment_id: str) -
     tracking.log_text(steps.to_csv(index=False), "steps.csv")
     step_runs = queries.runs_by_id(steps["run_id"], [experiment_id])
     tables = build_tables(steps, step_runs, accuracy_metric)
-    tracking.log_text(results_csv(tables.results), "results.csv")
+    for name, text in report_files(tables.results, accuracy_metric).items():
+        tracking.log_text(text, name)
     tracking.log_text(tables.summary.to_csv(), "summary.csv")
     tracking.log_text(tables.correlations.to_csv(index=False, na_rep="nan"), "correlations.csv")
     reused = int(steps["reused"].sum())

@@ -96,7 +96,7 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-REPORT_FILES = ("results.csv", "results.summary.csv", "results.correlations.csv")
+REPORT_FILES = ("results.csv", "results.prediction.csv", "results.summary.csv", "results.correlations.csv")
 
 
 @pytest.mark.parametrize("existing", REPORT_FILES)
@@ -109,7 +109,7 @@ def test_report_csv_refuses_to_overwrite_any_file_it_would_write(store, tmp_path
     _no_run_left_running(store)
 
 
-def test_report_csv_force_replaces_all_three_files_whole(store, tmp_path, capsys):
+def test_report_csv_force_replaces_all_four_files_whole(store, tmp_path, capsys):
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     ok = run_cli_in_process(["report", store.study, "--csv", str(fresh / "results.csv")], store.uri, capsys)

@@ -93,7 +93,8 @@ def test_report_csv_keeps_existing_files_unless_forced(mlflow_server, study_id, 
     assert {p.name: p.read_bytes() for p in out.iterdir()} == {"results.correlations.csv": b"my own table\n"}
     forced = run_cli_in_process([*args, "--force"], mlflow_server.uri, capsys)
     assert forced.returncode == 0, forced.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["results.correlations.csv", "results.csv", "results.summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["results.correlations.csv", "results.csv",
+                                                     "results.prediction.csv", "results.summary.csv"]
     assert (out / "results.csv").read_text() == logged.read_text()
     assert set(pd.read_csv(out / "results.correlations.csv")["method"]) == {"kendall", "pearson", "spearman"}
     experiment_id = client.get_run(study_id).info.experiment_id

@@ -1,7 +1,6 @@
 """The ensemble step: an evaluable run whose model is the mean of its parents' softmax outputs."""
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import replace
 
@@ -79,8 +78,10 @@ def test_evaluate_measures_prediction_space_and_skips_parameter_space_with_a_not
     for name in ("hessian_trace", "sharpness_init"):
         assert MEASURES[name].metric_key not in metrics
         assert tags[f"ofexp.warning.{name}"] == ENSEMBLE_SKIP_NOTE
-    results = pd.read_csv(io.StringIO(open(store["client"].download_artifacts(run.info.run_id, "results.csv")).read()))
-    assert sorted(results["Metric"]) == ["accuracy", "generalisation_gap"]
+    files = {name: pd.read_csv(store["client"].download_artifacts(run.info.run_id, name))
+             for name in ("results.csv", "prediction_metrics.csv")}
+    assert files["results.csv"]["Metric"].tolist() == ["accuracy"]  # the one prediction row, as the report has it
+    assert files["prediction_metrics.csv"]["Metric"].tolist() == ["generalisation_gap"]
 
 
 def test_ensemble_is_no_single_network_for_fusion_or_finetuning(store):

@@ -42,8 +42,10 @@ def store(tmp_path_factory):
 def _evaluate(store, **kw) -> tuple:
     cfg = EvalConfig(model_run=store["fused"], device="cpu", progress=False, **kw)
     run = store["client"].get_run(run_evaluate(cfg, store["splits"]))
-    path = store["client"].download_artifacts(run.info.run_id, "results.csv")
-    return run, pd.read_csv(path)
+    # results.csv and the other prediction values beside it: every value the run logged
+    files = [pd.read_csv(store["client"].download_artifacts(run.info.run_id, name))
+             for name in ("results.csv", "prediction_metrics.csv")]
+    return run, pd.concat(files, ignore_index=True)
 
 
 def _warnings(run) -> dict[str, str]:
@@ -81,10 +83,11 @@ def test_all_measures_quick_on_a_fused_model(store):
     # results.csv: exactly the logged values, no blank cells
     assert list(results.columns) == ["Model", "Space", "Metric", "Value"]
     assert not results.isna().any().any()
-    logged = {n for n, m in MEASURES.items() if m.metric_key in metrics}
+    by_report_name = {m.report_name: m for m in MEASURES.values()}  # lipschitz is lipschitz_constant there
+    logged = {m.report_name for m in MEASURES.values() if m.metric_key in metrics}
     assert set(results["Metric"]) == logged
     for _, row in results.iterrows():
-        assert row["Value"] == pytest.approx(metrics[MEASURES[row["Metric"]].metric_key], rel=1e-12)
+        assert row["Value"] == pytest.approx(metrics[by_report_name[row["Metric"]].metric_key], rel=1e-12)
 
     # θ₀ of the fused model is the final weights of the parent farther from it, found through lineage
     fused = tracking.load_weights_from_run(store["fused"])

@@ -111,31 +111,38 @@ def test_the_study_nests_every_step_and_chains_them_by_run_id(study, client):
 
 
 def test_results_csv_holds_exactly_the_logged_values_and_scipy_correlations(study, client, tmp_path):
+    # results.csv in the original study's form: one prediction_space row per model (the study's
+    # --accuracy-metric); the other prediction values in prediction_metrics.csv
     results = _csv(client, study.info.run_id, "results.csv", tmp_path)
-    assert list(results.columns) == ["Model", "Space", "Metric", "Value"]
+    others = _csv(client, study.info.run_id, "prediction_metrics.csv", tmp_path)
+    assert list(results.columns) == list(others.columns) == ["Model", "Space", "Metric", "Value"]
     assert results.notna().all().all(), "no blank cells ('nan' parses as a float)"
     steps = _steps(study)
-    per_seed = results[results.Space != "correlation_space"]
     logged = {}
     for (kind, seed, stage), run_id in steps.items():
         if stage == "evaluate":
             metrics = client.get_run(run_id).data.metrics
             for name in ("accuracy", "test_loss", "train_accuracy", "train_loss", "generalisation_gap"):
                 logged[(f"{kind}_seed{seed}", MEASURES[name].csv_space, name)] = metrics[MEASURES[name].metric_key]
-    assert {(r.Model, r.Space, r.Metric): r.Value for r in per_seed.itertuples()} == logged  # exact, not approx
+    per_seed = results[results.Space != "correlation_space"]
+    assert {(r.Model, r.Space, r.Metric): r.Value for r in per_seed.itertuples()} == {
+        k: v for k, v in logged.items() if k[2] == "accuracy"}  # exact, not approx
+    assert {(r.Model, r.Space, r.Metric): r.Value for r in others.itertuples()} == {
+        k: v for k, v in logged.items() if k[2] != "accuracy"}
+    # --measures prediction: nothing but prediction values, so results.csv correlates nothing
+    assert not (results.Space == "correlation_space").any()
 
-    corr = results[results.Space == "correlation_space"]
-    assert set(corr.Model) == set(MODEL_KINDS)
+    correlations = _csv(client, study.info.run_id, "correlations.csv", tmp_path)
+    assert set(correlations.model_kind) == set(MODEL_KINDS)
     for kind in MODEL_KINDS:
         accuracy = [logged[(f"{kind}_seed{s}", "prediction_space", "accuracy")] for s in (1, 2)]
         loss = [logged[(f"{kind}_seed{s}", "prediction_space", "test_loss")] for s in (1, 2)]
         for method, fn in (("kendall", stats.kendalltau), ("pearson", stats.pearsonr), ("spearman", stats.spearmanr)):
             expected = fn(loss, accuracy)[0]
-            (value,) = corr[(corr.Model == kind) & (corr.Metric == f"{method}_test_loss")].Value
+            (value,) = correlations[(correlations.model_kind == kind) & (correlations.method == method)
+                                    & (correlations.measure == "test_loss")].value
             assert value == pytest.approx(expected, abs=1e-12)
             assert study.data.metrics[f"corr/{method}/test_loss/{kind}"] == pytest.approx(expected, abs=1e-12)
-    correlations = _csv(client, study.info.run_id, "correlations.csv", tmp_path)
-    assert len(correlations) == len(corr)
     artifacts = {f.path for f in client.list_artifacts(study.info.run_id, "plots")}
     assert {"plots/accuracy.png", "plots/correlation_kendall.png"} <= artifacts
     geometric = client.get_run(_steps(study)[("geometric_fused", 1, "fuse")])
@@ -216,10 +223,11 @@ def test_jobs_2_gives_the_same_runs_as_jobs_1(study, client, mlflow_server, tmp_
         if key[2] == "train":
             assert client.get_run(run_id).data.params == client.get_run(reference[key]).data.params
     # one torch thread per worker, as in this process: the same numbers
-    a = _csv(client, study.info.run_id, "results.csv", tmp_path / "a")
-    b = _csv(client, parallel_id, "results.csv", tmp_path / "b")
-    a = a[~a.Model.str.startswith("geometric_fused")].reset_index(drop=True)
-    pd.testing.assert_frame_equal(a, b)
+    for name in ("results.csv", "prediction_metrics.csv"):
+        a = _csv(client, study.info.run_id, name, tmp_path / "a")
+        b = _csv(client, parallel_id, name, tmp_path / "b")
+        a = a[~a.Model.str.startswith("geometric_fused")].reset_index(drop=True)
+        pd.testing.assert_frame_equal(a, b)
     assert math.isfinite(parallel.data.metrics["summary/accuracy/parent_1_mean"])
 
 

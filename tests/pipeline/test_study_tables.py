@@ -6,19 +6,23 @@ import io
 import pandas as pd
 import pytest
 
-from ofexp.pipeline.report import (STEP_COLUMNS, build_tables, correlation_metrics, correlation_notes, results_csv,
+from scipy import stats
+
+from ofexp.pipeline.report import (STEP_COLUMNS, build_tables, correlation_metrics, correlation_notes, report_files,
                                    step_tags, steps_from_tags)
 from ofexp.tracking.queries import RunData
 
 KINDS = ("parent_1", "naive_fused")
 
 
-def _fixture(accuracy: dict, lipschitz: dict):
+def _fixture(accuracy: dict, lipschitz: dict, test_loss: dict | None = None):
     """Steps and evaluate runs for kinds × seeds with the given {(kind, seed): value} metrics."""
     steps, runs = [], {}
     for (kind, seed), acc in accuracy.items():
         run_id = f"{kind}{seed}".replace("_", "")
         metrics = {"prediction/accuracy": acc}
+        if test_loss and (kind, seed) in test_loss:
+            metrics["prediction/test_loss"] = test_loss[(kind, seed)]
         if (kind, seed) in lipschitz:
             metrics["input/lipschitz"] = lipschitz[(kind, seed)]
         runs[run_id] = RunData(run_id, "", "FINISHED", "1", 0, {}, metrics, {"mlflow.parentRunId": "study"})
@@ -33,7 +37,7 @@ def test_results_csv_has_seed_rows_then_correlation_rows_with_nan_written_out():
                  ("naive_fused", 1): 1.0, ("naive_fused", 2): 2.0, ("naive_fused", 3): 3.0}
     steps, runs = _fixture(accuracy, lipschitz)
     tables = build_tables(steps, runs, "accuracy")
-    text = results_csv(tables.results)
+    text = report_files(tables.results, "accuracy")["results.csv"]
     parsed = pd.read_csv(io.StringIO(text))
     assert list(parsed.columns) == ["Model", "Space", "Metric", "Value"]
     assert ",," not in text and text.count(",nan") == 3  # the 3 undefined naive_fused correlations
@@ -41,7 +45,7 @@ def test_results_csv_has_seed_rows_then_correlation_rows_with_nan_written_out():
     assert seed_rows.Model.tolist()[:2] == ["parent_1_seed1", "parent_1_seed1"]
     assert set(seed_rows.Space) == {"prediction_space", "input_space"}
     corr = parsed[parsed.Space == "correlation_space"].set_index(["Model", "Metric"])["Value"]
-    assert corr[("parent_1", "spearman_lipschitz")] == pytest.approx(-0.5)
+    assert corr[("parent_1", "spearman_lipschitz_constant")] == pytest.approx(-0.5)
     assert set(corr.index.get_level_values("Model")) == set(KINDS)
     # NaN is noted, not logged as a metric
     assert not any("naive_fused" in k for k in correlation_metrics(tables.correlations))
@@ -49,6 +53,44 @@ def test_results_csv_has_seed_rows_then_correlation_rows_with_nan_written_out():
     summary = tables.summary
     assert summary.loc[("parent_1", "accuracy"), "mean"] == pytest.approx(0.8)
     assert summary.loc[("parent_1", "accuracy"), "count"] == 3
+
+
+def read_like_the_original_study(text: str) -> dict[str, dict[str, float]]:
+    """The original study's reading of results.csv, written from its rules: each model's one
+    prediction_space row is *the* target metric, every other row of the model a measure to
+    correlate with it, and correlations recomputed per model kind across seeds."""
+    table = pd.read_csv(io.StringIO(text))
+    per_seed = table[table.Space != "correlation_space"]
+    target = per_seed[per_seed.Space == "prediction_space"].set_index("Model")["Value"]
+    assert target.index.is_unique, "more than one prediction_space row for a model"
+    measures = per_seed[per_seed.Space != "prediction_space"]
+    kinds = measures.Model.str.replace(r"_seed\d+$", "", regex=True)
+    out: dict[str, dict[str, float]] = {}
+    for (kind, metric), rows in measures.groupby([kinds, "Metric"]):
+        values = rows.set_index("Model")["Value"]
+        out.setdefault(kind, {})[f"kendall_{metric}"] = stats.kendalltau(values, target[values.index])[0]
+    return out
+
+
+def test_results_csv_reads_right_with_the_original_studys_rules():
+    accuracy = {("parent_1", s): a for s, a in ((1, 0.9), (2, 0.8), (3, 0.7))}
+    lipschitz = {("parent_1", s): v for s, v in ((1, 1.0), (2, 3.0), (3, 2.0))}
+    # test loss falls as accuracy rises: read as *the* target, it would flip every sign
+    test_loss = {("parent_1", s): v for s, v in ((1, 0.1), (2, 0.2), (3, 0.3))}
+    steps, runs = _fixture(accuracy, lipschitz, test_loss)
+    files = report_files(build_tables(steps, runs, "accuracy").results, "accuracy")
+    table = pd.read_csv(io.StringIO(files["results.csv"]))
+    per_model = table[table.Space == "prediction_space"].groupby("Model").size()
+    assert per_model.tolist() == [1, 1, 1] and set(table[table.Space == "prediction_space"].Metric) == {"accuracy"}
+    assert "lipschitz_constant" in set(table.Metric) and "lipschitz" not in set(table.Metric)
+    read = read_like_the_original_study(files["results.csv"])
+    logged = table[table.Space == "correlation_space"].set_index(["Model", "Metric"])["Value"]
+    assert read["parent_1"]["kendall_lipschitz_constant"] == pytest.approx(logged[("parent_1", "kendall_lipschitz_constant")])
+    assert read["parent_1"]["kendall_lipschitz_constant"] == pytest.approx(stats.kendalltau([1, 3, 2], [0.9, 0.8, 0.7])[0])
+    # the other prediction values are kept, in the same columns, beside it
+    others = pd.read_csv(io.StringIO(files["prediction_metrics.csv"]))
+    assert {(r.Model, r.Metric): r.Value for r in others.itertuples()} == {
+        (f"parent_1_seed{s}", "test_loss"): v for (_, s), v in test_loss.items()}
 
 
 def test_step_index_round_trips_through_tags_and_marks_reused_runs():
