@@ -23,10 +23,13 @@ EXIT_INTERRUPTED = 130
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="ofexp")
-@click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
-def cli(debug: bool) -> None:
+@click.option("--debug", is_flag=True, help="Show tracebacks of errors (and MLflow's INFO lines).")
+@click.option("--verbose", "-v", is_flag=True, help="Show MLflow's INFO lines (database set-up, new experiments).")
+def cli(debug: bool, verbose: bool) -> None:
     """Model-fusion experiments as MLflow runs: train -> fuse -> evaluate."""
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, stream=sys.stderr)
+    # MLflow sets its own logger to INFO: quiet by default, ofexp's own progress is what matters
+    logging.getLogger("mlflow").setLevel(logging.INFO if debug or verbose else logging.WARNING)
 
 
 def _register() -> None:

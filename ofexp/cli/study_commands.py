@@ -8,6 +8,7 @@ from ofexp.cli.commands import _fuse_options, _parse_seeds, _train_config, fusio
 from ofexp.cli.options import data_options, experiment_option, flag, model_options, pop_flag, recipe_options
 from ofexp.cli.remote_options import remote_from_options, remote_options, run_remote
 from ofexp.errors import ConfigError
+from ofexp.pipeline.report import study_outcome
 from ofexp.pipeline.study import StudyConfig, run_study
 
 
@@ -50,4 +51,6 @@ def study(seeds: str, measures: str, accuracy_metric: str, preset: str, jobs: in
     if remote is not None:
         return run_remote(cfg, remote, experiment_name)
     tracking.configure_tracking(experiment_name)
-    click.echo(run_study(cfg))
+    study_id = run_study(cfg)
+    click.echo(study_outcome(study_id))
+    click.echo(study_id)  # the last line of stdout, for scripts

@@ -179,6 +179,9 @@ def search_metrics(search: str, result: SearchResult) -> dict[str, float]:
             f"search/{search}/converged": float(result.converged), f"search/{search}/steps": float(result.steps)}
 
 
+BAR_DELAY_S = 2.0
+
+
 def _measure_one(measure: Measure, ctx: MeasureContext, progress: bool) -> tuple[float | None, list[str], float]:
     """(value or None, problems, seconds) of one measure, with its progress bar on stderr.
 
@@ -187,8 +190,9 @@ def _measure_one(measure: Measure, ctx: MeasureContext, progress: bool) -> tuple
     """
     searching = measure.search is not None and measure.search not in ctx.completed_searches()
     total = ctx.search_depth(measure.search) if searching else 1
+    # delay: a measure done within BAR_DELAY_S leaves no bar; a study evaluates a dozen of them per model
     bar = tqdm(total=total, desc=f"{measure.metric_key}", unit="step", file=sys.stderr, disable=not progress,
-               leave=True, dynamic_ncols=True)
+               leave=True, dynamic_ncols=True, delay=BAR_DELAY_S)
 
     def on_step(search: str, step: int, sigma: float, deviation: float) -> None:
         bar.update(1)

@@ -185,3 +185,33 @@ def summary_metrics(summary: pd.DataFrame) -> dict[str, float]:
         if pd.notna(row["std"]):
             out[f"summary/{metric}/{kind}_std"] = float(row["std"])
     return out
+
+
+def study_outcome(study_run_id: str) -> str:
+    """What a finished study found, for the terminal: per model kind, the accuracy metric's
+    mean ± std over seeds and its ratio to the parents' mean, then where to look further."""
+    from ofexp.tracking import queries
+
+    study = queries.get_run_data(study_run_id, stage="study")
+    metric = study.params.get("accuracy_metric", "accuracy")
+    kinds = [k for k in study.tags.get(TAG_KINDS, "").split(",") if k]
+    mean = {k: study.metrics.get(f"summary/{metric}/{k}_mean") for k in kinds}
+    std = {k: study.metrics.get(f"summary/{metric}/{k}_std") for k in kinds}
+    parents = [mean[k] for k in ("parent_1", "parent_2") if mean.get(k) is not None]
+    reference = sum(parents) / len(parents) if parents else None
+    width = max([len(k) for k in kinds] + [10])
+    lines = [f"{'model':<{width}}  {metric:<17}  × parents"]
+    for kind in kinds:
+        if mean[kind] is None:
+            continue
+        spread = f" ± {std[kind]:.4f}" if std[kind] is not None else ""
+        ratio = f"{mean[kind] / reference:.3f}" if reference else "-"
+        lines.append(f"{kind:<{width}}  {f'{mean[kind]:.4f}{spread}':<17}  {ratio}")
+    seeds = study.params.get("seeds", "?")
+    reused = int(study.metrics.get("steps/reused", 0))
+    total = reused + int(study.metrics.get("steps/new", 0))
+    head = f"study {study_run_id}: seeds {seeds}, {total} steps ({reused} reused); {metric} over seeds:"
+    tail = ["", "Look further:",
+            f"  ofexp report {study_run_id}   per-seed values, every measure, correlations",
+            "  ofexp ui   the runs, their plots and lineage in the MLflow UI"]
+    return "\n".join([head, *lines, "(× parents: the mean over seeds, divided by the parents' mean)", *tail])
