@@ -286,8 +286,8 @@ def runs(stale: bool, older_than: float, stage: str | None, close: bool, experim
         raise ConfigError(f"--older-than must be ≥ 0 seconds, got {older_than}")
     if close and not stale:
         raise ConfigError("--close ends only stale runs; add --stale (and --older-than) to choose them")
-    experiment_id = tracking.runs.experiment_id_for(experiment_name)
-    found = [r for r in tracking.runs.running_runs(experiment_id, stage) if not stale or r.is_stale(older_than)]
+    experiment_id = tracking.running.experiment_id_for(experiment_name)
+    found = [r for r in tracking.running.running_runs(experiment_id, stage) if not stale or r.is_stale(older_than)]
     what = f"{'stale ' if stale else ''}RUNNING {stage + ' ' if stage else ''}runs"
     if not found:
         click.echo(f"no {what}", err=True)
@@ -300,5 +300,5 @@ def runs(stale: bool, older_than: float, stage: str | None, close: bool, experim
         click.echo(table.to_string(index=False))
     if close:
         for r in found:
-            tracking.runs.close_stale_run(r.run_id, "closed by `ofexp runs --stale --close`: its process was gone")
+            tracking.running.close_stale_run(r.run_id, "closed by `ofexp runs --stale --close`: its process was gone")
         click.echo(f"closed {len(found)} {what} as KILLED", err=True)

@@ -15,6 +15,7 @@ from ofexp.data import DataSplits, load_dataset
 from ofexp.errors import ConfigError, IncompatibleModelsError
 from ofexp.models.ensemble import COMBINE, Ensemble, EnsembleSpec
 from ofexp.pipeline.fuse import _data_key
+from ofexp.pipeline.report import step_run_name
 from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, ENSEMBLE_STAGE, ModelRun, describe_unfinished,
                                       unfinished_inputs, unfinished_tags)
 from ofexp.training import evaluate, resolve_device
@@ -111,7 +112,6 @@ def study_ensemble_step(ctx) -> str | None:
         return None
     tcfg = ctx.cfg.train
     parents = (ctx.model_runs["parent_1"], ctx.model_runs["parent_2"])
-    cfg = EnsembleConfig(parents=parents, device=tcfg.device,
-                         run_name=f"ensemble {tcfg.model} {tcfg.data.name} seed{ctx.seed}")
+    cfg = EnsembleConfig(parents=parents, device=tcfg.device, run_name=step_run_name(ctx.seed, "ensemble", ENSEMBLE_STAGE))
     return ctx.step("ensemble", ENSEMBLE_STAGE, cfg.params(), {tracking.TAG_PARENTS: ",".join(parents)},
                     lambda: run_ensemble(cfg, ctx.data()))

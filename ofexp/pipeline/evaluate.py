@@ -46,6 +46,7 @@ class EvalConfig:
     measures: str = "prediction"
     device: str = "auto"
     label: str | None = None  # the results.csv "Model" cell; defaults to the model run's name
+    run_name: str | None = None  # defaults to "evaluate <label>"
     preset: str = "report"
     sharpness_worst: str = "max"
     accuracy_metric: str = "accuracy"
@@ -116,7 +117,7 @@ def run_evaluate(cfg: EvalConfig, splits: DataSplits | None = None) -> str:
         tqdm.write(f"warning: {describe_unfinished(unfinished)}", file=sys.stderr)
     model_id = model_run.data.tags.get(tracking.TAG_LOGGED_MODEL)
     # The label names the model in a study (parent_1_seed2), where several models share a run name.
-    with tracking.stage_run("evaluate", run_name=f"evaluate {label}", params=params,
+    with tracking.stage_run("evaluate", run_name=cfg.run_name or f"evaluate {label}", params=params,
                             tags=tags, description=description) as run:
         rows, warned, logged_searches = [], [], set()
         for name in names:

@@ -16,6 +16,7 @@ from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.errors import ArtifactError, ConfigError
 from ofexp.fusion import recompute_batchnorm_stats
 from ofexp.models import ModelSpec
+from ofexp.pipeline.report import step_run_name
 from ofexp.pipeline.train import TrainConfig, _fit_and_log, _log_inputs, model_spec_for
 from ofexp.tracking import runs
 from ofexp.training import Recipe, SpeedOptions, make_recipe, resolve_device
@@ -213,7 +214,7 @@ def study_finetune_step(ctx, method: str) -> str | None:
         source=source, recipe=finetune_recipe(tcfg.recipe, epochs=epochs), base_recipe=tcfg.recipe.name,
         seed=100 * ctx.seed, device=tcfg.device, log_model=tcfg.log_model, progress=tcfg.progress, data=tcfg.data,
         speed=tcfg.speed,
-        run_name=f"finetune {method} {tcfg.model} {tcfg.data.name} seed{ctx.seed}",
+        run_name=step_run_name(ctx.seed, FINETUNED_KINDS[method], "train"),
     )
     # the fused network has the parents' spec, so the run's params are known before the data is loaded
     params = finetune_params(cfg, replace(tcfg, recipe=cfg.recipe, seed=cfg.seed, run_name=cfg.run_name))

@@ -51,8 +51,9 @@ class FuseConfig:
     # curves at seconds on Fashion-MNIST (60k/10k images); digits' 360 test images are all used.
     curve_samples: int = 2000
     device: str = "auto"
-    # Appended to the run name (the study passes "seed3"), so a study's fuse runs are told apart.
-    run_label: str = ""
+    # The whole run name (a study passes "s3 geometric_fused fuse"); by default
+    # "fuse <method> <arch> <data set>". Give it with one method only.
+    run_name: str | None = None
     # Parents that are not FINISHED (RUNNING, FAILED, KILLED) are refused unless this is set; the
     # fuse runs made from them are then tagged ofexp.unfinished_inputs. Not a param: it changes
     # nothing the fusion computes, only which runs it accepts.
@@ -167,7 +168,7 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
     tags = {tracking.TAG_PARENTS: ",".join(cfg.parents),
             **{f"ofexp.parent_{i}": rid for i, rid in enumerate(cfg.parents, start=1)},
             **unfinished_tags(parents.unfinished)}
-    name = " ".join(filter(None, ("fuse", method, target_spec.arch, parents.data.name, cfg.run_label)))
+    name = cfg.run_name or " ".join(("fuse", method, target_spec.arch, parents.data.name))
     with tracking.stage_run("fuse", run_name=name, params=cfg.params(method), tags=tags) as run:
         start = time.perf_counter()
         result, inputs = None, None

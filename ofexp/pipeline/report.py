@@ -41,6 +41,12 @@ class StudyTables:
     steps: pd.DataFrame  # STEP_COLUMNS
 
 
+def step_run_name(seed: int, kind: str, stage: str) -> str:
+    """A study step's run name, short and told apart within its first 20 characters (the MLflow
+    UI cuts names there): "s3 parent_1 train", "s3 geometric_fused fuse", "s3 ensemble"."""
+    return f"s{seed} {kind}" + ("" if stage == kind else f" {stage}")
+
+
 def step_tags(steps: pd.DataFrame) -> dict[str, str]:
     """The study run's index tags: `ofexp.step.<kind>_seed<k>.<stage>` -> run ID, and the model
     kinds in the order the study made them (`ofexp.kinds`), which the tables keep."""

@@ -33,7 +33,7 @@ from ofexp.pipeline.finetune import study_finetune_step
 from ofexp.pipeline.progress import StudyProgress
 from ofexp.pipeline.fuse import FuseConfig, run_fuse
 from ofexp.pipeline.report import (STEP_COLUMNS, StudyTables, build_tables, correlation_metrics, correlation_notes,
-                                   report_files, sort_steps, step_tags, summary_metrics)
+                                   report_files, sort_steps, step_run_name, step_tags, summary_metrics)
 from ofexp.pipeline.train import TrainConfig, run_train
 from ofexp.tracking import cache, queries, runs
 from ofexp.tracking.artifacts import ENSEMBLE_STAGE
@@ -160,8 +160,7 @@ class ModelKind:
 def _parent(i: int) -> Callable[[SeedContext], str]:
     def make(ctx: SeedContext) -> str:
         tcfg = ctx.cfg.train
-        pcfg = replace(tcfg, seed=parent_seed(ctx.seed, i),
-                       run_name=f"train {tcfg.model} {tcfg.data.name} seed{ctx.seed} parent{i}")
+        pcfg = replace(tcfg, seed=parent_seed(ctx.seed, i), run_name=step_run_name(ctx.seed, f"parent_{i}", "train"))
         tags = {runs.TAG_LOG_MODEL: "True"} if pcfg.log_model else {}
         return ctx.step(f"parent_{i}", "train", pcfg.params(), tags, lambda: run_train(pcfg, ctx.data()))
     return make
@@ -174,7 +173,7 @@ def _fused(method: str) -> Callable[[SeedContext], str | None]:
             return None
         parents = (ctx.model_runs["parent_1"], ctx.model_runs["parent_2"])
         fcfg = FuseConfig(parents=parents, methods=(method,), device=ctx.cfg.train.device,
-                          run_label=f"seed{ctx.seed}", **options)
+                          run_name=step_run_name(ctx.seed, f"{method}_fused", "fuse"), **options)
         tags = {tracking.TAG_PARENTS: ",".join(parents)}
         return ctx.step(f"{method}_fused", "fuse", fcfg.params(method), tags,
                         lambda: run_fuse(fcfg, ctx.data())[method])
@@ -198,9 +197,10 @@ _KIND_STAGES = {"parent_1": "train", "parent_2": "train", "ensemble": ENSEMBLE_S
 MODEL_KINDS = ("parent_1", "parent_2", "naive_fused", "geometric_fused")
 
 
-def evaluate_config(cfg: StudyConfig, model_run: str, label: str) -> EvalConfig:
+def evaluate_config(cfg: StudyConfig, model_run: str, label: str, run_name: str | None = None) -> EvalConfig:
     return EvalConfig(model_run=model_run, measures=cfg.measure_names, device=cfg.train.device, label=label,
-                      preset=cfg.preset, accuracy_metric=cfg.accuracy_metric, progress=cfg.train.progress)
+                      preset=cfg.preset, accuracy_metric=cfg.accuracy_metric, progress=cfg.train.progress,
+                      run_name=run_name)
 
 
 def evaluate_params(ecfg: EvalConfig) -> dict[str, object]:
@@ -242,7 +242,7 @@ def run_seed(cfg: StudyConfig, seed: int, load: Callable[[], DataSplits], experi
         if run_id is not None:
             ctx.model_runs[kind.name] = run_id
     for kind, model_run in ctx.model_runs.items():
-        ecfg = evaluate_config(cfg, model_run, f"{kind}_seed{seed}")
+        ecfg = evaluate_config(cfg, model_run, f"{kind}_seed{seed}", step_run_name(seed, kind, "evaluate"))
         ctx.step(kind, "evaluate", evaluate_params(ecfg), {tracking.TAG_MODEL_RUN: model_run},
                  lambda: run_evaluate(ecfg, ctx.data()))
     return ctx.steps

@@ -8,7 +8,7 @@ from ofexp import tracking
 from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.errors import ArtifactError, ConfigError, OfexpError, RunLookupError
 from ofexp.models import ModelSpec, build_model, init_weights
-from ofexp.tracking import runs
+from ofexp.tracking import running, runs
 from ofexp.tracking.artifacts import CHECKPOINT_FILE, SPEC_FILE, has_artifact, load_state_checked
 from ofexp.tracking.async_log import EpochLogger
 from ofexp.training import Recipe, SpeedOptions, evaluate, fit, make_recipe, resolve_device, seed_everything
@@ -149,7 +149,7 @@ def resume_train(run_id: str, given: Mapping[str, object] | None = None, *, expe
     if run.info.status == "FINISHED":
         return _extend_finished(run, cfg, model, spec, splits, device, checkpoint)
     runs.claim_run(run)  # one owner: a second resume of the same state of the run is refused here
-    logged = frozenset(runs.metric_steps(run_id, "val_loss"))
+    logged = frozenset(running.metric_steps(run_id, "val_loss"))
     tags = {**runs.process_tags(), runs.TAG_LOG_MODEL: str(cfg.log_model),
             runs.TAG_EPOCHS: str(cfg.recipe.epochs)}
     with tracking.stage_run("train", run_name=cfg.run_name or "", resume_run_id=run_id, tags=tags):
@@ -256,7 +256,7 @@ def _same(saved: str | None, value: object) -> bool:
 def _check_experiment(run: Run, experiment_name: str | None) -> None:
     if not experiment_name:
         return
-    actual = runs.experiment_name(run.info.experiment_id)
+    actual = running.experiment_name(run.info.experiment_id)
     if actual != experiment_name:
         raise ConfigError(f"run {run.info.run_id} belongs to experiment {actual!r}, not {experiment_name!r}; "
                           "drop --experiment-name to resume it")
@@ -268,7 +268,7 @@ def _check_resumable(run: Run, cfg: TrainConfig) -> None:
     if status == "FINISHED" and cfg.recipe.epochs <= done:
         raise ConfigError(f"run {run_id} already FINISHED all {done} epochs; nothing to resume "
                           f"(pass --epochs above {done} to train it further)")
-    alive, _ = runs.process_state(run.data.tags) if status == "RUNNING" else (False, False)
+    alive, _ = running.process_state(run.data.tags) if status == "RUNNING" else (False, False)
     if alive:
         raise ConfigError(f"run {run_id} is still being trained by process {run.data.tags.get(runs.TAG_PID)} "
                           "on this host; wait for it or stop it before resuming")
@@ -278,7 +278,7 @@ def stale_notice(cfg: TrainConfig, experiment_id: str) -> str | None:
     """A one-line hint when the experiment holds a killed RUNNING train run with cfg's params."""
     params = {k: str(v) for k, v in cfg.params().items()}
     try:
-        stale = [r for r in runs.running_train_runs(experiment_id)
+        stale = [r for r in running.running_train_runs(experiment_id)
                  if {k: v for k, v in r.params.items() if not k.startswith(runs.CLAIM_PARAM)} == params
                  and (r.gone_here or r.is_stale(runs.STALE_AFTER_S))]
     except OfexpError:

@@ -46,3 +46,32 @@ def test_a_study_ends_with_its_result_table_and_the_run_id_last(tmp_path, capsys
     # the prediction measures take a moment each: no bar of theirs, one progress line per step
     assert "prediction/accuracy" not in result.stderr and "step/s" not in result.stderr
     assert result.stderr.count("study step ") == 16
+
+    # the MLflow side: the experiment opens on its runs table, and the steps' names are told
+    # apart where the UI cuts them (20 characters)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("quiet")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "A study run is the parent of its steps" in experiment.tags["mlflow.note.content"]
+    steps = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{study_id}'")
+    names = sorted(r.info.run_name for r in steps)
+    assert names == sorted(f"s{s} {kind} {stage}" for s in (1, 2) for kind, stage in (
+        ("parent_1", "train"), ("parent_2", "train"), ("naive_fused", "fuse"), ("geometric_fused", "fuse"),
+        ("parent_1", "evaluate"), ("parent_2", "evaluate"), ("naive_fused", "evaluate"),
+        ("geometric_fused", "evaluate")))
+    assert len({name[:20] for name in names}) == len(names)
+
+
+def test_an_experiment_description_of_the_users_own_is_kept(tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("mine", tags={"mlflow.note.content": "my notes"})
+    result = run_cli_in_process(["train", "--model", "mlp", "--width", "0.125", "--epochs", "1", "--no-log-model",
+                                 "--device", "cpu", "--experiment-name", "mine"], uri, capsys)
+    assert result.returncode == 0, result.stderr[-2000:]
+    tags = client.get_experiment(experiment_id).tags
+    assert tags["mlflow.note.content"] == "my notes" and tags["mlflow.experimentKind"] == "custom_model_development"
