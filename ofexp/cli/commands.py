@@ -13,8 +13,8 @@ from dataclasses import replace
 import click
 
 from ofexp import tracking
-from ofexp.cli.options import (OPT_STR, data_options, experiment_option, flag, model_options,
-                               pop_flag, recipe_options)
+from ofexp.cli.options import (OPT_STR, data_options, experiment_option, flag, log_model_option, model_options,
+                               pop_flag, recipe_options, register_option)
 from ofexp.data import DataConfig
 from ofexp.errors import ConfigError
 from ofexp.pipeline import EvalConfig, FuseConfig, TrainConfig, run_evaluate, run_fuse, run_train
@@ -82,6 +82,7 @@ def fusion_options(f):
 @click.option("--seed", type=click.INT, default=0, show_default=True, help="Torch seed: init, shuffling.")
 @click.option("--run-name", type=OPT_STR, default=None, help="MLflow run name [default: 'train MODEL DATASET seedS'].")
 @experiment_option
+@register_option
 @click.option("--resume", "resume_run", type=OPT_STR, default=None, metavar="RUN_ID",
               help="Continue this killed or failed train run, in the same MLflow run, from its last "
                    "checkpoint; its settings come from the run (only --epochs may extend it).")
@@ -101,8 +102,8 @@ def train(**kw) -> None:
         return
     experiment_id = tracking.configure_tracking(kw.pop("experiment_name"))
     seed = kw.pop("seed")
-    run_name = kw.pop("run_name")
-    cfg = replace(_train_config(kw, seed), run_name=run_name)
+    run_name, register_as = kw.pop("run_name"), kw.pop("register_as")
+    cfg = replace(_train_config(kw, seed), run_name=run_name, register_as=register_as)
     _echo_stale_notice(cfg, experiment_id)
     click.echo(run_train(cfg))
 
@@ -115,11 +116,15 @@ def train(**kw) -> None:
 @click.option("--allow-unfinished", is_flag=True,
               help="Accept parent runs that are not FINISHED (RUNNING, FAILED, KILLED); the fuse runs are "
                    "tagged ofexp.unfinished_inputs.")
+@log_model_option
+@register_option
 @experiment_option
-def fuse(parents: str, device: str, allow_unfinished: bool, experiment_name: str | None, **kw) -> None:
+def fuse(parents: str, device: str, allow_unfinished: bool, experiment_name: str | None, register_as: str | None,
+         **kw) -> None:
     """Fuse parent train runs, by run ID; print '<method> <run_id>' per fuse run."""
     ids = tuple(p.strip() for p in parents.split(",") if p.strip())
-    cfg = FuseConfig(parents=ids, device=device, allow_unfinished=allow_unfinished, **_fuse_options(kw))
+    cfg = FuseConfig(parents=ids, device=device, allow_unfinished=allow_unfinished, register_as=register_as,
+                     log_model=pop_flag(kw, "log_model"), **_fuse_options(kw))
     tracking.configure_tracking(experiment_name)
     for method, run_id in run_fuse(cfg).items():
         click.echo(f"{method} {run_id}")

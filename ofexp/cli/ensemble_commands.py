@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ofexp import tracking
-from ofexp.cli.options import OPT_STR, experiment_option
+from ofexp.cli.options import OPT_STR, experiment_option, log_model_option, pop_flag, register_option
 
 
 @click.command()
@@ -14,9 +14,11 @@ from ofexp.cli.options import OPT_STR, experiment_option
 @click.option("--allow-unfinished", is_flag=True,
               help="Accept parent runs that are not FINISHED (RUNNING, FAILED, KILLED); the run is tagged "
                    "ofexp.unfinished_inputs.")
+@log_model_option
+@register_option
 @experiment_option
 def ensemble(parents: str, run_name: str | None, device: str, allow_unfinished: bool,
-             experiment_name: str | None) -> None:
+             register_as: str | None, experiment_name: str | None, **kw) -> None:
     """Log the ensemble of runs (mean of their softmax outputs) as a run; print its ID.
 
     `ofexp evaluate --model-run ID` measures it in input and prediction space;
@@ -25,6 +27,7 @@ def ensemble(parents: str, run_name: str | None, device: str, allow_unfinished: 
     from ofexp.pipeline.ensemble import EnsembleConfig, run_ensemble
 
     ids = tuple(p.strip() for p in parents.split(",") if p.strip())
-    cfg = EnsembleConfig(parents=ids, device=device, run_name=run_name, allow_unfinished=allow_unfinished)
+    cfg = EnsembleConfig(parents=ids, device=device, run_name=run_name, allow_unfinished=allow_unfinished,
+                         log_model=pop_flag(kw, "log_model"), register_as=register_as)
     tracking.configure_tracking(experiment_name)
     click.echo(run_ensemble(cfg))

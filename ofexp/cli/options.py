@@ -112,6 +112,16 @@ def recipe_options(f: Callable) -> Callable:
     return f
 
 
+def register_option(f: Callable) -> Callable:
+    return click.option("--register-as", type=OPT_STR, default=None, metavar="NAME",
+                        help="Register the logged MLflow model in the Model Registry as a new version of NAME, "
+                             "with the run and its parent runs on the version.")(f)
+
+
+def log_model_option(f: Callable) -> Callable:
+    return flag("log-model", "Also log the model as an MLflow model (raw images in, logits out).", default=True)(f)
+
+
 def experiment_option(f: Callable) -> Callable:
     return click.option("--experiment-name", type=OPT_STR, default=None,
                         help="MLflow experiment [default: $MLFLOW_EXPERIMENT_NAME or 'ofexp'].")(f)

@@ -16,6 +16,7 @@ from ofexp.errors import ConfigError, IncompatibleModelsError
 from ofexp.models.ensemble import COMBINE, Ensemble, EnsembleSpec
 from ofexp.pipeline.fuse import _data_key
 from ofexp.pipeline.report import step_run_name
+from ofexp.pipeline.serving import check_register_as, log_served_model
 from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, ENSEMBLE_STAGE, ModelRun, describe_unfinished,
                                       unfinished_inputs, unfinished_tags)
 from ofexp.training import evaluate, resolve_device
@@ -31,6 +32,8 @@ class EnsembleConfig:
     parents: tuple[str, ...]
     device: str = "auto"
     run_name: str | None = None
+    log_model: bool = True  # also log the ensemble as an MLflow model (raw images in)
+    register_as: str | None = None  # a Model Registry name for it
     # Parents that are not FINISHED are refused unless this is set; the ensemble run is then
     # tagged ofexp.unfinished_inputs. Not a param: it changes nothing the ensemble computes.
     allow_unfinished: bool = False
@@ -41,6 +44,7 @@ class EnsembleConfig:
                               "pass --parents ID,ID")
         if len(set(self.parents)) != len(self.parents):
             raise ConfigError("--parents lists the same run twice; pass distinct train or fuse runs")
+        check_register_as(self.register_as, self.log_model)
 
     def params(self) -> dict[str, object]:
         return {"parents": ",".join(self.parents), "members": len(self.parents), "combine": COMBINE,
@@ -76,6 +80,9 @@ def run_ensemble(cfg: EnsembleConfig, splits: DataSplits | None = None) -> str:
     with tracking.stage_run(ENSEMBLE_STAGE, run_name=name, params=cfg.params(), tags=tags) as run:
         tracking.log_spec(spec, data, parents=cfg.parents)
         tracking.log_state_dict(model.state_dict(), ENSEMBLE_WEIGHTS)
+        if cfg.log_model:
+            log_served_model(model, splits, stage=ENSEMBLE_STAGE, run_id=run.info.run_id, parents=cfg.parents,
+                             register_as=cfg.register_as)
         model.to(device)  # the members are its submodules: they move too
         with float32_kernels():  # IEEE float32 on CUDA too, as ofexp trains and measures
             test = evaluate(model, splits.test_x, splits.test_y, device=device)
@@ -112,6 +119,7 @@ def study_ensemble_step(ctx) -> str | None:
         return None
     tcfg = ctx.cfg.train
     parents = (ctx.model_runs["parent_1"], ctx.model_runs["parent_2"])
-    cfg = EnsembleConfig(parents=parents, device=tcfg.device, run_name=step_run_name(ctx.seed, "ensemble", ENSEMBLE_STAGE))
+    cfg = EnsembleConfig(parents=parents, device=tcfg.device, log_model=tcfg.log_model,
+                         run_name=step_run_name(ctx.seed, "ensemble", ENSEMBLE_STAGE))
     return ctx.step("ensemble", ENSEMBLE_STAGE, cfg.params(), {tracking.TAG_PARENTS: ",".join(parents)},
                     lambda: run_ensemble(cfg, ctx.data()))

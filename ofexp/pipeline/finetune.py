@@ -187,7 +187,7 @@ def run_finetune(cfg: FinetuneConfig, splits: DataSplits | None = None) -> str:
         if spec.batchnorm:
             recompute_batchnorm_stats(model, splits.train_x)
         model.train()
-        _fit_and_log(tcfg, model, splits, device)
+        _fit_and_log(tcfg, model, splits, device, parents=(cfg.source,))
         return run.info.run_id
 
 

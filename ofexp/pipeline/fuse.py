@@ -20,6 +20,7 @@ from ofexp.fusion.naive import parent_specs
 from ofexp.fusion.transport import MIN_SINKHORN_REG
 from ofexp.fusion.interpolation import InterpolationCurve, fusion_curves, plot_curves
 from ofexp.models import ModelSpec
+from ofexp.pipeline.serving import check_register_as, log_served_model
 from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, describe_unfinished,
                                       unfinished_inputs, unfinished_tags)
 from ofexp.tracking.integrity import check_finite
@@ -54,6 +55,8 @@ class FuseConfig:
     # The whole run name (a study passes "s3 geometric_fused fuse"); by default
     # "fuse <method> <arch> <data set>". Give it with one method only.
     run_name: str | None = None
+    log_model: bool = True  # also log the fused network as an MLflow model (raw images in)
+    register_as: str | None = None  # a Model Registry name for it; one method only
     # Parents that are not FINISHED (RUNNING, FAILED, KILLED) are refused unless this is set; the
     # fuse runs made from them are then tagged ofexp.unfinished_inputs. Not a param: it changes
     # nothing the fusion computes, only which runs it accepts.
@@ -67,6 +70,9 @@ class FuseConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ConfigError(f"unknown fusion method {','.join(unknown) or '(none)'}; use naive, geometric or both")
+        check_register_as(self.register_as, self.log_model)
+        if self.register_as and len(self.methods) > 1:
+            raise ConfigError("--register-as registers one model: pass --method naive or --method geometric with it")
         if self.activation_samples < 2:
             raise ConfigError(f"--activation-samples must be ≥ 2, got {self.activation_samples}; "
                               "pass 2 or more, e.g. the default 256")
@@ -203,6 +209,9 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
                 **({"curve_samples_used": min(cfg.curve_samples, len(splits.test_x))} if curves else {})}
         tracking.log_spec(fused.spec, parents.data)
         tracking.log_state_dict(fused.state_dict(), "weights/fused.pt")
+        if cfg.log_model:
+            log_served_model(fused, splits, stage="fuse", run_id=run.info.run_id, parents=cfg.parents,
+                             register_as=cfg.register_as)
         if plans:
             tracking.log_tensors(_plans_by_parent(plans, len(cfg.parents), cfg.target), "alignment/plans.pt")
         tracking.log_metrics({

@@ -173,7 +173,8 @@ def _fused(method: str) -> Callable[[SeedContext], str | None]:
             return None
         parents = (ctx.model_runs["parent_1"], ctx.model_runs["parent_2"])
         fcfg = FuseConfig(parents=parents, methods=(method,), device=ctx.cfg.train.device,
-                          run_name=step_run_name(ctx.seed, f"{method}_fused", "fuse"), **options)
+                          run_name=step_run_name(ctx.seed, f"{method}_fused", "fuse"),
+                          log_model=ctx.cfg.train.log_model, **options)
         tags = {tracking.TAG_PARENTS: ",".join(parents)}
         return ctx.step(f"{method}_fused", "fuse", fcfg.params(method), tags,
                         lambda: run_fuse(fcfg, ctx.data())[method])

@@ -8,6 +8,7 @@ from ofexp import tracking
 from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.errors import ArtifactError, ConfigError, OfexpError, RunLookupError
 from ofexp.models import ModelSpec, build_model, init_weights
+from ofexp.pipeline.serving import check_register_as, log_served_model
 from ofexp.tracking import running, runs
 from ofexp.tracking.artifacts import CHECKPOINT_FILE, SPEC_FILE, has_artifact, load_state_checked
 from ofexp.tracking.async_log import EpochLogger
@@ -31,6 +32,10 @@ class TrainConfig:
     run_name: str | None = None
     progress: bool = True
     speed: SpeedOptions = field(default_factory=SpeedOptions)  # --channels-last, --compile, --tf32
+    register_as: str | None = None  # a Model Registry name for the logged model (not a param)
+
+    def __post_init__(self) -> None:
+        check_register_as(self.register_as, self.log_model)
 
     def params(self) -> dict[str, object]:
         """Every setting that determines the trained weights, under the CLI options' names."""
@@ -82,7 +87,7 @@ def _description(cfg: TrainConfig) -> str:
 
 
 def _fit_and_log(cfg: TrainConfig, model, splits: DataSplits, device, resume: dict | None = None,
-                 logged_epochs: frozenset[int] = frozenset()) -> None:
+                 logged_epochs: frozenset[int] = frozenset(), parents: tuple[str, ...] = ()) -> None:
     """Fit inside the active train run (fresh or resumed), then log weights, test metrics and model.
 
     Each epoch logs its checkpoint BEFORE its metrics: an epoch whose metrics are on the
@@ -105,8 +110,8 @@ def _fit_and_log(cfg: TrainConfig, model, splits: DataSplits, device, resume: di
         "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
     })
     if cfg.log_model:
-        model_id = tracking.log_mlflow_model(model.cpu(), splits.test_x[:2])
-        tracking.set_tags({tracking.TAG_LOGGED_MODEL: model_id})
+        log_served_model(model, splits, stage="train", run_id=tracking.active_run_id(), parents=parents,
+                         register_as=cfg.register_as)
     tracking.set_description(f"{_description(cfg)} Test accuracy {test['accuracy']:.4f}.")
 
 

@@ -23,6 +23,7 @@ from ofexp.tracking.runs import (
     TAG_MODEL_RUN,
     TAG_PARENTS,
     TAG_STAGE,
+    active_run_id,
     configure_tracking,
     log_metrics,
     log_text,
@@ -40,7 +41,7 @@ from ofexp.tracking.queries import RunData, get_run_data, runs_by_id, search
 __all__ = [
     "RunData", "check_weights_intact", "find_finished_run", "parent_run_ids", "running", "get_run_data", "runs_by_id", "search",
     "DEFAULT_WEIGHTS", "MODEL_STAGES", "ModelRun", "fetch_model_run", "STAGES", "TAG_FAILURE", "TAG_LOGGED_MODEL", "TAG_MODEL_RUN", "TAG_PARENTS",
-    "TAG_STAGE", "configure_tracking", "log_metrics", "log_text", "set_tags", "data_config_to_dict", "get_run_checked",
+    "TAG_STAGE", "active_run_id", "configure_tracking", "log_metrics", "log_text", "set_tags", "data_config_to_dict", "get_run_checked",
     "load_checkpoint_from_run", "load_model", "load_spec_from_run", "load_weights_from_run",
     "log_dataset_input", "log_mlflow_model", "log_spec", "log_state_dict", "log_tensors",
     "set_description", "stage_run", "tracking_uri",

@@ -217,6 +217,11 @@ def _end_run(status: str) -> None:
         mlflow.end_run(status)
 
 
+def active_run_id() -> str:
+    """The ID of the run the current step logs into."""
+    return mlflow.active_run().info.run_id
+
+
 def set_description(text: str) -> None:
     """Replace the active run's description (the note shown in the UI)."""
     mlflow.set_tag(TAG_NOTE, text)

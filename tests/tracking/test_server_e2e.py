@@ -60,11 +60,17 @@ def test_train_runs_log_params_history_artifacts_and_data(tiny_runs, client):
 def test_train_run_logs_an_mlflow_model_that_matches_the_weights(tiny_runs, client):
     from ofexp.tracking import load_model
 
+    from ofexp.data import DataConfig, load_dataset
+
     model_id = client.get_run(tiny_runs.parent_1).data.tags["ofexp.logged_model_id"]
     served = mlflow.pytorch.load_model(f"models:/{model_id}")
     ours, _ = load_model(tiny_runs.parent_1)
-    x = torch.randn(4, 1, 32, 32)
-    torch.testing.assert_close(served(x), ours(x))
+    # the logged model takes raw 8×8 digits in [0, 1]; ofexp's network their resized, normalised form
+    info = load_dataset(DataConfig()).info
+    raw = torch.rand(4, 1, 8, 8)
+    x = (torch.nn.functional.interpolate(raw, size=(32, 32), mode="bilinear", align_corners=False)
+         - info.mean[0]) / info.std[0]
+    torch.testing.assert_close(served(raw), ours(x))
 
 
 def test_fuse_runs_are_tagged_with_parents_and_log_alignment(tiny_runs, client):

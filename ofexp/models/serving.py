@@ -1,0 +1,64 @@
+"""The network as a served model sees it: raw images in, logits out.
+
+ofexp's networks read images resized to the study's `--image-size` and normalised with
+the training split's mean and std. A caller of a served model knows neither (the mean
+and std are recorded only in the run that computed them), so the model ofexp logs for
+MLflow wraps the network in `RawImageNetwork`: it takes pixel values in [0, 1] at the
+data set's own size, resizes them as ofexp's loader does (bilinear) and normalises them
+inside. Given the same raw images, it predicts exactly what ofexp measured.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# The size of the images a data set is distributed at, which the loaders resize from. Image
+# folders hold images of any size: their served model takes them already at --image-size.
+RAW_IMAGE_SIZE = {"digits": 8, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
+
+
+class RawImageNetwork(nn.Module):
+    """`network` behind the loader's resize and normalisation.
+
+    Input: [n, C, raw_size, raw_size] pixel values in [0, 1]; output: the network's logits
+    [n, num_classes]. `mean` and `std` are per channel (length C).
+    """
+
+    def __init__(self, network: nn.Module, mean: Sequence[float], std: Sequence[float],
+                 raw_size: int, input_size: int) -> None:
+        super().__init__()
+        if len(mean) != len(std):
+            raise ValueError(f"mean has {len(mean)} channels but std has {len(std)}")
+        self.network = network
+        self.raw_size, self.input_size = raw_size, input_size
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))  # [1, C, 1, 1]
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))  # [1, C, 1, 1]
+
+    def forward(self, x: Tensor) -> Tensor:  # [n, C, raw, raw] in [0, 1] -> [n, classes]
+        if self.raw_size != self.input_size:
+            # the loaders' resize: bilinear, antialiased only when shrinking
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
+                              antialias=self.input_size < self.raw_size)
+        return self.network((x - self.mean) / self.std)
+
+
+def raw_image_network(network: nn.Module, dataset: str, mean: Sequence[float], std: Sequence[float],
+                      input_size: int) -> RawImageNetwork:
+    """`network` (trained on `dataset` at `input_size`) as a model of raw images."""
+    return RawImageNetwork(network, mean, std, RAW_IMAGE_SIZE.get(dataset, input_size), input_size)
+
+
+def raw_examples(model: RawImageNetwork, normalised: Tensor) -> Tensor:
+    """Raw-image examples [n, C, raw, raw] in [0, 1] made from normalised inputs [n, C, H, W]: for
+    the logged model's input example, which shows callers the format."""
+    x = normalised * model.std + model.mean  # [n, C, H, W] in [0, 1]
+    if model.raw_size != model.input_size:
+        x = F.interpolate(x, size=(model.raw_size, model.raw_size), mode="bilinear", align_corners=False,
+                          antialias=model.raw_size < model.input_size)
+    return x.clamp_(0.0, 1.0)
+
+
+__all__ = ["RAW_IMAGE_SIZE", "RawImageNetwork", "raw_examples", "raw_image_network"]

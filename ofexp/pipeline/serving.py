@@ -1,0 +1,43 @@
+"""Every model a step makes is logged as an MLflow model that takes raw images, and can be
+registered under a name (`--register-as`), with its lineage on the version."""
+from __future__ import annotations
+
+from torch import nn
+
+from ofexp import tracking
+from ofexp.data import DataSplits
+from ofexp.errors import ConfigError
+from ofexp.models.serving import raw_examples, raw_image_network
+from ofexp.tracking.model_registry import register_logged_model
+
+
+def check_register_as(register_as: str | None, log_model: bool) -> None:
+    """ConfigError for a registration that cannot happen: no model logged, or an empty name."""
+    if register_as is None:
+        return
+    if not register_as.strip():
+        raise ConfigError("--register-as needs a model name, e.g. --register-as fmnist-vgg11-fused")
+    if not log_model:
+        raise ConfigError("--register-as registers the logged MLflow model: drop --no-log-model")
+
+
+def log_served_model(network: nn.Module, splits: DataSplits, *, stage: str, run_id: str,
+                     parents: tuple[str, ...] = (), register_as: str | None = None) -> str:
+    """Log `network` (on the CPU) behind the loader's resize and normalisation as the run's MLflow
+    model; register it as `register_as` when given. Returns the logged model's ID."""
+    info = splits.info
+    served = raw_image_network(network.cpu().eval(), info.name, info.mean, info.std, info.input_size).eval()
+    model_id = tracking.log_mlflow_model(served, raw_examples(served, splits.test_x[:2].cpu()))
+    tracking.set_tags({tracking.TAG_LOGGED_MODEL: model_id})
+    if register_as:
+        made_from = f", made from runs {', '.join(parents)}" if parents else ""
+        lineage = {"ofexp.run_id": run_id, "ofexp.stage": stage,
+                   **({tracking.TAG_PARENTS: ",".join(parents)} if parents else {})}
+        register_logged_model(model_id, register_as, lineage,
+                              f"The model of ofexp {stage} run {run_id}{made_from}. It takes pixel values in "
+                              f"[0, 1] of shape [n, {info.in_channels}, {served.raw_size}, {served.raw_size}] "
+                              f"({info.name}) and returns logits for {info.num_classes} classes.")
+    return model_id
+
+
+__all__ = ["check_register_as", "log_served_model"]

@@ -1,0 +1,144 @@
+"""Models MLflow can load, serve and register (issue #16): train, fuse and ensemble runs log an
+MLflow model that takes raw images (pixel values in [0, 1] at the data set's own size) and
+normalises inside; `--register-as` registers it with its lineage; `mlflow models serve` answers.
+
+One SQLite store with two tiny digits parents; the fusion and the ensemble are made through the
+CLI, and served through MLflow's own `mlflow models serve`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.request
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+from sklearn.datasets import load_digits
+
+from conftest import BIN, free_port, run_cli_in_process, sqlite_store_with_parents, using_tracking_uri
+from ofexp import tracking
+
+pytestmark = pytest.mark.slow
+EXPERIMENT = "served"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    uri, parents, splits, _ = sqlite_store_with_parents(tmp_path_factory.mktemp("served"), EXPERIMENT)
+    return uri, parents, splits
+
+
+def _logged_model(uri: str, run_id: str):
+    tags = MlflowClient(uri).get_run(run_id).data.tags
+    with using_tracking_uri(uri):
+        return mlflow.pyfunc.load_model(f"models:/{tags['ofexp.logged_model_id']}"), tags
+
+
+@pytest.fixture(scope="module")
+def fused(store):
+    # module-scoped, so capsys (function-scoped) is not at hand: stdout is captured by hand
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    from ofexp.cli import main
+
+    uri, parents, _ = store
+    out = StringIO()
+    with using_tracking_uri(uri), redirect_stdout(out):
+        try:
+            main(["fuse", "--parents", ",".join(parents), "--method", "geometric", "--device", "cpu",
+                  "--register-as", "digits-fused", "--experiment-name", EXPERIMENT])
+        except SystemExit as exc:
+            assert not exc.code
+    return out.getvalue().strip().split()[-1]
+
+
+def test_a_fused_model_takes_raw_images_and_predicts_what_ofexp_measured(store, fused):
+    uri, _, splits = store
+    served, _ = _logged_model(uri, fused)
+    with using_tracking_uri(uri):
+        network = tracking.fetch_model_run(fused).model
+    raw = torch.tensor(load_digits().data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0  # [1797, 1, 8, 8]
+    # which raw image each of ofexp's test inputs came from: the loader's own resize and normalisation
+    loaded = torch.nn.functional.interpolate(raw, size=(32, 32), mode="bilinear", align_corners=False)
+    mean, std = splits.info.mean[0], splits.info.std[0]
+    loaded = (loaded - mean) / std
+    flat = loaded.view(len(raw), -1)
+    index = [int(torch.cdist(row.view(1, -1), flat).argmin()) for row in splits.test_x]
+    assert torch.allclose(loaded[index], splits.test_x, atol=1e-5), "the raw images behind the test set"
+    predicted = np.asarray(served.predict(raw[index].numpy()))  # [360, 10] logits
+    with torch.no_grad():
+        expected = network(splits.test_x).numpy()
+    assert predicted.shape == (len(splits.test_x), 10)
+    assert np.allclose(predicted, expected, atol=1e-4)
+    accuracy = float((predicted.argmax(1) == splits.test_y.numpy()).mean())
+    assert accuracy == pytest.approx(MlflowClient(uri).get_run(fused).data.metrics["test_accuracy"], abs=1e-9)
+
+
+def test_the_registered_version_carries_the_fusions_lineage(store, fused):
+    uri, parents, _ = store
+    client = MlflowClient(uri)
+    (version,) = client.search_model_versions("name = 'digits-fused'")
+    assert version.tags["ofexp.run_id"] == fused and version.tags["ofexp.stage"] == "fuse"
+    assert version.tags["ofexp.parent_run_ids"] == ",".join(parents)
+    assert fused in version.description and all(p in version.description for p in parents)
+    assert "[n, 1, 8, 8]" in version.description
+    assert client.get_run(fused).data.tags["ofexp.registered_model"] == f"digits-fused/{version.version}"
+
+
+def test_an_ensemble_run_logs_a_model_of_raw_images_too(store, capsys):
+    uri, parents, splits = store
+    result = run_cli_in_process(["ensemble", "--parents", ",".join(parents), "--device", "cpu",
+                                 "--experiment-name", EXPERIMENT], uri, capsys)
+    assert result.returncode == 0, result.stderr[-2000:]
+    served, _ = _logged_model(uri, result.last_line)
+    raw = torch.tensor(load_digits().data[:5], dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    assert np.asarray(served.predict(raw.numpy())).shape == (5, 10)
+
+
+def test_register_as_without_a_logged_model_is_refused_before_any_run(store, capsys):
+    uri, parents, _ = store
+    before = len(MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name(EXPERIMENT).experiment_id]))
+    result = run_cli_in_process(["fuse", "--parents", ",".join(parents), "--method", "naive", "--no-log-model",
+                                 "--register-as", "x", "--experiment-name", EXPERIMENT], uri, capsys)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: --register-as registers the logged MLflow model: drop --no-log-model" in result.stderr
+    assert len(MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name(EXPERIMENT).experiment_id])) == before
+
+
+def test_mlflow_models_serve_answers_with_the_fused_models_predictions(store, fused, tmp_path):
+    uri, _, _ = store
+    served, tags = _logged_model(uri, fused)
+    port = free_port()
+    # mlflow models serve starts `uvicorn` by name: the venv's bin must be on PATH, as when it is activated
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1",
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log = open(tmp_path / "serve.log", "wb")
+    server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{tags['ofexp.logged_model_id']}",
+                               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow models serve did not answer /ping in 180 s"
+                time.sleep(1)
+        raw = np.asarray(load_digits().data[:4], dtype=np.float32).reshape(-1, 1, 8, 8) / 16.0
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                         data=json.dumps({"inputs": raw.tolist()}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+        assert np.allclose(np.asarray(answer["predictions"]), np.asarray(served.predict(raw)), atol=1e-5)
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)
+        log.close()
