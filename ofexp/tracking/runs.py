@@ -163,8 +163,10 @@ def stage_run(
     RUNNING, an old failure reason removed); `params` are then not re-logged
     (MLflow forbids changing them), `tags` are updated.
     """
+    # training is the long, resource-bound step: MLflow samples CPU, memory and GPU use beside it
+    system_metrics = stage == "train"
     if resume_run_id:
-        run = _reopen_run(resume_run_id, tags)
+        run = _reopen_run(resume_run_id, tags, log_system_metrics=system_metrics)
     else:
         # host and PID on every stage's run, so `ofexp runs --stale` can tell a killed one from a live one
         all_tags = {**base_tags(stage), **process_tags(), **(tags or {})}
@@ -175,6 +177,7 @@ def stage_run(
         run = mlflow.start_run(
             run_name=run_name, tags=all_tags, description=description,
             nested=parent is not None, parent_run_id=None if parent else parent_id,
+            log_system_metrics=system_metrics,
         )
     try:
         if params and not resume_run_id:
@@ -323,12 +326,12 @@ TAG_EPOCHS = "ofexp.epochs"  # epoch count after `train --resume --epochs N` ext
 STALE_AFTER_S = 600.0
 
 
-def _reopen_run(run_id: str, tags: Mapping[str, str] | None) -> mlflow.ActiveRun:
+def _reopen_run(run_id: str, tags: Mapping[str, str] | None, log_system_metrics: bool = False) -> mlflow.ActiveRun:
     """Reopen an existing run (status RUNNING again), update its tags, drop an old failure reason."""
     # MLflow refuses to reopen a run outside the process's active experiment (set by an
     # earlier command in a notebook or test), so make the run's own experiment active.
     mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
-    run = mlflow.start_run(run_id=run_id, tags=dict(tags or {}))
+    run = mlflow.start_run(run_id=run_id, tags=dict(tags or {}), log_system_metrics=log_system_metrics)
     try:
         if TAG_FAILURE in run.data.tags:
             mlflow.MlflowClient().delete_tag(run_id, TAG_FAILURE)

@@ -166,3 +166,17 @@ def test_no_run_is_left_running(tiny_runs, client):
     experiment = client.get_experiment_by_name(tiny_runs.experiment)
     running = client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'RUNNING'")
     assert running == []
+
+
+def test_train_runs_log_mlflow_system_metrics(mlflow_server, tmp_path, capsys, monkeypatch):
+    # MLflow samples every 10 s by default; sampled every 0.5 s here, a 2-epoch VGG11 run has samples
+    from conftest import run_cli_in_process
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+    result = run_cli_in_process(["train", "--model", "vgg11", "--width", "0.25", "--epochs", "2", "--no-log-model",
+                                 "--device", "cpu", "--experiment-name", "system-metrics"], mlflow_server.uri, capsys)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = MlflowClient(mlflow_server.uri).get_run(result.last_line).data.metrics
+    assert 0 <= metrics["system/cpu_utilization_percentage"] <= 100 * os.cpu_count()
+    assert metrics["system/system_memory_usage_megabytes"] > 0
