@@ -67,6 +67,27 @@ class EvalConfig:
                               f"use one of: {', '.join(PREDICTION_METRICS)}")
 
 
+def evaluate_params(cfg: EvalConfig) -> dict[str, object]:
+    """The params of the evaluate run `cfg` makes: what decides its values, and nothing else.
+
+    The random draws' seed counts only when a measure draws (every one outside prediction
+    space); the preset and its budget only when a σ search runs; the worst case only when
+    a sharpness search does. A prediction-only run logs neither, and a study's cache
+    matches on exactly these.
+    """
+    names = resolve_measures(cfg.measures)
+    searches = {MEASURES[n].search for n in names} - {None}
+    params: dict[str, object] = {"model_run": cfg.model_run, "measures": ",".join(names), "device": cfg.device,
+                                 "accuracy_metric": cfg.accuracy_metric}
+    if any(MEASURES[n].space != "prediction" for n in names):
+        params["seed"] = cfg.seed
+    if searches:
+        params.update({"preset": cfg.preset, **{f"budget.{k}": v for k, v in asdict(search_budget(cfg.preset)).items()}})
+    if searches & {"sharpness", "sharpness_mag"}:
+        params["sharpness_worst"] = cfg.sharpness_worst
+    return params
+
+
 def run_evaluate(cfg: EvalConfig, splits: DataSplits | None = None) -> str:
     """Compute the selected measures of a model run in a new 'evaluate' run; return its ID.
 
@@ -104,10 +125,7 @@ def run_evaluate(cfg: EvalConfig, splits: DataSplits | None = None) -> str:
     ctx = MeasureContext(loaded.model.to(device), splits, device,
                          reference_weights=lambda: reference_weights(cfg.model_run, parameter_keys),
                          budget=budget, sharpness_worst=cfg.sharpness_worst, seed=cfg.seed)
-    params = {"model_run": cfg.model_run, "measures": ",".join(names), "device": cfg.device,
-              "preset": cfg.preset, "sharpness_worst": cfg.sharpness_worst,
-              "accuracy_metric": cfg.accuracy_metric, "seed": cfg.seed,
-              **{f"budget.{k}": v for k, v in asdict(budget).items()}}
+    params = evaluate_params(cfg)
     description = (f"Measures {', '.join(names)} of [run {cfg.model_run}](#/runs/{cfg.model_run}) ({model_name}), "
                    f"'{cfg.preset}' search budget.")
     tags = {tracking.TAG_MODEL_RUN: cfg.model_run, TAG_ACCURACY_METRIC: cfg.accuracy_metric,

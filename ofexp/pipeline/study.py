@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
@@ -25,10 +25,10 @@ from ofexp import tracking
 from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.errors import ArtifactError, ConfigError, stop_on_termination_signals
 from ofexp.metrics import PREDICTION_METRICS, resolve_measures
-from ofexp.metrics.context import PRESETS, search_budget
+from ofexp.metrics.context import PRESETS
 from ofexp.pipeline import plots
 from ofexp.pipeline.ensemble import study_ensemble_step
-from ofexp.pipeline.evaluate import EvalConfig, run_evaluate
+from ofexp.pipeline.evaluate import EvalConfig, evaluate_params, run_evaluate
 from ofexp.pipeline.finetune import study_finetune_step
 from ofexp.pipeline.progress import StudyProgress
 from ofexp.pipeline.fuse import FuseConfig, run_fuse
@@ -202,14 +202,6 @@ def evaluate_config(cfg: StudyConfig, model_run: str, label: str, run_name: str 
     return EvalConfig(model_run=model_run, measures=cfg.measure_names, device=cfg.train.device, label=label,
                       preset=cfg.preset, accuracy_metric=cfg.accuracy_metric, progress=cfg.train.progress,
                       run_name=run_name)
-
-
-def evaluate_params(ecfg: EvalConfig) -> dict[str, object]:
-    """The params an evaluate run logs for `ecfg` (what run_evaluate logs; a test checks they agree)."""
-    return {"model_run": ecfg.model_run, "measures": ",".join(resolve_measures(ecfg.measures)),
-            "device": ecfg.device, "preset": ecfg.preset, "sharpness_worst": ecfg.sharpness_worst,
-            "accuracy_metric": ecfg.accuracy_metric, "seed": ecfg.seed,
-            **{f"budget.{k}": v for k, v in asdict(search_budget(ecfg.preset)).items()}}
 
 
 def data_loader(data: DataConfig) -> Callable[[], DataSplits]:

@@ -179,3 +179,20 @@ def test_parent_distance_counts_parameters_not_batchnorm_statistics():
     assert squared_distance(fused, far_params, {"w"}) == pytest.approx(3.0)
     # counting the statistics would flip which parent is farther
     assert squared_distance(fused, near_params) > squared_distance(fused, far_params)
+
+
+@pytest.mark.parametrize("measures,expected", [
+    ("prediction", {"model_run", "measures", "device", "accuracy_metric"}),
+    ("accuracy,lipschitz", {"model_run", "measures", "device", "accuracy_metric", "seed"}),
+    ("accuracy,pac_bayes_flatness", {"model_run", "measures", "device", "accuracy_metric", "seed", "preset"}),
+    ("accuracy,sharpness_flatness",
+     {"model_run", "measures", "device", "accuracy_metric", "seed", "preset", "sharpness_worst"}),
+])
+def test_an_evaluate_run_logs_only_the_params_its_measures_use(measures, expected):
+    # budget.*, preset and sharpness_worst change no prediction value: a prediction-only run
+    # that carried them would claim settings it never used, and split the study's cache on them
+    from ofexp.pipeline.evaluate import evaluate_params
+
+    params = evaluate_params(EvalConfig(model_run="0" * 32, measures=measures, preset="quick"))
+    assert {k for k in params if not k.startswith("budget.")} == expected
+    assert any(k.startswith("budget.") for k in params) == ("preset" in expected)
