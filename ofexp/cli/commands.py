@@ -18,6 +18,7 @@ from ofexp.cli.options import (OPT_STR, data_options, experiment_option, flag, l
 from ofexp.data import DataConfig
 from ofexp.errors import ConfigError
 from ofexp.pipeline import EvalConfig, FuseConfig, TrainConfig, run_evaluate, run_fuse, run_train
+from ofexp.tracking.server import experiment_page
 from ofexp.training import SpeedOptions, make_recipe
 
 RECIPE_OVERRIDES = ("epochs", "batch_size", "lr", "weight_decay", "init", "warmup_epochs", "grad_clip")
@@ -169,11 +170,12 @@ def evaluate(model_run: str, measures: str, label: str | None, preset: str, shar
 def ui(port: int) -> None:
     """Start the MLflow UI on the store ofexp uses and print the URL to open."""
     uri = tracking.tracking_uri()
+    experiment_id = tracking.running.existing_experiment_id()
     if uri.startswith(("http://", "https://")):
-        click.echo(f"ofexp logs to a tracking server; open {uri}")
+        click.echo(f"ofexp logs to a tracking server; open {experiment_page(uri, experiment_id)}")
         return
     mlflow_bin = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
-    click.echo(f"MLflow UI for {uri}: open http://127.0.0.1:{port}", err=True)
+    click.echo(f"MLflow UI for {uri}: open {experiment_page(f'http://127.0.0.1:{port}', experiment_id)}", err=True)
     # its own process group: `mlflow ui` starts a server with worker processes, and stopping
     # only `mlflow ui` (as subprocess.call does on Ctrl-C or SIGTERM) left them serving
     server = subprocess.Popen([mlflow_bin, "ui", "--backend-store-uri", uri, "--port", str(port)],

@@ -41,10 +41,18 @@ class StudyTables:
     steps: pd.DataFrame  # STEP_COLUMNS
 
 
+# A study step's run name says seed, model and stage in as few characters as it can: the MLflow
+# UI's runs table shows about the first 15 of a nested run's name.
+_SHORT_KIND = {"naive_fused": "naive", "geometric_fused": "geometric", "naive_finetuned": "naive+ft",
+               "geometric_finetuned": "geo+ft"}
+_SHORT_STAGE = {"evaluate": "eval"}
+
+
 def step_run_name(seed: int, kind: str, stage: str) -> str:
-    """A study step's run name, short and told apart within its first 20 characters (the MLflow
-    UI cuts names there): "s3 parent_1 train", "s3 geometric_fused fuse", "s3 ensemble"."""
-    return f"s{seed} {kind}" + ("" if stage == kind else f" {stage}")
+    """A study step's run name, told apart from the seed's others within its first 15 characters:
+    "s3 parent_1 train", "s3 geometric fuse", "s3 ensemble", "s3 geo+ft eval"."""
+    short = _SHORT_KIND.get(kind, kind)
+    return f"s{seed} {short}" + ("" if stage == kind else f" {_SHORT_STAGE.get(stage, stage)}")
 
 
 def step_tags(steps: pd.DataFrame) -> dict[str, str]:

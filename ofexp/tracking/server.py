@@ -23,6 +23,17 @@ from ofexp.errors import TrackingServerError
 PROBE_TIMEOUT_S = 5.0
 
 
+def experiment_page(ui_base: str, experiment_id: str | None) -> str:
+    """The MLflow UI page of an experiment's runs table (or of the experiment list).
+
+    MLflow 3's UI opens in its GenAI mode, on an experiment's traces overview, unless the
+    address asks for the model-training mode (`workflowType=machine_learning`): ofexp's
+    links ask for it, so they land on the runs.
+    """
+    path = f"experiments/{experiment_id}" if experiment_id else "experiments"
+    return f"{ui_base.rstrip('/')}/#/{path}?workflowType=machine_learning"
+
+
 def is_remote(uri: str) -> bool:
     """Whether `uri` is a tracking server reached over HTTP (not a local file or SQLite store)."""
     return uri.startswith(("http://", "https://"))

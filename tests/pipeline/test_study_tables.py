@@ -101,3 +101,16 @@ def test_step_index_round_trips_through_tags_and_marks_reused_runs():
     back = steps_from_tags({**tags, "unrelated": "x"}, "study", runs)
     assert back[["seed", "kind", "stage", "run_id"]].values.tolist() == steps[["seed", "kind", "stage", "run_id"]].values.tolist()
     assert back.set_index("kind")["reused"].to_dict() == {"parent_1": False, "naive_fused": True}
+
+
+def test_step_run_names_differ_within_what_the_runs_table_shows():
+    from ofexp.pipeline.report import step_run_name
+
+    steps = [(kind, stage) for kind in ("parent_1", "parent_2") for stage in ("train", "evaluate")]
+    steps += [(kind, stage) for kind in ("naive_fused", "geometric_fused", "naive_finetuned", "geometric_finetuned")
+              for stage in ("fuse" if kind.endswith("fused") else "train", "evaluate")]
+    steps += [("ensemble", "ensemble"), ("ensemble", "evaluate")]
+    names = [step_run_name(3, kind, stage) for kind, stage in steps]
+    assert len({name[:15] for name in names}) == len(names), sorted(names)
+    assert max(len(name) for name in names) <= 20
+    assert step_run_name(3, "geometric_fused", "fuse") == "s3 geometric fuse"
