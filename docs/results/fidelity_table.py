@@ -72,6 +72,8 @@ def main() -> None:
         kind = _study_kind(p)
         if kind is None:
             continue
+        if "," not in p["seeds"] or len([s for s in p["seeds"].split(",") if s]) < 2:
+            continue  # one seed (a study run ahead of another to share its steps): no spread, no row
         config = (p["model"], p["width"], p["batchnorm"] == "True", p["epochs"], p["seeds"])
         values = _accuracies(client, study.info.run_id)
         parents = pd.Series(values["parent"]).mean() if "parent" in values else None
