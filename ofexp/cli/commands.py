@@ -17,6 +17,11 @@ from ofexp.cli.options import (OPT_STR, data_options, experiment_option, flag, l
                                pop_flag, recipe_options, register_option)
 from ofexp.data import DataConfig
 from ofexp.errors import ConfigError
+from ofexp.fusion.geometric import ALIGNMENTS
+from ofexp.fusion.transport import SOLVERS
+from ofexp.metrics import PREDICTION_METRICS
+from ofexp.metrics.context import PRESETS
+from ofexp.metrics.sharpness import WORST_CASES
 from ofexp.pipeline import EvalConfig, FuseConfig, TrainConfig, run_evaluate, run_fuse, run_train
 from ofexp.tracking.server import experiment_page
 from ofexp.training import SpeedOptions, make_recipe
@@ -57,9 +62,9 @@ def fusion_options(f):
         click.option("--method", type=click.Choice(["naive", "geometric", "both"]), default="both", show_default=True),
         click.option("--fusion-weights", type=OPT_STR, default=None, help="One weight per parent, e.g. 0.5,0.5 [default: equal]."),
         click.option("--target", type=click.INT, default=-1, show_default=True, help="Index of the parent the others align to."),
-        click.option("--solver", type=click.Choice(["exact", "sinkhorn"]), default="exact", show_default=True),
+        click.option("--solver", type=click.Choice(SOLVERS), default="exact", show_default=True),
         click.option("--reg", type=click.FLOAT, default=0.01, show_default=True, help="Entropic regulariser for sinkhorn, relative to the largest cost."),
-        click.option("--alignment", type=click.Choice(["weights", "activations"]), default="activations", show_default=True,
+        click.option("--alignment", type=click.Choice(ALIGNMENTS), default="activations", show_default=True,
                      help="Neuron similarity for geometric fusion: incoming weights, or activations on training samples."),
         click.option("--activation-samples", type=click.INT, default=256, show_default=True,
                      help="Training inputs (fixed sample) used by --alignment activations and --repair."),
@@ -136,11 +141,11 @@ def fuse(parents: str, device: str, allow_unfinished: bool, experiment_name: str
 @click.option("--measures", default="prediction", show_default=True,
               help="Comma-separated measure names, spaces (input, parameter, prediction) or 'all'.")
 @click.option("--label", type=OPT_STR, default=None, help="Model name in results.csv [default: the run's name].")
-@click.option("--preset", type=click.Choice(["report", "quick"]), default="report", show_default=True,
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="report", show_default=True,
               help="σ-search budget: the report's (docs/measures.md), or a tiny one for tests and demos (not for results).")
-@click.option("--sharpness-worst", type=click.Choice(["max", "min"]), default="max", show_default=True,
+@click.option("--sharpness-worst", type=click.Choice(WORST_CASES), default="max", show_default=True,
               help="Sharpness worst case over the draws: max (Jiang et al. 2019) or min (the report's code).")
-@click.option("--accuracy-metric", type=click.Choice(["accuracy", "generalisation_gap"]), default="accuracy",
+@click.option("--accuracy-metric", type=click.Choice(PREDICTION_METRICS), default="accuracy",
               show_default=True, help="Prediction metric the study correlates the measures with (param and tag).")
 @click.option("--seed", type=click.INT, default=0, show_default=True, help="Seed of the measures' random draws.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto: where the measures run.")

@@ -8,6 +8,8 @@ from ofexp.cli.commands import _fuse_options, _parse_seeds, _train_config, fusio
 from ofexp.cli.options import data_options, experiment_option, flag, model_options, pop_flag, recipe_options
 from ofexp.cli.remote_options import remote_from_options, remote_options, run_remote
 from ofexp.errors import ConfigError
+from ofexp.metrics import PREDICTION_METRICS
+from ofexp.metrics.context import PRESETS
 from ofexp.pipeline.report import study_outcome
 from ofexp.pipeline.study import StudyConfig, run_study
 
@@ -20,9 +22,9 @@ from ofexp.pipeline.study import StudyConfig, run_study
 @click.option("--seeds", default="1", show_default=True, help="A count (2 = seeds 1,2) or a list (1,2,5).")
 @click.option("--measures", default="prediction", show_default=True,
               help="Comma-separated measure names, spaces (input, parameter, prediction) or 'all'.")
-@click.option("--accuracy-metric", type=click.Choice(["accuracy", "generalisation_gap"]), default="accuracy",
+@click.option("--accuracy-metric", type=click.Choice(PREDICTION_METRICS), default="accuracy",
               show_default=True, help="Prediction metric that every measure is correlated with (always measured).")
-@click.option("--preset", type=click.Choice(["report", "quick"]), default="report", show_default=True,
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="report", show_default=True,
               help="σ-search budget: the report's (docs/measures.md), or a tiny one for tests and demos (not for results).")
 @flag("cache", "Reuse FINISHED runs that did a step already; --no-cache runs every step afresh.", default=True)
 @click.option("--jobs", type=click.INT, default=1, show_default=True,

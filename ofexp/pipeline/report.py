@@ -24,7 +24,7 @@ import pandas as pd
 
 from ofexp.metrics import MEASURES
 from ofexp.metrics.correlation import correlation_table
-from ofexp.tracking.queries import RunData
+from ofexp.tracking.queries import TAG_PARENT_RUN, RunData
 
 RESULTS_COLUMNS = ["Model", "Space", "Metric", "Value"]
 STEP_COLUMNS = ["seed", "kind", "stage", "run_id", "reused"]
@@ -70,7 +70,7 @@ def steps_from_tags(tags: Mapping[str, str], study_run_id: str, runs: Mapping[st
     for key, run_id in tags.items():
         match = _STEP_TAG.match(key)
         if match:
-            parent = runs[run_id].tags.get("mlflow.parentRunId") if runs and run_id in runs else None
+            parent = runs[run_id].tags.get(TAG_PARENT_RUN) if runs and run_id in runs else None
             rows.append((int(match["seed"]), match["kind"], match["stage"], run_id,
                          parent is not None and parent != study_run_id))
     return sort_steps(pd.DataFrame(rows, columns=STEP_COLUMNS), tags.get(TAG_KINDS, "").split(","))

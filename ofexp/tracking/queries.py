@@ -119,12 +119,6 @@ def get_run_data(run_id: str, stage: str | None = None) -> RunData:
     return run
 
 
-def child_runs(parent_run_id: str, experiment_id: str) -> list[RunData]:
-    """The runs nested directly under `parent_run_id` (MLflow's parent tag), oldest first."""
-    return search([experiment_id], f"tags.`{TAG_PARENT_RUN}` = '{parent_run_id}'",
-                  order_by=["attributes.start_time ASC"])
-
-
 def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
     """(step, value) of every logged value of metric `key`, in step order."""
     try:
