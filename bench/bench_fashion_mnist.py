@@ -163,11 +163,12 @@ def _stage_seconds(splits: DataSplits, data: DataConfig, preset: str) -> dict[st
     out = {"train (1 epoch)": seconds}
     parent_2 = run_train(replace(base, seed=2), splits)
     parents = (parent_1, parent_2)
-    fuse = FuseConfig(parents=parents, methods=("geometric",), device="cpu")
+    # no MLflow model on any stage (as for training): the stages' own work, as in the reference table
+    fuse = FuseConfig(parents=parents, methods=("geometric",), device="cpu", log_model=False)
     out["fuse geometric"], fused = timed(lambda: run_fuse(fuse, splits)["geometric"])
     whole = replace(fuse, curve_samples=len(splits.test_x))
     out["fuse geometric, curves on the whole test set"], _ = timed(lambda: run_fuse(whole, splits))
-    out["ensemble"], _ = timed(lambda: run_ensemble(EnsembleConfig(parents, device="cpu"), splits))
+    out["ensemble"], _ = timed(lambda: run_ensemble(EnsembleConfig(parents, device="cpu", log_model=False), splits))
     tune = FinetuneConfig(source=fused, recipe=finetune_recipe(base.recipe, epochs=1), device="cpu",
                           log_model=False, progress=False)
     out["fine-tune (1 epoch)"], _ = timed(lambda: run_finetune(tune, splits))

@@ -4,8 +4,8 @@ A real `mlflow server` (SQLite backend, proxied artifacts, free localhost port) 
 started in a temp dir for the benchmark and always stopped. Synthetic runs are logged
 straight through `MlflowClient` (one `log_batch` per run), shaped like what `ofexp
 study` leaves: per seed two train runs, two fuse runs and four evaluate runs carrying
-every measure in `ofexp.metrics.MEASURES`, and a study run indexing them with its
-`ofexp.step.<kind>_seed<k>.<stage>` tags. Before timing, `ofexp report --csv` is run
+every measure in `ofexp.metrics.MEASURES`, and a study run indexing them in its
+steps.csv. Before timing, `ofexp report --csv` is run
 once and its per-seed rows are checked against the logged values.
 
 ofexp side: the real CLI in this process (`ofexp.cli.main(["report", ID])`, stdout
@@ -102,7 +102,7 @@ def log_study(client, seeds: int, rng: np.random.Generator) -> tuple[str, pd.Dat
                                  tags={"ofexp.stage": "study"}).info.run_id
     client.log_batch(study_id, params=[Param("accuracy_metric", "accuracy")])
     nested = {"mlflow.parentRunId": study_id}
-    step_tags, logged = {}, []
+    rows, logged = [], []
     for seed in range(1, seeds + 1):
         for kind in KINDS:
             stage = STAGE_OF_KIND[kind]
@@ -112,11 +112,11 @@ def log_study(client, seeds: int, rng: np.random.Generator) -> tuple[str, pd.Dat
             eval_id = _log_run(client, experiment_id, f"evaluate {kind} seed{seed}",
                                {**nested, "ofexp.stage": "evaluate", "ofexp.model_run_id": model_id},
                                {"seed": seed, "accuracy_metric": "accuracy"}, values)
-            step_tags[f"ofexp.step.{kind}_seed{seed}.{stage}"] = model_id
-            step_tags[f"ofexp.step.{kind}_seed{seed}.evaluate"] = eval_id
+            rows += [(seed, kind, stage, model_id, False), (seed, kind, "evaluate", eval_id, False)]
             logged += [(f"{kind}_seed{seed}", m.name, values[m.metric_key]) for m in MEASURES.values()]
-    for key, value in {**step_tags, "ofexp.kinds": ",".join(KINDS)}.items():
-        client.set_tag(study_id, key, value)
+    columns = ["seed", "kind", "stage", "run_id", "reused"]  # steps.csv, as `ofexp study` writes it
+    client.log_text(study_id, pd.DataFrame(rows, columns=columns).to_csv(index=False), "steps.csv")
+    client.set_tag(study_id, "ofexp.kinds", ",".join(KINDS))
     client.set_terminated(study_id, "FINISHED")
     return study_id, pd.DataFrame(logged, columns=["Model", "Metric", "Value"])
 
@@ -165,16 +165,16 @@ def _naive_run(client, run_id: str, metric_keys=()):
 def naive_report(client, study_id: str):
     """The report's tables the straightforward way: a request per run and per metric."""
     from ofexp.metrics import MEASURES
-    from ofexp.pipeline.report import build_tables, steps_from_tags
+    from ofexp.pipeline.report import build_tables, steps_from_csv
 
     study = client.get_run(study_id)
-    tags = dict(study.data.tags)
+    with tempfile.TemporaryDirectory() as tmp:
+        text = Path(client.download_artifacts(study_id, "steps.csv", tmp)).read_text()
+    steps = steps_from_csv(text, study.data.tags.get("ofexp.kinds", ""))
     runs = {}
-    for key, run_id in tags.items():
-        if key.startswith("ofexp.step."):
-            keys = [m.metric_key for m in MEASURES.values()] if key.endswith(".evaluate") else ()
-            runs[run_id] = _naive_run(client, run_id, keys)
-    steps = steps_from_tags(tags, study_id, runs)
+    for step in steps.itertuples():
+        keys = [m.metric_key for m in MEASURES.values()] if step.stage == "evaluate" else ()
+        runs[step.run_id] = _naive_run(client, step.run_id, keys)
     return build_tables(steps, runs, study.data.params.get("accuracy_metric", "accuracy"))
 
 
@@ -189,9 +189,13 @@ def naive_compare(client, run_ids: list[str]) -> str:
 # -- the benchmark -------------------------------------------------------------------------
 
 def _check_report(study_id: str, logged: pd.DataFrame, tmp: Path) -> None:
-    """`ofexp report --csv` once: its per-seed rows must be exactly the logged values."""
+    """`ofexp report --csv` once: its per-seed rows (results.csv and the other prediction values
+    beside it, under ofexp's measure names) must be exactly the logged values."""
+    from ofexp.metrics import MEASURES
+
     cli_stdout(["report", study_id, "--csv", str(tmp / "results.csv")])
-    rows = pd.read_csv(tmp / "results.csv")
+    rows = pd.concat([pd.read_csv(tmp / "results.csv"), pd.read_csv(tmp / "results.prediction.csv")])
+    rows["Metric"] = rows["Metric"].replace({m.report_name: m.name for m in MEASURES.values()})
     per_seed = rows[rows["Space"] != "correlation_space"].merge(logged, on=["Model", "Metric"], how="outer")
     if len(per_seed) != len(logged) or not np.allclose(per_seed["Value_x"], per_seed["Value_y"]):
         raise RuntimeError("ofexp report's results.csv does not match the logged synthetic values")

@@ -10,8 +10,8 @@ import click
 import pandas as pd
 
 from ofexp.cli.options import OPT_STR
-from ofexp.errors import ConfigError, RunLookupError
-from ofexp.pipeline.report import PREDICTION_FILE, RESULTS_FILE, build_tables, report_files, steps_from_tags
+from ofexp.errors import ConfigError
+from ofexp.pipeline.report import PREDICTION_FILE, RESULTS_FILE, build_tables, report_files, study_steps
 from ofexp.tracking import queries
 
 _WIDE = {"display.width": 250, "display.max_columns": None, "display.max_rows": None, "display.max_colwidth": 60}
@@ -33,12 +33,7 @@ def report(study_run_id: str | None, study_run_option: str | None, csv_path: str
     csv_files = _report_csv_paths(Path(csv_path).expanduser()) if csv_path else []
     check_csv_targets(csv_files, force)  # before the server is asked anything
     study = queries.get_run_data((study_run_id or study_run_option).strip(), stage="study")
-    ids = [v for k, v in study.tags.items() if k.startswith("ofexp.step.")]
-    if not ids:
-        raise RunLookupError(f"study run {study.run_id} has no step index (ofexp.step.* tags): it is unfinished "
-                             "or made by an older ofexp; run the study again (finished steps are reused)")
-    runs = queries.runs_by_id(ids, [study.experiment_id])
-    steps = steps_from_tags(study.tags, study.run_id, runs)
+    steps, runs = study_steps(study)
     tables = build_tables(steps, runs, study.params.get("accuracy_metric", "accuracy"))
     per_seed = tables.results[tables.results["Space"] != "correlation_space"]
     with pd.option_context(*[x for item in _WIDE.items() for x in item]):

@@ -1,8 +1,8 @@
 """The study's tables, built from its runs' logged values alone.
 
-The study run indexes its steps with one tag per step,
-`ofexp.step.<kind>_seed<k>.<stage>` = run ID (reused runs from earlier studies
-included, since they are not its children). From those runs' metrics come:
+The study run indexes its steps in one artifact, steps.csv: seed, model kind, stage,
+run ID and whether the run was reused (reused runs from earlier studies included,
+since they are not its children). From those runs' metrics come:
 
 - results: every logged value as `Model,Space,Metric,Value` rows, per-seed rows
   `Model=<kind>_seed<k>`, then correlation rows `Model=<kind>`,
@@ -16,7 +16,7 @@ included, since they are not its children). From those runs' metrics come:
 """
 from __future__ import annotations
 
-import re
+import io
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -24,13 +24,12 @@ import pandas as pd
 
 from ofexp.metrics import MEASURES
 from ofexp.metrics.correlation import correlation_table
-from ofexp.tracking.queries import TAG_PARENT_RUN, RunData
+from ofexp.tracking.queries import RunData
 
 RESULTS_COLUMNS = ["Model", "Space", "Metric", "Value"]
 STEP_COLUMNS = ["seed", "kind", "stage", "run_id", "reused"]
-STEP_TAG_PREFIX = "ofexp.step."
 TAG_KINDS = "ofexp.kinds"
-_STEP_TAG = re.compile(r"^ofexp\.step\.(?P<kind>\w+?)_seed(?P<seed>\d+)\.(?P<stage>train|fuse|ensemble|evaluate)$")
+STEPS_FILE = "steps.csv"
 
 
 @dataclass(frozen=True)
@@ -55,25 +54,37 @@ def step_run_name(seed: int, kind: str, stage: str) -> str:
     return f"s{seed} {short}" + ("" if stage == kind else f" {_SHORT_STAGE.get(stage, stage)}")
 
 
-def step_tags(steps: pd.DataFrame) -> dict[str, str]:
-    """The study run's index tags: `ofexp.step.<kind>_seed<k>.<stage>` -> run ID, and the model
-    kinds in the order the study made them (`ofexp.kinds`), which the tables keep."""
-    tags = {f"{STEP_TAG_PREFIX}{r.kind}_seed{r.seed}.{r.stage}": r.run_id for r in steps.itertuples()}
+def kinds_tag(steps: pd.DataFrame) -> dict[str, str]:
+    """The study run's one tag beside steps.csv: the model kinds in the order the study made
+    them (`ofexp.kinds`), which its tables and printed result keep."""
     # kinds in evaluation order: a kind made by a train step after the fusions (fine-tuning) keeps its place
     kinds = dict.fromkeys([*steps.loc[steps["stage"] == "evaluate", "kind"], *steps["kind"]])
-    return {**tags, TAG_KINDS: ",".join(kinds)}
+    return {TAG_KINDS: ",".join(kinds)}
 
 
-def steps_from_tags(tags: Mapping[str, str], study_run_id: str, runs: Mapping[str, RunData] | None = None) -> pd.DataFrame:
-    """The step table back from a study run's tags; `reused` = the run is not the study's child."""
-    rows = []
-    for key, run_id in tags.items():
-        match = _STEP_TAG.match(key)
-        if match:
-            parent = runs[run_id].tags.get(TAG_PARENT_RUN) if runs and run_id in runs else None
-            rows.append((int(match["seed"]), match["kind"], match["stage"], run_id,
-                         parent is not None and parent != study_run_id))
-    return sort_steps(pd.DataFrame(rows, columns=STEP_COLUMNS), tags.get(TAG_KINDS, "").split(","))
+def steps_from_csv(text: str, kinds: str = "") -> pd.DataFrame:
+    """The step table back from a study's steps.csv (its one step map), in the study's order."""
+    steps = pd.read_csv(io.StringIO(text), dtype={"run_id": str})
+    missing = [c for c in STEP_COLUMNS if c not in steps.columns]
+    if missing:
+        raise ValueError(f"steps.csv lacks column {missing[0]!r}")
+    steps["reused"] = steps["reused"].astype(str).str.lower().eq("true")
+    return sort_steps(steps[STEP_COLUMNS], kinds.split(","))
+
+
+def study_steps(study: RunData) -> tuple[pd.DataFrame, dict[str, RunData]]:
+    """A study's steps (from its steps.csv) and their runs, read back from the store."""
+    from ofexp.errors import ArtifactError, RunLookupError
+    from ofexp.tracking import queries
+    from ofexp.tracking.artifacts import read_text_artifact
+
+    try:
+        steps = steps_from_csv(read_text_artifact(study.run_id, STEPS_FILE), study.tags.get(TAG_KINDS, ""))
+    except (ArtifactError, ValueError, pd.errors.ParserError) as exc:
+        raise RunLookupError(f"study run {study.run_id} has no readable {STEPS_FILE} ({str(exc)[:200]}): it is "
+                             "unfinished or was made by an older ofexp; run the study again (finished steps "
+                             "are reused)") from None
+    return steps, queries.runs_by_id(steps["run_id"], [study.experiment_id])
 
 
 def sort_steps(steps: pd.DataFrame, kinds: Iterable[str] = ()) -> pd.DataFrame:

@@ -33,7 +33,8 @@ from ofexp.pipeline.finetune import study_finetune_step
 from ofexp.pipeline.progress import StudyProgress
 from ofexp.pipeline.fuse import FuseConfig, run_fuse
 from ofexp.pipeline.report import (STEP_COLUMNS, StudyTables, build_tables, correlation_metrics, correlation_notes,
-                                   report_files, sort_steps, step_run_name, step_tags, summary_metrics)
+                                   report_files, sort_steps, step_run_name, kinds_tag, STEPS_FILE,
+                                   summary_metrics)
 from ofexp.pipeline.train import TrainConfig, run_train
 from ofexp.tracking import cache, queries, runs
 from ofexp.tracking.artifacts import ENSEMBLE_STAGE
@@ -336,10 +337,11 @@ def _seed_worker(cfg: StudyConfig, seed: int, study_run_id: str, experiment_id: 
 # --- what the study run logs ------------------------------------------------------------------
 
 def log_outputs(steps: pd.DataFrame, accuracy_metric: str, experiment_id: str) -> StudyTables:
-    """Index the steps (tags, steps.csv), then log the tables, metrics and plots built from the
-    steps' runs as read back from the server, so the artifacts hold exactly the logged values."""
-    tracking.set_tags(step_tags(steps))
-    tracking.log_text(steps.to_csv(index=False), "steps.csv")
+    """Index the steps (steps.csv, and the kinds' order in one tag), then log the tables, metrics
+    and plots built from the steps' runs as read back from the server, so the artifacts hold
+    exactly the logged values."""
+    tracking.set_tags(kinds_tag(steps))
+    tracking.log_text(steps.to_csv(index=False), STEPS_FILE)
     step_runs = queries.runs_by_id(steps["run_id"], [experiment_id])
     tables = build_tables(steps, step_runs, accuracy_metric)
     for name, text in report_files(tables.results, accuracy_metric).items():

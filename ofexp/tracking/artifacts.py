@@ -270,6 +270,11 @@ def load_model(run_id: str, weights: str | None = None, *,
     return loaded.model, loaded.spec
 
 
+def read_text_artifact(run_id: str, artifact_path: str) -> str:
+    """A run's text artifact (e.g. a study's steps.csv); ArtifactError when it cannot be read."""
+    return _read_artifact(run_id, artifact_path).decode("utf-8")
+
+
 def _read_artifact(run_id: str, artifact_path: str) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         try:

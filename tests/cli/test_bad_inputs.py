@@ -42,17 +42,19 @@ def store(tmp_path_factory) -> Store:
 
 
 def _fake_study(client: MlflowClient) -> str:
-    """A study run indexing 2 seeds x 2 kinds of evaluate runs, as `ofexp study` tags them."""
+    """A study run indexing 2 seeds x 2 kinds of evaluate runs in its steps.csv, as `ofexp study` does."""
     experiment_id = client.create_experiment("fake-study")
-    tags = {"ofexp.kinds": "parent_1,naive_fused"}
+    rows = []
     for seed in (1, 2):
         for i, kind in enumerate(("parent_1", "naive_fused")):
             run_id = client.create_run(experiment_id, tags={"ofexp.stage": "evaluate"}).info.run_id
             client.log_metric(run_id, "prediction/accuracy", 0.5 + 0.1 * seed + 0.01 * i)
             client.log_metric(run_id, "prediction/test_loss", 1.0 - 0.1 * seed - 0.02 * i)
             client.set_terminated(run_id, "FINISHED")
-            tags[f"ofexp.step.{kind}_seed{seed}.evaluate"] = run_id
-    study = client.create_run(experiment_id, tags={"ofexp.stage": "study", **tags}).info.run_id
+            rows.append(f"{seed},{kind},evaluate,{run_id},False")
+    study = client.create_run(experiment_id, tags={"ofexp.stage": "study",
+                                                    "ofexp.kinds": "parent_1,naive_fused"}).info.run_id
+    client.log_text(study, "\n".join(["seed,kind,stage,run_id,reused", *rows]) + "\n", "steps.csv")
     client.log_param(study, "accuracy_metric", "accuracy")
     client.set_terminated(study, "FINISHED")
     return study

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -28,8 +29,11 @@ def study_id(mlflow_server) -> str:
     return out.getvalue().strip().splitlines()[-1]
 
 
-def _steps(client, study_id: str) -> dict[str, str]:
-    return {k: v for k, v in client.get_run(study_id).data.tags.items() if k.startswith("ofexp.step.")}
+def _steps(client, study_id: str) -> dict[tuple[str, int, str], str]:
+    """The study's step map from its steps.csv: (kind, seed, stage) -> run ID."""
+    with tempfile.TemporaryDirectory() as tmp:
+        steps = pd.read_csv(client.download_artifacts(study_id, "steps.csv", tmp), dtype={"run_id": str})
+    return {(r.kind, int(r.seed), r.stage): r.run_id for r in steps.itertuples()}
 
 
 def test_report_in_a_fresh_process_rebuilds_the_logged_tables(mlflow_server, study_id, tmp_path):
@@ -55,7 +59,7 @@ def test_report_takes_the_study_run_option_and_refuses_other_runs(mlflow_server,
     client = MlflowClient(mlflow_server.uri)
     ok = run_cli_in_process(["report", "--study-run", study_id], mlflow_server.uri, capsys)
     assert ok.returncode == 0 and "## results" in ok.stdout
-    train_id = next(v for k, v in _steps(client, study_id).items() if k.endswith(".train"))
+    train_id = next(v for k, v in _steps(client, study_id).items() if k[2] == "train")
     bad = run_cli_in_process(["report", train_id], mlflow_server.uri, capsys)
     assert bad.returncode != 0 and "not a study run" in bad.stderr and "Traceback" not in bad.stderr
     missing = run_cli_in_process(["report", "0" * 32], mlflow_server.uri, capsys)
@@ -65,7 +69,7 @@ def test_report_takes_the_study_run_option_and_refuses_other_runs(mlflow_server,
 def test_compare_puts_runs_side_by_side(mlflow_server, study_id, capsys):
     client = MlflowClient(mlflow_server.uri)
     steps = _steps(client, study_id)
-    p1, p2 = steps["ofexp.step.parent_1_seed1.train"], steps["ofexp.step.parent_2_seed1.train"]
+    p1, p2 = steps[("parent_1", 1, "train")], steps[("parent_2", 1, "train")]
     result = run_cli_in_process(["compare", p1, p2], mlflow_server.uri, capsys)
     assert result.returncode == 0, result.stderr
     lines = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[1:] if line.strip()}

@@ -126,7 +126,8 @@ def test_cli_finetunes_by_run_id_and_refuses_bad_input(tiny_runs, capsys):
 
 @pytest.mark.slow  # two one-seed studies in-process: seconds on an idle machine, but 7 models each
 def test_study_with_finetune_epochs_adds_the_ensemble_and_both_finetuned_fusions(store):
-    from ofexp.pipeline.report import steps_from_tags
+    from ofexp.pipeline.report import study_steps
+    from ofexp.tracking import queries
     from ofexp.pipeline.study import StudyConfig, run_study
 
     tcfg = TrainConfig(model="mlp", width=0.125, recipe=make_recipe(epochs=1), log_model=False, progress=False,
@@ -149,7 +150,7 @@ def test_study_with_finetune_epochs_adds_the_ensemble_and_both_finetuned_fusions
     assert ensemble.data.tags[tracking.TAG_PARENTS] == f"{made[('parent_1', 'train')]},{made[('parent_2', 'train')]}"
     assert set(kinds) == {kind for kind, stage in made if stage == "evaluate"}
     assert study.data.params["finetune_epochs"] == "1"
-    rebuilt = steps_from_tags(study.data.tags, study.info.run_id)  # what `ofexp report` reads
+    rebuilt, _ = study_steps(queries.get_run_data(study.info.run_id))  # what `ofexp report` reads
     assert set(zip(rebuilt["kind"], rebuilt["stage"])) == set(made)
     # the steps' params are known before they run: a second study reuses every one of them
     again = client.get_run(run_study(cfg))

@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import subprocess
+import tempfile
 import time
 
 import pandas as pd
@@ -69,15 +70,11 @@ def _new_runs(client, experiment_id: str, action) -> tuple[str, dict[str, set[st
     return result, {s: after[s] - before[s] for s in STEP_STAGES}
 
 
-def _steps(run) -> dict[tuple[str, int, str], str]:
-    """The study's step index: (kind, seed, stage) -> run ID, from its ofexp.step.* tags."""
-    out = {}
-    for key, value in run.data.tags.items():
-        if key.startswith("ofexp.step."):
-            label, stage = key[len("ofexp.step."):].rsplit(".", 1)
-            kind, seed = label.rsplit("_seed", 1)
-            out[(kind, int(seed), stage)] = value
-    return out
+def _steps(client, run) -> dict[tuple[str, int, str], str]:
+    """The study's step map: (kind, seed, stage) -> run ID, from its steps.csv."""
+    with tempfile.TemporaryDirectory() as tmp:
+        steps = pd.read_csv(client.download_artifacts(run.info.run_id, "steps.csv", tmp), dtype={"run_id": str})
+    return {(r.kind, int(r.seed), r.stage): r.run_id for r in steps.itertuples()}
 
 
 def _csv(client, run_id: str, path: str, tmp_path) -> pd.DataFrame:
@@ -89,8 +86,10 @@ def test_the_study_nests_every_step_and_chains_them_by_run_id(study, client):
     children = client.search_runs([study.info.experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{study.info.run_id}'", max_results=100)
     by_id = {r.info.run_id: r for r in children}
-    steps = _steps(study)
+    steps = _steps(client, study)
     assert set(steps.values()) == set(by_id), "every child is indexed, and every indexed step is a child"
+    # the step map is one artifact, steps.csv, not a tag per step on the study run
+    assert not [k for k in study.data.tags if k.startswith("ofexp.step")]
     assert sorted(k for k in steps) == sorted((k, s, st) for s in (1, 2) for k, st in
                                              [("parent_1", "train"), ("parent_2", "train"), ("naive_fused", "fuse"),
                                               ("geometric_fused", "fuse")] + [(k, "evaluate") for k in MODEL_KINDS])
@@ -117,7 +116,7 @@ def test_results_csv_holds_exactly_the_logged_values_and_scipy_correlations(stud
     others = _csv(client, study.info.run_id, "prediction_metrics.csv", tmp_path)
     assert list(results.columns) == list(others.columns) == ["Model", "Space", "Metric", "Value"]
     assert results.notna().all().all(), "no blank cells ('nan' parses as a float)"
-    steps = _steps(study)
+    steps = _steps(client, study)
     logged = {}
     for (kind, seed, stage), run_id in steps.items():
         if stage == "evaluate":
@@ -145,7 +144,7 @@ def test_results_csv_holds_exactly_the_logged_values_and_scipy_correlations(stud
             assert study.data.metrics[f"corr/{method}/test_loss/{kind}"] == pytest.approx(expected, abs=1e-12)
     artifacts = {f.path for f in client.list_artifacts(study.info.run_id, "plots")}
     assert {"plots/accuracy.png", "plots/correlation_kendall.png"} <= artifacts
-    geometric = client.get_run(_steps(study)[("geometric_fused", 1, "fuse")])
+    geometric = client.get_run(_steps(client, study)[("geometric_fused", 1, "fuse")])
     if any(k.startswith("interp/") for k in geometric.data.metrics):  # fuse runs log curves by default
         assert "plots/interpolation.png" in artifacts
 
@@ -155,14 +154,14 @@ def test_a_rerun_creates_no_step_run_and_a_changed_measure_only_new_evaluations(
     rerun_id, new = _new_runs(client, experiment_id, lambda: ofexp(mlflow_server.uri, "study", *TINY, "--seeds", "2"))
     assert new == {s: set() for s in STEP_STAGES}
     rerun = client.get_run(rerun_id)
-    assert _steps(rerun) == _steps(study) and rerun.data.metrics["steps/reused"] == 16
+    assert _steps(client, rerun) == _steps(client, study) and rerun.data.metrics["steps/reused"] == 16
     assert rerun.data.metrics == study.data.metrics | {"steps/reused": 16.0, "steps/new": 0.0}
 
     changed = [a if a != "prediction" else "accuracy" for a in TINY]  # --measures changed
     other_id, new = _new_runs(client, experiment_id, lambda: ofexp(mlflow_server.uri, "study", *changed, "--seeds", "2"))
     assert not new["train"] and not new["fuse"] and len(new["evaluate"]) == 8
-    other = _steps(client.get_run(other_id))
-    assert {k: v for k, v in other.items() if k[2] != "evaluate"} == {k: v for k, v in _steps(study).items()
+    other = _steps(client, client.get_run(other_id))
+    assert {k: v for k, v in other.items() if k[2] != "evaluate"} == {k: v for k, v in _steps(client, study).items()
                                                                      if k[2] != "evaluate"}
 
 
@@ -198,7 +197,7 @@ def test_a_study_sigkilled_after_training_resumes_at_fusion(client, mlflow_serve
 
     study_id, new = _new_runs(client, experiment_id, lambda: ofexp(mlflow_server.uri, "study", *options))
     assert not new["train"], "the rerun trains nothing: it resumes at fusion"
-    steps = _steps(client.get_run(study_id))
+    steps = _steps(client, client.get_run(study_id))
     assert {steps[(f"parent_{i}", 1, "train")] for i in (1, 2)} == before["train"]
     made = {run_id for (_, _, stage), run_id in steps.items() if stage != "train"}
     assert len(made) == 1 + 3  # the naive fusion and the three evaluations
@@ -216,10 +215,10 @@ def test_jobs_2_gives_the_same_runs_as_jobs_1(study, client, mlflow_server, tmp_
     assert {s: len(ids) for s, ids in new.items()} == {"train": 4, "fuse": 2, "evaluate": 6}, "none duplicated or lost"
     children = client.search_runs([study.info.experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{parallel_id}'", max_results=100)
-    assert {r.info.run_id for r in children} == set(_steps(parallel).values()) == set().union(*new.values())
-    reference = {k: v for k, v in _steps(study).items() if k[0] != "geometric_fused"}
-    assert _steps(parallel).keys() == reference.keys()
-    for key, run_id in _steps(parallel).items():  # same params, up to the upstream run IDs
+    assert {r.info.run_id for r in children} == set(_steps(client, parallel).values()) == set().union(*new.values())
+    reference = {k: v for k, v in _steps(client, study).items() if k[0] != "geometric_fused"}
+    assert _steps(client, parallel).keys() == reference.keys()
+    for key, run_id in _steps(client, parallel).items():  # same params, up to the upstream run IDs
         if key[2] == "train":
             assert client.get_run(run_id).data.params == client.get_run(reference[key]).data.params
     # one torch thread per worker, as in this process: the same numbers
@@ -238,7 +237,7 @@ def test_a_run_whose_weights_were_changed_is_not_reused(study, client, mlflow_se
     # says why, and still reuses everything else.
     import torch
 
-    reference = client.get_run(_steps(study)[("parent_1", 1, "train")])
+    reference = client.get_run(_steps(client, study)[("parent_1", 1, "train")])
     same_step = [r.info.run_id for r in client.search_runs([study.info.experiment_id], max_results=1000)
                  if r.data.tags.get("ofexp.stage") == "train" and r.data.params == reference.data.params]
     for run_id in same_step:
@@ -253,7 +252,7 @@ def test_a_run_whose_weights_were_changed_is_not_reused(study, client, mlflow_se
     (refused,) = [r for r in same_step if f"not reusing run {r} for parent_1 seed 1: run {r}'s weights/final.pt "
                                           "is not the file the run recorded" in warning]
     assert {s: len(ids) for s, ids in new.items()} == {"train": 1, "fuse": 1, "evaluate": 2}
-    steps = _steps(client.get_run(rerun_id))
+    steps = _steps(client, client.get_run(rerun_id))
     assert steps[("parent_1", 1, "train")] in new["train"] and steps[("parent_1", 1, "train")] != refused
     assert steps[("parent_2", 1, "train")] not in new["train"]
     assert steps[("parent_2", 1, "evaluate")] not in new["evaluate"]

@@ -8,8 +8,8 @@ import pytest
 
 from scipy import stats
 
-from ofexp.pipeline.report import (STEP_COLUMNS, build_tables, correlation_metrics, correlation_notes, report_files,
-                                   step_tags, steps_from_tags)
+from ofexp.pipeline.report import (STEP_COLUMNS, build_tables, correlation_metrics, correlation_notes, kinds_tag,
+                                   report_files, steps_from_csv)
 from ofexp.tracking.queries import RunData
 
 KINDS = ("parent_1", "naive_fused")
@@ -93,14 +93,15 @@ def test_results_csv_reads_right_with_the_original_studys_rules():
         (f"parent_1_seed{s}", "test_loss"): v for (_, s), v in test_loss.items()}
 
 
-def test_step_index_round_trips_through_tags_and_marks_reused_runs():
-    steps, runs = _fixture({("parent_1", 1): 0.9, ("naive_fused", 1): 0.5}, {})
-    runs["naivefused1"] = RunData("naivefused1", "", "FINISHED", "1", 0, {}, {}, {"mlflow.parentRunId": "older"})
-    tags = step_tags(steps)
-    assert tags["ofexp.step.naive_fused_seed1.evaluate"] == "naivefused1"
-    back = steps_from_tags({**tags, "unrelated": "x"}, "study", runs)
-    assert back[["seed", "kind", "stage", "run_id"]].values.tolist() == steps[["seed", "kind", "stage", "run_id"]].values.tolist()
+def test_the_step_map_round_trips_through_steps_csv_in_the_studys_order():
+    steps, _ = _fixture({("parent_1", 1): 0.9, ("naive_fused", 1): 0.5}, {})
+    steps.loc[steps["kind"] == "naive_fused", "reused"] = True
+    steps["run_id"] = ["0123", "4567"]  # IDs of digits only stay strings, not numbers
+    back = steps_from_csv(steps.to_csv(index=False), kinds_tag(steps)["ofexp.kinds"])
+    assert back.values.tolist() == steps.values.tolist()
     assert back.set_index("kind")["reused"].to_dict() == {"parent_1": False, "naive_fused": True}
+    with pytest.raises(ValueError, match="steps.csv lacks column 'run_id'"):
+        steps_from_csv(steps.drop(columns="run_id").to_csv(index=False))
 
 
 def test_step_run_names_differ_within_what_the_runs_table_shows():
