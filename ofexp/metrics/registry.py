@@ -103,6 +103,15 @@ MEASURES: dict[str, Measure] = {
     )
 }
 PREDICTION_METRICS = ("accuracy", "generalisation_gap")
+# The test-set accuracy and loss that train, fuse and ensemble runs log when they end, under the
+# same names as an evaluate run's: one name per quantity, whichever stage measured it.
+TEST_ACCURACY_KEY = MEASURES["accuracy"].metric_key  # "prediction/accuracy"
+TEST_LOSS_KEY = MEASURES["test_loss"].metric_key  # "prediction/test_loss"
+
+
+def test_accuracy_of(metrics: dict[str, float]) -> float | None:
+    """A model run's logged test accuracy; runs of ofexp before 0.1 named it `test_accuracy`."""
+    return metrics.get(TEST_ACCURACY_KEY, metrics.get("test_accuracy"))
 
 
 def resolve_measures(selection: str | Iterable[str]) -> list[str]:

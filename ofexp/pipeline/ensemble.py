@@ -13,6 +13,7 @@ from tqdm import tqdm
 from ofexp import tracking
 from ofexp.data import DataSplits, load_dataset
 from ofexp.errors import ConfigError, IncompatibleModelsError
+from ofexp.metrics import TEST_ACCURACY_KEY, TEST_LOSS_KEY
 from ofexp.models.ensemble import COMBINE, Ensemble, EnsembleSpec
 from ofexp.pipeline.fuse import _data_key
 from ofexp.pipeline.report import step_run_name
@@ -56,9 +57,9 @@ def run_ensemble(cfg: EnsembleConfig, splits: DataSplits | None = None) -> str:
 
     Artifacts: spec.json (the members' specs, and the parent run IDs under
     "parents"), weights/ensemble.pt (every member's weights, so the run loads on
-    its own with `ofexp.tracking.load_model`). Metrics: test_accuracy and
+    its own with `ofexp.tracking.load_model`). Metrics: prediction/accuracy and
     test_loss of the ensemble (its loss is the NLL of the mean probabilities),
-    and member_test_accuracy/<i>. Parents are checked before the run starts: train or fuse
+    and prediction/accuracy/member_<i>. Parents are checked before the run starts: train or fuse
     runs only, FINISHED ones unless `cfg.allow_unfinished` (the run is then tagged
     ofexp.unfinished_inputs), weights that fit their spec and hold no NaN or inf, same data.
     """
@@ -88,8 +89,8 @@ def run_ensemble(cfg: EnsembleConfig, splits: DataSplits | None = None) -> str:
             test = evaluate(model, splits.test_x, splits.test_y, device=device)
             member_acc = [evaluate(m.model, splits.test_x, splits.test_y, device=device)["accuracy"]
                           for m in members]
-        tracking.log_metrics({"test_accuracy": test["accuracy"], "test_loss": test["loss"],
-                              **{f"member_test_accuracy/{i}": a for i, a in enumerate(member_acc, start=1)}})
+        tracking.log_metrics({TEST_ACCURACY_KEY: test["accuracy"], TEST_LOSS_KEY: test["loss"],
+                              **{f"{TEST_ACCURACY_KEY}/member_{i}": a for i, a in enumerate(member_acc, start=1)}})
         lines = [f"Prediction ensemble (mean of softmax outputs) of {len(members)} runs:"]
         lines += [f"- member {i}: run {rid} (test accuracy {a:.4f})"
                   for i, (rid, a) in enumerate(zip(cfg.parents, member_acc), start=1)]

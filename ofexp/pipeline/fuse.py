@@ -19,6 +19,7 @@ from ofexp.fusion import (ALIGNMENTS, SOLVERS, aligned_parents, alignment_diagno
 from ofexp.fusion.naive import parent_specs
 from ofexp.fusion.transport import MIN_SINKHORN_REG
 from ofexp.fusion.interpolation import InterpolationCurve, fusion_curves, plot_curves
+from ofexp.metrics import TEST_ACCURACY_KEY, TEST_LOSS_KEY, test_accuracy_of
 from ofexp.models import ModelSpec
 from ofexp.pipeline.serving import check_register_as, log_served_model
 from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, describe_unfinished,
@@ -151,7 +152,7 @@ def _load_parents(run_ids: tuple[str, ...], allow_unfinished: bool = False) -> _
         loaded = tracking.fetch_model_run(run_id, allow_unfinished=allow_unfinished,
                                           accept_option=ALLOW_UNFINISHED_OPTION)
         models.append(loaded.model), specs.append(loaded.spec), datas.append(loaded.data)
-        accs.append(loaded.run.data.metrics.get("test_accuracy"))
+        accs.append(test_accuracy_of(loaded.run.data.metrics))
         loaded_runs.append(loaded)
     for run_id, data in zip(run_ids[1:], datas[1:]):
         if _data_key(data) != _data_key(datas[0]):
@@ -215,7 +216,7 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
         if plans:
             tracking.log_tensors(_plans_by_parent(plans, len(cfg.parents), cfg.target), "alignment/plans.pt")
         tracking.log_metrics({
-            "test_accuracy": test["accuracy"], "test_loss": test["loss"], "fusion_seconds": seconds,
+            TEST_ACCURACY_KEY: test["accuracy"], TEST_LOSS_KEY: test["loss"], "fusion_seconds": seconds,
             **{f"ot_cost/{group}": cost for group, cost in costs.items()},
             **({f"group_seconds/{g}": s for g, s in result.group_seconds.items()} if result else {}),
             **{f"{name}/{g}": value for g, values in diagnostics.items() for name, value in values.items()},

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Mapping
 from ofexp import tracking
 from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.errors import ArtifactError, ConfigError, OfexpError, RunLookupError
+from ofexp.metrics import TEST_ACCURACY_KEY, TEST_LOSS_KEY
 from ofexp.models import ModelSpec, build_model, init_weights
 from ofexp.pipeline.serving import check_register_as, log_served_model
 from ofexp.tracking import running, runs
@@ -106,7 +107,7 @@ def _fit_and_log(cfg: TrainConfig, model, splits: DataSplits, device, resume: di
     with cfg.speed.numerics():  # the test set under the numerics the network trained with
         test = evaluate(model, splits.test_x, splits.test_y, device=device)
     tracking.log_metrics({
-        "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+        TEST_ACCURACY_KEY: test["accuracy"], TEST_LOSS_KEY: test["loss"],
         "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
     })
     if cfg.log_model:

@@ -74,8 +74,8 @@ def test_compare_puts_runs_side_by_side(mlflow_server, study_id, capsys):
     assert result.returncode == 0, result.stderr
     lines = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[1:] if line.strip()}
     assert lines["param.seed"] == ["101", "102"] and lines["param.lr"] == ["0.1", "0.1"]
-    accuracy = [client.get_run(r).data.metrics["test_accuracy"] for r in (p1, p2)]
-    assert [float(v) for v in lines["metric.test_accuracy"]] == pytest.approx(accuracy, abs=1e-6)
+    accuracy = [client.get_run(r).data.metrics["prediction/accuracy"] for r in (p1, p2)]
+    assert [float(v) for v in lines["metric.prediction/accuracy"]] == pytest.approx(accuracy, abs=1e-6)
     differences = run_cli_in_process(["compare", f"{p1},{p2}", "--differences"], mlflow_server.uri, capsys)
     rows = {line.split()[0] for line in differences.stdout.splitlines()[1:]}
     assert "param.seed" in rows and "param.lr" not in rows

@@ -60,10 +60,10 @@ def test_ensemble_run_records_its_parents_and_accuracy(store):
     x, y = store["splits"].test_x, store["splits"].test_y
     with torch.no_grad():
         accuracy = (model(x).argmax(dim=1) == y).float().mean().item()
-    assert run.data.metrics["test_accuracy"] == pytest.approx(accuracy)
+    assert run.data.metrics["prediction/accuracy"] == pytest.approx(accuracy)
     for i, parent in enumerate(store["parents"], start=1):
-        assert run.data.metrics[f"member_test_accuracy/{i}"] == pytest.approx(
-            client.get_run(parent).data.metrics["test_accuracy"])
+        assert run.data.metrics[f"prediction/accuracy/member_{i}"] == pytest.approx(
+            client.get_run(parent).data.metrics["prediction/accuracy"])
 
 
 def test_evaluate_measures_prediction_space_and_skips_parameter_space_with_a_note(store):
@@ -72,7 +72,7 @@ def test_evaluate_measures_prediction_space_and_skips_parameter_space_with_a_not
     run = store["client"].get_run(run_evaluate(cfg, store["splits"]))
     assert run.info.status == "FINISHED"
     metrics, tags = run.data.metrics, run.data.tags
-    ensemble_accuracy = store["client"].get_run(store["ensemble"]).data.metrics["test_accuracy"]
+    ensemble_accuracy = store["client"].get_run(store["ensemble"]).data.metrics["prediction/accuracy"]
     assert metrics["prediction/accuracy"] == pytest.approx(ensemble_accuracy)
     assert metrics["prediction/generalisation_gap"] > 0
     for name in ("hessian_trace", "sharpness_init"):

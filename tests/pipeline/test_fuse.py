@@ -31,8 +31,8 @@ def test_geometric_run_logs_three_interpolation_curves_and_a_plot(tiny_runs):
     # (a permutation), and the fused end is the run's own fused network.
     assert len({curves[c]["loss"][0] for c in CURVES}) == 1
     assert curves["parents_aligned"]["loss"][10] == pytest.approx(curves["parents_raw"]["loss"][10], abs=1e-5)
-    assert curves["parent_fused"]["accuracy"][10] == pytest.approx(run.data.metrics["test_accuracy"])
-    assert curves["parent_fused"]["loss"][10] == pytest.approx(run.data.metrics["test_loss"], rel=1e-5)
+    assert curves["parent_fused"]["accuracy"][10] == pytest.approx(run.data.metrics["prediction/accuracy"])
+    assert curves["parent_fused"]["loss"][10] == pytest.approx(run.data.metrics["prediction/test_loss"], rel=1e-5)
     assert "plots/interpolation.png" in [f.path for f in client.list_artifacts(run_id, "plots")]
     assert any(k.startswith("group_seconds/") for k in run.data.metrics)
     naive = client.get_run(tiny_runs.fused["naive"])
@@ -43,10 +43,10 @@ def test_description_names_parents_options_and_accuracies(tiny_runs):
     client = MlflowClient(tiny_runs.server.uri)
     run = client.get_run(tiny_runs.fused["geometric"])
     text = run.data.tags["mlflow.note.content"]
-    parent_acc = client.get_run(tiny_runs.parent_1).data.metrics["test_accuracy"]
+    parent_acc = client.get_run(tiny_runs.parent_1).data.metrics["prediction/accuracy"]
     assert tiny_runs.parent_1 in text and tiny_runs.parent_2 in text
     assert "alignment=activations" in text and "solver=exact" in text and "target=parent 2" in text
-    assert f"Fused test accuracy: {run.data.metrics['test_accuracy']:.4f}" in text
+    assert f"Fused test accuracy: {run.data.metrics['prediction/accuracy']:.4f}" in text
     assert f"{parent_acc:.4f}" in text and "Loss barriers:" in text
     # Why the fusion lost accuracy: per group, how well neurons matched and how much activations shrank.
     groups = [k.removeprefix("ot_cost/") for k in run.data.metrics if k.startswith("ot_cost/")]
@@ -123,10 +123,10 @@ def test_vgg11_parents_of_different_widths_fuse_onto_the_targets_width(tiny_runs
     run_id = result.last_line.split()[1]
     client = MlflowClient(tiny_runs.server.uri)
     run = client.get_run(run_id)
-    accuracies = [client.get_run(r).data.metrics["test_accuracy"] for r in (narrow, wide)]
+    accuracies = [client.get_run(r).data.metrics["prediction/accuracy"] for r in (narrow, wide)]
     text = run.data.tags["mlflow.note.content"]
     assert all(f"{a:.4f}" in text for a in accuracies) and "width 0.125" in text and "width 0.25" in text
-    assert 0 <= run.data.metrics["test_accuracy"] <= 1
+    assert 0 <= run.data.metrics["prediction/accuracy"] <= 1
     spec = client.download_artifacts(run_id, "spec.json", str(tiny_runs.workdir / run_id))
     assert '"width": 0.25' in open(spec).read()  # the target (last parent) sets the width
     assert "interp/parents_raw/loss" not in run.data.metrics  # no straight line between different shapes
@@ -144,6 +144,6 @@ def test_repair_is_a_logged_option_that_changes_the_fused_network(tiny_runs, cap
     assert run.data.params["repair"] == "True" and plain.data.params["repair"] == "False"
     assert run.data.params["activation_samples"] == "256"  # the samples REPAIR measured
     assert "REPAIR on 256 training inputs" in run.data.tags["mlflow.note.content"]
-    assert run.data.metrics["test_loss"] != pytest.approx(plain.data.metrics["test_loss"], rel=1e-6)
+    assert run.data.metrics["prediction/test_loss"] != pytest.approx(plain.data.metrics["prediction/test_loss"], rel=1e-6)
     for g in (k.removeprefix("std_ratio/") for k in run.data.metrics if k.startswith("std_ratio/")):
         assert run.data.metrics[f"std_ratio/{g}"] == pytest.approx(1.0, abs=0.05), g  # the spread is restored

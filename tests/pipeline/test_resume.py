@@ -112,7 +112,7 @@ def test_sigkilled_train_run_resumes_bit_identically(mlflow_server, tmp_path, ca
     assert resumed.last_line == run_id
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert {"test_accuracy", "best_epoch"} <= set(run.data.metrics)
+    assert {"prediction/accuracy", "best_epoch"} <= set(run.data.metrics)
     for name in ("final", "best"):
         got = _tensor_file(client, run_id, f"weights/{name}.pt", tmp_path / f"{name}-resumed")
         want = _tensor_file(client, reference, f"weights/{name}.pt", tmp_path / f"{name}-reference")

@@ -122,5 +122,5 @@ def test_two_resumes_started_together_train_the_run_once(tmp_path):
     assert "Traceback" not in refused_err
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert len(client.get_metric_history(run_id, "test_accuracy")) == 1
+    assert len(client.get_metric_history(run_id, "prediction/accuracy")) == 1
     assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [1, 2, 3]

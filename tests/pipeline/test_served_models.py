@@ -77,7 +77,7 @@ def test_a_fused_model_takes_raw_images_and_predicts_what_ofexp_measured(store, 
     assert predicted.shape == (len(splits.test_x), 10)
     assert np.allclose(predicted, expected, atol=1e-4)
     accuracy = float((predicted.argmax(1) == splits.test_y.numpy()).mean())
-    assert accuracy == pytest.approx(MlflowClient(uri).get_run(fused).data.metrics["test_accuracy"], abs=1e-9)
+    assert accuracy == pytest.approx(MlflowClient(uri).get_run(fused).data.metrics["prediction/accuracy"], abs=1e-9)
 
 
 def test_the_registered_version_carries_the_fusions_lineage(store, fused):

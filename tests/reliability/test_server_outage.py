@@ -68,7 +68,7 @@ def _run_at_epoch(client: MlflowClient, experiment: str, epoch: int, proc: subpr
 def _assert_complete(client: MlflowClient, run_id: str) -> None:
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert "test_accuracy" in run.data.metrics
+    assert "prediction/accuracy" in run.data.metrics
     for key in METRICS:
         steps = sorted(m.step for m in client.get_metric_history(run_id, key))
         assert steps == list(range(1, EPOCHS + 1)), (key, steps)  # no gap, no duplicate

@@ -83,7 +83,7 @@ def test_fuse_runs_are_tagged_with_parents_and_log_alignment(tiny_runs, client):
         assert run.data.tags["ofexp.parent_1"] == tiny_runs.parent_1
         assert tiny_runs.parent_1 in run.data.tags["mlflow.note.content"]
         assert run.data.params["method"] == method
-        assert {"test_accuracy", "test_loss", "fusion_seconds"} <= set(run.data.metrics)
+        assert {"prediction/accuracy", "prediction/test_loss", "fusion_seconds"} <= set(run.data.metrics)
         artifacts = _artifacts(client, run_id)
         assert {"weights/fused.pt", "spec.json"} <= artifacts
     geometric = client.get_run(tiny_runs.fused["geometric"])
