@@ -82,8 +82,7 @@ def run_ensemble(cfg: EnsembleConfig, splits: DataSplits | None = None) -> str:
         tracking.log_spec(spec, data, parents=cfg.parents)
         tracking.log_state_dict(model.state_dict(), ENSEMBLE_WEIGHTS)
         if cfg.log_model:
-            log_served_model(model, splits, stage=ENSEMBLE_STAGE, run_id=run.info.run_id, parents=cfg.parents,
-                             register_as=cfg.register_as)
+            log_served_model(model, splits, stage=ENSEMBLE_STAGE, parents=cfg.parents, register_as=cfg.register_as)
         model.to(device)  # the members are its submodules: they move too
         with float32_kernels():  # IEEE float32 on CUDA too, as ofexp trains and measures
             test = evaluate(model, splits.test_x, splits.test_y, device=device)

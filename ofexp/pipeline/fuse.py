@@ -211,8 +211,7 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
         tracking.log_spec(fused.spec, parents.data)
         tracking.log_state_dict(fused.state_dict(), "weights/fused.pt")
         if cfg.log_model:
-            log_served_model(fused, splits, stage="fuse", run_id=run.info.run_id, parents=cfg.parents,
-                             register_as=cfg.register_as)
+            log_served_model(fused, splits, stage="fuse", parents=cfg.parents, register_as=cfg.register_as)
         if plans:
             tracking.log_tensors(_plans_by_parent(plans, len(cfg.parents), cfg.target), "alignment/plans.pt")
         tracking.log_metrics({

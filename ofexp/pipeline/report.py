@@ -24,6 +24,9 @@ import pandas as pd
 
 from ofexp.metrics import MEASURES
 from ofexp.metrics.correlation import correlation_table
+from ofexp.errors import ArtifactError, RunLookupError
+from ofexp.tracking import queries
+from ofexp.tracking.artifacts import read_text_artifact
 from ofexp.tracking.queries import RunData
 
 RESULTS_COLUMNS = ["Model", "Space", "Metric", "Value"]
@@ -74,10 +77,6 @@ def steps_from_csv(text: str, kinds: str = "") -> pd.DataFrame:
 
 def study_steps(study: RunData) -> tuple[pd.DataFrame, dict[str, RunData]]:
     """A study's steps (from its steps.csv) and their runs, read back from the store."""
-    from ofexp.errors import ArtifactError, RunLookupError
-    from ofexp.tracking import queries
-    from ofexp.tracking.artifacts import read_text_artifact
-
     try:
         steps = steps_from_csv(read_text_artifact(study.run_id, STEPS_FILE), study.tags.get(TAG_KINDS, ""))
     except (ArtifactError, ValueError, pd.errors.ParserError) as exc:
@@ -215,8 +214,6 @@ def summary_metrics(summary: pd.DataFrame) -> dict[str, float]:
 def study_outcome(study_run_id: str) -> str:
     """What a finished study found, for the terminal: per model kind, the accuracy metric's
     mean ± std over seeds and its ratio to the parents' mean, then where to look further."""
-    from ofexp.tracking import queries
-
     study = queries.get_run_data(study_run_id, stage="study")
     metric = study.params.get("accuracy_metric", "accuracy")
     kinds = [k for k in study.tags.get(TAG_KINDS, "").split(",") if k]

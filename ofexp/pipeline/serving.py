@@ -21,15 +21,16 @@ def check_register_as(register_as: str | None, log_model: bool) -> None:
         raise ConfigError("--register-as registers the logged MLflow model: drop --no-log-model")
 
 
-def log_served_model(network: nn.Module, splits: DataSplits, *, stage: str, run_id: str,
-                     parents: tuple[str, ...] = (), register_as: str | None = None) -> str:
-    """Log `network` (on the CPU) behind the loader's resize and normalisation as the run's MLflow
-    model; register it as `register_as` when given. Returns the logged model's ID."""
+def log_served_model(network: nn.Module, splits: DataSplits, *, stage: str, parents: tuple[str, ...] = (),
+                     register_as: str | None = None) -> str:
+    """Log `network` (on the CPU) behind the loader's resize and normalisation as the active run's
+    MLflow model; register it as `register_as` when given. Returns the logged model's ID."""
     info = splits.info
     served = raw_image_network(network.cpu().eval(), info.name, info.mean, info.std, info.input_size).eval()
     model_id = tracking.log_mlflow_model(served, raw_examples(served, splits.test_x[:2].cpu()))
     tracking.set_tags({tracking.TAG_LOGGED_MODEL: model_id})
     if register_as:
+        run_id = tracking.active_run_id()
         made_from = f", made from runs {', '.join(parents)}" if parents else ""
         lineage = {"ofexp.run_id": run_id, "ofexp.stage": stage,
                    **({tracking.TAG_PARENTS: ",".join(parents)} if parents else {})}

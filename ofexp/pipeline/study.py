@@ -32,8 +32,8 @@ from ofexp.pipeline.evaluate import EvalConfig, evaluate_params, run_evaluate
 from ofexp.pipeline.finetune import study_finetune_step
 from ofexp.pipeline.progress import StudyProgress
 from ofexp.pipeline.fuse import FuseConfig, run_fuse
-from ofexp.pipeline.report import (STEP_COLUMNS, StudyTables, build_tables, correlation_metrics, correlation_notes,
-                                   report_files, sort_steps, step_run_name, kinds_tag, STEPS_FILE,
+from ofexp.pipeline.report import (STEP_COLUMNS, STEPS_FILE, StudyTables, build_tables, correlation_metrics,
+                                   correlation_notes, kinds_tag, report_files, sort_steps, step_run_name,
                                    summary_metrics)
 from ofexp.pipeline.train import TrainConfig, run_train
 from ofexp.tracking import cache, queries, runs

@@ -111,8 +111,7 @@ def _fit_and_log(cfg: TrainConfig, model, splits: DataSplits, device, resume: di
         "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
     })
     if cfg.log_model:
-        log_served_model(model, splits, stage="train", run_id=tracking.active_run_id(), parents=parents,
-                         register_as=cfg.register_as)
+        log_served_model(model, splits, stage="train", parents=parents, register_as=cfg.register_as)
     tracking.set_description(f"{_description(cfg)} Test accuracy {test['accuracy']:.4f}.")
 
 

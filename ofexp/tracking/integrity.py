@@ -1,8 +1,8 @@
 """What a run recorded about itself, checked whenever its artifacts are read back.
 
 Artifacts live in a store other processes (and people) can write to, so reading a
-run's files trusts nothing the run did not vouch for (docs/reliability.md,
-"What a run vouches for"):
+run's files trusts nothing the run did not vouch for (docs/reliability.md, "A run's
+files are read back only as the run recorded them"):
 
 - **Tensor files** (weights, alignment plans): their sha256 is recorded in the tag
   `ofexp.sha256.<artifact path>` when they are logged. A file read back must have

@@ -17,7 +17,7 @@ from typing import Mapping
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from ofexp.errors import ConfigError, OfexpError, TrackingServerError
+from ofexp.errors import ConfigError, OfexpError
 from ofexp.tracking import server
 from ofexp.tracking.runs import (DEFAULT_EXPERIMENT, TAG_FAILURE, TAG_HOST, TAG_PID, TAG_STAGE, _first_line,
                                  _store_error, tracking_uri)
@@ -39,13 +39,10 @@ def experiment_id_for(name: str | None) -> str:
 def existing_experiment_id(name: str | None = None) -> str | None:
     """The ID of the experiment ofexp would log to (as configure_tracking names it), if it exists
     and the store answers; None otherwise. Creates nothing."""
-    name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
     try:
-        server.check_server(tracking_uri())  # a server that is down answers at once, not after retries
-        experiment = mlflow.MlflowClient().get_experiment_by_name(name)
-    except (MlflowException, TrackingServerError):
+        return experiment_id_for(name)  # probes a server first: one that is down answers at once
+    except OfexpError:  # no such experiment, or no store to ask
         return None
-    return experiment.experiment_id if experiment else None
 
 
 def metric_steps(run_id: str, key: str) -> set[int]:

@@ -70,8 +70,9 @@ def configure_tracking(experiment_name: str | None = None) -> str:
     return experiment.experiment_id
 
 
-# MLflow 3 opens an experiment of no recorded kind on its GenAI overview (traces); ofexp's
-# experiments are model training, so they open on the runs table.
+# What the experiment is, for the UI and whoever reads it: model training, described. (MLflow
+# 3.17's UI still opens its GenAI overview whatever the kind; the link `ofexp ui` prints asks
+# for the runs table, see server.experiment_page.)
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 EXPERIMENT_DESCRIPTION = (
