@@ -144,7 +144,7 @@ class EpochPair:
 
 def _flag_words(speed: SpeedOptions) -> str:
     """The `ofexp train` flags that turn these options on, e.g. "--channels-last --tf32"."""
-    return " ".join(f"--{k.replace('_', '-')}" for k, v in speed.to_params().items() if v == "True")
+    return " ".join(f"--{k.replace('_', '-')}" for k, v in speed.to_params().items() if v == "true")
 
 
 def _result(name: str, pair: EpochPair, repeats: int, target: str, threshold: float | None, **notes) -> Result:

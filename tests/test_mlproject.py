@@ -1,8 +1,8 @@
 """`mlflow run` of the top-level MLproject against a real tracking server.
 
-Under `mlflow run`, ofexp logs its step as a child of the launcher run that
-`mlflow run` creates (tag ofexp.launcher_run_id). Each `mlflow run` costs
-~15-20 s of start-up, so the settings are tiny.
+One step, one run: the step logs into the run that `mlflow run` creates (it
+passes MLFLOW_RUN_ID). Each `mlflow run` costs ~15-20 s of start-up, so the
+settings are tiny.
 """
 from __future__ import annotations
 
@@ -48,12 +48,18 @@ def _runs(client: MlflowClient, experiment: str):
     return client.search_runs([exp.experiment_id], max_results=1000)
 
 
-def _launcher(runs, entry_point: str):
-    launchers = [r for r in runs if "ofexp.stage" not in r.data.tags]
-    assert len(launchers) == 1, f"expected one launcher run, got {[r.info.run_name for r in launchers]}"
-    launcher = launchers[0]
-    assert launcher.data.tags.get("mlflow.project.entryPoint") == entry_point
-    return launcher
+def _the_run(runs, entry_point: str, stage: str):
+    """The one run `mlflow run` made, which is the ofexp step's run."""
+    made = [r for r in runs if r.data.tags.get("mlflow.project.entryPoint") == entry_point]
+    assert len(made) == 1, f"expected one run of entry point {entry_point}, got {[r.info.run_name for r in runs]}"
+    run = made[0]
+    assert run.data.tags.get("ofexp.stage") == stage, "the step should log into the run mlflow run made"
+    return run
+
+
+def _no_empty_params(run) -> None:
+    blank = {k: v for k, v in run.data.params.items() if v.strip() in ("", "''", '""')}
+    assert not blank, f"params with an empty value: {blank}"
 
 
 def _children(runs, parent_id: str, stage: str | None = None):
@@ -72,32 +78,51 @@ def _output(proc: subprocess.CompletedProcess) -> str:
     return f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
 
 
-def test_mlflow_run_train(mlflow_server):
-    proc, experiment = mlflow_run(mlflow_server, "train", [*TINY, "-P", "epochs=2"])
+def test_mlflow_run_train_makes_exactly_one_run(mlflow_server):
+    # width=1 is spelled as given (ofexp would write 1.0); batch_size is an undeclared option, passed as given
+    proc, experiment = mlflow_run(mlflow_server, "train", ["-P", "model=mlp", "-P", "width=1", "-P", "log_model=false",
+                                                           "-P", "epochs=2", "-P", "batch_size=32"])
     assert proc.returncode == 0, _output(proc)
 
     client = MlflowClient(mlflow_server.uri)
     runs = _runs(client, experiment)
-    launcher = _launcher(runs, "train")
-    assert launcher.info.status == "FINISHED"
-    assert len(runs) == 2, [r.info.run_name for r in runs]
-
-    (train,) = _children(runs, launcher.info.run_id)
-    assert train.data.tags["ofexp.stage"] == "train"
-    assert train.data.tags["ofexp.launcher_run_id"] == launcher.info.run_id
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    train = _the_run(runs, "train", "train")
     assert train.info.status == "FINISHED"
-    assert train.info.run_id in proc.stdout.split(), "ofexp should print the train run ID"
-    assert train.data.params["model"] == "mlp"
-    assert train.data.params["epochs"] == "2"
-    assert float(train.data.params["width"]) == 0.25
-    # The launcher keeps the raw entry-point parameters (lr empty); the train run logs the resolved ones.
-    assert launcher.data.params["epochs"] == "2"
-    assert launcher.data.params["lr"] in ("", "''")
-    assert float(train.data.params["lr"]) > 0
+    assert train.info.run_id in proc.stdout.split(), "ofexp should print the run ID"
+    assert train.info.run_name.startswith("train ")
+    params = train.data.params
+    assert params["model"] == "mlp" and params["epochs"] == "2" and params["batch_size"] == "32"
+    assert float(params["width"]) == 1.0 and "resolved.width" not in params
+    assert float(params["lr"]) > 0, "an option left out takes the recipe's value"
+    assert params["bias"] == "false" and params["channels_last"] == "false"
+    _no_empty_params(train)
 
     history = client.get_metric_history(train.info.run_id, "val_loss")
     assert sorted(m.step for m in history) == [1, 2]
     assert {"weights/final.pt", "spec.json"} <= _artifact_paths(client, train.info.run_id)
+
+
+def test_mlflow_run_fuse_logs_into_its_run_with_parents_by_id(mlflow_server):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.uri, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_RUN_ID", None)
+    parents = []
+    for seed in (1, 2):
+        out = subprocess.run([str(BIN / "ofexp"), "train", "--width", "0.25", "--epochs", "1", "--seed", str(seed),
+                              "--no-log-model", "--experiment-name", "mlproject-fuse-parents"],
+                             env=env, capture_output=True, text=True, timeout=300, check=True)
+        parents.append(out.stdout.split()[-1])
+    proc, experiment = mlflow_run(mlflow_server, "fuse", ["-P", f"parents={','.join(parents)}", "-P", "log_model=false",
+                                                          "-P", "activation_samples=64"])
+    assert proc.returncode == 0, _output(proc)
+    runs = _runs(MlflowClient(mlflow_server.uri), experiment)
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    fuse = _the_run(runs, "fuse", "fuse")
+    assert fuse.info.status == "FINISHED"
+    assert fuse.data.params["method"] == "geometric" and fuse.data.params["activation_samples"] == "64"
+    assert fuse.data.tags["ofexp.parent_run_ids"] == ",".join(parents)
+    assert "fusion_seconds" in fuse.data.metrics
+    _no_empty_params(fuse)
 
 
 def test_mlflow_run_main_study(mlflow_server, tmp_path):
@@ -107,17 +132,17 @@ def test_mlflow_run_main_study(mlflow_server, tmp_path):
     client = MlflowClient(mlflow_server.uri)
     runs = _runs(client, experiment)
     assert all(r.info.status == "FINISHED" for r in runs), {r.info.run_name: r.info.status for r in runs}
-    launcher = _launcher(runs, "main")
-
-    (study,) = _children(runs, launcher.info.run_id)
-    assert study.data.tags["ofexp.stage"] == "study"
-    assert study.data.tags["ofexp.launcher_run_id"] == launcher.info.run_id
+    study = _the_run(runs, "main", "study")
+    _no_empty_params(study)
+    # measures=prediction is kept as given; what it resolved to is beside it
+    assert study.data.params["measures"] == "prediction"
+    assert study.data.params["resolved.measures"].split(",")[0] == "accuracy"
     sid = study.info.run_id
     assert len(_children(runs, sid, "train")) == 2
     fuse = _children(runs, sid, "fuse")
     assert sorted(r.data.params["method"] for r in fuse) == ["geometric", "naive"]
     assert len(_children(runs, sid, "evaluate")) == 4
-    assert len(runs) == 1 + 1 + 2 + 2 + 4, "every run should be the launcher, the study or a child of the study"
+    assert len(runs) == 1 + 2 + 2 + 4, "every run should be the study or a child of it"
 
     results = pd.read_csv(client.download_artifacts(sid, "results.csv", str(tmp_path)))
     assert list(results.columns) == ["Model", "Space", "Metric", "Value"]
@@ -142,5 +167,5 @@ def test_mlflow_run_bad_model_fails_cleanly(mlflow_server):
 
     runs = _runs(MlflowClient(mlflow_server.uri), experiment)
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
-    launcher = _launcher(runs, "train")
+    (launcher,) = runs
     assert launcher.info.status == "FAILED"

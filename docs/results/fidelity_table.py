@@ -39,7 +39,7 @@ SOURCES = {("main", "parent"): "parents", ("main", "naive_fused"): "naive",
 def _study_kind(params: dict) -> str | None:
     if params.get("alignment") == "weights":
         return "weights"
-    if params.get("repair") == "True":
+    if str(params.get("repair")).lower() == "true":
         return "repair"
     return "main" if params.get("finetune_epochs") else None
 
@@ -74,7 +74,7 @@ def main() -> None:
             continue
         if "," not in p["seeds"] or len([s for s in p["seeds"].split(",") if s]) < 2:
             continue  # one seed (a study run ahead of another to share its steps): no spread, no row
-        config = (p["model"], p["width"], p["batchnorm"] == "True", p["epochs"], p["seeds"])
+        config = (p["model"], p["width"], p["batchnorm"].lower() == "true", p["epochs"], p["seeds"])
         values = _accuracies(client, study.info.run_id)
         parents = pd.Series(values["parent"]).mean() if "parent" in values else None
         row = table.setdefault(config, {})

@@ -21,7 +21,14 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def _underscores_as_dashes(token: str) -> str:
+    # `mlflow run -P batch_size=32` passes an undeclared parameter as `--batch_size 32`:
+    # option names (and choices) read the same with '_' or '-'
+    return token.replace("_", "-")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100,
+                               "token_normalize_func": _underscores_as_dashes})
 @click.version_option(__version__, prog_name="ofexp")
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors (and MLflow's INFO lines).")
 @click.option("--verbose", "-v", is_flag=True, help="Show MLflow's INFO lines (database set-up, new experiments).")

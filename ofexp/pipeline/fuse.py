@@ -176,7 +176,9 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
             **{f"ofexp.parent_{i}": rid for i, rid in enumerate(cfg.parents, start=1)},
             **unfinished_tags(parents.unfinished)}
     name = cfg.run_name or " ".join(("fuse", method, target_spec.arch, parents.data.name))
-    with tracking.stage_run("fuse", run_name=name, params=cfg.params(method), tags=tags) as run:
+    # under `mlflow run`, two methods make two runs: both children of the one `mlflow run` made
+    with tracking.stage_run("fuse", run_name=name, params=cfg.params(method), tags=tags,
+                            adopt_launcher=len(cfg.methods) == 1) as run:
         start = time.perf_counter()
         result, inputs = None, None
         if method == "naive":

@@ -5,8 +5,8 @@ an entry point of the project `mlflow_projects/kubernetes` with its parameters.
 A step that needs other steps' outputs names them in `inputs`: fuse takes its
 parents' train runs, evaluate its model's train or fuse run. The driver (the
 `ofexp study --backend kubernetes` process) submits the steps in waves (every
-step whose inputs are known), waits for each submitted run, looks up the ofexp
-run it logged (tag `ofexp.launcher_run_id`) and passes that run ID on. Every
+step whose inputs are known), waits for each submitted run (the step logs into
+the run MLflow made for it, see `tracking.launcher`) and passes its ID on. Every
 pod talks to the same tracking server, so steps chain by run ID exactly as a
 local study does. `--dry-run` renders the Kubernetes Job of every step, with
 placeholders where run IDs will be, and submits nothing.
@@ -28,8 +28,12 @@ import yaml
 from ofexp.errors import ConfigError
 from ofexp.pipeline.report import STEP_COLUMNS, sort_steps
 from ofexp.pipeline.study import MODEL_KINDS, StudyConfig, log_outputs, parent_seed, study_params
+from ofexp.tracking.runs import param_str
 
-BACKENDS = ("local", "kubernetes")  # local: the study runs in this process (ofexp.pipeline.study)
+# Where `ofexp study` runs its steps. local: in this process (ofexp.pipeline.study); slurm: each a
+# Slurm job (ofexp.pipeline.slurm); kubernetes: each an MLflow Project run on MLflow's Kubernetes backend.
+BACKENDS = ("local", "slurm", "kubernetes")
+PROJECT_BACKENDS = ("local", "kubernetes")  # MLflow Projects' backends that RemoteConfig submits to
 KUBERNETES_PROJECT = Path(__file__).resolve().parents[2] / "mlflow_projects" / "kubernetes"
 REQUIRED_KUBE_KEYS = ("kube-job-template-path", "repository-uri")
 LABEL_STUDY, LABEL_STEP = "ofexp/study-run-id", "ofexp/step"
@@ -49,8 +53,9 @@ class RemoteConfig:
     dry_run: bool = False
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"unknown --backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
+        if self.backend not in PROJECT_BACKENDS:
+            raise ConfigError(f"unknown MLflow Projects backend {self.backend!r}; use one of "
+                              f"{', '.join(PROJECT_BACKENDS)}")
         if self.backend == "kubernetes":
             missing = [key for key in REQUIRED_KUBE_KEYS if key not in self.backend_config]
             if missing:
@@ -143,21 +148,17 @@ def waves(steps: Iterable[Step]) -> list[list[Step]]:
     return [grouped[d] for d in sorted(grouped)]
 
 
-def _flag(value: bool) -> str:
-    return "true" if value else "false"
-
-
 def _train_params(cfg: StudyConfig, seed: int) -> dict[str, str]:
     """Every `ofexp train` option, resolved: the Kubernetes project takes no empty values."""
     t, d, r = cfg.train, cfg.train.data, cfg.train.recipe
     return {
-        "model": t.model, "width": str(t.width), "bias": _flag(t.bias), "batchnorm": _flag(t.batchnorm),
+        "model": t.model, "width": str(t.width), "bias": param_str(t.bias), "batchnorm": param_str(t.batchnorm),
         "dataset": d.name, "data_dir": d.resolved_data_dir or "./data", "val_fraction": str(d.val_fraction),
-        "split_seed": str(d.split_seed), "image_size": str(d.image_size), "download": _flag(d.download),
+        "split_seed": str(d.split_seed), "image_size": str(d.image_size), "download": param_str(d.download),
         "recipe": r.name, "epochs": str(r.epochs), "batch_size": str(r.batch_size), "lr": str(r.lr),
         "weight_decay": str(r.weight_decay), "init": r.init, "warmup_epochs": str(r.warmup_epochs), "grad_clip": str(r.grad_clip),
-        "seed": str(seed), "device": t.device, "log_model": _flag(t.log_model),
-        **{flag: value.lower() for flag, value in t.speed.to_params().items()},  # "true"/"false"
+        "seed": str(seed), "device": t.device, "log_model": param_str(t.log_model),
+        **t.speed.to_params(),
     }
 
 
@@ -168,7 +169,7 @@ def _fuse_params(cfg: StudyConfig, method: str) -> dict[str, str]:
         "method": method, "fusion_weights": ",".join(map(str, weights)), "target": str(opts.get("target", -1)),
         "solver": opts.get("solver", "exact"), "reg": str(opts.get("reg", 0.01)),
         "alignment": opts.get("alignment", "activations"),
-        "activation_samples": str(opts.get("activation_samples", 256)), "repair": _flag(opts.get("repair", False)),
+        "activation_samples": str(opts.get("activation_samples", 256)), "repair": param_str(opts.get("repair", False)),
         "curve_samples": str(opts.get("curve_samples", 2000)),
         "device": cfg.train.device,
     }
@@ -246,7 +247,7 @@ def render_jobs(cfg: StudyConfig, remote: RemoteConfig) -> list[tuple[Step, dict
     jobs = []
     for step in steps:
         command = entry_point_command(remote.project_uri, step.entry_point, step.resolved(placeholders))
-        env = {"MLFLOW_RUN_ID": f"LAUNCHER_RUN_ID_OF_{step.key}", "MLFLOW_TRACKING_URI": uri,
+        env = {"MLFLOW_RUN_ID": f"RUN_ID_OF_{step.key}", "MLFLOW_TRACKING_URI": uri,
                "MLFLOW_EXPERIMENT_ID": "STUDY_EXPERIMENT_ID"}
         job = job_definition(step_template(remote, "DRY_RUN", step), project_name=info.name, image=image,
                              command=command, env=env, job_name=f"{info.name}-{step.key}")

@@ -162,7 +162,7 @@ def _parent(i: int) -> Callable[[SeedContext], str]:
     def make(ctx: SeedContext) -> str:
         tcfg = ctx.cfg.train
         pcfg = replace(tcfg, seed=parent_seed(ctx.seed, i), run_name=step_run_name(ctx.seed, f"parent_{i}", "train"))
-        tags = {runs.TAG_LOG_MODEL: "True"} if pcfg.log_model else {}
+        tags = {runs.TAG_LOG_MODEL: "true"} if pcfg.log_model else {}
         return ctx.step(f"parent_{i}", "train", pcfg.params(), tags, lambda: run_train(pcfg, ctx.data()))
     return make
 
@@ -267,7 +267,7 @@ def run_study(cfg: StudyConfig) -> str:
         f"Study of {tcfg.model} on {tcfg.data.name} over seeds {', '.join(map(str, cfg.seeds))}: per seed two "
         "parents are trained, fused naively and geometrically, and all four models evaluated."
     )
-    tags = {"ofexp.cache": str(cfg.use_cache).lower(), "ofexp.jobs": str(cfg.jobs)}
+    tags = {"ofexp.cache": runs.param_str(cfg.use_cache), "ofexp.jobs": str(cfg.jobs)}
     with tracking.stage_run("study", run_name=name, params=study_params(cfg), tags=tags,
                             description=description) as run:
         experiment_id = run.info.experiment_id

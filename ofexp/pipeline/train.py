@@ -71,7 +71,7 @@ def run_train(cfg: TrainConfig, splits: DataSplits | None = None) -> str:
     init_weights(model, cfg.recipe.init)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     name = cfg.run_name or f"train {cfg.model} {cfg.data.name} seed{cfg.seed}"
-    tags = {**runs.process_tags(), runs.TAG_LOG_MODEL: str(cfg.log_model)}
+    tags = {**runs.process_tags(), runs.TAG_LOG_MODEL: runs.param_str(cfg.log_model)}
     with tracking.stage_run("train", run_name=name, params=cfg.params(), tags=tags, description=_description(cfg)) as run:
         _log_inputs(splits)
         tracking.log_spec(spec, cfg.data)
@@ -155,7 +155,7 @@ def resume_train(run_id: str, given: Mapping[str, object] | None = None, *, expe
         return _extend_finished(run, cfg, model, spec, splits, device, checkpoint)
     runs.claim_run(run)  # one owner: a second resume of the same state of the run is refused here
     logged = frozenset(running.metric_steps(run_id, "val_loss"))
-    tags = {**runs.process_tags(), runs.TAG_LOG_MODEL: str(cfg.log_model),
+    tags = {**runs.process_tags(), runs.TAG_LOG_MODEL: runs.param_str(cfg.log_model),
             runs.TAG_EPOCHS: str(cfg.recipe.epochs)}
     with tracking.stage_run("train", run_name=cfg.run_name or "", resume_run_id=run_id, tags=tags):
         # epochs checkpointed but killed before their metrics were logged
@@ -172,7 +172,7 @@ def _extend_finished(run: Run, cfg: TrainConfig, model, spec, splits: DataSplits
     was (fuse and evaluate runs made from its weights keep pointing at those weights)."""
     old = run.info.run_id
     name = f"{run.info.run_name or 'train'} to {cfg.recipe.epochs} epochs"
-    tags = {runs.TAG_LOG_MODEL: str(cfg.log_model), runs.TAG_EXTENDS: old}
+    tags = {runs.TAG_LOG_MODEL: runs.param_str(cfg.log_model), runs.TAG_EXTENDS: old}
     description = f"{_description(cfg)} Extends [run {old}](#/runs/{old}) from its epoch {checkpoint['epoch']}."
     # the param keeps the study cache from taking it for a fresh run of cfg.params(): its lr
     # schedule restarted from the old run's end, so its weights are not that run's
@@ -213,7 +213,7 @@ def train_config_from_run(run: Run, given: Mapping[str, object]) -> TrainConfig:
         data = DataConfig(
             name=p["dataset"], data_dir=None if p["data_dir"] == "none" else p["data_dir"],
             val_fraction=float(p["val_fraction"]), split_seed=int(p["split_seed"]),
-            download=p["download"] == "True", image_size=int(p["image_size"]),
+            download=runs.param_flag(p["download"]), image_size=int(p["image_size"]),
         )
         milestones = () if p["milestones"] == "none" else tuple(int(m) for m in p["milestones"].split(","))
         recipe = Recipe(
@@ -223,16 +223,16 @@ def train_config_from_run(run: Run, given: Mapping[str, object]) -> TrainConfig:
             schedule=p["schedule"], milestones=milestones, gamma=float(p["gamma"]),
         )
         cfg = TrainConfig(
-            model=p["model"], data=data, width=float(p["width"]), bias=p["bias"] == "True",
-            batchnorm=p["batchnorm"] == "True", recipe=recipe, seed=int(p["seed"]), device=p["device"],
-            log_model=run.data.tags.get(runs.TAG_LOG_MODEL, "True") == "True", run_name=run.info.run_name,
+            model=p["model"], data=data, width=float(p["width"]), bias=runs.param_flag(p["bias"]),
+            batchnorm=runs.param_flag(p["batchnorm"]), recipe=recipe, seed=int(p["seed"]), device=p["device"],
+            log_model=runs.param_flag(run.data.tags.get(runs.TAG_LOG_MODEL), default=True), run_name=run.info.run_name,
             speed=SpeedOptions.from_params(p),
         )
     except (KeyError, ValueError) as exc:
         raise RunLookupError(f"run {run.info.run_id}'s params are incomplete or invalid ({exc}); "
                              "only train runs logged by ofexp can be resumed") from None
-    rebuilt = {k: str(v) for k, v in cfg.params().items() if k != "epochs"}
-    if any(p.get(k) != v for k, v in rebuilt.items()):
+    rebuilt = {k: runs.param_str(v) for k, v in cfg.params().items() if k != "epochs"}
+    if not all(runs.same_param(p.get(k), v) for k, v in rebuilt.items()):
         raise RunLookupError(f"run {run.info.run_id}'s params do not rebuild its config; it cannot be resumed")
     return cfg
 

@@ -15,14 +15,14 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from ofexp.errors import OfexpError
-from ofexp.tracking.runs import CLAIM_PARAM, _param_str, base_tags, tracking_uri
+from ofexp.tracking.runs import CLAIM_PARAM, base_tags, param_str, tracking_uri
 
 _CANDIDATES = 20  # newest matching runs to check; one exact match is enough
 
 
 def logged_params(params: Mapping[str, object]) -> dict[str, str]:
     """The params as MLflow stores them when a step logs `params` (lists joined by commas)."""
-    return {str(k): _param_str(v) for k, v in params.items()}
+    return {str(k): param_str(v) for k, v in params.items()}
 
 
 def _quote_value(value: str) -> str | None:

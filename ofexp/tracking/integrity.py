@@ -31,7 +31,7 @@ from ofexp.data import DataConfig
 from ofexp.errors import ArtifactError, NonFiniteWeightsError
 from ofexp.models import ModelSpec
 from ofexp.models.ensemble import EnsembleSpec
-from ofexp.tracking.runs import TAG_PARENTS
+from ofexp.tracking.runs import TAG_PARENTS, param_str, same_param
 
 SPEC_FILE = "spec.json"
 TAG_SHA256_PREFIX = "ofexp.sha256."  # + artifact path, e.g. ofexp.sha256.weights/final.pt
@@ -96,7 +96,7 @@ def _same(spec_value: object, param: str | None) -> bool:
     if param is None:
         return True  # a run from before the param existed
     if isinstance(spec_value, bool):
-        return str(spec_value) == param
+        return same_param(param, param_str(spec_value))
     if isinstance(spec_value, float):
         try:
             return math.isclose(spec_value, float(param), rel_tol=1e-9)

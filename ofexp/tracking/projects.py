@@ -1,9 +1,8 @@
 """MLflow Projects: load a project's entry points, submit runs of them, find the ofexp run each made.
 
 `ofexp study --backend kubernetes` runs each step of a study as one MLflow
-Project run ("launcher" run). Inside it, ofexp logs its step as a child run
-tagged `ofexp.launcher_run_id` (see `runs.stage_run`); that child's ID is what
-the next step is given.
+Project run. ofexp logs its step into that run (see `launcher`), so the project
+run's ID is what the next step is given.
 """
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ from mlflow.projects._project_spec import load_project
 from mlflow.utils.git_utils import get_git_commit
 
 from ofexp.errors import ConfigError, OfexpError
-from ofexp.tracking.runs import TAG_FAILURE, TAG_LAUNCHER
+from ofexp.tracking.runs import TAG_FAILURE, TAG_STAGE
 
 # Python packages that MLflow's Kubernetes backend imports when it submits a job.
 KUBERNETES_CLIENT_PACKAGES = ("kubernetes", "docker")
@@ -71,28 +70,23 @@ def submit(project_dir: str, entry_point: str, params: dict[str, str], *, backen
 
 
 def wait_for_step_run(submitted, step: str) -> str:
-    """Wait for a submitted project run; return the ID of the ofexp run it logged (the step's output)."""
-    launcher_id = submitted.run_id
+    """Wait for a submitted project run; return its ID, the ofexp step run (the step logs into it)."""
+    run_id = submitted.run_id
     client = mlflow.MlflowClient()
     try:
         succeeded = submitted.wait()
     except KeyboardInterrupt:
         submitted.cancel()  # the Kubernetes Job too, not only this process's wait
-        _end_launcher(client, launcher_id, "KILLED")
+        _end_launcher(client, run_id, "KILLED")
         raise
-    # Only a synchronous run has its launcher ended by MLflow; a submitted Kubernetes Job's is left RUNNING.
-    _end_launcher(client, launcher_id, "FINISHED" if succeeded else "FAILED")
-    experiment_id = client.get_run(launcher_id).info.experiment_id
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_LAUNCHER}` = '{launcher_id}'",
-                               max_results=10)
-    failed = [r for r in found if r.info.status != "FINISHED"]
-    if not succeeded or failed or len(found) != 1:
-        reason = next((r.data.tags.get(TAG_FAILURE) for r in failed if r.data.tags.get(TAG_FAILURE)), None)
-        detail = reason or (f"it logged {len(found)} ofexp runs, expected 1" if succeeded else "the job failed")
-        raise StepFailedError(f"study step {step} (project run {launcher_id}) did not finish: {detail}; "
+    # ofexp ends the run it logged; a Job that died before that leaves it RUNNING
+    _end_launcher(client, run_id, "FINISHED" if succeeded else "FAILED")
+    run = client.get_run(run_id)
+    if not succeeded or run.info.status != "FINISHED" or TAG_STAGE not in run.data.tags:
+        detail = run.data.tags.get(TAG_FAILURE) or ("the job failed" if not succeeded else "no ofexp step ran in it")
+        raise StepFailedError(f"study step {step} (project run {run_id}) did not finish: {detail}; "
                               "see that run and the job's logs (kubectl logs job/NAME)")
-    return found[0].info.run_id
-
+    return run_id
 
 
 def _end_launcher(client: mlflow.MlflowClient, run_id: str, status: str) -> None:

@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 
 from ofexp import __version__
 from ofexp.errors import ConfigError, OfexpError, TrackingServerError
-from ofexp.tracking import server
+from ofexp.tracking import launcher, server
 
 STAGES = ("train", "fuse", "evaluate", "study", "ensemble")
 TAG_STAGE = "ofexp.stage"
@@ -36,13 +36,9 @@ TAG_LAUNCHER = "ofexp.launcher_run_id"
 TAG_LOGGED_MODEL = "ofexp.logged_model_id"
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
 TAG_NOTE = "mlflow.note.content"
+TAG_RUN_NAME = "mlflow.runName"
 DEFAULT_EXPERIMENT = "ofexp"
 
-# `mlflow run` hands its own run to the command through this variable. ofexp
-# makes its step run a child of that "launcher" run instead of reusing it: the
-# launcher already holds the entry point's raw parameters (e.g. lr=""), and
-# MLflow forbids changing a param, so the resolved values need a run of their own.
-_launcher_run_id: str | None = os.environ.pop("MLFLOW_RUN_ID", None)
 
 
 def tracking_uri() -> str:
@@ -59,8 +55,8 @@ def configure_tracking(experiment_name: str | None = None) -> str:
     _check_local_store_writable(tracking_uri())
     server.check_server(tracking_uri())
     try:
-        if _launcher_run_id and not experiment_name:
-            experiment_id = mlflow.get_run(_launcher_run_id).info.experiment_id
+        if launcher.launcher_run_id() and not experiment_name:
+            experiment_id = mlflow.get_run(launcher.launcher_run_id()).info.experiment_id
             return mlflow.set_experiment(experiment_id=experiment_id).experiment_id
         name = experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
         experiment = mlflow.set_experiment(name)
@@ -154,35 +150,46 @@ def stage_run(
     tags: Mapping[str, str] | None = None,
     description: str | None = None,
     resume_run_id: str | None = None,
+    adopt_launcher: bool = True,
 ) -> Iterator[mlflow.ActiveRun]:
     """Run the body inside a new MLflow run of `stage`; end it FINISHED or FAILED.
 
-    The run is nested under the active run (a study) or the `mlflow run`
-    launcher, if any. An exception marks the run FAILED (KILLED for Ctrl-C) with
-    its one-line reason in the `ofexp.failure_reason` tag, then propagates.
-    With `resume_run_id`, the existing run is reopened instead (status back to
-    RUNNING, an old failure reason removed); `params` are then not re-logged
-    (MLflow forbids changing them), `tags` are updated.
+    The run is nested under the active run (a study), if any. Under `mlflow run`,
+    the first top-level run is the run `mlflow run` made (see `launcher`), unless
+    `adopt_launcher` is false; later ones are its children. An exception marks the
+    run FAILED (KILLED for Ctrl-C) with its one-line reason in the
+    `ofexp.failure_reason` tag, then propagates. With `resume_run_id`, the
+    existing run is reopened instead (status back to RUNNING, an old failure
+    reason removed); `params` are then not re-logged (MLflow forbids changing
+    them), `tags` are updated.
     """
     # training is the long, resource-bound step: MLflow samples CPU, memory and GPU use beside it
     system_metrics = stage == "train"
+    requested: Mapping[str, str] = {}
     if resume_run_id:
         run = _reopen_run(resume_run_id, tags, log_system_metrics=system_metrics)
     else:
         # host and PID on every stage's run, so `ofexp runs --stale` can tell a killed one from a live one
         all_tags = {**base_tags(stage), **process_tags(), **(tags or {})}
         parent = mlflow.active_run()
-        parent_id = parent.info.run_id if parent else _launcher_run_id
-        if parent_id and not parent:
-            all_tags[TAG_LAUNCHER] = parent_id
-        run = mlflow.start_run(
-            run_name=run_name, tags=all_tags, description=description,
-            nested=parent is not None, parent_run_id=None if parent else parent_id,
-            log_system_metrics=system_metrics,
-        )
+        adopted = launcher.take_launcher_run() if adopt_launcher and not parent else None
+        if adopted:
+            named = {**all_tags, TAG_RUN_NAME: run_name, **({TAG_NOTE: description} if description else {})}
+            run = _reopen_run(adopted, named, log_system_metrics=system_metrics)
+            requested = run.data.params
+        else:
+            parent_id = parent.info.run_id if parent else launcher.launcher_run_id()
+            if parent_id and not parent:
+                all_tags[TAG_LAUNCHER] = parent_id
+            run = mlflow.start_run(
+                run_name=run_name, tags=all_tags, description=description,
+                nested=parent is not None, parent_run_id=None if parent else parent_id,
+                log_system_metrics=system_metrics,
+            )
     try:
         if params and not resume_run_id:
-            mlflow.log_params({k: _param_str(v) for k, v in params.items()})
+            logged = {k: param_str(v) for k, v in params.items()}
+            mlflow.log_params(launcher.params_beside_request(requested, logged) if requested else logged)
         yield run
     except BaseException as exc:
         _record_failure(run.info.run_id, stage, exc)
@@ -231,10 +238,26 @@ def set_description(text: str) -> None:
     mlflow.set_tag(TAG_NOTE, text)
 
 
-def _param_str(value: object) -> str:
+def param_str(value: object) -> str:
+    """How ofexp writes a value as an MLflow param or tag: on/off as true/false (the form MLproject
+    parameters take), a list comma-joined, anything else as str()."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
+        return ",".join(param_str(v) for v in value)
     return str(value)
+
+
+def param_flag(text: str | None, default: bool = False) -> bool:
+    """An on/off param or tag read back (older runs wrote True/False)."""
+    return default if text is None else text.strip().lower() == "true"
+
+
+def same_param(logged: str | None, expected: str) -> bool:
+    """Whether a logged param reads as `expected` (param_str's form), allowing the older True/False."""
+    if logged is None:
+        return False
+    return logged == expected or (expected in ("true", "false") and logged.lower() == expected)
 
 
 def _store_error(exc: BaseException) -> OfexpError:

@@ -25,11 +25,11 @@ class SpeedOptions:
     tf32: bool = False  # CUDA convs and matmuls in TF32 (tensor cores); CPU runs are unaffected
 
     def to_params(self) -> dict[str, str]:
-        return {f.name: str(getattr(self, f.name)) for f in fields(self)}
+        return {f.name: "true" if getattr(self, f.name) else "false" for f in fields(self)}
 
     @classmethod
     def from_params(cls, params: Mapping[str, object]) -> SpeedOptions:
-        """From CLI flags (bools) or run params ("True"/"False"); a missing flag is off.
+        """From CLI flags (bools) or run params ("true"/"false", older runs "True"/"False"); a missing flag is off.
 
         Runs logged before a flag existed lack its param and were trained with it off.
         """

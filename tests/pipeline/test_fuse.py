@@ -20,7 +20,7 @@ def test_geometric_run_logs_three_interpolation_curves_and_a_plot(tiny_runs):
     client = MlflowClient(tiny_runs.server.uri)
     run_id = tiny_runs.fused["geometric"]
     run = client.get_run(run_id)
-    assert run.data.params["interpolation"] == "True"
+    assert run.data.params["interpolation"] == "true"
     curves = {c: {w: _history(client, run_id, f"interp/{c}/{w}") for w in ("loss", "accuracy")} for c in CURVES}
     for name, curve in curves.items():
         assert sorted(curve["loss"]) == sorted(curve["accuracy"]) == list(range(11)), name
@@ -141,7 +141,7 @@ def test_repair_is_a_logged_option_that_changes_the_fused_network(tiny_runs, cap
     client = MlflowClient(tiny_runs.server.uri)
     run = client.get_run(result.last_line.split()[1])
     plain = client.get_run(tiny_runs.fused["geometric"])
-    assert run.data.params["repair"] == "True" and plain.data.params["repair"] == "False"
+    assert run.data.params["repair"] == "true" and plain.data.params["repair"] == "false"
     assert run.data.params["activation_samples"] == "256"  # the samples REPAIR measured
     assert "REPAIR on 256 training inputs" in run.data.tags["mlflow.note.content"]
     assert run.data.metrics["prediction/test_loss"] != pytest.approx(plain.data.metrics["prediction/test_loss"], rel=1e-6)

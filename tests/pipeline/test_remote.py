@@ -215,7 +215,7 @@ def test_steps_chain_by_run_id_as_mlflow_project_runs(mlflow_server, tmp_path, m
     from conftest import using_tracking_uri
     from ofexp import tracking
     from ofexp.pipeline.remote import KUBERNETES_PROJECT, RemoteConfig, run_remote_study
-    from ofexp.pipeline.study import StudyConfig
+    from ofexp.pipeline.study import StudyConfig, parent_seed
     from ofexp.pipeline.train import TrainConfig
     from ofexp.training import make_recipe
 
@@ -237,20 +237,20 @@ def test_steps_chain_by_run_id_as_mlflow_project_runs(mlflow_server, tmp_path, m
     study = client.get_run(study_id)
     assert study.info.status == "FINISHED" and study.data.tags["ofexp.stage"] == "study"
     exp = [study.info.experiment_id]
-    launchers = client.search_runs(exp, f"tags.mlflow.parentRunId = '{study_id}'")
-    assert len(launchers) == 6 and all(r.info.status == "FINISHED" for r in launchers)
-    step_run = {}  # launcher run name -> the ofexp run it logged
-    for launcher in launchers:
-        (child,) = client.search_runs(exp, f"tags.`ofexp.launcher_run_id` = '{launcher.info.run_id}'")
-        assert child.info.status == "FINISHED"
-        assert child.data.tags["ofexp.stage"] == launcher.data.tags["mlflow.project.entryPoint"]
-        step_run[launcher.info.run_name] = child
-    trains = [step_run[f"train mlp digits seed1 parent{i}"].info.run_id for i in (1, 2)]
-    for method in ("naive",):
-        fused = step_run[f"fuse {method} mlp seed1"]
-        assert fused.data.tags["ofexp.parent_run_ids"] == ",".join(trains)
-        evaluated = step_run[f"evaluate {method}_fused_seed1"]
-        assert evaluated.data.tags["ofexp.model_run_id"] == fused.info.run_id
-    assert step_run["evaluate parent_2_seed1"].data.tags["ofexp.model_run_id"] == trains[1]
+    step_runs = client.search_runs(exp, f"tags.mlflow.parentRunId = '{study_id}'")
+    assert len(step_runs) == 6 and all(r.info.status == "FINISHED" for r in step_runs)
+    # one step, one run: each step logged into the project run MLflow made for it
+    assert all(r.data.tags["ofexp.stage"] == r.data.tags["mlflow.project.entryPoint"] for r in step_runs)
+    assert len(client.search_runs(exp)) == 7, "the study and its six step runs, nothing else"
+    by_stage = {stage: [r for r in step_runs if r.data.tags["ofexp.stage"] == stage]
+                for stage in ("train", "fuse", "evaluate")}
+    trains = [r.info.run_id for r in sorted(by_stage["train"], key=lambda r: int(r.data.params["seed"]))]
+    assert [int(client.get_run(t).data.params["seed"]) for t in trains] == [parent_seed(1, 1), parent_seed(1, 2)]
+    (fused,) = by_stage["fuse"]
+    assert fused.data.params["method"] == "naive"
+    assert fused.data.tags["ofexp.parent_run_ids"] == ",".join(trains)
+    evaluated = {r.data.params["label"]: r for r in by_stage["evaluate"]}
+    assert evaluated["naive_fused_seed1"].data.tags["ofexp.model_run_id"] == fused.info.run_id
+    assert evaluated["parent_2_seed1"].data.tags["ofexp.model_run_id"] == trains[1]
     results = pd.read_csv(client.download_artifacts(study_id, "results.csv", str(tmp_path)))
     assert set(results["Model"]) >= {"parent_1_seed1", "parent_2_seed1", "naive_fused_seed1"}

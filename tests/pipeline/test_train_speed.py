@@ -19,7 +19,7 @@ def test_channels_last_run_records_its_flags_and_rebuilds_them(mlflow_server, ca
     client = MlflowClient(mlflow_server.uri)
     run = client.get_run(result.last_line)
     assert run.info.status == "FINISHED"
-    assert [run.data.params[k] for k in ("channels_last", "compile", "tf32")] == ["True", "False", "True"]
+    assert [run.data.params[k] for k in ("channels_last", "compile", "tf32")] == ["true", "false", "true"]
     assert run.data.metrics["prediction/accuracy"] > 0.2  # it trained (chance is 0.1)
     # what `train --resume` rebuilds from the run: the same speed options
     assert train_config_from_run(run, {}).speed == SpeedOptions(channels_last=True, tf32=True)
@@ -27,4 +27,4 @@ def test_channels_last_run_records_its_flags_and_rebuilds_them(mlflow_server, ca
 
 def test_speed_flags_default_off():
     params = TrainConfig().params()
-    assert [params[k] for k in ("channels_last", "compile", "tf32")] == ["False", "False", "False"]
+    assert [params[k] for k in ("channels_last", "compile", "tf32")] == ["false", "false", "false"]

@@ -141,7 +141,7 @@ def test_an_edited_architecture_is_refused(store, capsys):
     spec["model"]["batchnorm"] = True
     edited = _clone(store, files={"spec.json": json.dumps(spec).encode()})
     line = _refused(store, ["evaluate", "--model-run", edited, "--measures", "accuracy"], capsys)
-    assert "spec.json says model.batchnorm=True, but its params say 'False'" in line
+    assert "spec.json says model.batchnorm=True, but its params say 'false'" in line
 
 
 def test_data_a_run_names_is_never_downloaded_nor_its_folder_created(store, capsys, tmp_path):

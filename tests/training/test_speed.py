@@ -30,8 +30,8 @@ def tiny_vgg(splits):
 def test_defaults_are_off_and_logged_as_params():
     speed = SpeedOptions()
     assert (speed.channels_last, speed.compile, speed.tf32) == (False, False, False)
-    assert SpeedOptions(channels_last=True).to_params() == {"channels_last": "True", "compile": "False",
-                                                            "tf32": "False"}
+    assert SpeedOptions(channels_last=True).to_params() == {"channels_last": "true", "compile": "false",
+                                                            "tf32": "false"}
 
 
 def test_options_round_trip_through_run_params():
