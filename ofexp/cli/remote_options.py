@@ -1,8 +1,8 @@
-"""`ofexp study --backend kubernetes --backend-config JSON [--dry-run]`: the study's steps on a cluster.
+"""`ofexp study --backend slurm|kubernetes --backend-config JSON [--dry-run]`: the study's steps on a cluster.
 
-`--backend local` (the default) runs the study in this process; any other
-backend hands the study to `ofexp.pipeline.remote`, which runs each step as an
-MLflow Project run there.
+`--backend local` (the default) runs the study in this process; `slurm` hands it
+to `ofexp.pipeline.slurm` (each step a Slurm job); `kubernetes` to
+`ofexp.pipeline.remote` (each step an MLflow Project run there).
 """
 from __future__ import annotations
 
@@ -11,41 +11,60 @@ from typing import Callable
 import click
 
 from ofexp.errors import ConfigError
+from ofexp.pipeline.report import study_outcome
 from ofexp.pipeline.remote import (BACKENDS, RemoteConfig, check_backend, dry_run_yaml, load_backend_config,
                                    run_remote_study)
+from ofexp.pipeline.slurm_jobs import SlurmConfig
 from ofexp.pipeline.study import StudyConfig
 
 
 def remote_options(f: Callable) -> Callable:
     options = [
         click.option("--backend", type=click.Choice(BACKENDS), default="local", show_default=True,
-                     help="Where the steps run: in this process, or each as an MLflow Project run on Kubernetes."),
+                     help="Where the steps run: in this process, each as a Slurm job, or each as an MLflow "
+                          "Project run on Kubernetes."),
         click.option("--backend-config", default=None, metavar="JSON",
-                     help="MLflow's backend config, a JSON object or file: kube-context, repository-uri, "
-                          "kube-job-template-path."),
+                     help="A JSON object or file. slurm: partition, account, time, cpus_per_task, mem, gpus, "
+                          "sbatch, setup, log_dir, python; kubernetes (MLflow's keys): kube-context, "
+                          "repository-uri, kube-job-template-path."),
         click.option("--dry-run", is_flag=True,
-                     help="With --backend kubernetes: print every step's Kubernetes Job (YAML), submit nothing."),
+                     help="With a cluster backend: print every step's job (sbatch script or Kubernetes Job), "
+                          "submit nothing."),
     ]
     for option in reversed(options):
         f = option(f)
     return f
 
 
-def remote_from_options(kw: dict) -> RemoteConfig | None:
+def remote_from_options(kw: dict) -> RemoteConfig | SlurmConfig | None:
     """Pop the backend options from a command's kwargs; None means: run the study here."""
     backend, config_text, dry_run = kw.pop("backend"), kw.pop("backend_config"), kw.pop("dry_run")
     if backend == "local":
         if config_text or dry_run:
             raise ConfigError("--backend-config and --dry-run apply to a cluster backend; "
-                              "add --backend kubernetes or leave them out")
+                              "add --backend slurm or kubernetes, or leave them out")
         return None
+    if backend == "slurm":
+        return SlurmConfig.from_mapping(load_backend_config(config_text), dry_run=dry_run)
     return RemoteConfig(backend=backend, backend_config=load_backend_config(config_text), dry_run=dry_run)
 
 
-def run_remote(cfg: StudyConfig, remote: RemoteConfig, experiment_name: str | None) -> None:
-    """Print the rendered Jobs (--dry-run), or run the study remotely and print its run ID."""
+def run_remote(cfg: StudyConfig, remote: RemoteConfig | SlurmConfig, experiment_name: str | None) -> None:
+    """Print the rendered jobs (--dry-run), or run the study on the cluster and print its run ID."""
     from ofexp import tracking
 
+    if isinstance(remote, SlurmConfig):
+        from ofexp.pipeline.slurm import cluster_tracking_uri, dry_run_scripts, run_slurm_study
+
+        if remote.dry_run:
+            click.echo(dry_run_scripts(cfg, remote), nl=False)
+            return
+        cluster_tracking_uri()  # an unreachable store is reported before any run exists
+        tracking.configure_tracking(experiment_name)
+        study_id = run_slurm_study(cfg, remote)
+        click.echo(study_outcome(study_id))
+        click.echo(study_id)
+        return
     if remote.dry_run:
         click.echo(dry_run_yaml(cfg, remote), nl=False)
         return

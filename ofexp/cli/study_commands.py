@@ -41,7 +41,7 @@ def study(seeds: str, measures: str, accuracy_metric: str, preset: str, jobs: in
     version and commit) are reused, not redone; --no-cache turns that off. With
     --jobs N, seeds run in N processes, nested under the same study run.
     """
-    remote = remote_from_options(kw)  # --backend kubernetes: ofexp.pipeline.remote runs the steps
+    remote = remote_from_options(kw)  # --backend slurm or kubernetes: the steps run on a cluster
     use_cache = pop_flag(kw, "cache")
     fuse_options = _fuse_options(kw)
     cfg = StudyConfig(train=_train_config(kw), seeds=_parse_seeds(seeds), measures=measures,

@@ -1,0 +1,89 @@
+"""The MLflow side of a study whose steps run as cluster jobs (`ofexp study --backend slurm`).
+
+The driver creates each step's run before it submits the job, nested under the
+study run, and hands its ID to the job in MLFLOW_RUN_ID: the job's ofexp step
+logs into it (see `launcher`), so the run ID is known before the job starts and
+the job ID can be tagged on it. A step is identified by its command: the entry
+point, its parameters with the input run IDs filled in, and the ofexp version
+and commit. The sha256 of those is the run's tag `ofexp.step_digest`, and a
+rerun of the study reuses the newest FINISHED run with the same digest.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Mapping
+
+import mlflow
+from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
+
+from ofexp.errors import ArtifactError, OfexpError
+from ofexp.tracking.artifacts import DEFAULT_WEIGHTS, check_weights_intact
+from ofexp.tracking.runs import (TAG_FAILURE, TAG_GIT_COMMIT, TAG_RUN_NAME, TAG_STAGE, TAG_VERSION, base_tags,
+                                 tracking_uri)
+
+TAG_STEP_DIGEST = "ofexp.step_digest"
+TAG_SLURM_JOB = "ofexp.slurm_job_id"
+TAG_SLURM_LOG = "ofexp.slurm_log"
+TAG_PARENT_RUN = "mlflow.parentRunId"
+
+
+def step_digest(stage: str, params: Mapping[str, str]) -> str:
+    """What makes a step the same step: its stage, resolved parameters, and the ofexp version and commit."""
+    tags = base_tags(stage)
+    identity = {"stage": stage, "params": dict(sorted(params.items())), "version": tags[TAG_VERSION],
+                "commit": tags.get(TAG_GIT_COMMIT)}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def find_finished_step(experiment_id: str, digest: str) -> str | None:
+    """The newest FINISHED run of the step with this digest whose weights are intact, or None."""
+    query = f"tags.`{TAG_STEP_DIGEST}` = '{digest}' and attributes.status = 'FINISHED'"
+    try:
+        found = mlflow.MlflowClient().search_runs([experiment_id], filter_string=query, max_results=5,
+                                                  order_by=["attributes.start_time DESC"])
+    except MlflowException as exc:
+        raise OfexpError(f"cannot search {tracking_uri()} for finished study steps: "
+                         f"{str(exc).splitlines()[0][:300]}; check the server, or pass --no-cache") from exc
+    for run in found:
+        try:
+            if run.data.tags.get(TAG_STAGE) in DEFAULT_WEIGHTS:
+                check_weights_intact(run)
+        except ArtifactError:
+            continue  # changed since: redo the step
+        return run.info.run_id
+    return None
+
+
+def create_step_run(experiment_id: str, parent_run_id: str, run_name: str, stage: str, digest: str) -> str:
+    """A RUNNING run for a step about to be submitted, nested under the study run; returns its ID."""
+    tags = {**base_tags(stage), TAG_PARENT_RUN: parent_run_id, TAG_RUN_NAME: run_name, TAG_STEP_DIGEST: digest}
+    return mlflow.MlflowClient().create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+
+
+def tag_step_run(run_id: str, tags: Mapping[str, str]) -> None:
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))
+
+
+def step_run_status(run_id: str) -> str:
+    return mlflow.MlflowClient().get_run(run_id).info.status
+
+
+def fail_step_run(run_id: str, reason: str, status: str = "FAILED") -> None:
+    """Mark a step's run `status` (FAILED, or KILLED when the study was stopped) with its reason."""
+    client = mlflow.MlflowClient()
+    client.set_tag(run_id, TAG_FAILURE, reason[:1000])
+    if client.get_run(run_id).info.status != status:
+        client.set_terminated(run_id, status)
+
+
+def finish_step_run(run_id: str, run_name: str) -> None:
+    """A job's step ended well: make sure the run is FINISHED and keeps the study's name for it."""
+    client = mlflow.MlflowClient()
+    client.set_tag(run_id, TAG_RUN_NAME, run_name)  # the step's own CLI default name replaced it
+    if not RunStatus.is_terminated(RunStatus.from_string(client.get_run(run_id).info.status)):
+        client.set_terminated(run_id, "FINISHED")
+

@@ -1,0 +1,191 @@
+"""A study through a real Slurm cluster against a real `mlflow server` (.ci/install-slurm.sh starts one).
+
+Every step is a Slurm job: checked by the job-ID tags and by Slurm's own record of
+the jobs. The study equals a local study with the same settings, a job cancelled
+mid-study fails its step with the job named and is finished by a rerun, and a
+stopped driver cancels its jobs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import run_cli
+from ofexp.pipeline.study import MODEL_KINDS
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+TINY = ["--model", "mlp", "--width", "0.25", "--epochs", "1", "--no-log-model"]
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    """Skips, saying why, where no Slurm node is up to take jobs."""
+    if shutil.which("sinfo") is None:
+        pytest.skip("Slurm is not installed; run .ci/install-slurm.sh")
+    states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.split()
+    if not {"idle", "mixed", "allocated"} & set(states):
+        pytest.skip(f"no Slurm node takes jobs (sinfo: {states or 'no answer'}); run .ci/install-slurm.sh")
+
+
+def _backend_config(tmp_path: Path) -> str:
+    path = tmp_path / "slurm.json"
+    path.write_text(json.dumps({"time": 20, "cpus_per_task": 1, "log_dir": str(tmp_path / "slurm-logs")}))
+    return str(path)
+
+
+def _study(server, tmp_path: Path, experiment: str, *extra: str, seeds: str = "2"):
+    return run_cli(["study", *TINY, "--seeds", seeds, "--experiment-name", experiment, *extra],
+                   tracking_uri=server.uri, cwd=tmp_path)
+
+
+def _steps(client: MlflowClient, study_id: str, tmp_path: Path) -> pd.DataFrame:
+    return pd.read_csv(client.download_artifacts(study_id, "steps.csv", str(tmp_path / uuid.uuid4().hex)))
+
+
+def _results(client: MlflowClient, study_id: str, tmp_path: Path) -> pd.DataFrame:
+    path = client.download_artifacts(study_id, "results.csv", str(tmp_path / uuid.uuid4().hex))
+    return pd.read_csv(path).set_index(["Model", "Space", "Metric"])["Value"]
+
+
+def _lineage(client: MlflowClient, steps: pd.DataFrame) -> dict:
+    """Each fuse run's parents and each evaluate run's model, as (seed, kind) of the runs they name."""
+    kind_of = {r.run_id: (r.seed, r.kind) for r in steps.itertuples() if r.stage != "evaluate"}
+    lineage = {}
+    for r in steps.itertuples():
+        tags = client.get_run(r.run_id).data.tags
+        if r.stage == "fuse":
+            lineage[(r.seed, r.kind)] = [kind_of[p] for p in tags["ofexp.parent_run_ids"].split(",")]
+        elif r.stage == "evaluate":
+            lineage[(r.seed, r.kind, "evaluate")] = kind_of[tags["ofexp.model_run_id"]]
+    return lineage
+
+
+def _sacct_states(job_ids: list[str]) -> dict[str, str]:
+    """Slurm's own record of the jobs: `sacct`, or `sacct -c` (the job-completion log) without accounting."""
+    args = [a for j in job_ids for a in ("-j", j)]
+    for extra in ([], ["-c"]):
+        out = subprocess.run(["sacct", *extra, "-n", "-X", "-P", "-o", "JobID,State", *args],
+                             capture_output=True, text=True)
+        if out.returncode == 0 and out.stdout.strip():
+            return dict(line.split("|")[:2] for line in out.stdout.strip().splitlines())
+    return {}
+
+
+def test_a_slurm_study_runs_every_step_as_a_job_and_equals_the_local_study(slurm_cluster, mlflow_server, tmp_path):
+    client = MlflowClient(mlflow_server.uri)
+    slurm = _study(mlflow_server, tmp_path, f"slurm-{uuid.uuid4().hex[:8]}", "--backend", "slurm",
+                   "--backend-config", _backend_config(tmp_path))
+    assert slurm.returncode == 0, slurm.stderr[-3000:]
+    local = _study(mlflow_server, tmp_path, f"local-{uuid.uuid4().hex[:8]}", "--jobs", "2")
+    assert local.returncode == 0, local.stderr[-3000:]
+
+    slurm_steps = _steps(client, slurm.last_line, tmp_path)
+    assert len(slurm_steps) == 16 and not slurm_steps["reused"].any()
+    runs = {rid: client.get_run(rid) for rid in slurm_steps["run_id"]}
+    job_ids = [run.data.tags["ofexp.slurm_job_id"] for run in runs.values()]
+    assert len(set(job_ids)) == 16, "one Slurm job per step"
+    assert all(run.info.status == "FINISHED" for run in runs.values())
+    assert all(run.data.tags["mlflow.parentRunId"] == slurm.last_line for run in runs.values())
+    assert all(Path(run.data.tags["ofexp.slurm_log"]).is_file() for run in runs.values())
+    assert set(_sacct_states(job_ids).values()) == {"COMPLETED"}, _sacct_states(job_ids)
+
+    local_steps = _steps(client, local.last_line, tmp_path)
+    assert _lineage(client, slurm_steps) == _lineage(client, local_steps)
+    slurm_values, local_values = _results(client, slurm.last_line, tmp_path), _results(client, local.last_line, tmp_path)
+    assert sorted(slurm_values.index) == sorted(local_values.index)
+    pd.testing.assert_series_equal(slurm_values.sort_index(), local_values.sort_index(), rtol=1e-9, atol=1e-12)
+    assert {m.split("_seed")[0] for m, *_ in slurm_values.index if "_seed" in m} == set(MODEL_KINDS)
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _job_of_running_train(client: MlflowClient, experiment: str) -> tuple[str, str] | None:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    for run in client.search_runs([exp.experiment_id], "tags.`ofexp.stage` = 'train'"):
+        job = run.data.tags.get("ofexp.slurm_job_id")
+        state = subprocess.run(["squeue", "-h", "-j", job or "0", "-o", "%T"], capture_output=True, text=True).stdout
+        if job and state.strip() == "RUNNING":
+            return run.info.run_id, job
+    return None
+
+
+def _start_study(server, tmp_path: Path, experiment: str) -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_RUN_ID", None)
+    return subprocess.Popen([str(BIN / "ofexp"), "study", *TINY, "--seeds", "1", "--experiment-name", experiment,
+                             "--backend", "slurm", "--backend-config", _backend_config(tmp_path)],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_cancelled_job_fails_its_step_by_name_and_a_rerun_finishes_the_study(slurm_cluster, mlflow_server, tmp_path):
+    client = MlflowClient(mlflow_server.uri)
+    experiment = f"slurm-cancel-{uuid.uuid4().hex[:8]}"
+    driver = _start_study(mlflow_server, tmp_path, experiment)
+    run_id, job = _wait_for(lambda: _job_of_running_train(client, experiment), 120, "a running train job")
+    subprocess.run(["scancel", job], check=True)
+    out, err = driver.communicate(timeout=300)
+    assert driver.returncode != 0, out
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    assert f"(run {run_id}) failed: Slurm job {job} ended CANCELLED (log: " in lines[0]
+    assert "rerun the same study to finish it" in lines[0]
+
+    failed = client.get_run(run_id)
+    assert failed.info.status == "FAILED"
+    assert f"Slurm job {job} ended CANCELLED" in failed.data.tags["ofexp.failure_reason"]
+    exp = client.get_experiment_by_name(experiment)
+    finished_before = {r.info.run_id for r in client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")
+                       if r.data.tags.get("ofexp.stage") != "study"}
+    assert finished_before, "the other parent's job should have finished"
+
+    rerun = _study(mlflow_server, tmp_path, experiment, "--backend", "slurm",
+                   "--backend-config", _backend_config(tmp_path), seeds="1")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    steps = _steps(client, rerun.last_line, tmp_path)
+    assert set(steps.loc[steps["reused"], "run_id"]) == finished_before, "every finished step is reused"
+    assert len(steps) == 8 and run_id not in set(steps["run_id"])
+
+
+def test_stopping_the_driver_cancels_the_studys_jobs(slurm_cluster, mlflow_server, tmp_path):
+    client = MlflowClient(mlflow_server.uri)
+    experiment = f"slurm-stop-{uuid.uuid4().hex[:8]}"
+    driver = _start_study(mlflow_server, tmp_path, experiment)
+
+    def submitted():
+        exp = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([exp.experiment_id], "tags.`ofexp.stage` = 'train'") if exp else []
+        jobs = [r.data.tags.get("ofexp.slurm_job_id") for r in runs]
+        return jobs if len(jobs) == 2 and all(jobs) else None
+
+    jobs = _wait_for(submitted, 120, "both train jobs submitted")
+    driver.send_signal(signal.SIGTERM)
+    driver.communicate(timeout=120)
+    assert driver.returncode != 0
+    queue = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+    assert not set(jobs) & set(queue), f"jobs {jobs} still queued or running: {queue}"
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"], "no run is left RUNNING"
