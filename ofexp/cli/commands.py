@@ -13,16 +13,13 @@ from dataclasses import replace
 import click
 
 from ofexp import tracking
-from ofexp.cli.options import (OPT_STR, data_options, experiment_option, flag, log_model_option, model_options,
-                               pop_flag, recipe_options, register_option)
+from ofexp.cli.options import (OPT_STR, data_options, experiment_option, log_model_option, model_options,
+                               parse_run_ids, pop_flag, pop_typed_options, recipe_options, register_option,
+                               typed_options)
 from ofexp.data import DataConfig
 from ofexp.errors import ConfigError
-from ofexp.fusion.geometric import ALIGNMENTS
-from ofexp.fusion.transport import SOLVERS
-from ofexp.metrics import PREDICTION_METRICS
-from ofexp.metrics.context import PRESETS
-from ofexp.metrics.sharpness import WORST_CASES
 from ofexp.pipeline import EvalConfig, FuseConfig, TrainConfig, run_evaluate, run_fuse, run_train
+from ofexp.pipeline.options import EvaluateOptions, FusionOptions, parse_list
 from ofexp.tracking.server import experiment_page
 from ofexp.training import SpeedOptions, make_recipe
 
@@ -42,43 +39,6 @@ def _train_config(kw: dict, seed: int = 0) -> TrainConfig:
         log_model=pop_flag(kw, "log_model"),
         speed=SpeedOptions.from_params({f: pop_flag(kw, f) for f in SpeedOptions().to_params()}),
     )
-
-
-def _fuse_options(kw: dict) -> dict:
-    method = kw.pop("method")
-    weights = kw.pop("fusion_weights")
-    return dict(
-        methods=("naive", "geometric") if method == "both" else (method,),
-        fusion_weights=_float_list(weights, "--fusion-weights") if weights else None,
-        target=kw.pop("target"), solver=kw.pop("solver"), reg=kw.pop("reg"), alignment=kw.pop("alignment"),
-        activation_samples=kw.pop("activation_samples"), interpolation=pop_flag(kw, "interpolation"),
-        curve_samples=kw.pop("curve_samples"),
-        repair=pop_flag(kw, "repair"),
-    )
-
-
-def fusion_options(f):
-    options = [
-        click.option("--method", type=click.Choice(["naive", "geometric", "both"]), default="both", show_default=True),
-        click.option("--fusion-weights", type=OPT_STR, default=None, help="One weight per parent, e.g. 0.5,0.5 [default: equal]."),
-        click.option("--target", type=click.INT, default=-1, show_default=True, help="Index of the parent the others align to."),
-        click.option("--solver", type=click.Choice(SOLVERS), default="exact", show_default=True),
-        click.option("--reg", type=click.FLOAT, default=0.01, show_default=True, help="Entropic regulariser for sinkhorn, relative to the largest cost."),
-        click.option("--alignment", type=click.Choice(ALIGNMENTS), default="activations", show_default=True,
-                     help="Neuron similarity for geometric fusion: incoming weights, or activations on training samples."),
-        click.option("--activation-samples", type=click.INT, default=256, show_default=True,
-                     help="Training inputs (fixed sample) used by --alignment activations and --repair."),
-        flag("repair", "Geometric fusion: rescale every fused neuron to the aligned parents' activation "
-             "mean/std on the activation samples (REPAIR, Jordan et al. 2023)."),
-        flag("interpolation", "Log test loss/accuracy at 11 points between the target parent and the other "
-             "parent (raw, aligned) and the fused net, with barriers and a plot.", default=True),
-        click.option("--curve-samples", type=click.INT, default=2000, show_default=True,
-                     help="Interpolation curves' budget: test images per point (fixed sample) and training "
-                          "images for batch-norm statistics."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
 
 
 @click.command()
@@ -116,7 +76,7 @@ def train(**kw) -> None:
 
 @click.command()
 @click.option("--parents", required=True, help="Comma-separated train run IDs, e.g. ID1,ID2.")
-@fusion_options
+@typed_options(FusionOptions)
 @click.option("--device", default="auto", show_default=True,
               help="cpu, cuda, mps or auto: where the fused network is tested (the fusion itself runs on the CPU).")
 @click.option("--allow-unfinished", is_flag=True,
@@ -128,9 +88,9 @@ def train(**kw) -> None:
 def fuse(parents: str, device: str, allow_unfinished: bool, experiment_name: str | None, register_as: str | None,
          **kw) -> None:
     """Fuse parent train runs, by run ID; print '<method> <run_id>' per fuse run."""
-    ids = tuple(p.strip() for p in parents.split(",") if p.strip())
-    cfg = FuseConfig(parents=ids, device=device, allow_unfinished=allow_unfinished, register_as=register_as,
-                     log_model=pop_flag(kw, "log_model"), **_fuse_options(kw))
+    cfg = FuseConfig(parents=parse_run_ids(parents), device=device, allow_unfinished=allow_unfinished,
+                     register_as=register_as, log_model=pop_flag(kw, "log_model"),
+                     **pop_typed_options(FusionOptions, kw))
     tracking.configure_tracking(experiment_name)
     for method, run_id in run_fuse(cfg).items():
         click.echo(f"{method} {run_id}")
@@ -138,31 +98,22 @@ def fuse(parents: str, device: str, allow_unfinished: bool, experiment_name: str
 
 @click.command()
 @click.option("--model-run", required=True, help="ID of the train or fuse run to measure.")
-@click.option("--measures", default="prediction", show_default=True,
-              help="Comma-separated measure names, spaces (input, parameter, prediction) or 'all'.")
+@typed_options(EvaluateOptions)
 @click.option("--label", type=OPT_STR, default=None, help="Model name in results.csv [default: the run's name].")
-@click.option("--preset", type=click.Choice(list(PRESETS)), default="report", show_default=True,
-              help="σ-search budget: the report's (docs/measures.md), or a tiny one for tests and demos (not for results).")
-@click.option("--sharpness-worst", type=click.Choice(WORST_CASES), default="max", show_default=True,
-              help="Sharpness worst case over the draws: max (Jiang et al. 2019) or min (the report's code).")
-@click.option("--accuracy-metric", type=click.Choice(PREDICTION_METRICS), default="accuracy",
-              show_default=True, help="Prediction metric the study correlates the measures with (param and tag).")
-@click.option("--seed", type=click.INT, default=0, show_default=True, help="Seed of the measures' random draws.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto: where the measures run.")
 @click.option("--allow-unfinished", is_flag=True,
               help="Accept a model run that is not FINISHED (RUNNING, FAILED, KILLED); the evaluate run is "
                    "tagged ofexp.unfinished_inputs.")
 @experiment_option
-def evaluate(model_run: str, measures: str, label: str | None, preset: str, sharpness_worst: str,
-             accuracy_metric: str, seed: int, device: str, allow_unfinished: bool, experiment_name: str | None) -> None:
+def evaluate(model_run: str, label: str | None, device: str, allow_unfinished: bool, experiment_name: str | None,
+             **kw) -> None:
     """Measure a train or fuse run's model in a new evaluate run; print its run ID.
 
     Measures that fail or whose σ search does not converge get an
     'ofexp.warning.<measure>' tag; the others are still computed.
     """
-    cfg = EvalConfig(model_run=model_run.strip(), measures=measures, device=device, label=label, preset=preset,
-                     sharpness_worst=sharpness_worst, accuracy_metric=accuracy_metric, seed=seed,
-                     allow_unfinished=allow_unfinished)
+    cfg = EvalConfig(model_run=model_run.strip(), device=device, label=label, allow_unfinished=allow_unfinished,
+                     **pop_typed_options(EvaluateOptions, kw))
     tracking.configure_tracking(experiment_name)
     click.echo(run_evaluate(cfg))
 
@@ -222,25 +173,7 @@ def _parse_seeds(text: str) -> tuple[int, ...]:
         if count < 1:
             raise ConfigError(f"--seeds must be ≥ 1, got {count}; {fix}")
         return tuple(range(1, count + 1))
-    return _parse_list(text, "--seeds", int, "an integer", fix)
-
-
-def _float_list(text: str, option: str) -> tuple[float, ...]:
-    """Comma-separated numbers, e.g. 0.5,0.5; the config checks which values are allowed."""
-    return _parse_list(text, option, float, "a number", "pass comma-separated numbers like 0.5,0.5")
-
-
-def _parse_list(text: str, option: str, convert, what: str, fix: str) -> tuple:
-    """`text` split at commas, each item `convert`ed; ConfigError naming `option` for an empty or bad item."""
-    values = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            raise ConfigError(f"{option} {text!r} has an empty item; {fix}")
-        try:
-            values.append(convert(part))
-        except ValueError:
-            raise ConfigError(f"{option} {text!r} lists {part!r}, not {what}; {fix}") from None
-    return tuple(values)
+    return parse_list(text, "--seeds", int, "an integer", fix)
 
 
 def _echo_stale_notice(cfg: TrainConfig, experiment_id: str) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 
 from ofexp import tracking
-from ofexp.cli.options import OPT_STR, experiment_option, log_model_option, pop_flag, register_option
+from ofexp.cli.options import (OPT_STR, experiment_option, log_model_option, parse_run_ids, pop_flag,
+                               register_option)
 
 
 @click.command()
@@ -26,8 +27,7 @@ def ensemble(parents: str, run_name: str | None, device: str, allow_unfinished: 
     """
     from ofexp.pipeline.ensemble import EnsembleConfig, run_ensemble
 
-    ids = tuple(p.strip() for p in parents.split(",") if p.strip())
-    cfg = EnsembleConfig(parents=ids, device=device, run_name=run_name, allow_unfinished=allow_unfinished,
+    cfg = EnsembleConfig(parents=parse_run_ids(parents), device=device, run_name=run_name, allow_unfinished=allow_unfinished,
                          log_model=pop_flag(kw, "log_model"), register_as=register_as)
     tracking.configure_tracking(experiment_name)
     click.echo(run_ensemble(cfg))

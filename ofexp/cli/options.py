@@ -12,6 +12,7 @@ import click
 
 from ofexp.data import DATASETS
 from ofexp.models import ARCHITECTURES
+from ofexp.pipeline.options import option_fields, option_name, show_value
 from ofexp.training import RECIPES
 
 
@@ -55,6 +56,52 @@ def pop_flag(kwargs: dict, dest: str) -> bool:
     if given is not None:
         return given
     return _FLAG_DEFAULTS[dest] if value_form is None else value_form
+
+
+_CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING}
+
+
+def typed_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable:
+    """Click options for the option fields of `cls` (FusionOptions, EvaluateOptions), made from
+    their definitions alone: name, default, choices, help."""
+    def decorate(f: Callable) -> Callable:
+        for field in reversed(option_fields(cls)):
+            if field.name in exclude:
+                continue
+            name, help_ = option_name(field).replace("_", "-"), field.metadata["help"]
+            if isinstance(field.default, bool):
+                f = flag(name, help_, default=field.default)(f)
+            elif field.metadata["choices"]:
+                f = click.option(f"--{name}", field.name, type=click.Choice(field.metadata["choices"]),
+                                 default=show_value(field, field.default), show_default=True, help=help_)(f)
+            elif field.default is None:
+                f = click.option(f"--{name}", field.name, type=OPT_STR, default=None, help=help_)(f)
+            else:
+                f = click.option(f"--{name}", field.name, type=_CLICK_TYPES[type(field.default)],
+                                 default=field.default, show_default=True, help=help_)(f)
+        return f
+    return decorate
+
+
+def pop_typed_options(cls: type, kwargs: dict, exclude: tuple[str, ...] = ()) -> dict:
+    """Remove the options of `cls` from a command's kwargs: {field name: value}, parsed."""
+    values = {}
+    for field in option_fields(cls):
+        if field.name in exclude:
+            continue
+        if isinstance(field.default, bool):
+            values[field.name] = pop_flag(kwargs, field.name)
+            continue
+        raw, parse = kwargs.pop(field.name), field.metadata["parse"]
+        values[field.name] = parse(raw) if parse is not None and raw is not None else raw
+    return values
+
+
+def parse_run_ids(texts: str | tuple[str, ...]) -> tuple[str, ...]:
+    """Run IDs given comma-separated and/or as several arguments, blanks dropped (the step's
+    config says how many it needs)."""
+    parts = [texts] if isinstance(texts, str) else list(texts)
+    return tuple(part.strip() for text in parts for part in text.split(",") if part.strip())
 
 
 def data_options(f: Callable) -> Callable:

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from ofexp.cli.options import OPT_STR
+from ofexp.cli.options import OPT_STR, parse_run_ids
 from ofexp.errors import ConfigError
 from ofexp.pipeline.report import PREDICTION_FILE, RESULTS_FILE, build_tables, report_files, study_steps
 from ofexp.tracking import queries
@@ -125,7 +125,7 @@ def compare_table(runs: list[queries.RunData]) -> pd.DataFrame:
 @click.option("--differences", is_flag=True, help="Only rows whose values differ between the runs.")
 def compare(run_ids: tuple[str, ...], csv_path: str | None, force: bool, differences: bool) -> None:
     """Print any runs' params and metrics side by side (one column per run)."""
-    ids = [part.strip() for arg in run_ids for part in arg.split(",") if part.strip()]
+    ids = parse_run_ids(run_ids)
     if not ids:
         raise ConfigError("compare needs at least one run ID; pass IDs separated by spaces or commas")
     csv_file = Path(csv_path).expanduser() if csv_path else None

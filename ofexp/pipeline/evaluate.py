@@ -16,10 +16,10 @@ from tqdm import tqdm
 from ofexp import tracking
 from ofexp.data import DataSplits, load_dataset
 from ofexp.errors import ConfigError
-from ofexp.metrics import (MEASURES, PREDICTION_METRICS, Measure, MeasureContext, SearchResult, TraceEstimate,
+from ofexp.metrics import (MEASURES, Measure, MeasureContext, SearchResult, TraceEstimate,
                            resolve_measures)
-from ofexp.metrics.context import PRESETS, search_budget
-from ofexp.metrics.sharpness import WORST_CASES
+from ofexp.metrics.context import search_budget
+from ofexp.pipeline.options import EvaluateOptions
 from ofexp.pipeline.report import RESULTS_COLUMNS, report_files
 from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, ENSEMBLE_STAGE, describe_unfinished,
                                       unfinished_inputs, unfinished_tags)
@@ -34,37 +34,23 @@ ENSEMBLE_SKIP_NOTE = ("skipped: an ensemble run has no single parameter vector; 
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    """What `ofexp evaluate` does. `preset` picks the σ searches' budget: "report" (docs/design.md §5's,
-    the default) or "quick" (SearchBudget.quick(): seconds, for tests and demos, not results).
-    `sharpness_worst` is the sharpness deviation's worst case over the draws: "max" (Jiang et al.
-    2019, the default) or "min" (the report's code). `accuracy_metric` names the prediction metric
-    that the study correlates the measures with. `seed` seeds every random draw of the measures.
-    """
+class EvalConfig(EvaluateOptions):
+    """One `ofexp evaluate`: the evaluate options (EvaluateOptions, defined there once: measures,
+    preset, sharpness_worst, accuracy_metric, seed) and which model run to measure, where."""
 
-    model_run: str
-    measures: str = "prediction"
+    model_run: str = ""
     device: str = "auto"
     label: str | None = None  # the results.csv "Model" cell; defaults to the model run's name
     run_name: str | None = None  # defaults to "evaluate <label>"
-    preset: str = "report"
-    sharpness_worst: str = "max"
-    accuracy_metric: str = "accuracy"
-    seed: int = 0
     progress: bool = True
     # A model run that is not FINISHED (RUNNING, FAILED, KILLED) is refused unless this is set; the
     # evaluate run is then tagged ofexp.unfinished_inputs. Not a param: it changes no measure.
     allow_unfinished: bool = False
 
     def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise ConfigError(f"unknown --preset {self.preset!r}; use one of: {', '.join(PRESETS)}")
-        if self.sharpness_worst not in WORST_CASES:
-            raise ConfigError(f"unknown --sharpness-worst {self.sharpness_worst!r}; use 'max' (Jiang et al. 2019) "
-                              "or 'min' (the report's choice)")
-        if self.accuracy_metric not in PREDICTION_METRICS:
-            raise ConfigError(f"unknown --accuracy-metric {self.accuracy_metric!r}; "
-                              f"use one of: {', '.join(PREDICTION_METRICS)}")
+        if not self.model_run:
+            raise ConfigError("no model run to evaluate; pass --model-run RUN_ID (a train, fuse or ensemble run)")
+        self.check()
 
 
 def evaluate_params(cfg: EvalConfig) -> dict[str, object]:

@@ -1,7 +1,6 @@
 """The fuse step: fetch parents by run ID, fuse them, log one run per method."""
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -14,13 +13,13 @@ from ofexp.tracking.study_runs import log_figure
 from ofexp.pipeline import plots
 from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.errors import ConfigError, IncompatibleModelsError
-from ofexp.fusion import (ALIGNMENTS, SOLVERS, aligned_parents, alignment_diagnostics, geometric_fuse, naive_fuse,
+from ofexp.fusion import (aligned_parents, alignment_diagnostics, geometric_fuse, naive_fuse,
                           recompute_batchnorm_stats, repair_statistics)
 from ofexp.fusion.naive import parent_specs
-from ofexp.fusion.transport import MIN_SINKHORN_REG
 from ofexp.fusion.interpolation import InterpolationCurve, fusion_curves, plot_curves
 from ofexp.metrics import TEST_ACCURACY_KEY, TEST_LOSS_KEY, test_accuracy_of
 from ofexp.models import ModelSpec
+from ofexp.pipeline.options import FusionOptions
 from ofexp.pipeline.serving import check_register_as, log_served_model
 from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, describe_unfinished,
                                       unfinished_inputs, unfinished_tags)
@@ -28,32 +27,14 @@ from ofexp.tracking.integrity import check_finite
 from ofexp.training import evaluate, resolve_device
 from ofexp.training.speed import float32_kernels
 
-METHODS = ("naive", "geometric")
-
-
 @dataclass(frozen=True)
-class FuseConfig:
-    parents: tuple[str, ...]
-    methods: tuple[str, ...] = METHODS
-    fusion_weights: tuple[float, ...] | None = None
-    target: int = -1
-    solver: str = "exact"
-    reg: float = 0.01
-    # Activations align narrow, briefly trained nets far better than weights (README, "Fusion quality").
-    alignment: str = "activations"
-    activation_samples: int = 256  # training inputs whose activations drive alignment="activations"
-    recompute_bn: bool = True
-    # REPAIR (geometric only): give fused neurons the aligned parents' activation mean/std on the
-    # activation samples. Off by default: it helps VGG11 and hurts the MLP (README, "Fusion quality").
-    repair: bool = False
-    # Loss/accuracy along 3 straight lines (11 points each) on the test set; cheap on digits (README).
-    interpolation: bool = True
-    # The curves' budget: 33 points, each a pass over the test images and, for batch-norm nets,
-    # a statistics pass over training images. A fixed sample of this many of each keeps the
-    # curves at seconds on Fashion-MNIST (60k/10k images); digits' 360 test images are all used.
-    curve_samples: int = 2000
+class FuseConfig(FusionOptions):
+    """One `ofexp fuse`: the fusion options (FusionOptions, defined there once) and what to fuse."""
+
+    parents: tuple[str, ...] = ()
+    recompute_bn: bool = True  # batch-norm statistics of the fused net, recomputed on training images
     device: str = "auto"
-    # The whole run name (a study passes "s3 geometric_fused fuse"); by default
+    # The whole run name (a study passes "s3 geometric fuse"); by default
     # "fuse <method> <arch> <data set>". Give it with one method only.
     run_name: str | None = None
     log_model: bool = True  # also log the fused network as an MLflow model (raw images in)
@@ -68,33 +49,10 @@ class FuseConfig:
             raise ConfigError(f"fusion needs at least 2 parent runs, got {len(self.parents)}; pass --parents ID,ID")
         if len(set(self.parents)) != len(self.parents):
             raise ConfigError("--parents lists the same run twice; pass distinct train runs")
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown or not self.methods:
-            raise ConfigError(f"unknown fusion method {','.join(unknown) or '(none)'}; use naive, geometric or both")
+        self.check(len(self.parents))
         check_register_as(self.register_as, self.log_model)
         if self.register_as and len(self.methods) > 1:
             raise ConfigError("--register-as registers one model: pass --method naive or --method geometric with it")
-        if self.activation_samples < 2:
-            raise ConfigError(f"--activation-samples must be ≥ 2, got {self.activation_samples}; "
-                              "pass 2 or more, e.g. the default 256")
-        if self.curve_samples < 2:
-            raise ConfigError(f"--curve-samples must be ≥ 2, got {self.curve_samples}; pass 2 or more, e.g. the default 2000")
-        if self.fusion_weights is not None and len(self.fusion_weights) != len(self.parents):
-            raise ConfigError(f"--fusion-weights has {len(self.fusion_weights)} values for {len(self.parents)} parents; give one per parent")
-        if self.fusion_weights is not None:  # here, before any run exists (a fusion inside one left it FAILED)
-            _check_fusion_weights(tuple(self.fusion_weights))
-        k = len(self.parents)
-        if isinstance(self.target, bool) or not isinstance(self.target, int) or not -k <= self.target < k:
-            raise ConfigError(f"--target {self.target!r} is not a parent index for {k} parents; use an int in [{-k}, {k - 1}]")
-        if self.solver not in SOLVERS:
-            raise ConfigError(f"unknown --solver {self.solver!r}; use one of {', '.join(SOLVERS)}")
-        if self.alignment not in ALIGNMENTS:
-            raise ConfigError(f"unknown --alignment {self.alignment!r}; use one of {', '.join(ALIGNMENTS)}")
-        if self.solver == "sinkhorn" and not (isinstance(self.reg, (int, float)) and 0 < self.reg < float("inf")):
-            raise ConfigError(f"--reg must be a positive number for --solver sinkhorn, got {self.reg!r}; e.g. use 0.01")
-        if self.solver == "sinkhorn" and self.reg < MIN_SINKHORN_REG:
-            raise ConfigError(f"--reg {self.reg:g} is below {MIN_SINKHORN_REG:g}, where Sinkhorn does not converge in "
-                              "bounded time; raise it (e.g. 0.01) or use --solver exact for a sharp plan")
 
     def params(self, method: str) -> dict[str, object]:
         common = {"method": method, "parents": ",".join(self.parents), "device": self.device,
@@ -108,21 +66,6 @@ class FuseConfig:
                    # alignment="activations", --repair and the diagnostics all read these samples
                    "activation_samples": self.activation_samples}
         return options
-
-
-def _check_fusion_weights(weights: tuple) -> None:
-    """ConfigError unless `weights` are non-negative finite numbers with a positive, finite sum."""
-    allowed = "pass non-negative finite numbers with a positive sum, one per parent, e.g. 0.5,0.5"
-    numbers = all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)
-    shown = ",".join(f"{w:g}" if numbers else str(w) for w in weights)
-    if not numbers:
-        raise ConfigError(f"--fusion-weights {shown} holds a value that is not a number; {allowed}")
-    for bad, what in ((lambda w: not math.isfinite(w), "is not a finite number"), (lambda w: w < 0, "is negative")):
-        found = [w for w in weights if bad(w)]
-        if found:
-            raise ConfigError(f"--fusion-weights {shown}: {found[0]:g} {what}; {allowed}")
-    if not 0 < sum(weights) < math.inf:
-        raise ConfigError(f"--fusion-weights {shown} sums to {sum(weights):g}; {allowed}")
 
 
 @dataclass

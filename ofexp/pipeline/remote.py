@@ -18,7 +18,7 @@ import json
 import os
 import shlex
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -27,7 +27,9 @@ import yaml
 
 from ofexp.errors import ConfigError
 from ofexp.pipeline.report import STEP_COLUMNS, sort_steps
-from ofexp.pipeline.study import MODEL_KINDS, StudyConfig, log_outputs, parent_seed, study_params
+from ofexp.pipeline.options import EvaluateOptions, command_params
+from ofexp.pipeline.study import (MODEL_KINDS, StudyConfig, evaluate_config, log_outputs, parent_seed,
+                                  study_params)
 from ofexp.tracking.runs import param_str
 
 # Where `ofexp study` runs its steps. local: in this process (ofexp.pipeline.study); slurm: each a
@@ -116,7 +118,7 @@ class Step:
 def plan_study(cfg: StudyConfig) -> list[Step]:
     """Every step of the study, in an order where each step comes after the steps it needs."""
     train, fuse, evaluate = [], [], []
-    methods = tuple(cfg.fuse_options.get("methods", ("naive", "geometric")))
+    methods = cfg.fusion.methods
     for seed in cfg.seeds:
         parents = [f"train-seed{seed}-parent{i}" for i in (1, 2)]
         train += [Step(key, "train", f"train {cfg.train.model} {cfg.train.data.name} seed{seed} parent{i}",
@@ -163,22 +165,14 @@ def _train_params(cfg: StudyConfig, seed: int) -> dict[str, str]:
 
 
 def _fuse_params(cfg: StudyConfig, method: str) -> dict[str, str]:
-    opts = cfg.fuse_options
-    weights = opts.get("fusion_weights") or (0.5, 0.5)  # the default: 1/k each for the k = 2 parents
-    return {
-        "method": method, "fusion_weights": ",".join(map(str, weights)), "target": str(opts.get("target", -1)),
-        "solver": opts.get("solver", "exact"), "reg": str(opts.get("reg", 0.01)),
-        "alignment": opts.get("alignment", "activations"),
-        "activation_samples": str(opts.get("activation_samples", 256)), "repair": param_str(opts.get("repair", False)),
-        "curve_samples": str(opts.get("curve_samples", 2000)),
-        "device": cfg.train.device,
-    }
+    """The study's fusion options for one method, as `ofexp fuse` options (FusionOptions renders them)."""
+    return {**command_params(replace(cfg.fusion, methods=(method,))), "device": cfg.train.device}
 
 
 def _eval_params(cfg: StudyConfig, label: str) -> dict[str, str]:
-    # As the local study's evaluate_config: its measures (with the accuracy metric), preset, metric.
-    return {"measures": cfg.measure_names, "label": label, "preset": cfg.preset, "sharpness_worst": "max",
-            "accuracy_metric": cfg.accuracy_metric, "seed": "0", "device": cfg.train.device}
+    """As the local study's evaluate_config: its evaluate options, with the accuracy metric among the measures."""
+    return {**command_params(evaluate_config(cfg, "RUN", label), EvaluateOptions), "label": label,
+            "device": cfg.train.device}
 
 
 def _check_values(step: Step) -> None:

@@ -24,14 +24,14 @@ from tqdm import tqdm
 from ofexp import tracking
 from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.errors import ArtifactError, ConfigError, stop_on_termination_signals
-from ofexp.metrics import PREDICTION_METRICS, resolve_measures
-from ofexp.metrics.context import PRESETS
+from ofexp.metrics import resolve_measures
 from ofexp.pipeline import plots
 from ofexp.pipeline.ensemble import study_ensemble_step
 from ofexp.pipeline.evaluate import EvalConfig, evaluate_params, run_evaluate
 from ofexp.pipeline.finetune import study_finetune_step
 from ofexp.pipeline.progress import StudyProgress
 from ofexp.pipeline.fuse import FuseConfig, run_fuse
+from ofexp.pipeline.options import METHODS, EvaluateOptions, FusionOptions, option_values
 from ofexp.pipeline.report import (STEP_COLUMNS, STEPS_FILE, StudyTables, build_tables, correlation_metrics,
                                    correlation_notes, kinds_tag, report_files, sort_steps, step_run_name,
                                    summary_metrics)
@@ -44,18 +44,21 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
 
+# Evaluate options a study fixes: every evaluate step draws with seed 0, so that the models
+# of one study are measured on the same random draws.
+STUDY_FIXED = ("seed",)
+
+
 @dataclass(frozen=True)
 class StudyConfig:
-    """What `ofexp study` does. `measures` are evaluated on every model (the prediction metric
-    named by `accuracy_metric`, which the correlations use, is always added); `preset` is the
-    σ searches' budget; `use_cache` reuses finished steps; `jobs` seeds run at once."""
+    """What `ofexp study` does: train parents per seed, fuse them with `fusion`, evaluate every
+    model with `evaluation` (the prediction metric named by its accuracy_metric, which the
+    correlations use, is always added); `use_cache` reuses finished steps; `jobs` seeds run at once."""
 
     train: TrainConfig = field(default_factory=TrainConfig)
     seeds: tuple[int, ...] = (1,)
-    measures: str = "prediction"
-    fuse_options: dict = field(default_factory=dict)  # FuseConfig fields other than parents and device
-    preset: str = "report"
-    accuracy_metric: str = "accuracy"
+    fusion: FusionOptions = field(default_factory=FusionOptions)
+    evaluation: EvaluateOptions = field(default_factory=EvaluateOptions)
     use_cache: bool = True
     jobs: int = 1
     finetune_epochs: int = 0  # > 0: add the ensemble and both fusions fine-tuned for this many epochs
@@ -70,25 +73,23 @@ class StudyConfig:
                               "≥ 1: pass a count like 2 or a list like 1,2,5")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"--seeds lists a seed twice ({','.join(map(str, self.seeds))}); list each once")
-        if self.preset not in PRESETS:
-            raise ConfigError(f"unknown --preset {self.preset!r}; use one of: {', '.join(PRESETS)}")
-        if self.accuracy_metric not in PREDICTION_METRICS:
-            raise ConfigError(f"unknown --accuracy-metric {self.accuracy_metric!r}; "
-                              f"use one of: {', '.join(PREDICTION_METRICS)}")
         if self.jobs < 1:
             raise ConfigError(f"--jobs must be ≥ 1, got {self.jobs}")
         if self.finetune_epochs < 0:
             raise ConfigError(f"--finetune-epochs must be ≥ 0 (0 = off), got {self.finetune_epochs}")
-        resolve_measures(self.measures)  # a bad name fails here, before any run starts
-        # Each seed's fuse steps build their FuseConfig inside the study run; build one now, for a
-        # study's 2 parents, so that bad fusion options (--fusion-weights, --target...) are refused
-        # before any run exists rather than after the parents trained.
-        FuseConfig(parents=("parent_1", "parent_2"), device=self.train.device, **self.fuse_options)
+        # checked now, for a study's 2 parents, so that bad options are refused before any run exists
+        # rather than after the parents trained
+        self.fusion.check(parents=2)
+        self.evaluation.check()
 
     @property
     def measure_names(self) -> str:
         """The measures each evaluate run computes, in table order."""
-        return ",".join(resolve_measures(f"{self.measures},{self.accuracy_metric}"))
+        return ",".join(resolve_measures(f"{self.evaluation.measures},{self.evaluation.accuracy_metric}"))
+
+    @property
+    def accuracy_metric(self) -> str:
+        return self.evaluation.accuracy_metric
 
 
 def parent_seed(study_seed: int, parent: int) -> int:
@@ -169,13 +170,12 @@ def _parent(i: int) -> Callable[[SeedContext], str]:
 
 def _fused(method: str) -> Callable[[SeedContext], str | None]:
     def make(ctx: SeedContext) -> str | None:
-        options = dict(ctx.cfg.fuse_options)
-        if method not in options.pop("methods", (method,)):
+        if method not in ctx.cfg.fusion.methods:
             return None
         parents = (ctx.model_runs["parent_1"], ctx.model_runs["parent_2"])
-        fcfg = FuseConfig(parents=parents, methods=(method,), device=ctx.cfg.train.device,
-                          run_name=step_run_name(ctx.seed, f"{method}_fused", "fuse"),
-                          log_model=ctx.cfg.train.log_model, **options)
+        fcfg = FuseConfig(**{**option_values(ctx.cfg.fusion), "methods": (method,)}, parents=parents,
+                          device=ctx.cfg.train.device, run_name=step_run_name(ctx.seed, f"{method}_fused", "fuse"),
+                          log_model=ctx.cfg.train.log_model)
         tags = {tracking.TAG_PARENTS: ",".join(parents)}
         return ctx.step(f"{method}_fused", "fuse", fcfg.params(method), tags,
                         lambda: run_fuse(fcfg, ctx.data())[method])
@@ -200,9 +200,8 @@ MODEL_KINDS = ("parent_1", "parent_2", "naive_fused", "geometric_fused")
 
 
 def evaluate_config(cfg: StudyConfig, model_run: str, label: str, run_name: str | None = None) -> EvalConfig:
-    return EvalConfig(model_run=model_run, measures=cfg.measure_names, device=cfg.train.device, label=label,
-                      preset=cfg.preset, accuracy_metric=cfg.accuracy_metric, progress=cfg.train.progress,
-                      run_name=run_name)
+    return EvalConfig(**{**option_values(cfg.evaluation), "measures": cfg.measure_names}, model_run=model_run,
+                      device=cfg.train.device, label=label, progress=cfg.train.progress, run_name=run_name)
 
 
 def data_loader(data: DataConfig) -> Callable[[], DataSplits]:
@@ -218,7 +217,7 @@ def data_loader(data: DataConfig) -> Callable[[], DataSplits]:
 
 def planned_stages(cfg: StudyConfig, seeds: tuple[int, ...]) -> list[str]:
     """The stage of every step `run_seed` makes for `seeds`, in order (for the progress line)."""
-    methods = [m for m in ("naive", "geometric") if m in cfg.fuse_options.get("methods", ("naive", "geometric"))]
+    methods = [m for m in METHODS if m in cfg.fusion.methods]
     kinds = ["parent_1", "parent_2"] + (["ensemble"] if cfg.finetune_epochs else [])
     kinds += [f"{m}_fused" for m in methods] + ([f"{m}_finetuned" for m in methods] if cfg.finetune_epochs else [])
     return [stage for _ in seeds for stage in [_KIND_STAGES[k] for k in kinds] + ["evaluate"] * len(kinds)]
@@ -247,13 +246,14 @@ __all__ = ["KINDS", "KIND_ORDER", "MODEL_KINDS", "ModelKind", "StudyConfig", "ev
 
 
 def study_params(cfg: StudyConfig) -> dict[str, object]:
-    params = {**cfg.train.params(), "seeds": cfg.seeds, "measures": cfg.measure_names, "preset": cfg.preset,
-              "accuracy_metric": cfg.accuracy_metric}
+    params = {**cfg.train.params(), "seeds": cfg.seeds, "measures": cfg.measure_names,
+              "preset": cfg.evaluation.preset, "accuracy_metric": cfg.accuracy_metric}
     params.pop("seed")
     if cfg.finetune_epochs:
         params["finetune_epochs"] = cfg.finetune_epochs
-    options = dict(cfg.fuse_options)
-    params["method"] = ",".join(options.pop("methods", ("naive", "geometric")))
+    params["sharpness_worst"] = cfg.evaluation.sharpness_worst
+    options = option_values(cfg.fusion)
+    params["method"] = ",".join(options.pop("methods"))
     for key, value in options.items():
         params[key] = "equal" if key == "fusion_weights" and value is None else value
     return params

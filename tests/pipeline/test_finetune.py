@@ -14,6 +14,7 @@ from ofexp import tracking
 from ofexp.data import DataConfig, load_dataset
 from ofexp.errors import ConfigError, RunLookupError
 from ofexp.pipeline import EvalConfig, FuseConfig, TrainConfig, run_evaluate, run_fuse, run_train
+from ofexp.pipeline.options import FusionOptions
 from ofexp.pipeline.finetune import (FINETUNE_EPOCHS, TAG_INIT_FROM, TAG_INIT_FROM_STAGE, FinetuneConfig,
                                      finetune_config_from_options, finetune_recipe, run_finetune)
 from ofexp.training import make_recipe
@@ -132,7 +133,7 @@ def test_study_with_finetune_epochs_adds_the_ensemble_and_both_finetuned_fusions
 
     tcfg = TrainConfig(model="mlp", width=0.125, recipe=make_recipe(epochs=1), log_model=False, progress=False,
                        device="cpu")
-    cfg = StudyConfig(train=tcfg, seeds=(1,), finetune_epochs=1, fuse_options={"methods": ("naive", "geometric")})
+    cfg = StudyConfig(train=tcfg, seeds=(1,), finetune_epochs=1, fusion=FusionOptions(methods=("naive", "geometric")))
     client = store["client"]
     study = client.get_run(run_study(cfg))
     kinds = ["parent_1", "parent_2", "ensemble", "naive_fused", "geometric_fused", "naive_finetuned",

@@ -6,6 +6,7 @@ from collections import Counter
 import pytest
 
 from ofexp.pipeline.progress import StudyProgress, format_duration
+from ofexp.pipeline.options import FusionOptions
 from ofexp.pipeline.study import StudyConfig, planned_stages
 
 
@@ -49,5 +50,5 @@ def test_the_plan_counts_every_step_of_each_study_shape():
     assert Counter(plain) == {"train": 4, "fuse": 4, "evaluate": 8}
     tuned = planned_stages(StudyConfig(finetune_epochs=1), (1,))
     assert Counter(tuned) == {"train": 4, "ensemble": 1, "fuse": 2, "evaluate": 7}
-    only_geometric = planned_stages(StudyConfig(fuse_options={"methods": ("geometric",)}), (3,))
+    only_geometric = planned_stages(StudyConfig(fusion=FusionOptions(methods=("geometric",))), (3,))
     assert Counter(only_geometric) == {"train": 2, "fuse": 1, "evaluate": 3}

@@ -16,6 +16,7 @@ import re
 import shlex
 from pathlib import Path
 
+import click
 import pytest
 import yaml
 
@@ -52,7 +53,9 @@ def _ofexp_options(job: dict) -> tuple[str, dict]:
     command = _container(job)["command"]
     assert command[:3] == ["python", "-m", "ofexp"], command
     name = command[3]
-    return name, cli.commands[name].make_context(name, command[4:]).params
+    # as `ofexp` parses it: the group's context reads `--activation_samples` as `--activation-samples`
+    group = click.Context(cli, info_name="ofexp", **cli.context_settings)
+    return name, cli.commands[name].make_context(name, command[4:], parent=group).params
 
 
 def _step(job: dict) -> str:
@@ -111,7 +114,7 @@ def test_fuse_and_evaluate_jobs_take_earlier_steps_run_ids(jobs):
         if name == "fuse":
             parents = PLACEHOLDER.findall(params["parents"])
             assert parents == [f"train-seed{seed}-parent1", f"train-seed{seed}-parent2"], params["parents"]
-            fuse_methods.add((seed, params["method"]))
+            fuse_methods.add((seed, params["methods"]))
         elif name == "evaluate":
             (model,) = PLACEHOLDER.findall(params["model_run"])
             kind = params["label"].removesuffix(f"_seed{seed}")
@@ -178,7 +181,7 @@ def test_bad_cluster_setup_is_one_line_error(capsys, backend, uri, message):
 
 def test_dry_run_without_a_cluster_backend_is_refused(capsys):
     result = run_cli_in_process([*STUDY, "--dry-run"], POD_URI, capsys)
-    assert result.returncode != 0 and "add --backend kubernetes" in result.stderr
+    assert result.returncode != 0 and "add --backend slurm or kubernetes" in result.stderr
 
 
 @pytest.mark.skipif(all(importlib.util.find_spec(name) for name in ("kubernetes", "docker")),
@@ -215,6 +218,7 @@ def test_steps_chain_by_run_id_as_mlflow_project_runs(mlflow_server, tmp_path, m
     from conftest import using_tracking_uri
     from ofexp import tracking
     from ofexp.pipeline.remote import KUBERNETES_PROJECT, RemoteConfig, run_remote_study
+    from ofexp.pipeline.options import FusionOptions
     from ofexp.pipeline.study import StudyConfig, parent_seed
     from ofexp.pipeline.train import TrainConfig
     from ofexp.training import make_recipe
@@ -227,7 +231,7 @@ def test_steps_chain_by_run_id_as_mlflow_project_runs(mlflow_server, tmp_path, m
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny models: one thread is fastest on shared cores
     cfg = StudyConfig(train=TrainConfig(model="mlp", width=0.25, recipe=make_recipe("default", epochs=1),
                                         log_model=False, progress=False), seeds=(1,),
-                      fuse_options={"methods": ("naive",)})  # one fusion keeps it at 6 subprocesses
+                      fusion=FusionOptions(methods=("naive",)))  # one fusion keeps it at 6 subprocesses
     remote = RemoteConfig(backend="local", project_uri=str(tmp_path / "project"))
     with using_tracking_uri(mlflow_server.uri):
         tracking.configure_tracking("remote-local-backend")

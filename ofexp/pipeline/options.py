@@ -1,0 +1,206 @@
+"""The options of fusion and of evaluation, each defined once: default, choices, help, check.
+
+An option is a field of `FusionOptions` or `EvaluateOptions` made with `option()`.
+From these definitions, and nothing else,
+- the CLI builds its click options (`ofexp.cli.options.typed_options`) and reads them back,
+- `FuseConfig` and `EvalConfig` (which extend them) and `StudyConfig` carry them,
+- the cluster backends render them into each step's command (`command_params`), and
+- a test checks the MLproject files' defaults against them.
+Adding an option is adding a field here (with its check in `check`) and using it
+where it is implemented. See docs/design.md, "One owner per name".
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import Field, dataclass, field, fields
+from typing import Any, Callable
+
+from ofexp.errors import ConfigError
+from ofexp.fusion import ALIGNMENTS, SOLVERS
+from ofexp.fusion.transport import MIN_SINKHORN_REG
+from ofexp.metrics import PREDICTION_METRICS, resolve_measures
+from ofexp.metrics.context import PRESETS
+from ofexp.metrics.sharpness import WORST_CASES
+
+METHODS = ("naive", "geometric")
+_BOTH = "both"
+
+
+def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, name: str | None = None,
+           parse: Callable[[str], Any] | None = None, show: Callable[[Any], str] | None = None) -> Any:
+    """A dataclass field that is a command-line option.
+
+    `name` is the option's name when it is not the field's (`--method` for `methods`);
+    `parse` turns the command-line text into the value and `show` turns the value back
+    into that text, for options whose value is not a plain int, float, str or bool.
+    """
+    return field(default=default, metadata={"help": help, "choices": choices, "name": name, "parse": parse,
+                                            "show": show})
+
+
+def option_fields(cls: type) -> list[Field]:
+    """The fields of `cls` that are options, in definition order."""
+    return [f for f in fields(cls) if "help" in f.metadata]
+
+
+def option_name(f: Field) -> str:
+    """The option's name with '_' (the MLproject parameter's; '--' and '-' make the CLI's)."""
+    return f.metadata["name"] or f.name
+
+
+def option_values(obj: object) -> dict[str, Any]:
+    """{field name: value} of the options of `obj` (a FusionOptions, EvaluateOptions or a config extending one)."""
+    return {f.name: getattr(obj, f.name) for f in option_fields(type(obj))}
+
+
+def show_value(f: Field, value: Any) -> str | None:
+    """The command-line text of an option's value; None for an unset optional value."""
+    if f.metadata["show"] is not None:
+        return f.metadata["show"](value)
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def command_params(obj: object, cls: type | None = None) -> dict[str, str]:
+    """Every set option of `obj` as {MLproject parameter: text}: on/off options as `<name>_value`
+    (true/false), which the CLI reads as `--<name>-value`. The cluster backends pass these."""
+    params = {}
+    for f in option_fields(cls or type(obj)):
+        text = show_value(f, getattr(obj, f.name))
+        if text is not None:
+            key = option_name(f) + ("_value" if isinstance(f.default, bool) else "")
+            params[key] = text
+    return params
+
+
+def parse_list(text: str, option: str, convert: Callable[[str], Any], what: str, fix: str) -> tuple:
+    """`text` split at commas, each item `convert`ed; ConfigError naming `option` for an empty or bad item."""
+    values = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            raise ConfigError(f"{option} {text!r} has an empty item; {fix}")
+        try:
+            values.append(convert(part))
+        except ValueError:
+            raise ConfigError(f"{option} {text!r} lists {part!r}, not {what}; {fix}") from None
+    return tuple(values)
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    """--fusion-weights: comma-separated numbers, e.g. 0.5,0.5 (`check` says which are allowed)."""
+    return parse_list(text, "--fusion-weights", float, "a number", "pass comma-separated numbers like 0.5,0.5")
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    return METHODS if text == _BOTH else (text,)
+
+
+def _show_methods(methods: tuple[str, ...]) -> str:
+    return _BOTH if tuple(methods) == METHODS else ",".join(methods)
+
+
+def _show_weights(weights: tuple[float, ...] | None) -> str | None:
+    return None if weights is None else ",".join(map(str, weights))
+
+
+@dataclass(frozen=True)
+class FusionOptions:
+    """How parents are fused (`ofexp fuse`, and every fuse step of `ofexp study`)."""
+
+    methods: tuple[str, ...] = option(METHODS, "naive: average the weights; geometric: align neurons by optimal "
+                                      "transport, then average; both: one run each.", name="method",
+                                      choices=(*METHODS, _BOTH), parse=_methods, show=_show_methods)
+    fusion_weights: tuple[float, ...] | None = option(None, "One weight per parent, e.g. 0.5,0.5 [default: equal].",
+                                                      parse=_float_list, show=_show_weights)
+    target: int = option(-1, "Index of the parent the others align to.")
+    solver: str = option("exact", "Transport solver: exact (network simplex) or sinkhorn (entropic).",
+                         choices=SOLVERS)
+    reg: float = option(0.01, "Entropic regulariser for sinkhorn, relative to the largest cost.")
+    # Activations align narrow, briefly trained nets far better than weights (docs/fusion.md).
+    alignment: str = option("activations", "Neuron similarity for geometric fusion: incoming weights, or "
+                            "activations on training samples.", choices=ALIGNMENTS)
+    activation_samples: int = option(256, "Training inputs (fixed sample) used by --alignment activations "
+                                     "and --repair.")
+    # REPAIR: off by default, since it helps VGG11 and hurts the MLP (docs/fusion.md).
+    repair: bool = option(False, "Geometric fusion: rescale every fused neuron to the aligned parents' "
+                          "activation mean/std on the activation samples (REPAIR, Jordan et al. 2023).")
+    # 3 straight lines of 11 points on the test set; cheap on digits (docs/fusion.md).
+    interpolation: bool = option(True, "Log test loss/accuracy at 11 points between the target parent and the "
+                                 "other parent (raw, aligned) and the fused net, with barriers and a plot.")
+    # Each of the 33 points is a pass over test images (and, with batch-norm, a statistics pass
+    # over training images): a fixed sample keeps Fashion-MNIST's curves at seconds.
+    curve_samples: int = option(2000, "Interpolation curves' budget: test images per point (fixed sample) and "
+                                "training images for batch-norm statistics.")
+
+    def check(self, parents: int) -> None:
+        """ConfigError naming the option and the fix, for any value that cannot fuse `parents` networks."""
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ConfigError(f"unknown fusion method {','.join(unknown) or '(none)'}; use naive, geometric or both")
+        defaults = {f.name: f.default for f in fields(self)}
+        for name in ("activation_samples", "curve_samples"):
+            if getattr(self, name) < 2:
+                raise ConfigError(f"--{name.replace('_', '-')} must be ≥ 2, got {getattr(self, name)}; pass 2 or "
+                                  f"more, e.g. the default {defaults[name]}")
+        if self.fusion_weights is not None:
+            if len(self.fusion_weights) != parents:
+                raise ConfigError(f"--fusion-weights has {len(self.fusion_weights)} values for {parents} parents; "
+                                  "give one per parent")
+            _check_fusion_weights(tuple(self.fusion_weights))
+        if isinstance(self.target, bool) or not isinstance(self.target, int) or not -parents <= self.target < parents:
+            raise ConfigError(f"--target {self.target!r} is not a parent index for {parents} parents; use an int in "
+                              f"[{-parents}, {parents - 1}]")
+        if self.solver not in SOLVERS:
+            raise ConfigError(f"unknown --solver {self.solver!r}; use one of {', '.join(SOLVERS)}")
+        if self.alignment not in ALIGNMENTS:
+            raise ConfigError(f"unknown --alignment {self.alignment!r}; use one of {', '.join(ALIGNMENTS)}")
+        if self.solver == "sinkhorn" and not (isinstance(self.reg, (int, float)) and 0 < self.reg < math.inf):
+            raise ConfigError(f"--reg must be a positive number for --solver sinkhorn, got {self.reg!r}; e.g. use 0.01")
+        if self.solver == "sinkhorn" and self.reg < MIN_SINKHORN_REG:
+            raise ConfigError(f"--reg {self.reg:g} is below {MIN_SINKHORN_REG:g}, where Sinkhorn does not converge in "
+                              "bounded time; raise it (e.g. 0.01) or use --solver exact for a sharp plan")
+
+
+def _check_fusion_weights(weights: tuple) -> None:
+    """ConfigError unless `weights` are non-negative finite numbers with a positive, finite sum."""
+    allowed = "pass non-negative finite numbers with a positive sum, one per parent, e.g. 0.5,0.5"
+    numbers = all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)
+    shown = ",".join(f"{w:g}" if numbers else str(w) for w in weights)
+    if not numbers:
+        raise ConfigError(f"--fusion-weights {shown} holds a value that is not a number; {allowed}")
+    for bad, what in ((lambda w: not math.isfinite(w), "is not a finite number"), (lambda w: w < 0, "is negative")):
+        found = [w for w in weights if bad(w)]
+        if found:
+            raise ConfigError(f"--fusion-weights {shown}: {found[0]:g} {what}; {allowed}")
+    if not 0 < sum(weights) < math.inf:
+        raise ConfigError(f"--fusion-weights {shown} sums to {sum(weights):g}; {allowed}")
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """What an evaluate run measures and how (`ofexp evaluate`, and every evaluate step of `ofexp study`)."""
+
+    measures: str = option("prediction", "Comma-separated measure names, spaces (input, parameter, prediction) "
+                           "or 'all'.")
+    preset: str = option("report", "σ-search budget: the report's (docs/measures.md), or a tiny one for tests and "
+                         "demos (not for results).", choices=tuple(PRESETS))
+    sharpness_worst: str = option("max", "Sharpness worst case over the draws: max (Jiang et al. 2019) or min (the "
+                                  "report's code).", choices=WORST_CASES)
+    accuracy_metric: str = option("accuracy", "Prediction metric the measures are correlated with (always "
+                                  "measured).", choices=PREDICTION_METRICS)
+    seed: int = option(0, "Seed of the measures' random draws.")
+
+    def check(self) -> None:
+        """ConfigError naming the option and the fix, for a value no evaluate run can take."""
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown --preset {self.preset!r}; use one of: {', '.join(PRESETS)}")
+        if self.sharpness_worst not in WORST_CASES:
+            raise ConfigError(f"unknown --sharpness-worst {self.sharpness_worst!r}; use 'max' (Jiang et al. 2019) "
+                              "or 'min' (the report's choice)")
+        if self.accuracy_metric not in PREDICTION_METRICS:
+            raise ConfigError(f"unknown --accuracy-metric {self.accuracy_metric!r}; "
+                              f"use one of: {', '.join(PREDICTION_METRICS)}")
+        resolve_measures(self.measures)  # a bad name fails here, before any run starts
