@@ -32,7 +32,6 @@ class FuseConfig(FusionOptions):
     """One `ofexp fuse`: the fusion options (FusionOptions, defined there once) and what to fuse."""
 
     parents: tuple[str, ...] = ()
-    recompute_bn: bool = True  # batch-norm statistics of the fused net, recomputed on training images
     device: str = "auto"
     # The whole run name (a study passes "s3 geometric fuse"); by default
     # "fuse <method> <arch> <data set>". Give it with one method only.

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
-from conftest import run_cli_in_process
+from conftest import run_cli_in_process, using_tracking_uri
 from ofexp.fusion.interpolation import CURVES
 
 pytestmark = pytest.mark.slow
@@ -147,3 +148,32 @@ def test_repair_is_a_logged_option_that_changes_the_fused_network(tiny_runs, cap
     assert run.data.metrics["prediction/test_loss"] != pytest.approx(plain.data.metrics["prediction/test_loss"], rel=1e-6)
     for g in (k.removeprefix("std_ratio/") for k in run.data.metrics if k.startswith("std_ratio/")):
         assert run.data.metrics[f"std_ratio/{g}"] == pytest.approx(1.0, abs=0.05), g  # the spread is restored
+
+
+def test_recompute_bn_is_an_option_of_fuse_that_keeps_the_averaged_statistics_when_off(tiny_runs, capsys):
+    uri = tiny_runs.server.uri
+
+    def ofexp(*args: str) -> str:
+        result = run_cli_in_process([*args, "--experiment-name", "recompute-bn"], uri, capsys)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.last_line.split()[-1]
+
+    parents = [ofexp("train", "--width", "0.25", "--batchnorm", "--epochs", "1", "--no-log-model", "--seed", str(s))
+               for s in (1, 2)]
+    fused = {flag: ofexp("fuse", "--parents", ",".join(parents), "--method", "geometric", "--no-interpolation",
+                         "--no-log-model", flag) for flag in ("--recompute-bn", "--no-recompute-bn")}
+    client = MlflowClient(uri)
+    runs = {flag: client.get_run(run_id) for flag, run_id in fused.items()}
+    assert runs["--recompute-bn"].data.params["recompute_bn"] == "true"
+    assert runs["--no-recompute-bn"].data.params["recompute_bn"] == "false"
+    assert "batch-norm statistics averaged" in runs["--no-recompute-bn"].data.tags["mlflow.note.content"]
+    assert "batch-norm statistics recomputed" in runs["--recompute-bn"].data.tags["mlflow.note.content"]
+    # the same alignment and weights; only the running statistics differ
+    from ofexp import tracking
+
+    with using_tracking_uri(uri):
+        weights = {flag: tracking.load_weights_from_run(run_id, "fused") for flag, run_id in fused.items()}
+    means = [k for k in weights["--recompute-bn"] if k.endswith("running_mean")]
+    assert means and all(not torch.equal(weights["--recompute-bn"][k], weights["--no-recompute-bn"][k]) for k in means)
+    for key in (k for k in weights["--recompute-bn"] if k.endswith(".weight")):
+        assert torch.equal(weights["--recompute-bn"][key], weights["--no-recompute-bn"][key]), key

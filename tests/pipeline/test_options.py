@@ -18,7 +18,8 @@ from test_mlflow_projects import REPO
 
 # A value other than the default for every option: rendering and parsing must carry each one.
 CHANGED_FUSION = FusionOptions(methods=("geometric",), fusion_weights=(0.25, 0.75), target=0, solver="sinkhorn",
-                               reg=0.05, alignment="weights", activation_samples=64, repair=True, interpolation=False,
+                               reg=0.05, alignment="weights", activation_samples=64, repair=True, recompute_bn=False,
+                               interpolation=False,
                                curve_samples=500)
 CHANGED_EVALUATE = EvaluateOptions(measures="accuracy,lipschitz", preset="quick", sharpness_worst="min",
                                    accuracy_metric="generalisation_gap", seed=7)
@@ -101,8 +102,8 @@ def test_a_study_logs_every_option_it_used():
     params = study_params(cfg)
     values = option_values(cfg.fusion)
     assert params["method"] == "naive,geometric" and params["fusion_weights"] == (0.25, 0.75)
-    for name in ("target", "solver", "reg", "alignment", "activation_samples", "repair", "interpolation",
-                 "curve_samples"):
+    for name in ("target", "solver", "reg", "alignment", "activation_samples", "repair", "recompute_bn",
+                 "interpolation", "curve_samples"):
         assert params[name] == values[name], name
     assert params["preset"] == "quick" and params["sharpness_worst"] == "min"
     assert params["measures"].split(",") == ["accuracy", "generalisation_gap", "lipschitz"]
