@@ -20,6 +20,7 @@ from ofexp.pipeline.report import step_run_name
 from ofexp.pipeline.serving import check_register_as, log_served_model
 from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, ENSEMBLE_STAGE, ModelRun, describe_unfinished,
                                       unfinished_inputs, unfinished_tags)
+from ofexp.tracking.names import parent_tag
 from ofexp.training import evaluate, resolve_device
 from ofexp.training.speed import float32_kernels
 
@@ -75,7 +76,7 @@ def run_ensemble(cfg: EnsembleConfig, splits: DataSplits | None = None) -> str:
     data = members[0].data
     splits = splits if splits is not None else load_dataset(data)
     tags = {tracking.TAG_PARENTS: ",".join(cfg.parents),
-            **{f"ofexp.parent_{i}": rid for i, rid in enumerate(cfg.parents, start=1)},
+            **{parent_tag(i): rid for i, rid in enumerate(cfg.parents, start=1)},
             **unfinished_tags(unfinished)}
     name = cfg.run_name or f"ensemble of {len(members)} {'/'.join(sorted({m.spec.arch for m in members}))} {data.name}"
     with tracking.stage_run(ENSEMBLE_STAGE, run_name=name, params=cfg.params(), tags=tags) as run:

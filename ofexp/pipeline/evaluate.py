@@ -23,12 +23,11 @@ from ofexp.pipeline.options import EvaluateOptions
 from ofexp.pipeline.report import RESULTS_COLUMNS, report_files
 from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, ENSEMBLE_STAGE, describe_unfinished,
                                       unfinished_inputs, unfinished_tags)
-from ofexp.tracking.runs import TAG_WARNINGS, warning_tag
+from ofexp.tracking.names import BUDGET_PARAM_PREFIX, TAG_ACCURACY_METRIC, TAG_TRACE_METHOD, TAG_WARNINGS
+from ofexp.tracking.runs import warning_tag
 from ofexp.training import resolve_device
 from ofexp.training.speed import float32_kernels
 
-TAG_ACCURACY_METRIC = "ofexp.accuracy_metric"
-TAG_TRACE_METHOD = "ofexp.hessian_trace_method"  # "exact" or "hutchinson"
 ENSEMBLE_SKIP_NOTE = ("skipped: an ensemble run has no single parameter vector; "
                       "parameter-space measures apply to train and fuse runs")
 
@@ -68,7 +67,7 @@ def evaluate_params(cfg: EvalConfig) -> dict[str, object]:
     if any(MEASURES[n].space != "prediction" for n in names):
         params["seed"] = cfg.seed
     if searches:
-        params.update({"preset": cfg.preset, **{f"budget.{k}": v for k, v in asdict(search_budget(cfg.preset)).items()}})
+        params.update({"preset": cfg.preset, **{f"{BUDGET_PARAM_PREFIX}{k}": v for k, v in asdict(search_budget(cfg.preset)).items()}})
     if searches & {"sharpness", "sharpness_mag"}:
         params["sharpness_worst"] = cfg.sharpness_worst
     return params

@@ -19,10 +19,9 @@ from ofexp.models import ModelSpec
 from ofexp.pipeline.report import step_run_name
 from ofexp.pipeline.train import TrainConfig, _fit_and_log, _log_inputs, model_spec_for
 from ofexp.tracking import runs
+from ofexp.tracking.names import TAG_INIT_FROM, TAG_INIT_FROM_STAGE
 from ofexp.training import Recipe, SpeedOptions, make_recipe, resolve_device
 
-TAG_INIT_FROM = "ofexp.init_from"  # the run whose weights the fine-tuning run started from
-TAG_INIT_FROM_STAGE = "ofexp.init_from_stage"  # its stage: train or fuse
 
 # The fine-tuning recipe, derived from a base recipe (--recipe, default "default"): a few
 # epochs at a tenth of its learning rate, cosine decay, no warm-up (the weights are already

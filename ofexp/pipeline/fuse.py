@@ -24,6 +24,7 @@ from ofexp.pipeline.serving import check_register_as, log_served_model
 from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, describe_unfinished,
                                       unfinished_inputs, unfinished_tags)
 from ofexp.tracking.integrity import check_finite
+from ofexp.tracking.names import parent_tag
 from ofexp.training import evaluate, resolve_device
 from ofexp.training.speed import float32_kernels
 
@@ -115,7 +116,7 @@ def _data_key(cfg: DataConfig) -> tuple:
 def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplits, device: torch.device) -> str:
     target_spec = parents.specs[cfg.target]
     tags = {tracking.TAG_PARENTS: ",".join(cfg.parents),
-            **{f"ofexp.parent_{i}": rid for i, rid in enumerate(cfg.parents, start=1)},
+            **{parent_tag(i): rid for i, rid in enumerate(cfg.parents, start=1)},
             **unfinished_tags(parents.unfinished)}
     name = cfg.run_name or " ".join(("fuse", method, target_spec.arch, parents.data.name))
     # under `mlflow run`, two methods make two runs: both children of the one `mlflow run` made

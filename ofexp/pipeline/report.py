@@ -27,11 +27,11 @@ from ofexp.metrics.correlation import correlation_table
 from ofexp.errors import ArtifactError, RunLookupError
 from ofexp.tracking import queries
 from ofexp.tracking.artifacts import read_text_artifact
+from ofexp.tracking.names import TAG_KINDS
 from ofexp.tracking.queries import RunData
 
 RESULTS_COLUMNS = ["Model", "Space", "Metric", "Value"]
 STEP_COLUMNS = ["seed", "kind", "stage", "run_id", "reused"]
-TAG_KINDS = "ofexp.kinds"
 STEPS_FILE = "steps.csv"
 
 

@@ -9,6 +9,7 @@ from ofexp.data import DataSplits
 from ofexp.errors import ConfigError
 from ofexp.models.serving import raw_examples, raw_image_network
 from ofexp.tracking.model_registry import register_logged_model
+from ofexp.tracking.names import TAG_RUN_ID, TAG_STAGE
 
 
 def check_register_as(register_as: str | None, log_model: bool) -> None:
@@ -32,7 +33,7 @@ def log_served_model(network: nn.Module, splits: DataSplits, *, stage: str, pare
     if register_as:
         run_id = tracking.active_run_id()
         made_from = f", made from runs {', '.join(parents)}" if parents else ""
-        lineage = {"ofexp.run_id": run_id, "ofexp.stage": stage,
+        lineage = {TAG_RUN_ID: run_id, TAG_STAGE: stage,
                    **({tracking.TAG_PARENTS: ",".join(parents)} if parents else {})}
         register_logged_model(model_id, register_as, lineage,
                               f"The model of ofexp {stage} run {run_id}{made_from}. It takes pixel values in "

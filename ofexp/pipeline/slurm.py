@@ -33,6 +33,7 @@ from ofexp.pipeline.report import STEP_COLUMNS, sort_steps, step_run_name
 from ofexp.pipeline.slurm_jobs import SlurmConfig
 from ofexp.pipeline.study import MODEL_KINDS, StudyConfig, log_outputs
 from ofexp.tracking import cluster_runs
+from ofexp.tracking.names import TAG_CACHE
 from ofexp.tracking.projects import entry_point_command
 from ofexp.tracking.runs import param_str
 
@@ -90,7 +91,7 @@ def run_slurm_study(cfg: StudyConfig, slurm: SlurmConfig) -> str:
     description = (f"Study of {tcfg.model} on {tcfg.data.name} over seeds {', '.join(map(str, cfg.seeds))}, each "
                    "step a Slurm job, chained by run ID.")
     params = {**study_params(cfg), "backend": "slurm"}
-    tags = {"ofexp.cache": param_str(cfg.use_cache)}
+    tags = {TAG_CACHE: param_str(cfg.use_cache)}
     with tracking.stage_run("study", run_name=name, params=params, tags=tags, description=description) as run:
         study_id, experiment_id = run.info.run_id, run.info.experiment_id
         run_ids: dict[str, str] = {}

@@ -38,6 +38,7 @@ from ofexp.pipeline.report import (STEP_COLUMNS, STEPS_FILE, StudyTables, build_
 from ofexp.pipeline.train import TrainConfig, run_train
 from ofexp.tracking import cache, queries, runs
 from ofexp.tracking.artifacts import ENSEMBLE_STAGE
+from ofexp.tracking.names import TAG_CACHE, TAG_JOBS
 from ofexp.tracking.study_runs import log_figure
 
 if TYPE_CHECKING:
@@ -267,7 +268,7 @@ def run_study(cfg: StudyConfig) -> str:
         f"Study of {tcfg.model} on {tcfg.data.name} over seeds {', '.join(map(str, cfg.seeds))}: per seed two "
         "parents are trained, fused naively and geometrically, and all four models evaluated."
     )
-    tags = {"ofexp.cache": runs.param_str(cfg.use_cache), "ofexp.jobs": str(cfg.jobs)}
+    tags = {TAG_CACHE: runs.param_str(cfg.use_cache), TAG_JOBS: str(cfg.jobs)}
     with tracking.stage_run("study", run_name=name, params=study_params(cfg), tags=tags,
                             description=description) as run:
         experiment_id = run.info.experiment_id

@@ -26,7 +26,8 @@ from ofexp.models import ModelSpec, build_model
 from ofexp.models.ensemble import ENSEMBLE_ARCH, EnsembleSpec, build_ensemble, spec_from_dict
 from ofexp.tracking.integrity import (SPEC_FILE, check_digest, check_spec_against_params, digest_tag,
                                       load_state_checked, record_digest)
-from ofexp.tracking.runs import TAG_FAILURE, TAG_STAGE, tracking_uri
+from ofexp.tracking.names import TAG_FAILURE, TAG_STAGE, TAG_UNFINISHED_INPUTS
+from ofexp.tracking.runs import tracking_uri
 
 WEIGHTS_DIR = "weights"
 CHECKPOINT_FILE = "checkpoint/last.pt"
@@ -41,7 +42,6 @@ _RUN_ID = re.compile(r"^[0-9a-zA-Z][\w-]{0,255}$")
 # A step reads only FINISHED runs unless told otherwise (--allow-unfinished); a run made from
 # others that were not gets this tag: "<run ID>:<status>,..." of those inputs.
 FINISHED = "FINISHED"
-TAG_UNFINISHED_INPUTS = "ofexp.unfinished_inputs"
 ALLOW_UNFINISHED_OPTION = "--allow-unfinished"
 
 

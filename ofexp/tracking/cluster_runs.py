@@ -20,13 +20,10 @@ from mlflow.exceptions import MlflowException
 
 from ofexp.errors import ArtifactError, OfexpError
 from ofexp.tracking.artifacts import DEFAULT_WEIGHTS, check_weights_intact
-from ofexp.tracking.runs import (TAG_FAILURE, TAG_GIT_COMMIT, TAG_RUN_NAME, TAG_STAGE, TAG_VERSION, base_tags,
-                                 tracking_uri)
+from ofexp.tracking.names import (TAG_FAILURE, TAG_GIT_COMMIT, TAG_PARENT_RUN, TAG_RUN_NAME, TAG_SLURM_JOB,
+                                  TAG_SLURM_LOG, TAG_STAGE, TAG_STEP_DIGEST, TAG_VERSION)
+from ofexp.tracking.runs import base_tags, tracking_uri
 
-TAG_STEP_DIGEST = "ofexp.step_digest"
-TAG_SLURM_JOB = "ofexp.slurm_job_id"
-TAG_SLURM_LOG = "ofexp.slurm_log"
-TAG_PARENT_RUN = "mlflow.parentRunId"
 
 
 def step_digest(stage: str, params: Mapping[str, str]) -> str:

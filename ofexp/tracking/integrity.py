@@ -31,10 +31,10 @@ from ofexp.data import DataConfig
 from ofexp.errors import ArtifactError, NonFiniteWeightsError
 from ofexp.models import ModelSpec
 from ofexp.models.ensemble import EnsembleSpec
-from ofexp.tracking.runs import TAG_PARENTS, param_str, same_param
+from ofexp.tracking.names import TAG_PARENTS, TAG_SHA256_PREFIX
+from ofexp.tracking.runs import param_str, same_param
 
 SPEC_FILE = "spec.json"
-TAG_SHA256_PREFIX = "ofexp.sha256."  # + artifact path, e.g. ofexp.sha256.weights/final.pt
 _MAX_LINEAGE_DEPTH = 4  # fine-tuned ← fused ← trained: the params are at most a few hops up
 
 

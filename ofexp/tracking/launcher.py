@@ -24,7 +24,8 @@ import shlex
 from pathlib import Path
 from typing import Mapping
 
-RESOLVED_PREFIX = "resolved."
+from ofexp.tracking.names import RESOLVED_PREFIX
+
 
 # Read once at import: the variable must not leak into the processes ofexp starts (a study's
 # --jobs workers), which would otherwise all log into the same launcher run.

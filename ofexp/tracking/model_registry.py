@@ -7,9 +7,9 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from ofexp.errors import ConfigError, OfexpError
+from ofexp.tracking.names import TAG_REGISTERED
 from ofexp.tracking.runs import tracking_uri
 
-TAG_REGISTERED = "ofexp.registered_model"  # on the run: "<name>/<version>"
 
 
 def register_logged_model(model_id: str, name: str, lineage: Mapping[str, str], description: str) -> str:

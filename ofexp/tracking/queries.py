@@ -13,11 +13,11 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from ofexp.errors import OfexpError, RunLookupError
-from ofexp.tracking.runs import TAG_STAGE, tracking_uri
+from ofexp.tracking.names import TAG_PARENT_RUN, TAG_STAGE
+from ofexp.tracking.runs import tracking_uri
 
 _PAGE = 1000  # runs per search request (MLflow's server caps a page at 1000 for search_runs via REST)
 _IDS_PER_QUERY = 100  # run IDs per `run_id IN (...)` filter, to keep each request small
-TAG_PARENT_RUN = "mlflow.parentRunId"
 
 
 @dataclass(frozen=True)

@@ -22,21 +22,11 @@ from mlflow.exceptions import MlflowException
 from ofexp import __version__
 from ofexp.errors import ConfigError, OfexpError, TrackingServerError
 from ofexp.tracking import launcher, server
+from ofexp.tracking.names import (CLAIM_PARAM, STAGES, TAG_EPOCHS, TAG_EXPERIMENT_KIND, TAG_EXTENDS, TAG_FAILURE,
+                                  TAG_GIT_COMMIT, TAG_HOST, TAG_LAUNCHER, TAG_LOG_MODEL, TAG_LOGGED_MODEL, TAG_MODEL_RUN,
+                                  TAG_NOTE, TAG_PARENTS, TAG_PID, TAG_RUN_NAME, TAG_STAGE, TAG_VERSION,
+                                  TAG_WARNING_PREFIX, TAG_WARNINGS)
 
-STAGES = ("train", "fuse", "evaluate", "study", "ensemble")
-TAG_STAGE = "ofexp.stage"
-TAG_VERSION = "ofexp.version"
-TAG_FAILURE = "ofexp.failure_reason"
-TAG_EXTENDS = "ofexp.extends"  # a train run that continues a FINISHED one: that run's ID
-# Params `ofexp.claim.<n>` = "<host>:<pid>:<token>": the n-th process that resumed the run
-CLAIM_PARAM = "ofexp.claim."
-TAG_PARENTS = "ofexp.parent_run_ids"
-TAG_MODEL_RUN = "ofexp.model_run_id"
-TAG_LAUNCHER = "ofexp.launcher_run_id"
-TAG_LOGGED_MODEL = "ofexp.logged_model_id"
-TAG_GIT_COMMIT = "mlflow.source.git.commit"
-TAG_NOTE = "mlflow.note.content"
-TAG_RUN_NAME = "mlflow.runName"
 DEFAULT_EXPERIMENT = "ofexp"
 
 
@@ -69,7 +59,6 @@ def configure_tracking(experiment_name: str | None = None) -> str:
 # What the experiment is, for the UI and whoever reads it: model training, described. (MLflow
 # 3.17's UI still opens its GenAI overview whatever the kind; the link `ofexp ui` prints asks
 # for the runs table, see server.experiment_page.)
-TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 EXPERIMENT_DESCRIPTION = (
     "Model-fusion experiments made by ofexp: train, fuse, ensemble, evaluate and study runs. "
@@ -328,8 +317,6 @@ def set_tags(tags: Mapping[str, str]) -> None:
     mlflow.set_tags(dict(tags))
 
 
-TAG_WARNING_PREFIX = "ofexp.warning."  # + measure name: why its value is missing or doubtful
-TAG_WARNINGS = "ofexp.warnings"  # comma-separated names of the measures with a warning tag
 _MAX_TAG_CHARS = 1000
 
 
@@ -343,10 +330,6 @@ def warning_tag(name: str, reason: str) -> tuple[str, str]:
 
 # --- resuming and finding interrupted runs -------------------------------------------------
 
-TAG_HOST = "ofexp.host"  # the machine and process that (last) ran the run, to tell a live run
-TAG_PID = "ofexp.pid"    # from one killed there
-TAG_LOG_MODEL = "ofexp.log_model"  # whether the run logs an MLflow model (not a param: it never changes weights)
-TAG_EPOCHS = "ofexp.epochs"  # epoch count after `train --resume --epochs N` extended it (params are immutable)
 STALE_AFTER_S = 600.0
 
 
