@@ -25,8 +25,46 @@ from ofexp.training import evaluate
 # (the default; what results should use), "quick" SearchBudget.quick() for tests and demos.
 PRESETS: dict[str, Callable[[], SearchBudget]] = {"report": SearchBudget, "quick": SearchBudget.quick}
 
-# The σ searches a context runs, by name; each serves three measures.
-SEARCHES = ("sharpness", "sharpness_mag", "pac_bayes", "pac_bayes_mag")
+
+@dataclass(frozen=True)
+class SigmaSearch:
+    """One σ search: the σ whose noise moves the training loss (or accuracy) by the target
+    deviation, found by bisection within `bounds` (docs/measures.md)."""
+
+    name: str
+    what: str  # in warnings: "magnitude-aware sharpness"
+    bounds: tuple[float, float]
+    magnitude_aware: bool  # noise scaled by each weight's magnitude (σ′)
+    # the deviation at σ: (context, σ, magnitude_aware, generator) -> float
+    deviation: Callable[["MeasureContext", float, bool, torch.Generator], float]
+    depth_field: str  # the SearchBudget field bounding its steps
+    tol: float
+    min_width: float
+
+
+def _sharpness(ctx: "MeasureContext", sigma: float, magnitude_aware: bool, gen: torch.Generator) -> float:
+    x, y = ctx._train_on_device
+    return sharpness_deviation(ctx.model, x, y, sigma, loss=ctx.train_loss, magnitude_aware=magnitude_aware,
+                               budget=ctx.budget, worst=ctx.sharpness_worst, generator=gen)
+
+
+def _pac_bayes(ctx: "MeasureContext", sigma: float, magnitude_aware: bool, gen: torch.Generator) -> float:
+    x, y = ctx._train_on_device
+    return pac_bayes_deviation(ctx.model, x, y, sigma, loss=ctx.train_loss, magnitude_aware=magnitude_aware,
+                               budget=ctx.budget, generator=gen)
+
+
+SIGMA_SEARCHES = {s.name: s for s in (
+    SigmaSearch("sharpness", "sharpness", SHARPNESS_BOUNDS, False, _sharpness, "sharpness_depth",
+                SHARPNESS_TOL, SHARPNESS_MIN_WIDTH),
+    SigmaSearch("sharpness_mag", "magnitude-aware sharpness", SHARPNESS_MAG_BOUNDS, True, _sharpness,
+                "sharpness_depth", SHARPNESS_TOL, SHARPNESS_MIN_WIDTH),
+    SigmaSearch("pac_bayes", "PAC-Bayes flatness", PAC_BAYES_BOUNDS, False, _pac_bayes, "pac_bayes_depth",
+                PAC_BAYES_TOL, PAC_BAYES_MIN_WIDTH),
+    SigmaSearch("pac_bayes_mag", "magnitude-aware PAC-Bayes flatness", PAC_BAYES_MAG_BOUNDS, True, _pac_bayes,
+                "pac_bayes_depth", PAC_BAYES_TOL, PAC_BAYES_MIN_WIDTH),
+)}
+SEARCHES = tuple(SIGMA_SEARCHES)  # the σ searches a context runs, by name; each serves three measures
 
 
 def search_budget(preset: str) -> SearchBudget:
@@ -199,43 +237,22 @@ class MeasureContext:
 
     def _run_search(self, name: str) -> SearchResult:
         # The same calls as sharpness_sigma / pac_bayes_sigma, with a hook after each step.
-        x, y = self._train_on_device
-        magnitude_aware = name.endswith("_mag")
-        loss, budget, gen = self.train_loss, self.budget, self.generator(name)
+        search, gen, count = SIGMA_SEARCHES[name], self.generator(name), 0
 
-        def step(deviation: Callable[[float], float]) -> Callable[[float], float]:
-            count = 0
+        def deviation(sigma: float) -> float:
+            nonlocal count
+            d = search.deviation(self, sigma, search.magnitude_aware, gen)
+            count += 1
+            if self.on_search_step is not None:
+                self.on_search_step(name, count, sigma, float(d))
+            return d
 
-            def measured(sigma: float) -> float:
-                nonlocal count
-                d = deviation(sigma)
-                count += 1
-                if self.on_search_step is not None:
-                    self.on_search_step(name, count, sigma, float(d))
-                return d
-
-            return measured
-
-        if name.startswith("sharpness"):
-            return binary_search(
-                step(lambda s: sharpness_deviation(self.model, x, y, s, loss=loss, magnitude_aware=magnitude_aware,
-                                                   budget=budget, worst=self.sharpness_worst, generator=gen)),
-                SHARPNESS_MAG_BOUNDS if magnitude_aware else SHARPNESS_BOUNDS,
-                depth=budget.sharpness_depth, tol=SHARPNESS_TOL, min_width=SHARPNESS_MIN_WIDTH,
-                what="magnitude-aware sharpness" if magnitude_aware else "sharpness", depth_field="sharpness_depth",
-            )
-        return binary_search(
-            step(lambda s: pac_bayes_deviation(self.model, x, y, s, loss=loss, magnitude_aware=magnitude_aware,
-                                               budget=budget, generator=gen)),
-            PAC_BAYES_MAG_BOUNDS if magnitude_aware else PAC_BAYES_BOUNDS,
-            depth=budget.pac_bayes_depth, tol=PAC_BAYES_TOL, min_width=PAC_BAYES_MIN_WIDTH,
-            what="magnitude-aware PAC-Bayes flatness" if magnitude_aware else "PAC-Bayes flatness",
-            depth_field="pac_bayes_depth",
-        )
+        return binary_search(deviation, search.bounds, depth=self.search_depth(name), tol=search.tol,
+                             min_width=search.min_width, what=search.what, depth_field=search.depth_field)
 
     def search_depth(self, name: str) -> int:
         """The most steps search `name` may take under this context's budget."""
-        return self.budget.sharpness_depth if name.startswith("sharpness") else self.budget.pac_bayes_depth
+        return getattr(self.budget, SIGMA_SEARCHES[name].depth_field)
 
     @property
     def sharpness_search(self) -> SearchResult:

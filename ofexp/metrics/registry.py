@@ -26,6 +26,9 @@ class Measure:
     doc: str
     search: str | None = None  # the σ search (context.SEARCHES) the measure's value comes from, if any
     csv_name: str | None = None  # its name in the report's results.csv, where that differs
+    # What else the measure reports beside its value, once it has one: numbers (how precise
+    # the value is) are logged as metrics, text (how it was computed) as a tag ofexp.<key>.
+    details: Callable[[MeasureContext], dict[str, float | str]] | None = None
 
     @property
     def report_name(self) -> str:
@@ -63,7 +66,11 @@ MEASURES: dict[str, Measure] = {
         Measure("hessian_trace", "parameter",
                 lambda c: c.hessian_trace.trace,
                 "trace of the cross-entropy Hessian on a batch of test images (exact for piecewise-linear nets, "
-                "else deflated Hutchinson)"),
+                "else deflated Hutchinson)",
+                # its precision (0 and 0 when exact) and method ("exact" or "hutchinson")
+                details=lambda c: {"hessian/trace_stderr": c.hessian_trace.stderr,
+                                   "hessian/trace_samples": float(c.hessian_trace.samples),
+                                   "hessian_trace_method": c.hessian_trace.method}),
         Measure("sharpness_flatness", "parameter",
                 lambda c: sharpness.sharpness_flatness(c.sharpness_search.sigma),
                 "1/σ², σ the worst-case perturbation radius that moves the training loss by 0.1", search="sharpness"),

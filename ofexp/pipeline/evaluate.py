@@ -16,14 +16,14 @@ from tqdm import tqdm
 from ofexp import tracking
 from ofexp.data import DataSplits, load_dataset
 from ofexp.errors import ConfigError
-from ofexp.metrics import (MEASURES, Measure, MeasureContext, SearchResult, TraceEstimate,
+from ofexp.metrics import (MEASURES, Measure, MeasureContext, SearchResult,
                            resolve_measures)
 from ofexp.metrics.context import search_budget
 from ofexp.pipeline.options import EvaluateOptions
 from ofexp.pipeline.report import RESULTS_COLUMNS, report_files
 from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, ENSEMBLE_STAGE, describe_unfinished,
                                       unfinished_inputs, unfinished_tags)
-from ofexp.tracking.names import BUDGET_PARAM_PREFIX, TAG_ACCURACY_METRIC, TAG_TRACE_METHOD, TAG_WARNINGS
+from ofexp.tracking.names import BUDGET_PARAM_PREFIX, TAG_ACCURACY_METRIC, TAG_WARNINGS, detail_tag
 from ofexp.tracking.runs import warning_tag
 from ofexp.training import resolve_device
 from ofexp.training.speed import float32_kernels
@@ -141,9 +141,11 @@ def run_evaluate(cfg: EvalConfig, splits: DataSplits | None = None) -> str:
             if value is not None:
                 metrics[measure.metric_key] = value
                 rows.append((label, measure.csv_space, name, value))
-                if name == "hessian_trace":
-                    metrics.update(trace_metrics(ctx.hessian_trace))
-                    tracking.set_tags({TAG_TRACE_METHOD: ctx.hessian_trace.method})
+                for key, detail in (measure.details(ctx) if measure.details else {}).items():
+                    if isinstance(detail, str):
+                        tracking.set_tags({detail_tag(key): detail})
+                    else:
+                        metrics[key] = detail
             tracking.log_metrics(metrics, model_id=model_id)
             if problems:
                 reason = "; ".join(problems)
@@ -170,11 +172,6 @@ def release_freed_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def trace_metrics(estimate: TraceEstimate) -> dict[str, float]:
-    """How precise the logged trace is: hessian/trace_{stderr,samples} (0 and 0 when it is exact)."""
-    return {"hessian/trace_stderr": estimate.stderr, "hessian/trace_samples": float(estimate.samples)}
 
 
 def search_metrics(search: str, result: SearchResult) -> dict[str, float]:

@@ -48,7 +48,13 @@ CLAIM_PARAM = "ofexp.claim."  # + n: "<host>:<pid>:<token>" of the n-th process 
 
 # --- evaluate runs ------------------------------------------------------------------------
 TAG_ACCURACY_METRIC = "ofexp.accuracy_metric"
-TAG_TRACE_METHOD = "ofexp.hessian_trace_method"  # "exact" or "hutchinson"
+DETAIL_TAG_PREFIX = "ofexp."  # + a measure's text detail (metrics.registry.Measure.details)
+TAG_TRACE_METHOD = DETAIL_TAG_PREFIX + "hessian_trace_method"  # hessian_trace's: "exact" or "hutchinson"
+
+
+def detail_tag(key: str) -> str:
+    """The tag holding a measure's text detail `key`, e.g. ofexp.hessian_trace_method."""
+    return DETAIL_TAG_PREFIX + key
 BUDGET_PARAM_PREFIX = "budget."  # + a σ search budget's field
 
 # --- study runs ---------------------------------------------------------------------------
