@@ -87,19 +87,15 @@ def main(argv: list[str] | None = None) -> None:
 
 def describe_error(exc: BaseException) -> str:
     """One line for an exception: ofexp's own messages as they are, others prefixed by their type."""
-    from mlflow.exceptions import MlflowException
-
     from ofexp.errors import OfexpError
-    from ofexp.tracking.runs import describe_tracking_error
+    from ofexp.pipeline.views import describe_store_error
 
     text = " ".join(str(exc).split())
     if isinstance(exc, OfexpError):
         return text
-    fixable = describe_tracking_error(exc)
-    if fixable:
-        return fixable
-    if isinstance(exc, MlflowException):
-        return f"MLflow: {text[:400]}"
+    store = describe_store_error(exc)
+    if store:
+        return store
     return f"unexpected {type(exc).__name__}: {text[:400]} (re-run with --debug for the traceback)"
 
 

@@ -12,7 +12,6 @@ from dataclasses import replace
 
 import click
 
-from ofexp import tracking
 from ofexp.cli.options import (OPT_STR, data_options, experiment_option, log_model_option, model_options,
                                parse_run_ids, pop_flag, pop_typed_options, recipe_options, register_option,
                                typed_options)
@@ -20,7 +19,8 @@ from ofexp.data import DataConfig
 from ofexp.errors import ConfigError
 from ofexp.pipeline import EvalConfig, FuseConfig, TrainConfig, run_evaluate, run_fuse, run_train
 from ofexp.pipeline.options import EvaluateOptions, FusionOptions, parse_list
-from ofexp.tracking.server import experiment_page
+from ofexp.pipeline.views import (STAGES, close_stale_runs, running_runs_table, ui_address,
+                                  use_experiment)
 from ofexp.training import SpeedOptions, make_recipe
 
 RECIPE_OVERRIDES = ("epochs", "batch_size", "lr", "weight_decay", "init", "warmup_epochs", "grad_clip")
@@ -66,7 +66,7 @@ def train(**kw) -> None:
     if init_from:
         click.echo(_finetune_train(init_from.strip(), kw))
         return
-    experiment_id = tracking.configure_tracking(kw.pop("experiment_name"))
+    experiment_id = use_experiment(kw.pop("experiment_name"))
     seed = kw.pop("seed")
     run_name, register_as = kw.pop("run_name"), kw.pop("register_as")
     cfg = replace(_train_config(kw, seed), run_name=run_name, register_as=register_as)
@@ -91,7 +91,7 @@ def fuse(parents: str, device: str, allow_unfinished: bool, experiment_name: str
     cfg = FuseConfig(parents=parse_run_ids(parents), device=device, allow_unfinished=allow_unfinished,
                      register_as=register_as, log_model=pop_flag(kw, "log_model"),
                      **pop_typed_options(FusionOptions, kw))
-    tracking.configure_tracking(experiment_name)
+    use_experiment(experiment_name)
     for method, run_id in run_fuse(cfg).items():
         click.echo(f"{method} {run_id}")
 
@@ -114,7 +114,7 @@ def evaluate(model_run: str, label: str | None, device: str, allow_unfinished: b
     """
     cfg = EvalConfig(model_run=model_run.strip(), device=device, label=label, allow_unfinished=allow_unfinished,
                      **pop_typed_options(EvaluateOptions, kw))
-    tracking.configure_tracking(experiment_name)
+    use_experiment(experiment_name)
     click.echo(run_evaluate(cfg))
 
 
@@ -125,16 +125,15 @@ def evaluate(model_run: str, label: str | None, device: str, allow_unfinished: b
 @click.option("--port", type=click.INT, default=5000, show_default=True)
 def ui(port: int) -> None:
     """Start the MLflow UI on the store ofexp uses and print the URL to open."""
-    uri = tracking.tracking_uri()
-    experiment_id = tracking.running.existing_experiment_id()
-    if uri.startswith(("http://", "https://")):
-        click.echo(f"ofexp logs to a tracking server; open {experiment_page(uri, experiment_id)}")
+    address = ui_address(port)
+    if address.on_server:
+        click.echo(f"ofexp logs to a tracking server; open {address.page}")
         return
     mlflow_bin = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
-    click.echo(f"MLflow UI for {uri}: open {experiment_page(f'http://127.0.0.1:{port}', experiment_id)}", err=True)
+    click.echo(f"MLflow UI for {address.store}: open {address.page}", err=True)
     # its own process group: `mlflow ui` starts a server with worker processes, and stopping
     # only `mlflow ui` (as subprocess.call does on Ctrl-C or SIGTERM) left them serving
-    server = subprocess.Popen([mlflow_bin, "ui", "--backend-store-uri", uri, "--port", str(port)],
+    server = subprocess.Popen([mlflow_bin, "ui", "--backend-store-uri", address.store, "--port", str(port)],
                               start_new_session=True)
     try:
         sys.exit(server.wait())
@@ -202,7 +201,7 @@ def _finetune_train(run_id: str, kw: dict) -> str:
 
     given = _given_options(kw)
     cfg = finetune_config_from_options(run_id, given)
-    tracking.configure_tracking(given.get("experiment_name"))
+    use_experiment(given.get("experiment_name"))
     return run_finetune(cfg)
 
 
@@ -220,7 +219,7 @@ def _resume_train(run_id: str, kw: dict) -> str:
 @click.option("--stale", is_flag=True, help="Only killed runs: quiet for --older-than seconds, and not alive on this host.")
 @click.option("--older-than", type=click.FLOAT, default=600.0, show_default=True,
               help="With --stale: seconds since the run's last epoch (or its start, for other stages).")
-@click.option("--stage", type=click.Choice(tracking.runs.STAGES), default=None, help="Only runs of this stage [default: all].")
+@click.option("--stage", type=click.Choice(STAGES), default=None, help="Only runs of this stage [default: all].")
 @click.option("--close", is_flag=True, help="With --stale: end the listed runs as KILLED (train runs can still be resumed).")
 @experiment_option
 def runs(stale: bool, older_than: float, stage: str | None, close: bool, experiment_name: str | None) -> None:
@@ -231,19 +230,13 @@ def runs(stale: bool, older_than: float, stage: str | None, close: bool, experim
         raise ConfigError(f"--older-than must be ≥ 0 seconds, got {older_than}")
     if close and not stale:
         raise ConfigError("--close ends only stale runs; add --stale (and --older-than) to choose them")
-    experiment_id = tracking.running.experiment_id_for(experiment_name)
-    found = [r for r in tracking.running.running_runs(experiment_id, stage) if not stale or r.is_stale(older_than)]
+    found = running_runs_table(experiment_name, stage, stale, older_than)
     what = f"{'stale ' if stale else ''}RUNNING {stage + ' ' if stage else ''}runs"
-    if not found:
+    if found.empty:
         click.echo(f"no {what}", err=True)
         return
-    table = pd.DataFrame([{
-        "run_id": r.run_id, "name": r.name, "stage": r.stage, "last_epoch": r.last_epoch, "idle_s": round(r.idle_s),
-        "process": "alive" if r.alive_here else "gone" if r.gone_here else "?", "next": r.resume_command,
-    } for r in found])
     with pd.option_context("display.width", 250, "display.max_colwidth", 100):
-        click.echo(table.to_string(index=False))
+        click.echo(found.to_string(index=False))
     if close:
-        for r in found:
-            tracking.running.close_stale_run(r.run_id, "closed by `ofexp runs --stale --close`: its process was gone")
+        close_stale_runs(list(found["run_id"]), "closed by `ofexp runs --stale --close`: its process was gone")
         click.echo(f"closed {len(found)} {what} as KILLED", err=True)

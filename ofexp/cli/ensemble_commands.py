@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import click
 
-from ofexp import tracking
 from ofexp.cli.options import (OPT_STR, experiment_option, log_model_option, parse_run_ids, pop_flag,
                                register_option)
+from ofexp.pipeline.views import use_experiment
 
 
 @click.command()
@@ -29,5 +29,5 @@ def ensemble(parents: str, run_name: str | None, device: str, allow_unfinished: 
 
     cfg = EnsembleConfig(parents=parse_run_ids(parents), device=device, run_name=run_name, allow_unfinished=allow_unfinished,
                          log_model=pop_flag(kw, "log_model"), register_as=register_as)
-    tracking.configure_tracking(experiment_name)
+    use_experiment(experiment_name)
     click.echo(run_ensemble(cfg))

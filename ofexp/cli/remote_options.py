@@ -51,7 +51,7 @@ def remote_from_options(kw: dict) -> RemoteConfig | SlurmConfig | None:
 
 def run_remote(cfg: StudyConfig, remote: RemoteConfig | SlurmConfig, experiment_name: str | None) -> None:
     """Print the rendered jobs (--dry-run), or run the study on the cluster and print its run ID."""
-    from ofexp import tracking
+    from ofexp.pipeline.views import use_experiment
 
     if isinstance(remote, SlurmConfig):
         from ofexp.pipeline.slurm import cluster_tracking_uri, dry_run_scripts, run_slurm_study
@@ -60,7 +60,7 @@ def run_remote(cfg: StudyConfig, remote: RemoteConfig | SlurmConfig, experiment_
             click.echo(dry_run_scripts(cfg, remote), nl=False)
             return
         cluster_tracking_uri()  # an unreachable store is reported before any run exists
-        tracking.configure_tracking(experiment_name)
+        use_experiment(experiment_name)
         study_id = run_slurm_study(cfg, remote)
         click.echo(study_outcome(study_id))
         click.echo(study_id)
@@ -69,5 +69,5 @@ def run_remote(cfg: StudyConfig, remote: RemoteConfig | SlurmConfig, experiment_
         click.echo(dry_run_yaml(cfg, remote), nl=False)
         return
     check_backend(remote)  # a missing client or an unreachable store is reported before any run exists
-    tracking.configure_tracking(experiment_name)
+    use_experiment(experiment_name)
     click.echo(run_remote_study(cfg, remote))

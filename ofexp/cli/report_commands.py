@@ -11,8 +11,8 @@ import pandas as pd
 
 from ofexp.cli.options import OPT_STR, parse_run_ids
 from ofexp.errors import ConfigError
-from ofexp.pipeline.report import PREDICTION_FILE, RESULTS_FILE, build_tables, report_files, study_steps
-from ofexp.tracking import queries
+from ofexp.pipeline.report import PREDICTION_FILE, RESULTS_FILE, report_files
+from ofexp.pipeline.views import compare_table, study_report
 
 _WIDE = {"display.width": 250, "display.max_columns": None, "display.max_rows": None, "display.max_colwidth": 60}
 
@@ -32,9 +32,8 @@ def report(study_run_id: str | None, study_run_option: str | None, csv_path: str
         raise ConfigError("report needs one study run ID: `ofexp report STUDY_RUN_ID` (or --study-run ID)")
     csv_files = _report_csv_paths(Path(csv_path).expanduser()) if csv_path else []
     check_csv_targets(csv_files, force)  # before the server is asked anything
-    study = queries.get_run_data((study_run_id or study_run_option).strip(), stage="study")
-    steps, runs = study_steps(study)
-    tables = build_tables(steps, runs, study.params.get("accuracy_metric", "accuracy"))
+    study = study_report((study_run_id or study_run_option).strip())
+    steps, tables = study.steps, study.tables
     per_seed = tables.results[tables.results["Space"] != "correlation_space"]
     with pd.option_context(*[x for item in _WIDE.items() for x in item]):
         click.echo(f"# study {study.run_id} ({study.name}): {len(steps)} steps, "
@@ -44,10 +43,10 @@ def report(study_run_id: str | None, study_run_option: str | None, csv_path: str
         click.echo(wide.reindex(index=per_seed["Model"].unique(), columns=per_seed["Metric"].unique()).to_string())
         click.echo("\n## summary over seeds (mean, std, count)")
         click.echo(tables.summary.to_string())
-        click.echo(f"\n## correlation with {study.params.get('accuracy_metric', 'accuracy')} per model kind")
+        click.echo(f"\n## correlation with {study.accuracy_metric} per model kind")
         click.echo(tables.correlations.to_string(index=False, na_rep="nan"))
     if csv_files:
-        files = report_files(tables.results, study.params.get("accuracy_metric", "accuracy"))
+        files = report_files(tables.results, study.accuracy_metric)
         write_csv_files(dict(zip(csv_files, (files[RESULTS_FILE], files[PREDICTION_FILE], tables.summary.to_csv(),
                                              tables.correlations.to_csv(index=False, na_rep="nan")))), force)
         click.echo(f"wrote {csv_files[0]} and its .prediction.csv, .summary.csv, .correlations.csv", err=True)
@@ -104,20 +103,6 @@ def write_csv_files(files: dict[Path, str], force: bool) -> None:
                 os.unlink(name)
 
 
-def compare_table(runs: list[queries.RunData]) -> pd.DataFrame:
-    """Rows: run name, stage, status, then `param.<key>` and `metric.<key>` (sorted); one column per run."""
-    columns = {}
-    for run in runs:
-        column = {"name": run.name, "stage": run.stage or "", "status": run.status}
-        column.update({f"param.{k}": v for k, v in sorted(run.params.items())})
-        column.update({f"metric.{k}": v for k, v in sorted(run.metrics.items())})
-        columns[run.run_id] = column
-    table = pd.DataFrame(columns)
-    head = ["name", "stage", "status"]
-    rest = sorted(i for i in table.index if i not in head)
-    return table.reindex(head + rest)
-
-
 @click.command()
 @click.argument("run_ids", nargs=-1, required=True)
 @click.option("--csv", "csv_path", type=OPT_STR, default=None, metavar="PATH", help="Also write the table to PATH.")
@@ -130,7 +115,7 @@ def compare(run_ids: tuple[str, ...], csv_path: str | None, force: bool, differe
         raise ConfigError("compare needs at least one run ID; pass IDs separated by spaces or commas")
     csv_file = Path(csv_path).expanduser() if csv_path else None
     check_csv_targets([csv_file] if csv_file else [], force)  # before the server is asked anything
-    table = compare_table(list(queries.runs_by_id(ids).values()))
+    table = compare_table(ids)
     if differences:
         table = table[table.astype(str).nunique(axis=1) > 1]
     with pd.option_context(*[x for item in _WIDE.items() for x in item]):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import click
 
-from ofexp import tracking
 from ofexp.cli.commands import _parse_seeds, _train_config
 from ofexp.cli.options import (data_options, experiment_option, flag, model_options, pop_flag, pop_typed_options,
                                recipe_options, typed_options)
@@ -12,6 +11,7 @@ from ofexp.errors import ConfigError
 from ofexp.pipeline.options import EvaluateOptions, FusionOptions
 from ofexp.pipeline.report import study_outcome
 from ofexp.pipeline.study import STUDY_FIXED, StudyConfig, run_study
+from ofexp.pipeline.views import use_experiment
 
 
 @click.command()
@@ -46,7 +46,7 @@ def study(seeds: str, jobs: int, finetune_epochs: int, experiment_name: str | No
                           "`ofexp train --init-from` and `ofexp ensemble`")
     if remote is not None:
         return run_remote(cfg, remote, experiment_name)
-    tracking.configure_tracking(experiment_name)
+    use_experiment(experiment_name)
     study_id = run_study(cfg)
     click.echo(study_outcome(study_id))
     click.echo(study_id)  # the last line of stdout, for scripts
