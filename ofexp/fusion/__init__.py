@@ -2,7 +2,7 @@
 
 from ofexp.fusion.batchnorm import recompute_batchnorm_stats
 from ofexp.fusion.diagnostics import alignment_diagnostics
-from ofexp.fusion.geometric import ALIGNMENTS, GeometricFusion, aligned_parents, geometric_fuse
+from ofexp.fusion.geometric import ALIGNMENTS, GeometricFusion, geometric_fuse
 from ofexp.fusion.groups import AlignmentSpec, alignment_spec, check_covers, permute_model
 from ofexp.fusion.naive import naive_fuse
 from ofexp.fusion.repair import repair_geometric, repair_statistics
@@ -13,7 +13,6 @@ __all__ = [
     "SOLVERS",
     "AlignmentSpec",
     "GeometricFusion",
-    "aligned_parents",
     "alignment_diagnostics",
     "alignment_spec",
     "check_covers",

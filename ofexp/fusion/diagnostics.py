@@ -46,7 +46,7 @@ def alignment_diagnostics(
         The fused network.
     sources : sequence of nn.Module
         The parents with their neurons in the fused network's order
-        (``aligned_parents``), the target among them.
+        (``GeometricFusion.parents``), the target among them.
     inputs : torch.Tensor, shape [N, C, H, W] (or [N, D])
         Training samples.
     weights : sequence of float, optional

@@ -43,6 +43,11 @@ class GeometricFusion:
         interpolation curve.
     group_seconds : dict[str, float]
         Group -> seconds spent on its cost, transport and mapping, summed over parents.
+    parents : list[nn.Module]
+        The parents in input order, all in the target's (and the fused network's)
+        neuron order: the target as given, every other one built from ``aligned``
+        (sharing its tensors). REPAIR, the diagnostics and the curves compare the
+        fused network with these.
     """
 
     model: nn.Module
@@ -51,6 +56,7 @@ class GeometricFusion:
     seconds: float
     aligned: list[dict[str, torch.Tensor]] = field(default_factory=list, repr=False)
     group_seconds: dict[str, float] = field(default_factory=dict)
+    parents: list[nn.Module] = field(default_factory=list, repr=False)
 
 
 def _cost_tensors(state: State, spec: AlignmentSpec, group: str, solved: set[str]) -> list[str]:
@@ -279,21 +285,21 @@ def geometric_fuse(
         fused = build_model(specs[t])
     fused.load_state_dict(average_states([aligned[i] for i in order], [w[i] for i in order]), assign=True)
     others = [aligned[i] for i in range(k) if i != t]
-    return GeometricFusion(fused, plans, costs, time.perf_counter() - start, others, group_seconds)
+    return GeometricFusion(fused, plans, costs, time.perf_counter() - start, others, group_seconds,
+                           _aligned_modules(models, others, t, specs[t]))
 
 
-def aligned_parents(result: GeometricFusion, models: Sequence[nn.Module], target: int = -1) -> list[nn.Module]:
-    """The parents in input order, each non-target one rebuilt from ``result.aligned``: all
-    of them then share the target's (and the fused network's) neuron order."""
-    t = target % len(models)
-    aligned = iter(result.aligned)
+def _aligned_modules(models: Sequence[nn.Module], aligned: list[dict[str, torch.Tensor]], t: int,
+                     spec) -> list[nn.Module]:
+    """The parents in input order, each non-target one rebuilt from its aligned state dict."""
+    rest = iter(aligned)
     out = []
     for i, model in enumerate(models):
         if i == t:
             out.append(model)
             continue
         with torch.device("meta"):  # the weights are replaced at once
-            parent = build_model(result.model.spec)
-        parent.load_state_dict(next(aligned), assign=True)
+            parent = build_model(spec)
+        parent.load_state_dict(next(rest), assign=True)
         out.append(parent.eval())
     return out

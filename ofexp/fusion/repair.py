@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ofexp.fusion.geometric import GeometricFusion, aligned_parents
+from ofexp.fusion.geometric import GeometricFusion
 from ofexp.fusion.groups import alignment_spec
 from ofexp.fusion.naive import fusion_weights
 from ofexp.models import eval_mode
@@ -137,15 +137,10 @@ def repair_statistics(
 
 def repair_geometric(
     result: GeometricFusion,
-    models: Sequence[nn.Module],
     inputs: torch.Tensor,
     *,
     weights: Sequence[float] | None = None,
-    target: int = -1,
 ) -> dict[str, float]:
-    """``repair_statistics`` of ``result.model`` against the parents as aligned by ``geometric_fuse``.
-
-    ``models``, ``weights`` and ``target`` are what ``geometric_fuse`` was given; the
-    sources are the target itself and every other parent mapped onto its neurons.
-    """
-    return repair_statistics(result.model, aligned_parents(result, models, target), inputs, weights)
+    """``repair_statistics`` of ``result.model`` against the parents as ``geometric_fuse``
+    aligned them (``result.parents``); ``weights`` are the fusion weights it was given."""
+    return repair_statistics(result.model, result.parents, inputs, weights)

@@ -13,7 +13,7 @@ from ofexp.tracking.study_runs import log_figure
 from ofexp.pipeline import plots
 from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.errors import ConfigError, IncompatibleModelsError
-from ofexp.fusion import (aligned_parents, alignment_diagnostics, geometric_fuse, naive_fuse,
+from ofexp.fusion import (alignment_diagnostics, geometric_fuse, naive_fuse,
                           recompute_batchnorm_stats, repair_statistics)
 from ofexp.fusion.naive import parent_specs
 from ofexp.fusion.interpolation import InterpolationCurve, fusion_curves, plot_curves
@@ -178,7 +178,7 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
 def _repair_and_diagnose(cfg: FuseConfig, result, parents: _Parents, inputs: torch.Tensor) -> dict:
     """REPAIR the fused net if asked (after batch-norm statistics: it reads their outputs), then
     measure per group how well neurons matched and how much activations shrank."""
-    sources = aligned_parents(result, parents.models, cfg.target)
+    sources = result.parents
     if cfg.repair:
         repair_statistics(result.model, sources, inputs, cfg.fusion_weights)
     return alignment_diagnostics(result.model, sources, inputs, weights=cfg.fusion_weights, target=cfg.target)

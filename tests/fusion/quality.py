@@ -80,7 +80,7 @@ def main() -> None:
             result = geometric_fuse(parents, alignment=alignment, inputs=inputs)
             # As `ofexp fuse`: batch-norm statistics first (in place), then REPAIR reads their outputs.
             row.append(f"{_accuracy(result.model, splits, True):.3f} ({time.perf_counter() - start:.1f} s)")
-        repair_geometric(result, parents, inputs)  # the activation-aligned fusion
+        repair_geometric(result, inputs)  # the activation-aligned fusion
         row.append(f"{_accuracy(result.model, splits, False):.3f}")
         print(f"| {s} | " + " | ".join(row) + " |", flush=True)
 

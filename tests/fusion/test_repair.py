@@ -4,7 +4,7 @@ import itertools
 import pytest
 import torch
 
-from ofexp.fusion import (aligned_parents, alignment_diagnostics, alignment_spec, geometric_fuse, naive_fuse,
+from ofexp.fusion import (alignment_diagnostics, alignment_spec, geometric_fuse, naive_fuse,
                           permute_model, repair_geometric, repair_statistics)
 from ofexp.fusion.repair import _channel_stats
 from ofexp.models import ARCHITECTURES
@@ -57,7 +57,7 @@ def test_repair_is_a_no_op_when_the_fusion_is_exact(arch, bias, bn):
     model = _model(arch, bias, bn, seed=0)
     parents, x, result = _fused_with_a_permuted_copy(model)
     before = {k: v.clone() for k, v in result.model.state_dict().items()}
-    scales = repair_geometric(result, parents, x)
+    scales = repair_geometric(result, x)
     assert all(s == pytest.approx(1.0, abs=1e-3) for s in scales.values())
     for k, v in result.model.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=1e-3, atol=1e-5, msg=k)
@@ -89,7 +89,7 @@ def test_repair_needs_two_samples():
 def test_diagnostics_of_an_exact_fusion_are_perfect_and_repair_restores_a_collapsed_spread(arch):
     model = _model(arch, bn=True)
     parents, x, exact = _fused_with_a_permuted_copy(model)
-    for g, d in alignment_diagnostics(exact.model, aligned_parents(exact, parents), x).items():
+    for g, d in alignment_diagnostics(exact.model, exact.parents, x).items():
         assert d["match_correlation"] == pytest.approx(1.0, abs=1e-4), g
         assert d["std_ratio"] == pytest.approx(1.0, abs=1e-3), g
     # Two unrelated nets averaged as they are: neurons do not match, and the spread shrinks.
