@@ -18,6 +18,7 @@ from ofexp.fusion import recompute_batchnorm_stats
 from ofexp.models import ModelSpec
 from ofexp.pipeline.report import step_run_name
 from ofexp.pipeline.train import TrainConfig, _fit_and_log, _log_inputs, model_spec_for
+from ofexp.tracking import names
 from ofexp.tracking import runs
 from ofexp.tracking.names import TAG_INIT_FROM, TAG_INIT_FROM_STAGE
 from ofexp.training import Recipe, SpeedOptions, make_recipe, resolve_device
@@ -175,7 +176,7 @@ def run_finetune(cfg: FinetuneConfig, splits: DataSplits | None = None) -> str:
     stage = source.stage
     name = cfg.run_name or f"finetune {source.run.info.run_name or cfg.source}"
     params = finetune_params(cfg, tcfg)
-    tags = {**runs.process_tags(), runs.TAG_LOG_MODEL: runs.param_str(cfg.log_model),
+    tags = {**runs.process_tags(), names.TAG_LOG_MODEL: runs.param_str(cfg.log_model),
             TAG_INIT_FROM: cfg.source, TAG_INIT_FROM_STAGE: stage}
     description = (f"Fine-tunes {stage} run {cfg.source} ({spec.arch}, width {spec.width}) on {data.name} "
                    f"for {cfg.recipe.epochs} epochs at lr {cfg.recipe.lr:g}, seed {cfg.seed}.")
@@ -217,5 +218,5 @@ def study_finetune_step(ctx, method: str) -> str | None:
     )
     # the fused network has the parents' spec, so the run's params are known before the data is loaded
     params = finetune_params(cfg, replace(tcfg, recipe=cfg.recipe, seed=cfg.seed, run_name=cfg.run_name))
-    tags = {TAG_INIT_FROM: source, **({runs.TAG_LOG_MODEL: "true"} if cfg.log_model else {})}
+    tags = {TAG_INIT_FROM: source, **({names.TAG_LOG_MODEL: "true"} if cfg.log_model else {})}
     return ctx.step(FINETUNED_KINDS[method], "train", params, tags, lambda: run_finetune(cfg, ctx.data()))

@@ -33,7 +33,7 @@ from ofexp.pipeline.report import STEP_COLUMNS, sort_steps, step_run_name
 from ofexp.pipeline.slurm_jobs import SlurmConfig
 from ofexp.pipeline.study import MODEL_KINDS, StudyConfig, log_outputs
 from ofexp.tracking import cluster_runs
-from ofexp.tracking.names import TAG_CACHE
+from ofexp.tracking.names import TAG_CACHE, TAG_SLURM_JOB, TAG_SLURM_LOG
 from ofexp.tracking.projects import entry_point_command
 from ofexp.tracking.runs import param_str
 
@@ -139,8 +139,8 @@ def _submit_or_reuse(step: Step, run_ids: dict[str, str], use_cache: bool, slurm
     except BaseException as exc:
         cluster_runs.fail_step_run(run_id, f"not submitted: {exc}")
         raise
-    cluster_runs.tag_step_run(run_id, {cluster_runs.TAG_SLURM_JOB: job.job_id,
-                                       cluster_runs.TAG_SLURM_LOG: slurm_jobs.job_log(job)})
+    cluster_runs.tag_step_run(run_id, {TAG_SLURM_JOB: job.job_id,
+                                       TAG_SLURM_LOG: slurm_jobs.job_log(job)})
     return _Submitted(step, run_id, job)
 
 

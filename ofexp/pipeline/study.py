@@ -36,6 +36,7 @@ from ofexp.pipeline.report import (STEP_COLUMNS, STEPS_FILE, StudyTables, build_
                                    correlation_notes, kinds_tag, report_files, sort_steps, step_run_name,
                                    summary_metrics)
 from ofexp.pipeline.train import TrainConfig, run_train
+from ofexp.tracking import names
 from ofexp.tracking import cache, queries, runs
 from ofexp.tracking.artifacts import ENSEMBLE_STAGE
 from ofexp.tracking.names import TAG_CACHE, TAG_JOBS
@@ -164,7 +165,7 @@ def _parent(i: int) -> Callable[[SeedContext], str]:
     def make(ctx: SeedContext) -> str:
         tcfg = ctx.cfg.train
         pcfg = replace(tcfg, seed=parent_seed(ctx.seed, i), run_name=step_run_name(ctx.seed, f"parent_{i}", "train"))
-        tags = {runs.TAG_LOG_MODEL: "true"} if pcfg.log_model else {}
+        tags = {names.TAG_LOG_MODEL: "true"} if pcfg.log_model else {}
         return ctx.step(f"parent_{i}", "train", pcfg.params(), tags, lambda: run_train(pcfg, ctx.data()))
     return make
 

@@ -10,6 +10,7 @@ from ofexp.errors import ArtifactError, ConfigError, OfexpError, RunLookupError
 from ofexp.metrics import TEST_ACCURACY_KEY, TEST_LOSS_KEY
 from ofexp.models import ModelSpec, build_model, init_weights
 from ofexp.pipeline.serving import check_register_as, log_served_model
+from ofexp.tracking import names
 from ofexp.tracking import running, runs
 from ofexp.tracking.artifacts import CHECKPOINT_FILE, SPEC_FILE, has_artifact, load_state_checked
 from ofexp.tracking.async_log import EpochLogger
@@ -71,7 +72,7 @@ def run_train(cfg: TrainConfig, splits: DataSplits | None = None) -> str:
     init_weights(model, cfg.recipe.init)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     name = cfg.run_name or f"train {cfg.model} {cfg.data.name} seed{cfg.seed}"
-    tags = {**runs.process_tags(), runs.TAG_LOG_MODEL: runs.param_str(cfg.log_model)}
+    tags = {**runs.process_tags(), names.TAG_LOG_MODEL: runs.param_str(cfg.log_model)}
     with tracking.stage_run("train", run_name=name, params=cfg.params(), tags=tags, description=_description(cfg)) as run:
         _log_inputs(splits)
         tracking.log_spec(spec, cfg.data)
@@ -155,8 +156,8 @@ def resume_train(run_id: str, given: Mapping[str, object] | None = None, *, expe
         return _extend_finished(run, cfg, model, spec, splits, device, checkpoint)
     runs.claim_run(run)  # one owner: a second resume of the same state of the run is refused here
     logged = frozenset(running.metric_steps(run_id, "val_loss"))
-    tags = {**runs.process_tags(), runs.TAG_LOG_MODEL: runs.param_str(cfg.log_model),
-            runs.TAG_EPOCHS: str(cfg.recipe.epochs)}
+    tags = {**runs.process_tags(), names.TAG_LOG_MODEL: runs.param_str(cfg.log_model),
+            names.TAG_EPOCHS: str(cfg.recipe.epochs)}
     with tracking.stage_run("train", run_name=cfg.run_name or "", resume_run_id=run_id, tags=tags):
         # epochs checkpointed but killed before their metrics were logged
         for row in (checkpoint or {}).get("history", []):
@@ -172,7 +173,7 @@ def _extend_finished(run: Run, cfg: TrainConfig, model, spec, splits: DataSplits
     was (fuse and evaluate runs made from its weights keep pointing at those weights)."""
     old = run.info.run_id
     name = f"{run.info.run_name or 'train'} to {cfg.recipe.epochs} epochs"
-    tags = {runs.TAG_LOG_MODEL: runs.param_str(cfg.log_model), runs.TAG_EXTENDS: old}
+    tags = {names.TAG_LOG_MODEL: runs.param_str(cfg.log_model), names.TAG_EXTENDS: old}
     description = f"{_description(cfg)} Extends [run {old}](#/runs/{old}) from its epoch {checkpoint['epoch']}."
     # the param keeps the study cache from taking it for a fresh run of cfg.params(): its lr
     # schedule restarted from the old run's end, so its weights are not that run's
@@ -202,7 +203,7 @@ def _checkpoint_or_initial(run_id: str, model) -> dict | None:
 def train_config_from_run(run: Run, given: Mapping[str, object]) -> TrainConfig:
     """Rebuild a train run's TrainConfig from its params; refuse contradicting `given` options."""
     p = dict(run.data.params)
-    epochs = int(run.data.tags.get(runs.TAG_EPOCHS) or p.get("epochs", 0))
+    epochs = int(run.data.tags.get(names.TAG_EPOCHS) or p.get("epochs", 0))
     p["epochs"] = str(epochs)
     for key, value in SpeedOptions().to_params().items():
         p.setdefault(key, value)  # runs from before the speed flags trained with them off
@@ -225,7 +226,7 @@ def train_config_from_run(run: Run, given: Mapping[str, object]) -> TrainConfig:
         cfg = TrainConfig(
             model=p["model"], data=data, width=float(p["width"]), bias=runs.param_flag(p["bias"]),
             batchnorm=runs.param_flag(p["batchnorm"]), recipe=recipe, seed=int(p["seed"]), device=p["device"],
-            log_model=runs.param_flag(run.data.tags.get(runs.TAG_LOG_MODEL), default=True), run_name=run.info.run_name,
+            log_model=runs.param_flag(run.data.tags.get(names.TAG_LOG_MODEL), default=True), run_name=run.info.run_name,
             speed=SpeedOptions.from_params(p),
         )
     except (KeyError, ValueError) as exc:
@@ -269,22 +270,22 @@ def _check_experiment(run: Run, experiment_name: str | None) -> None:
 
 def _check_resumable(run: Run, cfg: TrainConfig) -> None:
     run_id, status = run.info.run_id, run.info.status
-    done = int(run.data.tags.get(runs.TAG_EPOCHS) or run.data.params.get("epochs", 0))
+    done = int(run.data.tags.get(names.TAG_EPOCHS) or run.data.params.get("epochs", 0))
     if status == "FINISHED" and cfg.recipe.epochs <= done:
         raise ConfigError(f"run {run_id} already FINISHED all {done} epochs; nothing to resume "
                           f"(pass --epochs above {done} to train it further)")
     alive, _ = running.process_state(run.data.tags) if status == "RUNNING" else (False, False)
     if alive:
-        raise ConfigError(f"run {run_id} is still being trained by process {run.data.tags.get(runs.TAG_PID)} "
+        raise ConfigError(f"run {run_id} is still being trained by process {run.data.tags.get(names.TAG_PID)} "
                           "on this host; wait for it or stop it before resuming")
 
 
 def stale_notice(cfg: TrainConfig, experiment_id: str) -> str | None:
     """A one-line hint when the experiment holds a killed RUNNING train run with cfg's params."""
-    params = {k: str(v) for k, v in cfg.params().items()}
+    params = {k: runs.param_str(v) for k, v in cfg.params().items()}
     try:
         stale = [r for r in running.running_train_runs(experiment_id)
-                 if {k: v for k, v in r.params.items() if not k.startswith(runs.CLAIM_PARAM)} == params
+                 if {k: v for k, v in r.params.items() if not k.startswith(names.CLAIM_PARAM)} == params
                  and (r.gone_here or r.is_stale(runs.STALE_AFTER_S))]
     except OfexpError:
         return None  # only a hint; the run itself reports a server that does not answer

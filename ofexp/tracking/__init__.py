@@ -16,13 +16,8 @@ from ofexp.tracking.artifacts import (
     log_state_dict,
     log_tensors,
 )
+from ofexp.tracking.names import STAGES, TAG_FAILURE, TAG_LOGGED_MODEL, TAG_MODEL_RUN, TAG_PARENTS, TAG_STAGE
 from ofexp.tracking.runs import (
-    STAGES,
-    TAG_FAILURE,
-    TAG_LOGGED_MODEL,
-    TAG_MODEL_RUN,
-    TAG_PARENTS,
-    TAG_STAGE,
     active_run_id,
     configure_tracking,
     log_metrics,

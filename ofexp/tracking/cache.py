@@ -15,7 +15,8 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from ofexp.errors import OfexpError
-from ofexp.tracking.runs import CLAIM_PARAM, base_tags, param_str, tracking_uri
+from ofexp.tracking.names import CLAIM_PARAM
+from ofexp.tracking.runs import base_tags, param_str, tracking_uri
 
 _CANDIDATES = 20  # newest matching runs to check; one exact match is enough
 

@@ -20,8 +20,8 @@ from mlflow.exceptions import MlflowException
 
 from ofexp.errors import ArtifactError, OfexpError
 from ofexp.tracking.artifacts import DEFAULT_WEIGHTS, check_weights_intact
-from ofexp.tracking.names import (TAG_FAILURE, TAG_GIT_COMMIT, TAG_PARENT_RUN, TAG_RUN_NAME, TAG_SLURM_JOB,
-                                  TAG_SLURM_LOG, TAG_STAGE, TAG_STEP_DIGEST, TAG_VERSION)
+from ofexp.tracking.names import (TAG_FAILURE, TAG_GIT_COMMIT, TAG_PARENT_RUN, TAG_RUN_NAME, TAG_STAGE,
+                                  TAG_STEP_DIGEST, TAG_VERSION)
 from ofexp.tracking.runs import base_tags, tracking_uri
 
 

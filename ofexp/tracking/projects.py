@@ -16,7 +16,7 @@ from mlflow.projects._project_spec import load_project
 from mlflow.utils.git_utils import get_git_commit
 
 from ofexp.errors import ConfigError, OfexpError
-from ofexp.tracking.runs import TAG_FAILURE, TAG_STAGE
+from ofexp.tracking.names import TAG_FAILURE, TAG_STAGE
 
 # Python packages that MLflow's Kubernetes backend imports when it submits a job.
 KUBERNETES_CLIENT_PACKAGES = ("kubernetes", "docker")

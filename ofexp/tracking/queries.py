@@ -13,7 +13,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from ofexp.errors import OfexpError, RunLookupError
-from ofexp.tracking.names import TAG_PARENT_RUN, TAG_STAGE
+from ofexp.tracking.names import TAG_STAGE
 from ofexp.tracking.runs import tracking_uri
 
 _PAGE = 1000  # runs per search request (MLflow's server caps a page at 1000 for search_runs via REST)

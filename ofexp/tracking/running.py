@@ -19,8 +19,8 @@ from mlflow.exceptions import MlflowException
 
 from ofexp.errors import ConfigError, OfexpError
 from ofexp.tracking import server
-from ofexp.tracking.runs import (DEFAULT_EXPERIMENT, TAG_FAILURE, TAG_HOST, TAG_PID, TAG_STAGE, _first_line,
-                                 _store_error, tracking_uri)
+from ofexp.tracking.names import TAG_FAILURE, TAG_HOST, TAG_PID, TAG_STAGE
+from ofexp.tracking.runs import DEFAULT_EXPERIMENT, _first_line, _store_error, tracking_uri
 
 
 def experiment_id_for(name: str | None) -> str:

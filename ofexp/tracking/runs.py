@@ -22,10 +22,9 @@ from mlflow.exceptions import MlflowException
 from ofexp import __version__
 from ofexp.errors import ConfigError, OfexpError, TrackingServerError
 from ofexp.tracking import launcher, server
-from ofexp.tracking.names import (CLAIM_PARAM, STAGES, TAG_EPOCHS, TAG_EXPERIMENT_KIND, TAG_EXTENDS, TAG_FAILURE,
-                                  TAG_GIT_COMMIT, TAG_HOST, TAG_LAUNCHER, TAG_LOG_MODEL, TAG_LOGGED_MODEL, TAG_MODEL_RUN,
-                                  TAG_NOTE, TAG_PARENTS, TAG_PID, TAG_RUN_NAME, TAG_STAGE, TAG_VERSION,
-                                  TAG_WARNING_PREFIX, TAG_WARNINGS)
+from ofexp.tracking.names import (CLAIM_PARAM, STAGES, TAG_EXPERIMENT_KIND, TAG_FAILURE, TAG_GIT_COMMIT, TAG_HOST,
+                                  TAG_LAUNCHER, TAG_NOTE, TAG_PID, TAG_RUN_NAME, TAG_STAGE, TAG_VERSION,
+                                  TAG_WARNING_PREFIX)
 
 DEFAULT_EXPERIMENT = "ofexp"
 

@@ -1,20 +1,19 @@
-"""The fusion and evaluate options are defined once (ofexp.pipeline.options); everything else derives from them."""
+"""The fusion and evaluate options are defined once (ofexp.pipeline.options); everything else derives from them.
+
+The MLproject files' defaults are held to the CLI's, and so to these definitions, by tests/test_packaging.py.
+"""
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import replace
 
 import click
 import pytest
-import yaml
-from mlflow.projects._project_spec import load_project
 
 from ofexp.cli import cli
-from ofexp.pipeline.options import (EvaluateOptions, FusionOptions, command_params, option_fields, option_name,
-                                    option_values, show_value)
-from ofexp.pipeline.remote import KUBERNETES_PROJECT
+from ofexp.pipeline.options import (EvaluateOptions, FusionOptions, command_params, option_fields, option_values,
+                                    show_value)
 from ofexp.pipeline.study import StudyConfig, study_params
 
-from test_mlflow_projects import REPO
 
 # A value other than the default for every option: rendering and parsing must carry each one.
 CHANGED_FUSION = FusionOptions(methods=("geometric",), fusion_weights=(0.25, 0.75), target=0, solver="sinkhorn",
@@ -69,31 +68,6 @@ def test_the_cli_defaults_and_choices_are_the_definitions(command, cls):
         assert param.default == (show_value(f, f.default) if f.metadata["choices"] else f.default), f.name
         if f.metadata["choices"]:
             assert tuple(param.type.choices) == tuple(f.metadata["choices"]), f.name
-
-
-MLPROJECTS = [REPO / "MLproject", REPO / "mlflow_projects" / "digits_quickstart" / "MLproject",
-              KUBERNETES_PROJECT / "MLproject"]
-# MLproject defaults that differ from the CLI's on purpose: under `mlflow run`, fuse makes one run (geometric)
-DIFFERS = {("fuse", "method"): "geometric"}
-
-
-@pytest.mark.parametrize("path", MLPROJECTS, ids=lambda p: p.parent.name)
-def test_mlproject_defaults_are_the_definitions(path):
-    spec = yaml.safe_load(path.read_text())
-    definitions = {option_name(f): f for cls in (FusionOptions, EvaluateOptions) for f in option_fields(cls)}
-    checked = 0
-    for entry, body in spec["entry_points"].items():
-        if entry not in ("fuse", "evaluate", "main"):
-            continue
-        for name, declared in body["parameters"].items():
-            f = definitions.get(name)
-            if f is None or not isinstance(declared, dict) or "default" not in declared:
-                continue
-            expected = DIFFERS.get((entry, name), show_value(f, f.default))
-            assert str(declared["default"]) == expected, f"{path.name} {entry}.{name}"
-            checked += 1
-    assert checked or path.parent == KUBERNETES_PROJECT, "the top-level projects declare some of these options"
-    assert load_project(str(path.parent)).name  # and MLflow reads the file
 
 
 def test_a_study_logs_every_option_it_used():

@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from conftest import BIN, run_artifact_bytes, run_cli_in_process
 from ofexp.errors import ConfigError
 from ofexp.tracking import cache, runs
+from ofexp.tracking.names import CLAIM_PARAM
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +86,7 @@ def test_a_claim_on_one_state_of_a_run_is_granted_once(tmp_path):
         runs.claim_run(client.get_run(run_id))
     finally:
         mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", ""))
-    claims = [k for k in client.get_run(run_id).data.params if k.startswith(runs.CLAIM_PARAM)]
+    claims = [k for k in client.get_run(run_id).data.params if k.startswith(CLAIM_PARAM)]
     assert len(claims) == 2
 
 

@@ -6,7 +6,8 @@ import pytest
 
 from conftest import using_tracking_uri
 from ofexp.tracking import cache
-from ofexp.tracking.runs import TAG_GIT_COMMIT, base_tags
+from ofexp.tracking.names import TAG_GIT_COMMIT
+from ofexp.tracking.runs import base_tags
 
 
 @pytest.fixture
