@@ -1,14 +1,13 @@
 """Slurm jobs through submitit: the backend config, submission, job states, cancellation, scripts.
 
 Nothing here talks to MLflow. Each study step is one Slurm job that runs one
-`python -m ofexp ...` command (`run_step_command`), submitted by submitit, the
+`python -m ofexp ...` command (`ofexp.cluster_job.run_step_command`), submitted by submitit, the
 maintained Python interface to Slurm: ofexp writes no sbatch template of its
 own. Why submitit and not the MLflow Projects plugin `mlflow-slurm`: see
 docs/cluster.md.
 """
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from typing import Mapping, Sequence
 import submitit
 from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob, _make_sbatch_string
 
+from ofexp.cluster_job import run_step_command
 from ofexp.errors import ConfigError
 
 COMPLETED = "COMPLETED"
@@ -98,13 +98,6 @@ def sbatch_options(lines: Sequence[str]) -> dict[str, object]:
         name, _, value = text[2:].partition("=")
         options[name.replace("-", "_")] = value if value else True
     return options
-
-
-def run_step_command(argv: Sequence[str], env: Mapping[str, str]) -> None:
-    """Inside the job: run one ofexp step's command; a failing command fails the job."""
-    done = subprocess.run(list(argv), env={**os.environ, **env}, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{shlex.join(argv[:4])} ... exited with status {done.returncode}")
 
 
 class _CompletionLogWatcher(SlurmInfoWatcher):
