@@ -302,3 +302,12 @@ def sqlite_store_with_parents(root: Path, experiment: str):
                            device="cpu")
         parents = tuple(run_train(replace(base, seed=s), splits) for s in (1, 2))
     return uri, parents, splits, experiment_id
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Name the cluster tests that passed, with their times: a CI log shows that Slurm really ran."""
+    passed = [r for r in terminalreporter.stats.get("passed", []) if r.when == "call" and "test_slurm.py::" in r.nodeid]
+    if passed:
+        terminalreporter.section("Slurm end-to-end tests (a real one-node cluster)")
+        for report in passed:
+            terminalreporter.line(f"PASSED {report.nodeid} in {report.duration:.0f} s")
