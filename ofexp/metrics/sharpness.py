@@ -324,8 +324,6 @@ def sharpness_sigma(
     at most `budget.sharpness_depth` steps; warns and returns converged=False if it
     fails. `loss` is L (computed over (x, y) when None).
     """
-    if worst not in WORST_CASES:
-        raise ConfigError(f"worst={worst!r}: use 'max' (Jiang et al. 2019) or 'min' (the report's choice)")
     loss = training_loss(model, x, y) if loss is None else loss
     gen = default_generator(generator)
     kind = "magnitude-aware sharpness" if magnitude_aware else "sharpness"
