@@ -283,10 +283,14 @@ def _check_resumable(run: Run, cfg: TrainConfig) -> None:
 def stale_notice(cfg: TrainConfig, experiment_id: str) -> str | None:
     """A one-line hint when the experiment holds a killed RUNNING train run with cfg's params."""
     params = {k: runs.param_str(v) for k, v in cfg.params().items()}
+
+    def same_settings(logged: dict[str, str]) -> bool:
+        own = {k: v for k, v in logged.items() if not k.startswith(names.CLAIM_PARAM)}
+        return own.keys() == params.keys() and all(runs.same_param(own[k], v) for k, v in params.items())
+
     try:
         stale = [r for r in running.running_train_runs(experiment_id)
-                 if {k: v for k, v in r.params.items() if not k.startswith(names.CLAIM_PARAM)} == params
-                 and (r.gone_here or r.is_stale(runs.STALE_AFTER_S))]
+                 if same_settings(r.params) and (r.gone_here or r.is_stale(runs.STALE_AFTER_S))]
     except OfexpError:
         return None  # only a hint; the run itself reports a server that does not answer
     if not stale:

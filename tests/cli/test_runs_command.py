@@ -28,6 +28,8 @@ def runs(mlflow_server) -> dict[str, str]:
     """RUNNING and finished runs made with the MLflow client, as `ofexp train` tags them."""
     client = MlflowClient(mlflow_server.uri)
     experiment_id = client.create_experiment(EXPERIMENT)
+    # str(): on/off params as True/False, the form of runs logged before they became true/false; a
+    # killed run of that age is still offered for resume
     params = {k: str(v) for k, v in TrainConfig(seed=7).params().items()}
     here = socket.gethostname()
 
