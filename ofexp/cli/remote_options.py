@@ -11,7 +11,6 @@ from typing import Callable
 import click
 
 from ofexp.errors import ConfigError
-from ofexp.pipeline.report import study_outcome
 from ofexp.pipeline.remote import (BACKENDS, RemoteConfig, check_backend, dry_run_yaml, load_backend_config,
                                    run_remote_study)
 from ofexp.pipeline.slurm_jobs import SlurmConfig
@@ -49,25 +48,19 @@ def remote_from_options(kw: dict) -> RemoteConfig | SlurmConfig | None:
     return RemoteConfig(backend=backend, backend_config=load_backend_config(config_text), dry_run=dry_run)
 
 
-def run_remote(cfg: StudyConfig, remote: RemoteConfig | SlurmConfig, experiment_name: str | None) -> None:
-    """Print the rendered jobs (--dry-run), or run the study on the cluster and print its run ID."""
+def run_remote(cfg: StudyConfig, remote: RemoteConfig | SlurmConfig, experiment_name: str | None) -> str | None:
+    """Print the rendered jobs and return None (--dry-run), or run the study on the cluster and return its ID."""
+    from ofexp.pipeline.slurm import cluster_tracking_uri, dry_run_scripts, run_slurm_study
     from ofexp.pipeline.views import use_experiment
 
-    if isinstance(remote, SlurmConfig):
-        from ofexp.pipeline.slurm import cluster_tracking_uri, dry_run_scripts, run_slurm_study
-
-        if remote.dry_run:
-            click.echo(dry_run_scripts(cfg, remote), nl=False)
-            return
-        cluster_tracking_uri()  # an unreachable store is reported before any run exists
-        use_experiment(experiment_name)
-        study_id = run_slurm_study(cfg, remote)
-        click.echo(study_outcome(study_id))
-        click.echo(study_id)
-        return
+    slurm = isinstance(remote, SlurmConfig)
     if remote.dry_run:
-        click.echo(dry_run_yaml(cfg, remote), nl=False)
-        return
-    check_backend(remote)  # a missing client or an unreachable store is reported before any run exists
+        click.echo((dry_run_scripts if slurm else dry_run_yaml)(cfg, remote), nl=False)
+        return None
+    # a missing client or an unreachable store is reported before any run exists
+    if slurm:
+        cluster_tracking_uri()
+    else:
+        check_backend(remote)
     use_experiment(experiment_name)
-    click.echo(run_remote_study(cfg, remote))
+    return (run_slurm_study if slurm else run_remote_study)(cfg, remote)

@@ -45,8 +45,11 @@ def study(seeds: str, jobs: int, finetune_epochs: int, experiment_name: str | No
         raise ConfigError("--finetune-epochs runs in-process only; drop --backend, or fine-tune with "
                           "`ofexp train --init-from` and `ofexp ensemble`")
     if remote is not None:
-        return run_remote(cfg, remote, experiment_name)
-    use_experiment(experiment_name)
-    study_id = run_study(cfg)
+        study_id = run_remote(cfg, remote, experiment_name)
+        if study_id is None:  # --dry-run
+            return
+    else:
+        use_experiment(experiment_name)
+        study_id = run_study(cfg)
     click.echo(study_outcome(study_id))
     click.echo(study_id)  # the last line of stdout, for scripts

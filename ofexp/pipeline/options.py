@@ -21,6 +21,7 @@ from ofexp.fusion.transport import MIN_SINKHORN_REG
 from ofexp.metrics import PREDICTION_METRICS, resolve_measures
 from ofexp.metrics.context import PRESETS
 from ofexp.metrics.sharpness import WORST_CASES
+from ofexp.tracking.runs import param_str
 
 METHODS = ("naive", "geometric")
 _BOTH = "both"
@@ -57,11 +58,7 @@ def show_value(f: Field, value: Any) -> str | None:
     """The command-line text of an option's value; None for an unset optional value."""
     if f.metadata["show"] is not None:
         return f.metadata["show"](value)
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+    return None if value is None else param_str(value)
 
 
 def command_params(obj: object, cls: type | None = None) -> dict[str, str]:
@@ -102,10 +99,6 @@ def _show_methods(methods: tuple[str, ...]) -> str:
     return _BOTH if tuple(methods) == METHODS else ",".join(methods)
 
 
-def _show_weights(weights: tuple[float, ...] | None) -> str | None:
-    return None if weights is None else ",".join(map(str, weights))
-
-
 @dataclass(frozen=True)
 class FusionOptions:
     """How parents are fused (`ofexp fuse`, and every fuse step of `ofexp study`)."""
@@ -114,7 +107,7 @@ class FusionOptions:
                                       "transport, then average; both: one run each.", name="method",
                                       choices=(*METHODS, _BOTH), parse=_methods, show=_show_methods)
     fusion_weights: tuple[float, ...] | None = option(None, "One weight per parent, e.g. 0.5,0.5 [default: equal].",
-                                                      parse=_float_list, show=_show_weights)
+                                                      parse=_float_list)
     target: int = option(-1, "Index of the parent the others align to.")
     solver: str = option("exact", "Transport solver: exact (network simplex) or sinkhorn (entropic).",
                          choices=SOLVERS)

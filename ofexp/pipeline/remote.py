@@ -27,9 +27,8 @@ import yaml
 
 from ofexp.errors import ConfigError
 from ofexp.pipeline.report import STEP_COLUMNS, sort_steps
-from ofexp.pipeline.options import EvaluateOptions, command_params
-from ofexp.pipeline.study import (MODEL_KINDS, StudyConfig, evaluate_config, log_outputs, parent_seed,
-                                  study_params)
+from ofexp.pipeline.options import command_params
+from ofexp.pipeline.study import MODEL_KINDS, StudyConfig, log_outputs, parent_seed, study_params
 from ofexp.tracking.runs import param_str
 
 # Where `ofexp study` runs its steps. local: in this process (ofexp.pipeline.study); slurm: each a
@@ -171,8 +170,7 @@ def _fuse_params(cfg: StudyConfig, method: str) -> dict[str, str]:
 
 def _eval_params(cfg: StudyConfig, label: str) -> dict[str, str]:
     """As the local study's evaluate_config: its evaluate options, with the accuracy metric among the measures."""
-    return {**command_params(evaluate_config(cfg, "RUN", label), EvaluateOptions), "label": label,
-            "device": cfg.train.device}
+    return {**command_params(cfg.step_evaluation), "label": label, "device": cfg.train.device}
 
 
 def _check_values(step: Step) -> None:
@@ -284,10 +282,9 @@ def run_remote_study(cfg: StudyConfig, remote: RemoteConfig) -> str:
     check_backend(remote)
     tcfg = cfg.train
     params = {**study_params(cfg), "backend": remote.backend}
-    name = f"study {tcfg.model} {tcfg.data.name} seeds {','.join(map(str, cfg.seeds))}"
     description = (f"Study of {tcfg.model} on {tcfg.data.name} over seeds {', '.join(map(str, cfg.seeds))}, each "
                    f"step an MLflow Project run on {remote.backend}, chained by run ID.")
-    with tracking.stage_run("study", run_name=name, params=params, description=description) as run, \
+    with tracking.stage_run("study", run_name=cfg.run_name, params=params, description=description) as run, \
             tempfile.TemporaryDirectory(prefix="ofexp-jobs-") as templates:
         run_ids: dict[str, str] = {}
         for wave in waves(steps):
@@ -304,11 +301,16 @@ def run_remote_study(cfg: StudyConfig, remote: RemoteConfig) -> str:
                     failures.append(err)
             if failures:
                 raise failures[0]
-        # The study's own outputs (steps.csv, results.csv, summary, correlations, plots), from the step runs.
-        rows = [(step.seed, step.kind, step.entry_point, run_ids[step.key], False) for step in steps]
-        log_outputs(sort_steps(pd.DataFrame(rows, columns=STEP_COLUMNS), MODEL_KINDS), cfg.accuracy_metric,
-                    run.info.experiment_id)
+        log_step_outputs(cfg, steps, run_ids, run.info.experiment_id)
         return run.info.run_id
+
+
+def log_step_outputs(cfg: StudyConfig, steps: list[Step], run_ids: Mapping[str, str], experiment_id: str,
+                     reused: frozenset[str] = frozenset()) -> None:
+    """The study's own outputs (steps.csv, results.csv, summary, correlations, plots), from its step
+    runs: `run_ids` by step key, `reused` the keys of steps that earlier runs did."""
+    rows = [(step.seed, step.kind, step.entry_point, run_ids[step.key], step.key in reused) for step in steps]
+    log_outputs(sort_steps(pd.DataFrame(rows, columns=STEP_COLUMNS), MODEL_KINDS), cfg.accuracy_metric, experiment_id)
 
 
 def _backend_config(remote: RemoteConfig, study_run_id: str, step: Step, folder: str) -> dict:

@@ -22,16 +22,15 @@ import sys
 import time
 from dataclasses import dataclass
 
-import pandas as pd
 from tqdm import tqdm
 
 from ofexp import tracking
 from ofexp.errors import ConfigError, OfexpError
 from ofexp.pipeline import slurm_jobs
-from ofexp.pipeline.remote import KUBERNETES_PROJECT, Step, plan_study, study_params, waves
-from ofexp.pipeline.report import STEP_COLUMNS, sort_steps, step_run_name
+from ofexp.pipeline.remote import KUBERNETES_PROJECT, Step, log_step_outputs, plan_study, study_params, waves
+from ofexp.pipeline.report import step_run_name
 from ofexp.pipeline.slurm_jobs import SlurmConfig
-from ofexp.pipeline.study import MODEL_KINDS, StudyConfig, log_outputs
+from ofexp.pipeline.study import StudyConfig
 from ofexp.tracking import cluster_runs
 from ofexp.tracking.names import TAG_CACHE, TAG_SLURM_JOB, TAG_SLURM_LOG
 from ofexp.tracking.projects import entry_point_command
@@ -87,12 +86,12 @@ def run_slurm_study(cfg: StudyConfig, slurm: SlurmConfig) -> str:
     uri = cluster_tracking_uri()
     slurm_jobs.check_slurm()
     tcfg = cfg.train
-    name = f"study {tcfg.model} {tcfg.data.name} seeds {','.join(map(str, cfg.seeds))}"
     description = (f"Study of {tcfg.model} on {tcfg.data.name} over seeds {', '.join(map(str, cfg.seeds))}, each "
                    "step a Slurm job, chained by run ID.")
     params = {**study_params(cfg), "backend": "slurm"}
     tags = {TAG_CACHE: param_str(cfg.use_cache)}
-    with tracking.stage_run("study", run_name=name, params=params, tags=tags, description=description) as run:
+    with tracking.stage_run("study", run_name=cfg.run_name, params=params, tags=tags,
+                            description=description) as run:
         study_id, experiment_id = run.info.run_id, run.info.experiment_id
         run_ids: dict[str, str] = {}
         reused: set[str] = set()
@@ -115,9 +114,7 @@ def run_slurm_study(cfg: StudyConfig, slurm: SlurmConfig) -> str:
                 if failures:
                     raise SlurmStepError(f"{failures[0]}{_more(failures)}; rerun the same study to finish it: "
                                          "its finished steps are reused")
-        rows = [(step.seed, step.kind, step.entry_point, run_ids[step.key], step.key in reused) for step in steps]
-        log_outputs(sort_steps(pd.DataFrame(rows, columns=STEP_COLUMNS), MODEL_KINDS), cfg.accuracy_metric,
-                    experiment_id)
+        log_step_outputs(cfg, steps, run_ids, experiment_id, frozenset(reused))
         return study_id
 
 
@@ -156,8 +153,6 @@ def _wait(pending: list[_Submitted], run_ids: dict[str, str], bar: tqdm) -> list
                 continue
             pending.remove(sub)
             if state == slurm_jobs.COMPLETED and cluster_runs.step_run_status(sub.run_id) == "FINISHED":
-                cluster_runs.finish_step_run(sub.run_id, step_run_name(sub.step.seed, sub.step.kind,
-                                                                       sub.step.entry_point))
                 run_ids[sub.step.key] = sub.run_id
             else:
                 reason = f"Slurm job {sub.job.job_id} ended {state} (log: {slurm_jobs.job_log(sub.job)})"

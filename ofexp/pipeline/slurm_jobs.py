@@ -9,6 +9,7 @@ docs/cluster.md.
 from __future__ import annotations
 
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field, fields
@@ -132,7 +133,7 @@ def accounting_enabled() -> bool:
 
 def check_slurm() -> None:
     """ConfigError unless this machine can submit jobs (sbatch on PATH, the controller answers)."""
-    if subprocess.run(["which", "sbatch"], capture_output=True).returncode != 0:
+    if shutil.which("sbatch") is None:
         raise ConfigError("--backend slurm needs Slurm's sbatch on PATH; run the study from a login node of the "
                           "cluster (or use --dry-run to only print the job scripts)")
     try:

@@ -93,6 +93,16 @@ class StudyConfig:
     def accuracy_metric(self) -> str:
         return self.evaluation.accuracy_metric
 
+    @property
+    def step_evaluation(self) -> EvaluateOptions:
+        """The evaluate options of every evaluate step: the study's, with the accuracy metric measured."""
+        return replace(self.evaluation, measures=self.measure_names)
+
+    @property
+    def run_name(self) -> str:
+        """The study run's name, whichever backend runs its steps."""
+        return f"study {self.train.model} {self.train.data.name} seeds {','.join(map(str, self.seeds))}"
+
 
 def parent_seed(study_seed: int, parent: int) -> int:
     """The torch seed of parent `parent` (1 or 2) of study seed `study_seed`: 100·s + i.
@@ -202,8 +212,8 @@ MODEL_KINDS = ("parent_1", "parent_2", "naive_fused", "geometric_fused")
 
 
 def evaluate_config(cfg: StudyConfig, model_run: str, label: str, run_name: str | None = None) -> EvalConfig:
-    return EvalConfig(**{**option_values(cfg.evaluation), "measures": cfg.measure_names}, model_run=model_run,
-                      device=cfg.train.device, label=label, progress=cfg.train.progress, run_name=run_name)
+    return EvalConfig(**option_values(cfg.step_evaluation), model_run=model_run, device=cfg.train.device,
+                      label=label, progress=cfg.train.progress, run_name=run_name)
 
 
 def data_loader(data: DataConfig) -> Callable[[], DataSplits]:
@@ -264,13 +274,12 @@ def study_params(cfg: StudyConfig) -> dict[str, object]:
 def run_study(cfg: StudyConfig) -> str:
     """Run the whole study as nested MLflow runs; return the study run's ID."""
     tcfg = cfg.train
-    name = f"study {tcfg.model} {tcfg.data.name} seeds {','.join(map(str, cfg.seeds))}"
     description = (
         f"Study of {tcfg.model} on {tcfg.data.name} over seeds {', '.join(map(str, cfg.seeds))}: per seed two "
         "parents are trained, fused naively and geometrically, and all four models evaluated."
     )
     tags = {TAG_CACHE: runs.param_str(cfg.use_cache), TAG_JOBS: str(cfg.jobs)}
-    with tracking.stage_run("study", run_name=name, params=study_params(cfg), tags=tags,
+    with tracking.stage_run("study", run_name=cfg.run_name, params=study_params(cfg), tags=tags,
                             description=description) as run:
         experiment_id = run.info.experiment_id
         if cfg.jobs == 1 or len(cfg.seeds) == 1:

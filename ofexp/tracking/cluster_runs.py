@@ -15,7 +15,6 @@ import json
 from typing import Mapping
 
 import mlflow
-from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
 from ofexp.errors import ArtifactError, OfexpError
@@ -23,7 +22,6 @@ from ofexp.tracking.artifacts import DEFAULT_WEIGHTS, check_weights_intact
 from ofexp.tracking.names import (TAG_FAILURE, TAG_GIT_COMMIT, TAG_PARENT_RUN, TAG_RUN_NAME, TAG_STAGE,
                                   TAG_STEP_DIGEST, TAG_VERSION)
 from ofexp.tracking.runs import base_tags, tracking_uri
-
 
 
 def step_digest(stage: str, params: Mapping[str, str]) -> str:
@@ -54,7 +52,9 @@ def find_finished_step(experiment_id: str, digest: str) -> str | None:
 
 
 def create_step_run(experiment_id: str, parent_run_id: str, run_name: str, stage: str, digest: str) -> str:
-    """A RUNNING run for a step about to be submitted, nested under the study run; returns its ID."""
+    """A RUNNING run for a step about to be submitted, nested under the study run; returns its ID.
+
+    The job's ofexp step logs into it and keeps its name (`runs.stage_run`)."""
     tags = {**base_tags(stage), TAG_PARENT_RUN: parent_run_id, TAG_RUN_NAME: run_name, TAG_STEP_DIGEST: digest}
     return mlflow.MlflowClient().create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
 
@@ -75,12 +75,3 @@ def fail_step_run(run_id: str, reason: str, status: str = "FAILED") -> None:
     client.set_tag(run_id, TAG_FAILURE, reason[:1000])
     if client.get_run(run_id).info.status != status:
         client.set_terminated(run_id, status)
-
-
-def finish_step_run(run_id: str, run_name: str) -> None:
-    """A job's step ended well: make sure the run is FINISHED and keeps the study's name for it."""
-    client = mlflow.MlflowClient()
-    client.set_tag(run_id, TAG_RUN_NAME, run_name)  # the step's own CLI default name replaced it
-    if not RunStatus.is_terminated(RunStatus.from_string(client.get_run(run_id).info.status)):
-        client.set_terminated(run_id, "FINISHED")
-

@@ -48,8 +48,8 @@ CLAIM_PARAM = "ofexp.claim."  # + n: "<host>:<pid>:<token>" of the n-th process 
 
 # --- evaluate runs ------------------------------------------------------------------------
 TAG_ACCURACY_METRIC = "ofexp.accuracy_metric"
-DETAIL_TAG_PREFIX = "ofexp."  # + a measure's text detail (metrics.registry.Measure.details)
-TAG_TRACE_METHOD = DETAIL_TAG_PREFIX + "hessian_trace_method"  # hessian_trace's: "exact" or "hutchinson"
+# + a measure's text detail (metrics.registry.Measure.details), e.g. ofexp.hessian_trace_method
+DETAIL_TAG_PREFIX = "ofexp."
 
 
 def detail_tag(key: str) -> str:

@@ -163,7 +163,7 @@ def stage_run(
         adopted = launcher.take_launcher_run() if adopt_launcher and not parent else None
         if adopted:
             named = {**all_tags, TAG_RUN_NAME: run_name, **({TAG_NOTE: description} if description else {})}
-            run = _reopen_run(adopted, named, log_system_metrics=system_metrics)
+            run = _reopen_run(adopted, named, log_system_metrics=system_metrics, keep_ofexp_name=True)
             requested = run.data.params
         else:
             parent_id = parent.info.run_id if parent else launcher.launcher_run_id()
@@ -177,7 +177,7 @@ def stage_run(
     try:
         if params and not resume_run_id:
             logged = {k: param_str(v) for k, v in params.items()}
-            mlflow.log_params(launcher.params_beside_request(requested, logged) if requested else logged)
+            mlflow.log_params(launcher.params_beside_request(requested, logged))
         yield run
     except BaseException as exc:
         _record_failure(run.info.run_id, stage, exc)
@@ -332,12 +332,21 @@ def warning_tag(name: str, reason: str) -> tuple[str, str]:
 STALE_AFTER_S = 600.0
 
 
-def _reopen_run(run_id: str, tags: Mapping[str, str] | None, log_system_metrics: bool = False) -> mlflow.ActiveRun:
-    """Reopen an existing run (status RUNNING again), update its tags, drop an old failure reason."""
+def _reopen_run(run_id: str, tags: Mapping[str, str] | None, log_system_metrics: bool = False,
+                keep_ofexp_name: bool = False) -> mlflow.ActiveRun:
+    """Reopen an existing run (status RUNNING again), update its tags, drop an old failure reason.
+
+    With `keep_ofexp_name`, a run that an ofexp study driver made for this step (it carries
+    `ofexp.stage` already, as a Slurm step's run does) keeps the name the driver gave it.
+    """
+    existing = mlflow.MlflowClient().get_run(run_id)
+    tags = dict(tags or {})
+    if keep_ofexp_name and TAG_STAGE in existing.data.tags:
+        tags.pop(TAG_RUN_NAME, None)
     # MLflow refuses to reopen a run outside the process's active experiment (set by an
     # earlier command in a notebook or test), so make the run's own experiment active.
-    mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
-    run = mlflow.start_run(run_id=run_id, tags=dict(tags or {}), log_system_metrics=log_system_metrics)
+    mlflow.set_experiment(experiment_id=existing.info.experiment_id)
+    run = mlflow.start_run(run_id=run_id, tags=tags, log_system_metrics=log_system_metrics)
     try:
         if TAG_FAILURE in run.data.tags:
             mlflow.MlflowClient().delete_tag(run_id, TAG_FAILURE)

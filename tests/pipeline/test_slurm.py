@@ -104,6 +104,9 @@ def test_a_slurm_study_runs_every_step_as_a_job_and_equals_the_local_study(slurm
 
     local_steps = _steps(client, local.last_line, tmp_path)
     assert _lineage(client, slurm_steps) == _lineage(client, local_steps)
+    # each job's step keeps the name the driver gave its run, the local study's name for the step
+    local_names = sorted(client.get_run(rid).info.run_name for rid in local_steps["run_id"])
+    assert sorted(run.info.run_name for run in runs.values()) == local_names
     slurm_values, local_values = _results(client, slurm.last_line, tmp_path), _results(client, local.last_line, tmp_path)
     assert sorted(slurm_values.index) == sorted(local_values.index)
     pd.testing.assert_series_equal(slurm_values.sort_index(), local_values.sort_index(), rtol=1e-9, atol=1e-12)
