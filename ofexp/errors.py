@@ -1,8 +1,5 @@
 """Errors a user can fix. The CLI prints them as one line, without a traceback."""
 
-import signal
-import threading
-
 
 class OfexpError(Exception):
     """Base class: the message names the problem and the fix, on one line."""
@@ -42,27 +39,10 @@ class TrackingServerError(OfexpError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP (kill, timeout, a scheduler, docker stop): the CLI raises it in the main
-    thread, so that every open run ends KILLED with this reason, as for Ctrl-C."""
+    """SIGTERM or SIGHUP (kill, timeout, a scheduler, docker stop): raised in the main thread
+    (`ofexp.signals`), so that every open run ends KILLED with this reason, as for Ctrl-C."""
 
     def __init__(self, signal_name: str, exit_code: int) -> None:
         super().__init__(f"stopped by {signal_name}")
         self.exit_code = exit_code
-
-
-def stop_on_termination_signals() -> dict:
-    """Make SIGTERM and SIGHUP raise Terminated in the main thread, as Ctrl-C raises
-    KeyboardInterrupt, so that runs end KILLED instead of being left RUNNING. A signal
-    that is ignored (SIGHUP under nohup) stays ignored. Returns {signal: the handler it
-    replaced}, for putting them back."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}  # only the main thread may set handlers (not, e.g., a test's worker thread)
-
-    def stop(signum, frame):
-        raise Terminated(signal.Signals(signum).name, 128 + signum)
-
-    previous = {}
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(signum) is not signal.SIG_IGN:
-            previous[signum] = signal.signal(signum, stop)
-    return previous
+        self.signum = exit_code - 128

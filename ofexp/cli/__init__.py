@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
+from typing import Callable
 
 import click
 
 from ofexp import __version__
-from ofexp.errors import Terminated, stop_on_termination_signals
+from ofexp.errors import Terminated
+from ofexp.signals import exit_after_stop, stop_on_termination_signals
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -62,8 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     args = list(sys.argv[1:] if argv is None else argv)
+    # Only the console script ends its process after a stop; a caller passing argv gets SystemExit.
+    exit_stopped = exit_after_stop if argv is None else sys.exit
     debug = "--debug" in args
-    previous = stop_on_termination_signals()
+    restore_signals = stop_on_termination_signals()
     try:
         cli.main(args=args, prog_name="ofexp", standalone_mode=False)
     except click.exceptions.Exit as exc:  # --help, --version
@@ -74,15 +77,14 @@ def main(argv: list[str] | None = None) -> None:
         # click turns KeyboardInterrupt, and so Terminated, into Abort
         stopped = exc if isinstance(exc, Terminated) else exc.__context__
         if isinstance(stopped, Terminated):
-            _fail(f"{stopped}; the runs it had open are marked KILLED", stopped.exit_code)
-        _fail("interrupted", EXIT_INTERRUPTED)
+            _fail(f"{stopped}; the runs it had open are marked KILLED", stopped.exit_code, exit=exit_stopped)
+        _fail("interrupted", EXIT_INTERRUPTED, exit=exit_stopped)
     except Exception as exc:  # noqa: BLE001 - the one place that reports every error
         if debug:
             raise
         _fail(describe_error(exc), EXIT_ERROR)
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        restore_signals()
 
 
 def describe_error(exc: BaseException) -> str:
@@ -99,6 +101,6 @@ def describe_error(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__}: {text[:400]} (re-run with --debug for the traceback)"
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int, exit: Callable[[int], None] = sys.exit) -> None:
     click.echo(f"error: {' '.join(message.split())}", err=True)
-    sys.exit(code)
+    exit(code)

@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from ofexp import tracking
 from ofexp.data import DataConfig, DataSplits, load_dataset
-from ofexp.errors import ArtifactError, ConfigError, stop_on_termination_signals
+from ofexp.errors import ArtifactError, ConfigError
+from ofexp.signals import stop_on_termination_signals
 from ofexp.metrics import resolve_measures
 from ofexp.pipeline import plots
 from ofexp.pipeline.ensemble import study_ensemble_step

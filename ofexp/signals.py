@@ -1,0 +1,109 @@
+"""Stop signals as exceptions in the main thread, delivered where they do no harm.
+
+SIGTERM and SIGHUP (kill, timeout, a scheduler, docker stop) raise `Terminated`, and Ctrl-C
+raises KeyboardInterrupt, so that every open run ends KILLED with the reason instead of
+being left RUNNING (docs/reliability.md). Python runs a signal handler between any two
+bytecodes of the main thread, and two places there need care:
+
+- Tracking-store writes and thread-pool bookkeeping. An exception raised inside them can
+  leave a SQLite write transaction open (the write that marks the run KILLED then waits on
+  it) or a pool worker unregistered (the interpreter waits for it at exit, forever). A stop
+  that lands there is put off until the code is left, for at most STOP_DEFERRAL_S: waiting
+  on a future, a lock or the network that long is a real wait, and ending it is safe.
+- Finalizers and weakref callbacks, where Python prints and drops a raised exception: the
+  stop would be lost and the command would carry on. A stop dropped so is signalled again.
+
+And a stopped console command ends within a grace period, whatever thread is left.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Callable
+
+from ofexp.errors import Terminated
+
+_DEFERRING_MODULES = ("threading", "queue", "weakref", "concurrent.futures", "sqlite3", "sqlalchemy",
+                      "mlflow.store")
+STOP_DEFERRAL_S = 2.0
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+_first_deferred: dict[int, float] = {}
+
+
+def stop_on_termination_signals() -> Callable[[], None]:
+    """Install the stop handlers for SIGTERM, SIGHUP and SIGINT in the main thread; a signal
+    that is ignored (SIGHUP under nohup) stays ignored. Returns a function that puts the
+    previous handlers (and `sys.unraisablehook`) back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # only the main thread may set handlers (not, e.g., a test's worker thread)
+    previous = {signum: signal.signal(signum, _raise_stop) for signum in _STOP_SIGNALS
+                if signal.getsignal(signum) is not signal.SIG_IGN}
+    previous_hook = sys.unraisablehook
+
+    def signal_dropped_stop_again(unraisable) -> None:
+        signum = _stop_signal(unraisable.exc_value)
+        if signum is not None and signal.getsignal(signum) is _raise_stop:
+            _signal_again(signum, after_s=0.01)
+        else:
+            previous_hook(unraisable)
+
+    sys.unraisablehook = signal_dropped_stop_again
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        sys.unraisablehook = previous_hook
+
+    return restore
+
+
+def exit_after_stop(code: int, grace_s: float = 10.0) -> None:
+    """`sys.exit(code)` after a stop, bounded: if the interpreter's shutdown has not ended the
+    process `grace_s` later (a thread or a lock the stop left waiting, which it would wait for
+    forever), end it with `code` anyway. The runs are marked KILLED by then."""
+    def force() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(code)
+
+    watchdog = threading.Timer(grace_s, force)
+    watchdog.daemon = True  # runs on while the interpreter waits for the other threads
+    watchdog.start()
+    sys.exit(code)
+
+
+def _raise_stop(signum: int, frame) -> None:
+    now = time.monotonic()
+    if _in_deferring_code(frame) and now - _first_deferred.setdefault(signum, now) < STOP_DEFERRAL_S:
+        _signal_again(signum, after_s=0.02)
+        return
+    _first_deferred.pop(signum, None)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(signal.Signals(signum).name, 128 + signum)
+
+
+def _stop_signal(exc: BaseException | None) -> int | None:
+    if isinstance(exc, Terminated):
+        return exc.signum
+    return signal.SIGINT if type(exc) is KeyboardInterrupt else None
+
+
+def _in_deferring_code(frame) -> bool:
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if any(module == name or module.startswith(name + ".") for name in _DEFERRING_MODULES):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _signal_again(signum: int, after_s: float) -> None:
+    """Send `signum` to the main thread from another thread, `after_s` later. Sent from the main
+    thread, Python would run the handler at once, where it is now."""
+    timer = threading.Timer(after_s, signal.pthread_kill, (threading.main_thread().ident, signum))
+    timer.daemon = True
+    timer.start()
