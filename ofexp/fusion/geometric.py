@@ -13,7 +13,7 @@ from torch import nn
 from ofexp.errors import ConfigError
 from ofexp.fusion.groups import AlignmentSpec, alignment_spec, apply_plan, check_covers
 from ofexp.fusion.naive import average_states, fusion_weights, parent_specs
-from ofexp.fusion.transport import SOLVERS, solve_transport
+from ofexp.fusion.transport import solve_transport
 from ofexp.models import build_model, eval_mode
 
 ALIGNMENTS = ("weights", "activations")
@@ -190,18 +190,18 @@ def align_to_target(
     return state, plans, costs
 
 
-def _check_options(k: int, target: int, solver: str, alignment: str, inputs: torch.Tensor | None) -> int:
+def check_target(target: int, k: int, *, name: str = "target") -> int:
+    """`target` as an index in [0, k); ConfigError unless it is an int in [-k, k).
+    The one statement of the rule (`geometric_fuse`, and `FusionOptions` as `--target`)."""
     if isinstance(target, bool) or not isinstance(target, int) or not -k <= target < k:
-        raise ConfigError(
-            f"target={target!r} is not a model index for {k} models; use an int in [{-k}, {k - 1}]"
-        )
-    if solver not in SOLVERS:
-        raise ConfigError(f"unknown OT solver {solver!r}; use one of {', '.join(SOLVERS)}")
-    if alignment not in ALIGNMENTS:
-        raise ConfigError(f"unknown alignment {alignment!r}; use one of {', '.join(ALIGNMENTS)}")
-    if alignment == "activations" and not (isinstance(inputs, torch.Tensor) and len(inputs) > 0):
-        raise ConfigError("alignment='activations' needs inputs=<tensor [N, C, H, W] of training samples>")
+        raise ConfigError(f"{name} {target!r} is not a parent index for {k} parents; use an int in [{-k}, {k - 1}]")
     return target % k
+
+
+def check_alignment(alignment: str, *, name: str = "alignment") -> None:
+    """ConfigError unless `alignment` is one of ALIGNMENTS (`geometric_fuse`, and `FusionOptions`)."""
+    if alignment not in ALIGNMENTS:
+        raise ConfigError(f"unknown {name} {alignment!r}; use one of {', '.join(ALIGNMENTS)}")
 
 
 def geometric_fuse(
@@ -263,7 +263,10 @@ def geometric_fuse(
     specs = parent_specs(models, allow_width=True)
     k = len(specs)
     w = fusion_weights(weights, k)
-    t = _check_options(k, target, solver, alignment, inputs)
+    t = check_target(target, k)
+    check_alignment(alignment)  # solver and reg: solve_transport's own check
+    if alignment == "activations" and not (isinstance(inputs, torch.Tensor) and len(inputs) > 0):
+        raise ConfigError("alignment='activations' needs inputs=<tensor [N, C, H, W] of training samples>")
     spec = alignment_spec(specs[t])
     device = next(models[t].parameters()).device
     states = [{key: v.to(device) for key, v in m.state_dict().items()} for m in models]

@@ -41,17 +41,29 @@ def parent_specs(models: Sequence[nn.Module], *, allow_width: bool) -> list[Mode
     return specs
 
 
-def fusion_weights(weights: Sequence[float] | None, k: int) -> list[float]:
-    """``weights`` normalised to sum to 1 (equal weights when None); checks length and signs."""
+def fusion_weights(weights: Sequence[float] | None, k: int, *, name: str = "weights") -> list[float]:
+    """``weights`` normalised to sum to 1 (equal weights when None).
+
+    ConfigError unless there is one per model and they are non-negative finite numbers with
+    a positive, finite sum. The one statement of the rule: the fusion functions apply it, and
+    so does the CLI's `FusionOptions` before any run exists, as `--fusion-weights`."""
     if weights is None:
         return [1.0 / k] * k
-    weights = [float(w) for w in weights]
+    allowed = f"pass {k} non-negative finite numbers with a positive sum, e.g. {','.join([f'{1 / k:g}'] * k)}"
     if len(weights) != k:
-        raise ConfigError(f"weights has {len(weights)} entries for {k} models; give one weight per model")
-    if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
-        raise ConfigError(f"weights={weights} must be non-negative and sum to > 0; e.g. use equal weights")
-    total = sum(weights)
-    return [w / total for w in weights]
+        raise ConfigError(f"{name} has {len(weights)} values for {k} parents; {allowed}")
+    numbers = all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)
+    shown = ",".join(f"{w:g}" if numbers else str(w) for w in weights)
+    if not numbers:
+        raise ConfigError(f"{name} {shown} holds a value that is not a number; {allowed}")
+    for bad, what in ((lambda w: not math.isfinite(w), "is not a finite number"), (lambda w: w < 0, "is negative")):
+        found = [w for w in weights if bad(w)]
+        if found:
+            raise ConfigError(f"{name} {shown}: {found[0]:g} {what}; {allowed}")
+    total = float(sum(weights))
+    if not 0 < total < math.inf:
+        raise ConfigError(f"{name} {shown} sums to {total:g}; {allowed}")
+    return [float(w) / total for w in weights]
 
 
 def average_states(

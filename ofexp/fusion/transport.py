@@ -118,17 +118,28 @@ def solve_transport(cost: np.ndarray, solver: str = "exact", reg: float = 0.01) 
     np.ndarray, shape [n, m], float64
         The plan T; each row sums to 1/n and each column to 1/m.
     """
-    if solver not in SOLVERS:
-        raise ConfigError(f"unknown OT solver {solver!r}; use one of {', '.join(SOLVERS)}")
+    check_solver(solver, reg)
     cost = _check_cost(cost)
     n, m = cost.shape
     a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
     if solver == "exact":
         return assignment_plan(cost) if n == m else ot.emd(a, b, cost, numItermax=_EMD_MAX_ITER)
-    if not (isinstance(reg, (int, float)) and reg > 0 and np.isfinite(reg)):
-        raise ConfigError(f"sinkhorn reg={reg!r} must be a positive number; use e.g. 0.01 or 0.05")
-    if reg < MIN_SINKHORN_REG:
-        raise ConfigError(f"sinkhorn reg={reg!r} is below {MIN_SINKHORN_REG:g}, where Sinkhorn does not converge in "
-                          f"bounded time; raise it (e.g. 0.01) or use the exact solver for a sharp plan")
     top = cost.max()
     return _sinkhorn(a, b, cost / top if top > 0 else cost, float(reg))
+
+
+def check_solver(solver: str, reg: float, *, solver_name: str = "solver", reg_name: str = "reg") -> None:
+    """ConfigError unless `solver` is one of SOLVERS and, for sinkhorn, `reg` >= MIN_SINKHORN_REG.
+
+    The one statement of these rules: `solve_transport` applies them, and so does the CLI's
+    `FusionOptions` before any run exists, naming its options (`--solver`, `--reg`)."""
+    if solver not in SOLVERS:
+        raise ConfigError(f"unknown {solver_name} {solver!r}; use one of {', '.join(SOLVERS)}")
+    if solver != "sinkhorn":
+        return
+    if isinstance(reg, bool) or not (isinstance(reg, (int, float)) and 0 < reg < np.inf):
+        raise ConfigError(f"{reg_name} must be a positive number for {solver_name} sinkhorn, got {reg!r}; "
+                          "e.g. use 0.01")
+    if reg < MIN_SINKHORN_REG:
+        raise ConfigError(f"{reg_name} {reg:g} is below {MIN_SINKHORN_REG:g}, where Sinkhorn does not converge in "
+                          f"bounded time; raise it (e.g. 0.01) or use {solver_name} exact for a sharp plan")

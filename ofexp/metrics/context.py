@@ -17,7 +17,7 @@ from ofexp.metrics.hessian import (Lanczos, TraceEstimate, hessian_lanczos, hess
 from ofexp.metrics.flatness import (PAC_BAYES_BOUNDS, PAC_BAYES_MAG_BOUNDS, PAC_BAYES_MIN_WIDTH, PAC_BAYES_TOL,
                                     pac_bayes_deviation)
 from ofexp.metrics.sharpness import (SHARPNESS_BOUNDS, SHARPNESS_MAG_BOUNDS, SHARPNESS_MIN_WIDTH, SHARPNESS_TOL,
-                                     WORST_CASES, SearchBudget, SearchResult, binary_search, parameter_vector,
+                                     SearchBudget, SearchResult, binary_search, check_worst_case, parameter_vector,
                                      reference_vector, sharpness_deviation)
 from ofexp.training import evaluate
 
@@ -67,12 +67,13 @@ SIGMA_SEARCHES = {s.name: s for s in (
 SEARCHES = tuple(SIGMA_SEARCHES)  # the σ searches a context runs, by name; each serves three measures
 
 
-def search_budget(preset: str) -> SearchBudget:
-    """The SearchBudget of a preset name ("report" or "quick"); ConfigError for any other."""
+def search_budget(preset: str, *, name: str = "preset") -> SearchBudget:
+    """The SearchBudget of a preset name ("report" or "quick"); ConfigError for any other
+    (`name`: the argument's name in the message, e.g. `--preset` for the CLI's check)."""
     try:
         return PRESETS[preset]()
     except KeyError:
-        raise ConfigError(f"unknown --preset {preset!r}; use one of: {', '.join(PRESETS)}") from None
+        raise ConfigError(f"unknown {name} {preset!r}; use one of: {', '.join(PRESETS)}") from None
 
 
 @dataclass
@@ -107,9 +108,7 @@ class MeasureContext:
     _searches: dict[str, SearchResult | BaseException] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.sharpness_worst not in WORST_CASES:
-            raise ConfigError(f"--sharpness-worst {self.sharpness_worst!r}: use 'max' (Jiang et al. 2019) "
-                              "or 'min' (the report's choice)")
+        check_worst_case(self.sharpness_worst, name="sharpness_worst")  # now, not when sharpness runs
 
     @cached_property
     def test_eval(self) -> dict[str, float]:

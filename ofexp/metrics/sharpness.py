@@ -278,8 +278,7 @@ def sharpness_deviation(
     many draws go through the network together (`draw_chunks`; the random numbers, and
     so the result, do not depend on it).
     """
-    if worst not in WORST_CASES:
-        raise ConfigError(f"worst={worst!r}: use 'max' (Jiang et al. 2019) or 'min' (the report's choice)")
+    check_worst_case(worst)
     with eval_mode(model):
         fm = FlatModel(model)
         gen = default_generator(generator)
@@ -407,3 +406,11 @@ def sharpness_mag_orig(sigma: float, theta, m: int) -> float:
     w = as_flat64(theta)
     s, _ = bound_constants(m, w.numel())
     return magnitude_aware_bound(sigma, w, m, 4 * s)
+
+
+def check_worst_case(worst: str, *, name: str = "worst") -> None:
+    """ConfigError unless `worst` is one of WORST_CASES. The one statement of the rule:
+    `sharpness_deviation` and `MeasureContext` apply it, and so does the CLI's
+    `EvaluateOptions` before any run exists, as `--sharpness-worst`."""
+    if worst not in WORST_CASES:
+        raise ConfigError(f"unknown {name} {worst!r}; use 'max' (Jiang et al. 2019) or 'min' (the report's choice)")

@@ -11,16 +11,17 @@ where it is implemented. See docs/design.md, "One owner per name".
 """
 from __future__ import annotations
 
-import math
 from dataclasses import Field, dataclass, field, fields
 from typing import Any, Callable
 
 from ofexp.errors import ConfigError
 from ofexp.fusion import ALIGNMENTS, SOLVERS
-from ofexp.fusion.transport import MIN_SINKHORN_REG
+from ofexp.fusion.geometric import check_alignment, check_target
+from ofexp.fusion.naive import fusion_weights
+from ofexp.fusion.transport import check_solver
 from ofexp.metrics import PREDICTION_METRICS, resolve_measures
-from ofexp.metrics.context import PRESETS
-from ofexp.metrics.sharpness import WORST_CASES
+from ofexp.metrics.context import PRESETS, search_budget
+from ofexp.metrics.sharpness import WORST_CASES, check_worst_case
 from ofexp.tracking.runs import param_str
 
 METHODS = ("naive", "geometric")
@@ -141,38 +142,10 @@ class FusionOptions:
             if getattr(self, name) < 2:
                 raise ConfigError(f"--{name.replace('_', '-')} must be ≥ 2, got {getattr(self, name)}; pass 2 or "
                                   f"more, e.g. the default {defaults[name]}")
-        if self.fusion_weights is not None:
-            if len(self.fusion_weights) != parents:
-                raise ConfigError(f"--fusion-weights has {len(self.fusion_weights)} values for {parents} parents; "
-                                  "give one per parent")
-            _check_fusion_weights(tuple(self.fusion_weights))
-        if isinstance(self.target, bool) or not isinstance(self.target, int) or not -parents <= self.target < parents:
-            raise ConfigError(f"--target {self.target!r} is not a parent index for {parents} parents; use an int in "
-                              f"[{-parents}, {parents - 1}]")
-        if self.solver not in SOLVERS:
-            raise ConfigError(f"unknown --solver {self.solver!r}; use one of {', '.join(SOLVERS)}")
-        if self.alignment not in ALIGNMENTS:
-            raise ConfigError(f"unknown --alignment {self.alignment!r}; use one of {', '.join(ALIGNMENTS)}")
-        if self.solver == "sinkhorn" and not (isinstance(self.reg, (int, float)) and 0 < self.reg < math.inf):
-            raise ConfigError(f"--reg must be a positive number for --solver sinkhorn, got {self.reg!r}; e.g. use 0.01")
-        if self.solver == "sinkhorn" and self.reg < MIN_SINKHORN_REG:
-            raise ConfigError(f"--reg {self.reg:g} is below {MIN_SINKHORN_REG:g}, where Sinkhorn does not converge in "
-                              "bounded time; raise it (e.g. 0.01) or use --solver exact for a sharp plan")
-
-
-def _check_fusion_weights(weights: tuple) -> None:
-    """ConfigError unless `weights` are non-negative finite numbers with a positive, finite sum."""
-    allowed = "pass non-negative finite numbers with a positive sum, one per parent, e.g. 0.5,0.5"
-    numbers = all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)
-    shown = ",".join(f"{w:g}" if numbers else str(w) for w in weights)
-    if not numbers:
-        raise ConfigError(f"--fusion-weights {shown} holds a value that is not a number; {allowed}")
-    for bad, what in ((lambda w: not math.isfinite(w), "is not a finite number"), (lambda w: w < 0, "is negative")):
-        found = [w for w in weights if bad(w)]
-        if found:
-            raise ConfigError(f"--fusion-weights {shown}: {found[0]:g} {what}; {allowed}")
-    if not 0 < sum(weights) < math.inf:
-        raise ConfigError(f"--fusion-weights {shown} sums to {sum(weights):g}; {allowed}")
+        fusion_weights(self.fusion_weights, parents, name="--fusion-weights")
+        check_target(self.target, parents, name="--target")
+        check_solver(self.solver, self.reg, solver_name="--solver", reg_name="--reg")
+        check_alignment(self.alignment, name="--alignment")
 
 
 @dataclass(frozen=True)
@@ -191,11 +164,8 @@ class EvaluateOptions:
 
     def check(self) -> None:
         """ConfigError naming the option and the fix, for a value no evaluate run can take."""
-        if self.preset not in PRESETS:
-            raise ConfigError(f"unknown --preset {self.preset!r}; use one of: {', '.join(PRESETS)}")
-        if self.sharpness_worst not in WORST_CASES:
-            raise ConfigError(f"unknown --sharpness-worst {self.sharpness_worst!r}; use 'max' (Jiang et al. 2019) "
-                              "or 'min' (the report's choice)")
+        search_budget(self.preset, name="--preset")
+        check_worst_case(self.sharpness_worst, name="--sharpness-worst")
         if self.accuracy_metric not in PREDICTION_METRICS:
             raise ConfigError(f"unknown --accuracy-metric {self.accuracy_metric!r}; "
                               f"use one of: {', '.join(PREDICTION_METRICS)}")

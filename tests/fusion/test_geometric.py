@@ -108,11 +108,11 @@ def test_sinkhorn_fusion_runs_and_gives_soft_plans(alignment):
 
 
 @pytest.mark.parametrize("kwargs,error,pattern", [
-    ({"solver": "hungarian"}, ConfigError, "unknown OT solver 'hungarian'; use one of exact, sinkhorn"),
+    ({"solver": "hungarian"}, ConfigError, "unknown solver 'hungarian'; use one of exact, sinkhorn"),
     ({"alignment": "gradients"}, ConfigError, "unknown alignment 'gradients'"),
     ({"alignment": "activations"}, ConfigError, "needs inputs="),
-    ({"target": 2}, ConfigError, r"target=2 .* \[-2, 1\]"),
-    ({"weights": [1.0]}, ConfigError, "1 entries for 2 models"),
+    ({"target": 2}, ConfigError, r"target 2 is not a parent index for 2 parents; .* \[-2, 1\]"),
+    ({"weights": [1.0]}, ConfigError, "weights has 1 values for 2 parents"),
     ({"weights": [1.0, -1.0]}, ConfigError, "non-negative"),
 ])
 def test_bad_options_are_refused_on_one_line(kwargs, error, pattern):
@@ -174,7 +174,7 @@ def test_sinkhorn_marginals_and_warning():
     with pytest.warns(RuntimeWarning, match="retried in the log domain. Raise reg"):
         plan = solve_transport(cost, solver="sinkhorn", reg=MIN_SINKHORN_REG)
     assert np.isfinite(plan).all() and plan.sum() == pytest.approx(1.0, abs=0.5)
-    with pytest.raises(ConfigError, match="reg=0"):
+    with pytest.raises(ConfigError, match="reg must be a positive number for solver sinkhorn, got 0;"):
         solve_transport(cost, solver="sinkhorn", reg=0)
 
 
@@ -188,7 +188,7 @@ def test_sinkhorn_reg_too_small_to_converge_is_refused_before_solving(reg, monke
 
     monkeypatch.setattr(transport, "_sinkhorn_plan", never)
     cost = np.random.default_rng(3).random((256, 256))
-    with pytest.raises(ConfigError, match=f"below {MIN_SINKHORN_REG:g}.*exact solver"):
+    with pytest.raises(ConfigError, match=f"below {MIN_SINKHORN_REG:g}.*use solver exact for a sharp plan"):
         solve_transport(cost, solver="sinkhorn", reg=reg)
 
 

@@ -53,8 +53,8 @@ def test_bad_inputs_are_refused_on_one_line():
         (IncompatibleModelsError, "arch='vgg11' but model 1 has arch='mlp'",
          lambda: naive_fuse([a, _model(1, arch="mlp")])),
         (ConfigError, "non-negative", lambda: naive_fuse([a, a], weights=[-1, 2])),
-        (ConfigError, "sum to > 0", lambda: naive_fuse([a, a], weights=[0, 0])),
-        (ConfigError, "3 entries for 2 models", lambda: naive_fuse([a, a], weights=[1, 1, 1])),
+        (ConfigError, "weights 0,0 sums to 0; pass 2 non-negative", lambda: naive_fuse([a, a], weights=[0, 0])),
+        (ConfigError, "weights has 3 values for 2 parents", lambda: naive_fuse([a, a], weights=[1, 1, 1])),
         (ConfigError, "build_model", lambda: naive_fuse([a, torch.nn.Linear(2, 2)])),
     ]
     for error, pattern, call in cases:

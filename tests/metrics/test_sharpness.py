@@ -181,7 +181,7 @@ def test_deviation_at_sigma_zero_is_zero_and_worst_case_option(trained):
     d_max = sharpness_deviation(model, x, y, 2.0, worst="max", generator=torch.Generator().manual_seed(3), **kw)
     d_min = sharpness_deviation(model, x, y, 2.0, worst="min", generator=torch.Generator().manual_seed(3), **kw)
     assert d_max > d_min > 0
-    with pytest.raises(ConfigError, match="worst"):
+    with pytest.raises(ConfigError, match="unknown worst 'mean'; use 'max'"):
         sharpness_deviation(model, x, y, 1.0, worst="mean", **kw)
     assert model.training and all(p.grad is None for p in model.parameters())
 
@@ -301,7 +301,7 @@ def test_non_convergence_is_recorded_per_search():
 def test_presets_and_worst_case_are_checked():
     assert context_module.search_budget("report") == SearchBudget()
     assert context_module.search_budget("quick") == SearchBudget.quick()
-    with pytest.raises(ConfigError, match="unknown --preset 'slow'"):
+    with pytest.raises(ConfigError, match="unknown preset 'slow'; use one of: report, quick"):
         context_module.search_budget("slow")
-    with pytest.raises(ConfigError, match="sharpness-worst"):
+    with pytest.raises(ConfigError, match="unknown sharpness_worst 'mean'; use 'max'"):
         tiny_context(sharpness_worst="mean")
