@@ -65,20 +65,25 @@ def kinds_tag(steps: pd.DataFrame) -> dict[str, str]:
     return {TAG_KINDS: ",".join(kinds)}
 
 
-def steps_from_csv(text: str, kinds: str = "") -> pd.DataFrame:
+def study_kinds(tags: Mapping[str, str]) -> list[str]:
+    """The model kinds a study's tags list (`kinds_tag`), in the study's order."""
+    return [kind for kind in tags.get(TAG_KINDS, "").split(",") if kind]
+
+
+def steps_from_csv(text: str, kinds: Iterable[str] = ()) -> pd.DataFrame:
     """The step table back from a study's steps.csv (its one step map), in the study's order."""
     steps = pd.read_csv(io.StringIO(text), dtype={"run_id": str})
     missing = [c for c in STEP_COLUMNS if c not in steps.columns]
     if missing:
         raise ValueError(f"steps.csv lacks column {missing[0]!r}")
     steps["reused"] = steps["reused"].astype(str).str.lower().eq("true")
-    return sort_steps(steps[STEP_COLUMNS], kinds.split(","))
+    return sort_steps(steps[STEP_COLUMNS], kinds)
 
 
 def study_steps(study: RunData) -> tuple[pd.DataFrame, dict[str, RunData]]:
     """A study's steps (from its steps.csv) and their runs, read back from the store."""
     try:
-        steps = steps_from_csv(read_text_artifact(study.run_id, STEPS_FILE), study.tags.get(TAG_KINDS, ""))
+        steps = steps_from_csv(read_text_artifact(study.run_id, STEPS_FILE), study_kinds(study.tags))
     except (ArtifactError, ValueError, pd.errors.ParserError) as exc:
         raise RunLookupError(f"study run {study.run_id} has no readable {STEPS_FILE} ({str(exc)[:200]}): it is "
                              "unfinished or was made by an older ofexp; run the study again (finished steps "
@@ -216,7 +221,7 @@ def study_outcome(study_run_id: str) -> str:
     mean ± std over seeds and its ratio to the parents' mean, then where to look further."""
     study = queries.get_run_data(study_run_id, stage="study")
     metric = study.params.get("accuracy_metric", "accuracy")
-    kinds = [k for k in study.tags.get(TAG_KINDS, "").split(",") if k]
+    kinds = study_kinds(study.tags)
     mean = {k: study.metrics.get(f"summary/{metric}/{k}_mean") for k in kinds}
     std = {k: study.metrics.get(f"summary/{metric}/{k}_std") for k in kinds}
     parents = [mean[k] for k in ("parent_1", "parent_2") if mean.get(k) is not None]

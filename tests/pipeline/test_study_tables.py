@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from ofexp.pipeline.report import (STEP_COLUMNS, build_tables, correlation_metrics, correlation_notes, kinds_tag,
-                                   report_files, steps_from_csv)
+                                   report_files, steps_from_csv, study_kinds)
 from ofexp.tracking.queries import RunData
 
 KINDS = ("parent_1", "naive_fused")
@@ -97,7 +97,7 @@ def test_the_step_map_round_trips_through_steps_csv_in_the_studys_order():
     steps, _ = _fixture({("parent_1", 1): 0.9, ("naive_fused", 1): 0.5}, {})
     steps.loc[steps["kind"] == "naive_fused", "reused"] = True
     steps["run_id"] = ["0123", "4567"]  # IDs of digits only stay strings, not numbers
-    back = steps_from_csv(steps.to_csv(index=False), kinds_tag(steps)["ofexp.kinds"])
+    back = steps_from_csv(steps.to_csv(index=False), study_kinds(kinds_tag(steps)))
     assert back.values.tolist() == steps.values.tolist()
     assert back.set_index("kind")["reused"].to_dict() == {"parent_1": False, "naive_fused": True}
     with pytest.raises(ValueError, match="steps.csv lacks column 'run_id'"):
