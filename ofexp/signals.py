@@ -93,8 +93,13 @@ def _stop_signal(exc: BaseException | None) -> int | None:
 
 
 def _in_deferring_code(frame) -> bool:
+    """Whether the interrupted `frame` is in code of _DEFERRING_MODULES that ofexp called: the
+    frames from it down to the innermost ofexp frame count, ofexp's own callers do not (a
+    `--jobs` seed process runs all of ofexp under concurrent.futures)."""
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
+        if module == "ofexp" or module.startswith("ofexp."):
+            return False
         if any(module == name or module.startswith(name + ".") for name in _DEFERRING_MODULES):
             return True
         frame = frame.f_back
