@@ -31,6 +31,7 @@ _DEFERRING_MODULES = ("threading", "queue", "weakref", "concurrent.futures", "sq
 STOP_DEFERRAL_S = 2.0
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 _first_deferred: dict[int, float] = {}
+_pending: set[int] = set()  # stops signalled again and not raised yet
 
 
 def stop_on_termination_signals() -> Callable[[], None]:
@@ -81,6 +82,7 @@ def _raise_stop(signum: int, frame) -> None:
         _signal_again(signum, after_s=0.02)
         return
     _first_deferred.pop(signum, None)
+    _pending.discard(signum)  # a stop is raised once: timers still out for it send nothing
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise Terminated(signal.Signals(signum).name, 128 + signum)
@@ -109,6 +111,13 @@ def _in_deferring_code(frame) -> bool:
 def _signal_again(signum: int, after_s: float) -> None:
     """Send `signum` to the main thread from another thread, `after_s` later. Sent from the main
     thread, Python would run the handler at once, where it is now."""
-    timer = threading.Timer(after_s, signal.pthread_kill, (threading.main_thread().ident, signum))
+    _pending.add(signum)
+    main = threading.main_thread().ident
+
+    def resend() -> None:
+        if signum in _pending:
+            signal.pthread_kill(main, signum)
+
+    timer = threading.Timer(after_s, resend)
     timer.daemon = True
     timer.start()
