@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -52,9 +53,9 @@ def fusion_weights(weights: Sequence[float] | None, k: int, *, name: str = "weig
     allowed = f"pass {k} non-negative finite numbers with a positive sum, e.g. {','.join([f'{1 / k:g}'] * k)}"
     if len(weights) != k:
         raise ConfigError(f"{name} has {len(weights)} values for {k} parents; {allowed}")
-    numbers = all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)
-    shown = ",".join(f"{w:g}" if numbers else str(w) for w in weights)
-    if not numbers:
+    real = all(isinstance(w, numbers.Real) and not isinstance(w, bool) for w in weights)  # numpy's too
+    shown = ",".join(f"{w:g}" if real else str(w) for w in weights)
+    if not real:
         raise ConfigError(f"{name} {shown} holds a value that is not a number; {allowed}")
     for bad, what in ((lambda w: not math.isfinite(w), "is not a finite number"), (lambda w: w < 0, "is negative")):
         found = [w for w in weights if bad(w)]

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -42,6 +43,13 @@ def test_three_models_default_to_equal_weights():
     fused = naive_fuse(models)
     expected = sum(m.classifier.weight for m in models) / 3
     assert torch.allclose(fused.classifier.weight, expected, atol=1e-7)
+
+
+def test_weights_from_numpy_or_torch_are_numbers_too():
+    models = [_model(s, arch="mlp", bn=False) for s in range(2)]
+    expected = naive_fuse(models, weights=[0.25, 0.75]).classifier.weight
+    for weights in (np.array([1, 3], dtype=np.float32), torch.tensor([1.0, 3.0]).tolist(), (np.int64(1), np.int64(3))):
+        assert torch.allclose(naive_fuse(models, weights=weights).classifier.weight, expected, atol=1e-7)
 
 
 def test_bad_inputs_are_refused_on_one_line():
