@@ -15,6 +15,7 @@ import json
 from typing import Mapping
 
 import mlflow
+from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 
 from ofexp.errors import ArtifactError, OfexpError
@@ -60,9 +61,8 @@ def create_step_run(experiment_id: str, parent_run_id: str, run_name: str, stage
 
 
 def tag_step_run(run_id: str, tags: Mapping[str, str]) -> None:
-    client = mlflow.MlflowClient()
-    for key, value in tags.items():
-        client.set_tag(run_id, key, str(value))
+    """Set a step run's tags (its Slurm job ID and log) in one request."""
+    mlflow.MlflowClient().log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
 
 def step_run_status(run_id: str) -> str:
