@@ -102,9 +102,11 @@ def test_a_sigterm_still_ends_a_long_wait_inside_threading_code():
             threading.Event().wait(60)  # a driver waiting on its workers must still be stoppable
             print("waited it out")
         except Terminated:
-            print("stopped after", round(time.monotonic() - start), "s")
+            print(f"stopped after {time.monotonic() - start:.2f}")
     """)
-    assert out in {"stopped after 2 s", "stopped after 3 s"}  # the deferral bound, 2 s
+    assert out.startswith("stopped after "), out
+    # not before the deferral bound (2 s after the signal at 0.1 s); a loaded machine may add a little
+    assert 2.05 <= float(out.split()[-1]) < 10
 
 
 def test_ofexp_code_called_from_thread_pool_code_is_stopped_at_once():

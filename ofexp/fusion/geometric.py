@@ -14,7 +14,7 @@ from ofexp.errors import ConfigError
 from ofexp.fusion.groups import AlignmentSpec, alignment_spec, apply_plan, check_covers
 from ofexp.fusion.naive import average_states, fusion_weights, parent_specs
 from ofexp.fusion.transport import solve_transport
-from ofexp.models import build_model, eval_mode
+from ofexp.models import ModelSpec, build_model, eval_mode
 
 ALIGNMENTS = ("weights", "activations")
 
@@ -293,7 +293,7 @@ def geometric_fuse(
 
 
 def _aligned_modules(models: Sequence[nn.Module], aligned: list[dict[str, torch.Tensor]], t: int,
-                     spec) -> list[nn.Module]:
+                     spec: ModelSpec) -> list[nn.Module]:
     """The parents in input order, each non-target one rebuilt from its aligned state dict."""
     rest = iter(aligned)
     out = []

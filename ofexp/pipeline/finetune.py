@@ -18,8 +18,7 @@ from ofexp.fusion import recompute_batchnorm_stats
 from ofexp.models import ModelSpec
 from ofexp.pipeline.report import step_run_name
 from ofexp.pipeline.train import TrainConfig, _fit_and_log, _log_inputs, model_spec_for
-from ofexp.tracking import names
-from ofexp.tracking import runs
+from ofexp.tracking import names, runs
 from ofexp.tracking.names import TAG_INIT_FROM, TAG_INIT_FROM_STAGE
 from ofexp.training import Recipe, SpeedOptions, make_recipe, resolve_device
 

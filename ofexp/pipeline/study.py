@@ -37,8 +37,7 @@ from ofexp.pipeline.report import (STEP_COLUMNS, STEPS_FILE, StudyTables, build_
                                    correlation_notes, kinds_tag, report_files, sort_steps, step_run_name,
                                    summary_metrics)
 from ofexp.pipeline.train import TrainConfig, run_train
-from ofexp.tracking import names
-from ofexp.tracking import cache, queries, runs
+from ofexp.tracking import cache, names, queries, runs
 from ofexp.tracking.artifacts import ENSEMBLE_STAGE
 from ofexp.tracking.names import TAG_CACHE, TAG_JOBS
 from ofexp.tracking.study_runs import log_figure

@@ -10,8 +10,7 @@ from ofexp.errors import ArtifactError, ConfigError, OfexpError, RunLookupError
 from ofexp.metrics import TEST_ACCURACY_KEY, TEST_LOSS_KEY
 from ofexp.models import ModelSpec, build_model, init_weights
 from ofexp.pipeline.serving import check_register_as, log_served_model
-from ofexp.tracking import names
-from ofexp.tracking import running, runs
+from ofexp.tracking import names, running, runs
 from ofexp.tracking.artifacts import CHECKPOINT_FILE, SPEC_FILE, has_artifact, load_state_checked
 from ofexp.tracking.async_log import EpochLogger
 from ofexp.training import Recipe, SpeedOptions, evaluate, fit, make_recipe, resolve_device, seed_everything
