@@ -345,7 +345,25 @@ def log_dataset_input(name: str, source: str, inputs: torch.Tensor, targets: tor
         x, targets=y, name=name, digest=digest.hexdigest()[:16],
         source=source if _is_resolvable_source(source) else None,
     )
-    mlflow.log_input(dataset, context=context)
+    # MLflow's store looks a dataset up, then inserts it: two runs logging the same new dataset
+    # at once (a `--jobs` study's seeds) can both miss it, and the second insert is refused.
+    # Its transaction rolled back whole, so logging again finds the other's dataset and links it.
+    for attempt in range(_DATASET_RACE_TRIES):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except MlflowException as exc:
+            if attempt + 1 == _DATASET_RACE_TRIES or not _lost_dataset_insert_race(exc):
+                raise
+
+
+_DATASET_RACE_TRIES = 3
+
+
+def _lost_dataset_insert_race(exc: MlflowException) -> bool:
+    """Whether the store refused a dataset another run inserted first (SQLite, PostgreSQL, MySQL)."""
+    text = str(exc).lower()
+    return "datasets" in text and ("unique" in text or "duplicate entry" in text)
 
 
 def _is_resolvable_source(source: str) -> bool:
