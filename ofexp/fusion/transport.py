@@ -13,8 +13,11 @@ from ofexp.errors import ConfigError
 SOLVERS = ("exact", "sinkhorn")
 
 # EMD on a few hundred neurons needs more pivots than POT's default 1e5 allows;
-# hitting the cap silently returns a suboptimal plan.
+# hitting the cap returns a suboptimal plan with only a warning (POT result code 3).
 _EMD_MAX_ITER = 10_000_000
+# One retry, with this many times the cap, before `solve_transport` refuses the plan.
+_EMD_RETRY_FACTOR = 10
+_EMD_OPTIMAL, _EMD_CAP_REACHED = 1, 3  # POT's log["result_code"] (0 is infeasible, 2 unbounded)
 _SINKHORN_MAX_ITER = 10_000
 # Below this reg (relative to the largest cost) the plan is a permutation in all but name,
 # and the log-domain solve ran its 10,000 iterations without converging (marginal error
@@ -72,19 +75,58 @@ def _sinkhorn(a: np.ndarray, b: np.ndarray, cost: np.ndarray, reg: float) -> np.
 
 
 def assignment_plan(cost: np.ndarray) -> np.ndarray:
-    r"""EMD's plan for a square cost [n, n] with uniform marginals, by linear assignment.
+    r"""EMD's plan for a cost [n, m] with uniform marginals where n divides m or m divides n, by assignment.
 
     With n = m and marginals 1/n the transport polytope is the Birkhoff polytope
     scaled by 1/n, whose vertices are permutation matrices, so the optimum is
     :math:`P_\sigma / n` for the permutation :math:`\sigma` minimising
     :math:`\sum_i M_{i \sigma(i)}` -- what ``scipy.optimize.linear_sum_assignment``
     finds in :math:`O(n^3)`, several times faster than the network simplex.
-    Where several permutations tie, both solvers return an optimal plan of equal cost.
+
+    With n = k m (k integer), replicate each column k times: :math:`M' = M \otimes 1_k^\top`,
+    shape [n, n]. Splitting column j of a feasible T (marginals 1/n, 1/m) into k
+    equal copies gives a feasible T' for M' (marginals 1/n, 1/n) of the same cost,
+    and summing the k copies of a feasible T' gives a feasible T of the same cost;
+    so both problems have one optimal value, and the optimal permutation of M',
+    summed over copies, is an optimal T. Same for m = k n with rows replicated.
+    The plan holds max(n, m) entries 1 / max(n, m). Where several plans tie, this
+    and ``ot.emd`` return optimal plans of equal cost, not always the same one.
     """
-    rows, cols = linear_sum_assignment(cost)
-    plan = np.zeros_like(cost)  # [n, n]
-    plan[rows, cols] = 1.0 / len(cost)
+    n, m = cost.shape
+    side = max(n, m)
+    if side % n or side % m:
+        raise ValueError(f"assignment_plan: cost must be [n, m] with n dividing m or m dividing n, "
+                         f"got shape {cost.shape}; use solve_transport")
+    k_rows, k_cols = side // n, side // m  # one of them is 1
+    rows, cols = linear_sum_assignment(np.repeat(np.repeat(cost, k_rows, axis=0), k_cols, axis=1))  # [side]
+    plan = np.zeros(cost.shape, dtype=np.float64)  # [n, m]
+    # The side without copies is matched once per index, so no (row, col) pair repeats.
+    plan[rows // k_rows, cols // k_cols] = 1.0 / side
     return plan
+
+
+def emd_plan(cost: np.ndarray) -> np.ndarray:
+    """``ot.emd``'s plan for cost [n, m] with uniform marginals, or ValueError where it is not optimal.
+
+    POT's network simplex stops after ``numItermax`` pivots and then returns the
+    plan it has, with a warning only (``log["result_code"]`` 3). This retries once
+    with ``_EMD_RETRY_FACTOR`` times the cap and refuses any plan POT does not call
+    optimal (result code 1): an exact solver must not return an approximate plan.
+    """
+    n, m = cost.shape
+    a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
+    for cap in (_EMD_MAX_ITER, _EMD_MAX_ITER * _EMD_RETRY_FACTOR):
+        with warnings.catch_warnings():
+            # POT warns on every non-optimal stop; the result code below decides instead.
+            warnings.simplefilter("ignore", UserWarning)
+            plan, log = ot.emd(a, b, cost, numItermax=cap, log=True)  # [n, m]
+        if log["result_code"] == _EMD_OPTIMAL:
+            return plan
+        if log["result_code"] != _EMD_CAP_REACHED:  # infeasible or unbounded: more pivots do not help
+            break
+    reason = f"stopped at numItermax={cap:,}" if log["result_code"] == _EMD_CAP_REACHED else log["warning"]
+    raise ValueError(f"solve_transport: exact EMD on a {n}x{m} cost found no optimal plan ({reason}); "
+                     "use solver='sinkhorn', or layer widths that are equal or divide one another")
 
 
 def solve_transport(cost: np.ndarray, solver: str = "exact", reg: float = 0.01) -> np.ndarray:
@@ -96,12 +138,15 @@ def solve_transport(cost: np.ndarray, solver: str = "exact", reg: float = 0.01) 
         T^* = \arg\min_{T \ge 0} \langle T, M \rangle
         \quad \text{s.t.} \quad T 1_m = 1_n / n, \quad T^\top 1_n = 1_m / m
 
-    exactly (network simplex, ``ot.emd``; for n = m, the same plan by linear
-    assignment, see ``assignment_plan``) or with an entropic regulariser
+    exactly (network simplex, ``ot.emd``, see ``emd_plan``; where n divides m or
+    m divides n, the same optimum by linear assignment, see ``assignment_plan``)
+    or with an entropic regulariser
     :math:`- \mathrm{reg} \cdot H(T)` (Sinkhorn, ``ot.sinkhorn``) on the cost
     scaled to :math:`M / \max M`, so that ``reg`` means the same for weight costs
     (~1) and activation costs (~10-1000); the exact plan does not change under
     that scaling. With n = m the exact plan is a permutation matrix divided by n.
+    The exact solver returns an optimal plan or raises ValueError, never a plan
+    cut short by an iteration cap.
 
     Parameters
     ----------
@@ -117,13 +162,19 @@ def solve_transport(cost: np.ndarray, solver: str = "exact", reg: float = 0.01) 
     -------
     np.ndarray, shape [n, m], float64
         The plan T; each row sums to 1/n and each column to 1/m.
+
+    Raises
+    ------
+    ValueError
+        A cost that is not a finite 2-D array; an exact solve that found no
+        optimal plan; a Sinkhorn solve that did not converge.
     """
     check_solver(solver, reg)
     cost = _check_cost(cost)
     n, m = cost.shape
-    a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
     if solver == "exact":
-        return assignment_plan(cost) if n == m else ot.emd(a, b, cost, numItermax=_EMD_MAX_ITER)
+        return assignment_plan(cost) if max(n, m) % min(n, m) == 0 else emd_plan(cost)
+    a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
     top = cost.max()
     return _sinkhorn(a, b, cost / top if top > 0 else cost, float(reg))
 
