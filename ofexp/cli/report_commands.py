@@ -11,7 +11,8 @@ import pandas as pd
 
 from ofexp.cli.options import OPT_STR, parse_run_ids
 from ofexp.errors import ConfigError
-from ofexp.pipeline.report import PREDICTION_FILE, RESULTS_FILE, report_files
+from ofexp.pipeline.report import (GAP, GAP_NOTE, PREDICTION_FILE, RESULTS_FILE, correlation_legend, correlation_view,
+                                   report_files, summarise, with_gap_percent)
 from ofexp.pipeline.views import compare_table, study_report
 
 _WIDE = {"display.width": 250, "display.max_columns": None, "display.max_rows": None, "display.max_colwidth": 60}
@@ -34,17 +35,22 @@ def report(study_run_id: str | None, study_run_option: str | None, csv_path: str
     check_csv_targets(csv_files, force)  # before the server is asked anything
     study = study_report((study_run_id or study_run_option).strip())
     steps, tables = study.steps, study.tables
-    per_seed = tables.results[tables.results["Space"] != "correlation_space"]
+    per_seed = with_gap_percent(tables.results[tables.results["Space"] != "correlation_space"])
+    shows_gap = GAP in set(per_seed["Metric"]) | {study.accuracy_metric}
+    skipped, correlations = correlation_view(tables.correlations)
     with pd.option_context(*[x for item in _WIDE.items() for x in item]):
         click.echo(f"# study {study.run_id} ({study.name}): {len(steps)} steps, "
                    f"{int(steps['reused'].sum())} reused from earlier runs\n")
-        click.echo("## results (per seed)")
+        click.echo("## results (per seed)" + (f"\n({GAP_NOTE})" if shows_gap else ""))
         wide = per_seed.pivot(index="Model", columns="Metric", values="Value")
         click.echo(wide.reindex(index=per_seed["Model"].unique(), columns=per_seed["Metric"].unique()).to_string())
         click.echo("\n## summary over seeds (mean, std, count)")
-        click.echo(tables.summary.to_string())
-        click.echo(f"\n## correlation with {study.accuracy_metric} per model kind")
-        click.echo(tables.correlations.to_string(index=False, na_rep="nan"))
+        click.echo(summarise(per_seed).to_string())
+        click.echo(f"\n## correlation with {study.accuracy_metric} across seeds, per model kind and pooled over "
+                   "all models (model_kind 'pooled')")
+        click.echo("\n".join(correlation_legend(study.accuracy_metric) + skipped))
+        if len(correlations):
+            click.echo(correlations.to_string(index=False))
     if csv_files:
         files = report_files(tables.results, study.accuracy_metric)
         write_csv_files(dict(zip(csv_files, (files[RESULTS_FILE], files[PREDICTION_FILE], tables.summary.to_csv(),

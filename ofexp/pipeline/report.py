@@ -10,7 +10,9 @@ since they are not its children). From those runs' metrics come:
   `report_files` writes it as the original study's `results.csv` (one prediction
   row per model, the report's measure names) and `prediction_metrics.csv`;
 - summary: mean, std and count over seeds per (model kind, metric);
-- correlations: every (method, measure, model kind) coefficient with its note.
+- correlations: every (method, measure, model kind) coefficient with n, p-value, bootstrap
+  95 % interval and note, per model kind and pooled over every model (model_kind "pooled",
+  in correlations.csv only: results.csv keeps the original study's per-kind rows).
 
 `ofexp study` logs them, and `ofexp report` rebuilds them from the server.
 """
@@ -23,7 +25,8 @@ from typing import Iterable, Mapping
 import pandas as pd
 
 from ofexp.metrics import MEASURES
-from ofexp.metrics.correlation import correlation_table
+from ofexp.metrics.correlation import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CORRELATION_COLUMNS, MEANINGFUL_N, POOLED,
+                                       correlation_table)
 from ofexp.errors import ArtifactError, RunLookupError
 from ofexp.tracking import queries
 from ofexp.tracking.artifacts import read_text_artifact
@@ -39,7 +42,7 @@ STEPS_FILE = "steps.csv"
 class StudyTables:
     results: pd.DataFrame  # RESULTS_COLUMNS: per-seed rows, then correlation rows
     summary: pd.DataFrame  # index (Kind, Metric); columns mean, std, count
-    correlations: pd.DataFrame  # method, measure, model_kind, value, n, note
+    correlations: pd.DataFrame  # CORRELATION_COLUMNS: method, measure, model_kind, value, n, note, p_value, ci_*
     steps: pd.DataFrame  # STEP_COLUMNS
 
 
@@ -117,7 +120,10 @@ def long_values(per_seed: pd.DataFrame) -> pd.DataFrame:
 
 
 def correlation_rows(correlations: pd.DataFrame) -> pd.DataFrame:
-    """Correlation rows of results.csv: Model=<kind>, Metric=<method>_<measure>, NaN kept (written 'nan')."""
+    """Correlation rows of results.csv: Model=<kind>, Metric=<method>_<measure>, NaN kept (written 'nan').
+
+    Per model kind only, as the original study's results.csv: the pooled rows are in correlations.csv."""
+    correlations = correlations[correlations["model_kind"] != POOLED]
     return pd.DataFrame({
         "Model": correlations["model_kind"], "Space": "correlation_space",
         "Metric": correlations["method"] + "_" + correlations["measure"], "Value": correlations["value"],
@@ -214,6 +220,67 @@ def summary_metrics(summary: pd.DataFrame) -> dict[str, float]:
         if pd.notna(row["std"]):
             out[f"summary/{metric}/{kind}_std"] = float(row["std"])
     return out
+
+
+GAP = "generalisation_gap"
+GAP_PERCENT = "generalisation_gap_pct"
+GAP_NOTE = (f"{GAP} is the original study's 1 / |train accuracy - test accuracy| (a reciprocal, so that its "
+            f"correlations have accuracy's sign: larger means a smaller gap); {GAP_PERCENT} = 100 / {GAP} is the "
+            "gap itself in percentage points of accuracy (52 -> 1.9)")
+
+
+def with_gap_percent(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """Per-seed rows with, after each `generalisation_gap` row g, a `generalisation_gap_pct` row 100 / g
+    (|train − test accuracy| in percentage points; g = inf, no gap, gives 0). For printing only."""
+    gap = per_seed[per_seed["Metric"] == GAP]
+    if gap.empty:
+        return per_seed
+    derived = gap.assign(Metric=GAP_PERCENT, Value=100.0 / gap["Value"].astype(float))
+    derived.index = derived.index + 0.5  # right after its gap row
+    return pd.concat([per_seed, derived]).sort_index(kind="stable").reset_index(drop=True)
+
+
+def correlation_legend(accuracy_metric: str) -> list[str]:
+    """What each printed correlation column is."""
+    return [f"value: Kendall tau-b, Pearson r or Spearman rho (method) of the measure with {accuracy_metric}",
+            "n: (measure, metric) pairs, a kind's seeds, or every kind's seeds for model_kind 'pooled'",
+            "p_value: scipy's two-sided p for no association; ci95: percentile bootstrap 95 % interval "
+            f"({BOOTSTRAP_RESAMPLES} resamples of the pairs, seed {BOOTSTRAP_SEED})",
+            f"note: why a value is undefined (nan) or not meaningful; a positive correlation with {GAP} "
+            "goes with a smaller gap"]
+
+
+def correlation_view(correlations: pd.DataFrame) -> tuple[list[str], pd.DataFrame]:
+    """The correlations `ofexp report` prints: (lines on what is left out, the rows with n ≥ 3).
+
+    Rows from fewer than MEANINGFUL_N pairs are ±1 or undefined whatever the data; they stay in
+    correlations.csv (with a note) but are not printed as findings: one line says so. The
+    table's p_value is shown to 3 significant digits, the interval as ci95 "[low, high]". A
+    table from an older correlations.csv (no p_value, ci_low, ci_high) prints with nan there.
+    """
+    table = correlations.reindex(columns=CORRELATION_COLUMNS)
+    small = table["n"] < MEANINGFUL_N
+    per_kind = table["model_kind"] != POOLED
+    lines = []
+    if (small & per_kind).any():
+        if small[per_kind].all():
+            seeds = int(table.loc[per_kind, "n"].max())
+            lines.append(f"per-kind correlations are not meaningful with n < {MEANINGFUL_N} ({seeds} seed(s) with "
+                         f"values: each is ±1 or undefined), so they are not printed; correlations.csv keeps "
+                         f"them with a note. Run {MEANINGFUL_N} or more seeds.")
+        else:
+            lines.append(f"{int((small & per_kind).sum())} per-kind rows from fewer than {MEANINGFUL_N} seeds with "
+                         "values are not printed (±1 or undefined); correlations.csv keeps them with a note.")
+    if (small & ~per_kind).any():
+        lines.append(f"pooled rows from fewer than {MEANINGFUL_N} models are not printed either.")
+    shown = table[~small]
+    interval = [f"[{lo:.2f}, {hi:.2f}]" if pd.notna(lo) else "nan" for lo, hi in zip(shown["ci_low"], shown["ci_high"])]
+    view = pd.DataFrame({
+        "method": shown["method"], "measure": shown["measure"], "model_kind": shown["model_kind"],
+        "value": shown["value"].map(lambda v: f"{v:.3f}"), "n": shown["n"].astype(int),
+        "p_value": shown["p_value"].map(lambda p: f"{p:.3g}"), "ci95": interval, "note": shown["note"].fillna(""),
+    })
+    return lines, view.reset_index(drop=True)
 
 
 def study_outcome(study_run_id: str) -> str:

@@ -6,9 +6,11 @@ import io
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from scipy import stats
 
 from conftest import run_cli, run_cli_in_process, using_tracking_uri
 
@@ -27,6 +29,80 @@ def study_id(mlflow_server) -> str:
     with using_tracking_uri(mlflow_server.uri), contextlib.redirect_stdout(out):
         main(["study", *TINY, "--seeds", "2"])
     return out.getvalue().strip().splitlines()[-1]
+
+
+SYNTHETIC_KINDS = ("parent_1", "parent_2", "naive_fused", "geometric_fused")
+N_ROWS = "per-kind correlations are not meaningful with n < 3"
+
+
+def _synthetic_study(uri: str, seeds: int) -> tuple[str, dict[str, dict[tuple[str, int], float]]]:
+    """A study run over `seeds` seeds of 4 kinds' evaluate runs with random measures, logged straight
+    to the server (no training); (its ID, {metric key: {(kind, seed): value}})."""
+    from mlflow.entities import Metric, Param
+
+    client, rng = MlflowClient(uri), np.random.default_rng(seeds)
+    experiment = client.create_experiment(f"report-synthetic-{seeds}-seeds")
+    study = client.create_run(experiment, run_name="study synthetic", tags={"ofexp.stage": "study"}).info.run_id
+    client.log_batch(study, params=[Param("accuracy_metric", "accuracy")])
+    logged, steps = {}, []
+    for seed in range(1, seeds + 1):
+        for kind in SYNTHETIC_KINDS:
+            values = {"prediction/accuracy": rng.uniform(0.5, 0.9), "prediction/generalisation_gap": rng.uniform(5, 60),
+                      "input/lipschitz": rng.uniform(1, 9)}
+            run = client.create_run(experiment, run_name=f"s{seed} {kind} eval",
+                                    tags={"mlflow.parentRunId": study, "ofexp.stage": "evaluate"}).info.run_id
+            client.log_batch(run, metrics=[Metric(k, v, 0, 0) for k, v in values.items()])
+            client.set_terminated(run)
+            steps.append((seed, kind, "evaluate", run, False))
+            for key, value in values.items():
+                logged.setdefault(key, {})[(kind, seed)] = value
+    steps_csv = pd.DataFrame(steps, columns=["seed", "kind", "stage", "run_id", "reused"]).to_csv(index=False)
+    client.log_text(study, steps_csv, "steps.csv")
+    client.set_tag(study, "ofexp.kinds", ",".join(SYNTHETIC_KINDS))
+    client.set_terminated(study)
+    return study, logged
+
+
+def _printed_rows(section: str) -> list[list[str]]:
+    """The printed correlation rows' cells: method, measure, model_kind, value, n, p_value, ci95 (2 cells), note."""
+    methods = (["kendall"], ["pearson"], ["spearman"])
+    return [line.split() for line in section.splitlines() if line.split()[:1] in methods]
+
+
+def test_report_with_two_seeds_says_in_one_line_that_per_kind_rows_mean_nothing(mlflow_server, tmp_path, capsys):
+    study, logged = _synthetic_study(mlflow_server.uri, 2)
+    out = tmp_path / "results.csv"
+    result = run_cli_in_process(["report", study, "--csv", str(out)], mlflow_server.uri, capsys)
+    assert result.returncode == 0, result.stderr
+    section = result.stdout.split("## correlation with accuracy")[1]
+    assert result.stdout.count(N_ROWS) == 1
+    rows = _printed_rows(section)
+    assert rows and all(row[2] == "pooled" and row[4] == "8" for row in rows), rows  # n = 4 kinds × 2 seeds
+    # the CSV keeps the per-kind rows, with their note, and the statistics' columns
+    table = pd.read_csv(tmp_path / "results.correlations.csv", keep_default_na=False, na_values=["nan"])
+    assert list(table.columns) == ["method", "measure", "model_kind", "value", "n", "note", "p_value", "ci_low",
+                                   "ci_high"]
+    per_kind = table[table.model_kind != "pooled"]
+    assert set(per_kind.model_kind) == set(SYNTHETIC_KINDS) and per_kind.note.str.contains("not meaningful").all()
+    pooled = table[(table.model_kind == "pooled") & (table.measure == "lipschitz")].set_index("method")
+    keys = sorted(logged["input/lipschitz"])
+    x, y = [logged["input/lipschitz"][k] for k in keys], [logged["prediction/accuracy"][k] for k in keys]
+    for method, fn in (("kendall", stats.kendalltau), ("pearson", stats.pearsonr), ("spearman", stats.spearmanr)):
+        assert pooled.loc[method, "p_value"] == pytest.approx(fn(x, y)[1], rel=1e-9)
+        assert pooled.loc[method, "ci_low"] <= pooled.loc[method, "ci_high"]
+
+
+def test_report_with_three_seeds_prints_per_kind_rows_and_says_what_the_gap_is(mlflow_server, capsys):
+    study, _ = _synthetic_study(mlflow_server.uri, 3)
+    result = run_cli_in_process(["report", study], mlflow_server.uri, capsys)
+    assert result.returncode == 0, result.stderr
+    assert N_ROWS not in result.stdout
+    section = result.stdout.split("## correlation with accuracy")[1]
+    rows = _printed_rows(section)
+    assert {row[2] for row in rows} == {*SYNTHETIC_KINDS, "pooled"}
+    assert {row[4] for row in rows if row[2] == "pooled"} == {"12"}  # n = 4 kinds × 3 seeds
+    assert "p_value" in section and "ci95" in section
+    assert "generalisation_gap_pct" in result.stdout and "percentage points" in result.stdout
 
 
 def _steps(client, study_id: str) -> dict[tuple[str, int, str], str]:

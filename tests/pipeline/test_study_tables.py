@@ -8,8 +8,8 @@ import pytest
 
 from scipy import stats
 
-from ofexp.pipeline.report import (STEP_COLUMNS, build_tables, correlation_metrics, correlation_notes, kinds_tag,
-                                   report_files, steps_from_csv, study_kinds)
+from ofexp.pipeline.report import (STEP_COLUMNS, build_tables, correlation_metrics, correlation_notes, correlation_view,
+                                   kinds_tag, report_files, steps_from_csv, study_kinds, with_gap_percent)
 from ofexp.tracking.queries import RunData
 
 KINDS = ("parent_1", "naive_fused")
@@ -115,3 +115,51 @@ def test_step_run_names_differ_within_what_the_runs_table_shows():
     assert len({name[:15] for name in names}) == len(names), sorted(names)
     assert max(len(name) for name in names) <= 20
     assert step_run_name(3, "geometric_fused", "fuse") == "s3 geometric fuse"
+
+
+def _seeds_fixture(seeds: int):
+    """parent_1 and naive_fused over `seeds` seeds, accuracy and lipschitz varying with the seed."""
+    models = [(i, k, s) for i, k in enumerate(KINDS) for s in range(1, seeds + 1)]
+    accuracy = {(k, s): 0.5 + 0.1 * s - 0.05 * (s % 2) + 0.2 * i for i, k, s in models}
+    lipschitz = {(k, s): 1.0 + s * s - 0.5 * i for i, k, s in models}
+    return _fixture(accuracy, lipschitz)
+
+
+def test_pooled_correlations_cover_every_model_and_stay_out_of_results_csv():
+    steps, runs = _seeds_fixture(3)
+    tables = build_tables(steps, runs, "accuracy")
+    pooled = tables.correlations[tables.correlations.model_kind == "pooled"]
+    assert len(pooled) == 3 and (pooled["n"] == len(KINDS) * 3).all()  # 3 methods, n = kinds × seeds
+    assert tables.correlations.model_kind.tolist()[-1] == "pooled"  # after the kinds
+    assert pooled[["p_value", "ci_low", "ci_high"]].notna().all().all()
+    assert "pooled" not in set(tables.results.Model)
+    assert {"corr/kendall/lipschitz/pooled"} <= set(correlation_metrics(tables.correlations))
+
+
+def test_the_report_leaves_out_per_kind_rows_from_two_seeds_in_one_line():
+    lines, view = correlation_view(build_tables(*_seeds_fixture(2), "accuracy").correlations)
+    (line,) = lines
+    assert "not meaningful with n < 3" in line and "correlations.csv keeps them" in line
+    assert set(view.model_kind) == {"pooled"} and (view.n == 4).all()  # 2 kinds × 2 seeds
+    lines, view = correlation_view(build_tables(*_seeds_fixture(3), "accuracy").correlations)
+    assert lines == [] and set(view.model_kind) == {*KINDS, "pooled"}
+    assert list(view.columns) == ["method", "measure", "model_kind", "value", "n", "p_value", "ci95", "note"]
+    assert view.ci95.str.fullmatch(r"\[-?\d\.\d\d, -?\d\.\d\d\]").all()
+
+
+def test_the_report_prints_a_correlations_table_of_the_older_columns():
+    old = pd.DataFrame([("kendall", "test_loss", "parent_1", -0.67, 5, "")],
+                       columns=["method", "measure", "model_kind", "value", "n", "note"])
+    lines, view = correlation_view(old)
+    assert lines == [] and view.iloc[0][["value", "p_value", "ci95"]].tolist() == ["-0.670", "nan", "nan"]
+
+
+def test_the_generalisation_gap_is_shown_in_percentage_points_beside_its_reciprocal():
+    per_seed = pd.DataFrame([("parent_1_seed1", "prediction_space", "accuracy", 0.9),
+                             ("parent_1_seed1", "prediction_space", "generalisation_gap", 52.0),
+                             ("parent_1_seed2", "prediction_space", "generalisation_gap", float("inf"))],
+                            columns=["Model", "Space", "Metric", "Value"])
+    shown = with_gap_percent(per_seed)
+    assert shown.Metric.tolist() == ["accuracy", "generalisation_gap", "generalisation_gap_pct",
+                                     "generalisation_gap", "generalisation_gap_pct"]
+    assert shown.Value.tolist()[2] == pytest.approx(100 / 52) and shown.Value.tolist()[4] == 0.0
