@@ -7,10 +7,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ofexp.fusion.geometric import _probe_features
-from ofexp.fusion.groups import alignment_spec
+from ofexp.fusion.geometric import probe_features
+from ofexp.fusion.groups import AlignmentSpec
 from ofexp.fusion.naive import fusion_weights
-from ofexp.fusion.repair import _probe_names, _source_stats
+from ofexp.fusion.repair import probe_names, probe_stats
+from ofexp.fusion.trace import alignment_spec
 from ofexp.models import eval_mode
 
 
@@ -28,6 +29,7 @@ def alignment_diagnostics(
     *,
     weights: Sequence[float] | None = None,
     target: int = -1,
+    spec: AlignmentSpec | None = None,
 ) -> dict[str, dict[str, float]]:
     r"""Per alignment group, two numbers on ``inputs`` (at the group's probes, the pre-activations):
 
@@ -53,25 +55,27 @@ def alignment_diagnostics(
         The fusion weights; equal by default.
     target : int
         Index of the target parent in ``sources``.
+    spec : AlignmentSpec, optional
+        The groups and their probes; by default ``alignment_spec(fused)`` (a network ofexp built).
 
     Returns
     -------
     dict[str, dict[str, float]]
         Group -> {"match_correlation": ..., "std_ratio": ...}.
     """
-    spec = alignment_spec(fused.spec)
+    spec = spec if spec is not None else alignment_spec(fused)
     w = fusion_weights(weights, len(sources))
     t = target % len(sources)
-    names = _probe_names(fused)
+    names = probe_names(spec)
 
     def on(net: nn.Module) -> torch.Tensor:
         return inputs.to(next(net.parameters()).device)
 
     with eval_mode(fused, *sources):  # results come back to the CPU, so parents may sit on any device
-        feats = [{g: f.cpu() for g, f in _probe_features(net, spec, on(net)).items()} for net in sources]
+        feats = [{g: f.cpu() for g, f in probe_features(net, spec, on(net)).items()} for net in sources]
         # Spreads per probe module: a residual stream's terms (stem, branches, shortcuts) each
         # have their own scale, and REPAIR sets each one.
-        stds = [{n: st[1].cpu() for n, st in _source_stats(net, names, on(net)).items()} for net in (fused, *sources)]
+        stds = [{n: st[1].cpu() for n, st in probe_stats(net, names, on(net)).items()} for net in (fused, *sources)]
     out = {}
     for g in spec.groups:
         ref = _standardise(feats[t][g])  # [n, s]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,10 +12,11 @@ import torch
 from torch import nn
 
 from ofexp.errors import ConfigError
-from ofexp.fusion.groups import AlignmentSpec, alignment_spec, apply_plan, check_covers
+from ofexp.fusion.groups import AlignmentSpec, apply_plan, axis_groups, check_covers
 from ofexp.fusion.naive import average_states, fusion_weights, parent_specs
+from ofexp.fusion.trace import alignment_spec
 from ofexp.fusion.transport import solve_transport
-from ofexp.models import ModelSpec, build_model, eval_mode
+from ofexp.models import eval_mode
 
 ALIGNMENTS = ("weights", "activations")
 
@@ -28,7 +30,7 @@ class GeometricFusion:
     Attributes
     ----------
     model : nn.Module
-        The fused network, built with the target's spec.
+        The fused network: a copy of the target parent with the fused tensors.
     plans : dict[str, list[torch.Tensor]]
         Group -> per non-target parent (in input order), the rescaled map A
         [n_parent, n_target] whose columns sum to 1; a 0/1 matrix when the plan
@@ -48,6 +50,8 @@ class GeometricFusion:
         neuron order: the target as given, every other one built from ``aligned``
         (sharing its tensors). REPAIR, the diagnostics and the curves compare the
         fused network with these.
+    spec : AlignmentSpec
+        The alignment groups used; REPAIR and the diagnostics read its probes.
     """
 
     model: nn.Module
@@ -57,6 +61,7 @@ class GeometricFusion:
     aligned: list[dict[str, torch.Tensor]] = field(default_factory=list, repr=False)
     group_seconds: dict[str, float] = field(default_factory=dict)
     parents: list[nn.Module] = field(default_factory=list, repr=False)
+    spec: AlignmentSpec | None = field(default=None, repr=False)
 
 
 def _cost_tensors(state: State, spec: AlignmentSpec, group: str, solved: set[str]) -> list[str]:
@@ -65,9 +70,9 @@ def _cost_tensors(state: State, spec: AlignmentSpec, group: str, solved: set[str
     keys = []
     writers = spec.writers[group]
     for key in writers:
-        if state[key].ndim < 2 or not key.endswith(".weight"):
+        if state[key].ndim < 2 or not key.endswith(".weight") or spec.axes[key][0] != group:
             continue  # batch-norm vectors and biases ride along with their layer's weight
-        if all(g is None or g in solved for g in spec.axes[key][1:]):
+        if all(g in solved for ax in spec.axes[key][1:] for g in axis_groups(ax)):
             keys.append(key)
             bias = key[: -len("weight")] + "bias"
             if bias in writers:
@@ -110,7 +115,7 @@ def weight_cost(
     return d2.clamp_min_(0).sqrt_().numpy()
 
 
-def _probe_features(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor) -> dict[str, torch.Tensor]:
+def probe_features(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per group, the activations of its neurons on batch ``x``: [n, B * spatial * n_probes]."""
     modules = dict(model.named_modules())
     outs: dict[str, torch.Tensor] = {}
@@ -150,12 +155,16 @@ def activation_costs(
     dict[str, np.ndarray]
         Group -> cost of shape [n_parent, n_target].
     """
+    blind = [g for g in spec.groups if not spec.probes.get(g)]
+    if blind:
+        raise ConfigError(f"activation alignment: group {blind[0]!r} has no module whose output shows its neurons "
+                          f"on axis 1 ({len(blind)} such groups); use alignment='weights'")
     device = next(parent.parameters()).device
     sq: dict[str, torch.Tensor] = {}
     with eval_mode(parent, target):
         for x in torch.split(inputs, batch_size):
-            fp = _probe_features(parent, spec, x.to(device))
-            ft = _probe_features(target, spec, x.to(next(target.parameters()).device))
+            fp = probe_features(parent, spec, x.to(device))
+            ft = probe_features(target, spec, x.to(next(target.parameters()).device))
             for g in spec.groups:
                 d2 = torch.cdist(fp[g], ft[g].to(device)) ** 2  # [n_p, n_t]
                 sq[g] = sq[g] + d2 if g in sq else d2
@@ -213,6 +222,7 @@ def geometric_fuse(
     reg: float = 0.01,
     alignment: str = "weights",
     inputs: torch.Tensor | None = None,
+    spec: AlignmentSpec | None = None,
 ) -> GeometricFusion:
     r"""Fuse k >= 2 networks by aligning each one's neurons to a target's with OT, then averaging.
 
@@ -243,7 +253,8 @@ def geometric_fuse(
     Parameters
     ----------
     models : sequence of k >= 2 nn.Module
-        Networks from ``build_model``, same spec up to ``width``.
+        Networks from ``build_model``, same spec up to ``width``; or any networks
+        with the same state-dict keys and shapes, with ``spec`` given.
     weights : sequence of k non-negative floats, optional
         Averaging weights, normalised; equal by default.
     target : int
@@ -254,6 +265,10 @@ def geometric_fuse(
         ``"weights"`` or ``"activations"`` (needs ``inputs``).
     inputs : torch.Tensor, shape [N, C, H, W], optional
         Training samples for ``alignment="activations"``.
+    spec : AlignmentSpec, optional
+        The networks' alignment groups; by default ``alignment_spec(models[target])``,
+        which traces a network ofexp built. For any other network pass
+        ``trace_alignment(model, example_input)``, checked with ``check_alignment_spec``.
 
     Returns
     -------
@@ -267,7 +282,7 @@ def geometric_fuse(
     check_alignment(alignment)  # solver and reg: solve_transport's own check
     if alignment == "activations" and not (isinstance(inputs, torch.Tensor) and len(inputs) > 0):
         raise ConfigError("alignment='activations' needs inputs=<tensor [N, C, H, W] of training samples>")
-    spec = alignment_spec(specs[t])
+    spec = spec if spec is not None else alignment_spec(models[t])
     device = next(models[t].parameters()).device
     states = [{key: v.to(device) for key, v in m.state_dict().items()} for m in models]
     for s in states:
@@ -284,25 +299,20 @@ def geometric_fuse(
             costs[g] += p_costs[g]
     # The target goes first so that integer buffers (num_batches_tracked) come from it.
     order = [t] + [i for i in range(k) if i != t]
-    with torch.device("meta"):  # no random init of weights that are replaced at once
-        fused = build_model(specs[t])
-    fused.load_state_dict(average_states([aligned[i] for i in order], [w[i] for i in order]), assign=True)
+    fused = _with_state(models[t], average_states([aligned[i] for i in order], [w[i] for i in order]))
     others = [aligned[i] for i in range(k) if i != t]
     return GeometricFusion(fused, plans, costs, time.perf_counter() - start, others, group_seconds,
-                           _aligned_modules(models, others, t, specs[t]))
+                           _aligned_modules(models, others, t), spec)
 
 
-def _aligned_modules(models: Sequence[nn.Module], aligned: list[dict[str, torch.Tensor]], t: int,
-                     spec: ModelSpec) -> list[nn.Module]:
+def _with_state(template: nn.Module, state: State) -> nn.Module:
+    """A copy of ``template`` (the target: its architecture and width) holding ``state``'s tensors."""
+    out = copy.deepcopy(template)
+    out.load_state_dict(state, assign=True)
+    return out
+
+
+def _aligned_modules(models: Sequence[nn.Module], aligned: list[State], t: int) -> list[nn.Module]:
     """The parents in input order, each non-target one rebuilt from its aligned state dict."""
     rest = iter(aligned)
-    out = []
-    for i, model in enumerate(models):
-        if i == t:
-            out.append(model)
-            continue
-        with torch.device("meta"):  # the weights are replaced at once
-            parent = build_model(spec)
-        parent.load_state_dict(next(rest), assign=True)
-        out.append(parent.eval())
-    return out
+    return [model if i == t else _with_state(models[t], next(rest)).eval() for i, model in enumerate(models)]

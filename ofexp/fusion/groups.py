@@ -13,16 +13,35 @@ neurons: conv / linear weight and bias, batch-norm parameters and buffers); its
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ofexp.models import ModelSpec
-from ofexp.models import mlp, resnet, vgg
 
-Axes = tuple[str | None, ...]
+Factor = tuple[str | None, int]  # (group or None, size)
+Segment = tuple[Factor, ...]  # factors in row-major order: index = ((i0 * n1) + i1) * n2 + ...
+Layout = tuple[Segment, ...]  # segments concatenated along the axis
+Axis = str | Layout | None
+Axes = tuple[Axis, ...]
+
+
+def axis_groups(axis: Axis) -> list[str]:
+    """The groups one axis entry holds: itself if a name, its factors' groups if a layout."""
+    if axis is None:
+        return []
+    if isinstance(axis, str):
+        return [axis]
+    return [g for seg in axis for g, _ in seg if g is not None]
+
+
+def _axis_size(axis: Axis, n: int) -> int:
+    """Length of an axis the entry describes (``n``, the tensor's, for a plain group)."""
+    if isinstance(axis, tuple):
+        return sum(math.prod(size for _, size in seg) for seg in axis)
+    return n
 
 
 @dataclass(frozen=True)
@@ -31,8 +50,11 @@ class AlignmentSpec:
 
     Attributes
     ----------
-    axes : dict[str, tuple[str | None, ...]]
-        State-dict key -> group name per axis, in forward (state-dict) order.
+    axes : dict[str, tuple[Axis, ...]]
+        State-dict key -> group per axis, in forward (state-dict) order. An axis
+        entry is a group name, ``None`` (never permuted), or a ``Layout`` for a
+        block-structured axis: concatenated segments (``cat``), each a row-major
+        product of factors (``flatten`` of channels with spatial positions).
     probes : dict[str, tuple[str, ...]]
         Group -> names of the modules whose outputs hold the group's neurons on
         axis 1; activation-based alignment reads them. May be empty.
@@ -52,9 +74,7 @@ class AlignmentSpec:
         writers: dict[str, list[str]] = {}
         readers: dict[str, list[str]] = {}
         for key, axes in self.axes.items():
-            for i, g in enumerate(axes):
-                if g is None:
-                    continue
+            for i, g in ((i, g) for i, ax in enumerate(axes) for g in axis_groups(ax)):
                 writers.setdefault(g, [])
                 readers.setdefault(g, [])
                 bucket = writers[g] if i == 0 else readers[g]
@@ -69,81 +89,6 @@ class AlignmentSpec:
         object.__setattr__(self, "groups", tuple(writers))
         object.__setattr__(self, "writers", {g: tuple(v) for g, v in writers.items()})
         object.__setattr__(self, "readers", {g: tuple(v) for g, v in readers.items()})
-
-
-def _layer_axes(name: str, out: str | None, inp: str | None, conv: bool, bias: bool) -> dict[str, Axes]:
-    spatial = (None, None) if conv else ()  # a conv weight is [n_out, n_in, kh, kw]
-    axes: dict[str, Axes] = {f"{name}.weight": (out, inp, *spatial)}
-    if bias:
-        axes[f"{name}.bias"] = (out,)
-    return axes
-
-
-def _bn_axes(name: str, group: str) -> dict[str, Axes]:
-    stats = ("weight", "bias", "running_mean", "running_var")
-    axes: dict[str, Axes] = {f"{name}.{k}": (group,) for k in stats}
-    axes[f"{name}.num_batches_tracked"] = ()
-    return axes
-
-
-def _chain_spec(plan: list[tuple[str, int]], bias: bool) -> AlignmentSpec:
-    """MLP / VGG: each hidden layer's outputs are a group, read by the next layer."""
-    axes: dict[str, Axes] = {}
-    probes: dict[str, tuple[str, ...]] = {}
-    prev: str | None = None  # the network input is never permuted
-    for i, (kind, _) in enumerate(plan):
-        name = f"features.{i}"
-        if kind in ("linear", "conv"):
-            axes.update(_layer_axes(name, name, prev, kind == "conv", bias))
-            prev = name
-            probes[name] = (name,)
-        elif kind == "bn":
-            axes.update(_bn_axes(name, prev))
-            probes[prev] = (name,)  # pre-activation = after BN, before ReLU
-    axes.update(_layer_axes("classifier", None, prev, False, bias))
-    return AlignmentSpec(axes, probes)
-
-
-def _resnet_spec(spec: ModelSpec) -> AlignmentSpec:
-    """ResNet18: one group per stage's residual stream, one per block's inner channels."""
-    bias, bn = spec.bias, spec.batchnorm
-    stream = "layers.0.stream"  # the stem writes stage 0's stream
-    axes = _layer_axes("conv1", stream, None, True, bias)
-    axes.update(_bn_axes("bn1", stream) if bn else {})
-    probes: dict[str, list[str]] = {stream: ["bn1" if bn else "conv1"]}
-    for p in resnet.block_plan(spec):
-        prefix = f"layers.{p.stage}.{p.index}"
-        inner, out = f"{prefix}.inner", f"layers.{p.stage}.stream"
-        if not p.shortcut and out != stream:
-            raise AssertionError(f"identity shortcut across streams in {prefix}")  # block_plan bug
-        axes.update(_layer_axes(f"{prefix}.conv1", inner, stream, True, bias))
-        axes.update(_bn_axes(f"{prefix}.bn1", inner) if bn else {})
-        axes.update(_layer_axes(f"{prefix}.conv2", out, inner, True, bias))
-        axes.update(_bn_axes(f"{prefix}.bn2", out) if bn else {})
-        if p.shortcut:
-            axes.update(_layer_axes(f"{prefix}.shortcut.0", out, stream, True, bias))
-            axes.update(_bn_axes(f"{prefix}.shortcut.1", out) if bn else {})
-        probes[inner] = [f"{prefix}.bn1" if bn else f"{prefix}.conv1"]
-        # The stream's pre-activation is bn2(conv2) + shortcut; probe its terms, since
-        # post-ReLU block outputs have dead channels that tie in the cost.
-        probes.setdefault(out, []).append(f"{prefix}.bn2" if bn else f"{prefix}.conv2")
-        if p.shortcut:
-            probes[out].append(f"{prefix}.shortcut.{1 if bn else 0}")
-        stream = out
-    axes.update(_layer_axes("classifier", None, stream, False, bias))
-    return AlignmentSpec(axes, {g: tuple(v) for g, v in probes.items()})
-
-
-def alignment_spec(spec: ModelSpec) -> AlignmentSpec:
-    """The alignment groups of the network that ``build_model(spec)`` builds.
-
-    Classifier outputs are never permuted; nor is the network input.
-    """
-    if spec.arch == "mlp":
-        return _chain_spec(mlp.layer_plan(spec), spec.bias)
-    if spec.arch == "vgg11":
-        return _chain_spec(vgg.layer_plan(spec), spec.bias)
-    return _resnet_spec(spec)
 
 
 def check_covers(spec: AlignmentSpec, state_dict: Mapping[str, torch.Tensor]) -> None:
@@ -162,12 +107,17 @@ def check_covers(spec: AlignmentSpec, state_dict: Mapping[str, torch.Tensor]) ->
         if len(axes) != len(shape):
             problems.append(f"{key!r} has {len(shape)} axes but the spec names {len(axes)}")
             continue
-        for g, n in zip(axes, shape):
-            if g is None:
+        for ax, n in zip(axes, shape):
+            if _axis_size(ax, n) != n:
+                problems.append(f"{key!r} has {n} entries on an axis whose layout spans {_axis_size(ax, n)}")
                 continue
-            first = sizes.setdefault(g, (key, n))
-            if first[1] != n:
-                problems.append(f"group {g!r} has size {first[1]} in {first[0]!r} but {n} in {key!r}")
+            factors = [(g, size) for seg in ax for g, size in seg] if isinstance(ax, tuple) else [(ax, n)]
+            for g, size in factors:
+                if g is None:
+                    continue
+                first = sizes.setdefault(g, (key, size))
+                if first[1] != size:
+                    problems.append(f"group {g!r} has size {first[1]} in {first[0]!r} but {size} in {key!r}")
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise ValueError(
@@ -178,8 +128,13 @@ def check_covers(spec: AlignmentSpec, state_dict: Mapping[str, torch.Tensor]) ->
 
 def group_sizes(spec: AlignmentSpec, state_dict: Mapping[str, torch.Tensor]) -> dict[str, int]:
     """Number of neurons of each group in ``state_dict``, in forward order."""
-    key = {g: spec.writers[g][0] for g in spec.groups}
-    return {g: int(state_dict[key[g]].shape[0]) for g in spec.groups}
+    sizes = {}
+    for g in spec.groups:
+        key = spec.writers[g][0]
+        axis = spec.axes[key][0]
+        factors = [f for seg in axis for f in seg] if isinstance(axis, tuple) else [(axis, state_dict[key].shape[0])]
+        sizes[g] = int(next(size for name, size in factors if name == g))
+    return sizes
 
 
 def map_axis(t: torch.Tensor, axis: int, plan: torch.Tensor, perm: torch.Tensor | None = None) -> torch.Tensor:
@@ -243,12 +198,36 @@ def apply_plan(state: dict[str, torch.Tensor], spec: AlignmentSpec, group: str, 
     of the result is ``sum_i plan[i, j]`` times neuron i wherever it appears.
     """
     perm = _as_permutation(plan)  # checked once for all of the group's tensors
-    for key in spec.writers[group] + spec.readers[group]:
+    # a tensor can write and read one group (a residual stream's square 1x1 conv): map it once
+    for key in dict.fromkeys(spec.writers[group] + spec.readers[group]):
         t = state[key]
         for axis, g in enumerate(spec.axes[key]):
             if g == group:
                 t = map_axis(t, axis, plan, perm)
+            elif isinstance(g, tuple) and group in axis_groups(g):
+                t = _map_layout(t, axis, g, group, plan, perm)
         state[key] = t
+
+
+def _map_layout(t: torch.Tensor, axis: int, layout: Layout, group: str, plan: torch.Tensor,
+                perm: torch.Tensor | None) -> torch.Tensor:
+    """``map_axis`` on every factor of ``group`` inside a block-structured axis of ``t``."""
+    if plan.shape[0] != plan.shape[1]:
+        raise ValueError(f"group {group!r} sits in a block-structured axis (cat or flatten), which needs parents "
+                         f"of one width; got a {tuple(plan.shape)} map")
+    pieces, start = [], 0
+    for seg in layout:
+        sizes = [n for _, n in seg]
+        piece = t.narrow(axis, start, math.prod(sizes))  # [..., prod(sizes), ...]
+        start += math.prod(sizes)
+        if any(g == group for g, _ in seg):
+            piece = piece.reshape(*t.shape[:axis], *sizes, *t.shape[axis + 1:])  # [..., *sizes, ...]
+            for j, (g, _) in enumerate(seg):
+                if g == group:
+                    piece = map_axis(piece, axis + j, plan, perm)
+            piece = piece.reshape(*t.shape[:axis], -1, *t.shape[axis + 1:])
+        pieces.append(piece)
+    return torch.cat(pieces, dim=axis)
 
 
 def permutation_plan(perm: torch.Tensor) -> torch.Tensor:
@@ -257,13 +236,18 @@ def permutation_plan(perm: torch.Tensor) -> torch.Tensor:
     return torch.eye(n)[:, perm]  # [n, n]
 
 
-def permute_model(model: nn.Module, perms: Mapping[str, Sequence[int] | torch.Tensor]) -> nn.Module:
+def permute_model(model: nn.Module, perms: Mapping[str, Sequence[int] | torch.Tensor],
+                  spec: AlignmentSpec | None = None) -> nn.Module:
     """A copy of ``model`` whose neuron j of each group g is the old neuron ``perms[g][j]``.
 
     The copy computes the same function as ``model`` (eval mode): this is the
     symmetry that fusion undoes. Groups not in ``perms`` are left as they are.
+    ``spec`` defaults to ``alignment_spec(model)``, which needs a network ofexp built.
     """
-    spec = alignment_spec(model.spec)
+    if spec is None:
+        from ofexp.fusion.trace import alignment_spec  # trace imports this module
+
+        spec = alignment_spec(model)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     check_covers(spec, state)
     sizes = group_sizes(spec, state)

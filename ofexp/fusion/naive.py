@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from collections.abc import Sequence
@@ -10,27 +11,30 @@ import torch
 from torch import nn
 
 from ofexp.errors import ConfigError, IncompatibleModelsError
-from ofexp.models import ModelSpec, build_model
+from ofexp.models import ModelSpec
 
 # Fields that must agree for any fusion; width may differ only for geometric fusion.
 _SHARED_FIELDS = ("arch", "num_classes", "in_channels", "input_size", "bias", "batchnorm")
 
 
-def parent_specs(models: Sequence[nn.Module], *, allow_width: bool) -> list[ModelSpec]:
-    """Specs of ``models``, after checking that there are >= 2 and they can be fused.
+def parent_specs(models: Sequence[nn.Module], *, allow_width: bool) -> list[ModelSpec | None]:
+    """Specs of ``models`` (None for a network ofexp did not build), after checking that there
+    are >= 2 and that they can be fused.
 
-    ``allow_width`` lets the width differ (geometric fusion maps onto the
-    target's width); every other spec field must match the first model's.
+    Networks ofexp built must agree on every spec field; ``allow_width`` lets the width
+    differ (geometric fusion maps onto the target's width). Any other networks must have
+    the same state-dict keys and shapes; the first that differs is named.
     """
     models = list(models)
     if len(models) < 2:
         raise ConfigError(f"fusion needs at least 2 models, got {len(models)}; pass two or more parents")
-    specs = []
     for i, m in enumerate(models):
-        spec = getattr(m, "spec", None)
-        if not isinstance(spec, ModelSpec):
-            raise ConfigError(f"model {i} has no ModelSpec in .spec; build it with ofexp.models.build_model")
-        specs.append(spec)
+        if not isinstance(m, nn.Module):
+            raise ConfigError(f"model {i} is a {type(m).__name__}, not an nn.Module; pass torch networks")
+    specs = [getattr(m, "spec", None) for m in models]
+    if not all(isinstance(s, ModelSpec) for s in specs):
+        check_same_tensors(models)
+        return [s if isinstance(s, ModelSpec) else None for s in specs]
     fields = _SHARED_FIELDS if allow_width else _SHARED_FIELDS + ("width",)
     for i, spec in enumerate(specs[1:], start=1):
         for f in fields:
@@ -40,6 +44,24 @@ def parent_specs(models: Sequence[nn.Module], *, allow_width: bool) -> list[Mode
                     f"cannot fuse: model 0 has {f}={a!r} but model {i} has {f}={b!r}; fuse models of one spec"
                 )
     return specs
+
+
+def check_same_tensors(models: Sequence[nn.Module], names: Sequence[str] | None = None) -> None:
+    """IncompatibleModelsError naming the first state-dict key that is missing or shaped
+    differently in a model than in the first one. ``names`` label the models in the message."""
+    names = list(names) if names is not None else [f"model {i}" for i in range(len(models))]
+    ref = models[0].state_dict()
+    for name, model in zip(names[1:], models[1:]):
+        state = model.state_dict()
+        for key in list(ref) + [k for k in state if k not in ref]:
+            a, b = ref.get(key), state.get(key)
+            if a is None or b is None:
+                has, lacks = (name, names[0]) if a is None else (names[0], name)
+                raise IncompatibleModelsError(f"cannot fuse: {has} has tensor {key!r} but {lacks} does not; "
+                                              "fuse networks of one architecture")
+            if a.shape != b.shape:
+                raise IncompatibleModelsError(f"cannot fuse: tensor {key!r} is {list(a.shape)} in {names[0]} but "
+                                              f"{list(b.shape)} in {name}; fuse networks of one architecture and width")
 
 
 def fusion_weights(weights: Sequence[float] | None, k: int, *, name: str = "weights") -> list[float]:
@@ -88,18 +110,19 @@ def naive_fuse(models: Sequence[nn.Module], weights: Sequence[float] | None = No
     Parameters
     ----------
     models : sequence of k >= 2 nn.Module
-        Networks built by ``build_model`` with one and the same spec.
+        Networks of one architecture: built by ``build_model`` with one spec, or any
+        others with the same state-dict keys and shapes.
     weights : sequence of k non-negative floats, optional
         Mixing weights, normalised to sum to 1; equal by default.
 
     Returns
     -------
     nn.Module
-        A new network built from ``models[0].spec``; integer buffers
+        A copy of ``models[0]`` with the averaged tensors; integer buffers
         (``num_batches_tracked``) are copied from ``models[0]``.
     """
-    specs = parent_specs(models, allow_width=False)
-    w = fusion_weights(weights, len(specs))
-    fused = build_model(specs[0]).to(next(models[0].parameters()).device)
+    parent_specs(models, allow_width=False)
+    w = fusion_weights(weights, len(models))
+    fused = copy.deepcopy(models[0])
     fused.load_state_dict(average_states([m.state_dict() for m in models], w))
     return fused

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ofexp.fusion.geometric import GeometricFusion
-from ofexp.fusion.groups import alignment_spec
+from ofexp.fusion.groups import AlignmentSpec
+from ofexp.fusion.trace import alignment_spec
 from ofexp.fusion.naive import fusion_weights
 from ofexp.models import eval_mode
 
@@ -24,9 +25,9 @@ from ofexp.models import eval_mode
 _MIN_STD = 1e-6
 
 
-def _probe_names(model: nn.Module) -> list[str]:
+def probe_names(spec: AlignmentSpec) -> list[str]:
     """Modules whose outputs carry a group's neurons on axis 1 (see ``AlignmentSpec.probes``)."""
-    names = [n for group in alignment_spec(model.spec).probes.values() for n in group]
+    names = [n for group in spec.probes.values() for n in group]
     return list(dict.fromkeys(names))
 
 
@@ -49,7 +50,7 @@ def _run_with_hooks(model: nn.Module, names: list[str], hook, inputs: torch.Tens
 
 
 @torch.no_grad()
-def _source_stats(model: nn.Module, names: list[str], inputs: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def probe_stats(model: nn.Module, names: list[str], inputs: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per named module, the channel (mean, std) of its output on ``inputs``, each [C]."""
     stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     _run_with_hooks(model, names, lambda m, a, o, n: stats.__setitem__(n, _channel_stats(o)), inputs)
@@ -81,6 +82,7 @@ def repair_statistics(
     sources: Sequence[nn.Module],
     inputs: torch.Tensor,
     weights: Sequence[float] | None = None,
+    spec: AlignmentSpec | None = None,
 ) -> dict[str, float]:
     r"""Set each fused neuron's activation mean and std to the weighted average of the sources'.
 
@@ -110,6 +112,8 @@ def repair_statistics(
         Training samples; all are run as one batch.
     weights : sequence of float, optional
         The sources' averaging weights (the fusion weights); equal by default.
+    spec : AlignmentSpec, optional
+        Whose probes to correct; by default ``alignment_spec(fused)`` (a network ofexp built).
 
     Returns
     -------
@@ -119,11 +123,11 @@ def repair_statistics(
     if len(inputs) < 2:
         raise ValueError(f"repair_statistics: inputs has {len(inputs)} sample(s); statistics need at least 2")
     w = fusion_weights(weights, len(sources))
-    names = _probe_names(fused)
+    names = probe_names(spec if spec is not None else alignment_spec(fused))
     device = next(fused.parameters()).device
     scales: dict[str, float] = {}
     with eval_mode(fused, *sources):
-        per_source = [_source_stats(s, names, inputs.to(next(s.parameters()).device)) for s in sources]
+        per_source = [probe_stats(s, names, inputs.to(next(s.parameters()).device)) for s in sources]
         goal = {n: tuple(sum(wk * st[n][i].to(device) for wk, st in zip(w, per_source)) for i in (0, 1))
                 for n in names}
 
@@ -143,4 +147,4 @@ def repair_geometric(
 ) -> dict[str, float]:
     """``repair_statistics`` of ``result.model`` against the parents as ``geometric_fuse``
     aligned them (``result.parents``); ``weights`` are the fusion weights it was given."""
-    return repair_statistics(result.model, result.parents, inputs, weights)
+    return repair_statistics(result.model, result.parents, inputs, weights, result.spec)

@@ -180,8 +180,9 @@ def _repair_and_diagnose(cfg: FuseConfig, result, parents: _Parents, inputs: tor
     measure per group how well neurons matched and how much activations shrank."""
     sources = result.parents
     if cfg.repair:
-        repair_statistics(result.model, sources, inputs, cfg.fusion_weights)
-    return alignment_diagnostics(result.model, sources, inputs, weights=cfg.fusion_weights, target=cfg.target)
+        repair_statistics(result.model, sources, inputs, cfg.fusion_weights, spec=result.spec)
+    return alignment_diagnostics(result.model, sources, inputs, weights=cfg.fusion_weights, target=cfg.target,
+                                 spec=result.spec)
 
 
 def activation_inputs(splits: DataSplits, n: int) -> torch.Tensor:

@@ -3,9 +3,9 @@ import itertools
 import pytest
 import torch
 
+from ofexp.fusion import alignment_spec
 from ofexp.fusion.groups import (
     AlignmentSpec,
-    alignment_spec,
     apply_plan,
     check_covers,
     group_sizes,
@@ -56,18 +56,19 @@ def test_group_without_writer_is_refused():
 
 def test_resnet_residual_stream_is_one_group():
     spec = alignment_spec(ModelSpec("resnet18", 10, 3, 32, width=0.125, batchnorm=True))
-    assert spec.groups[:5] == ("layers.0.stream", "layers.0.0.inner", "layers.0.1.inner",
-                               "layers.1.0.inner", "layers.1.stream")
+    # traced: each group is named after the module that first writes it
+    stream0, stream1, stream3 = "conv1", "layers.1.0.conv2", "layers.3.0.conv2"
+    assert spec.groups[:5] == (stream0, "layers.0.0.conv1", "layers.0.1.conv1", "layers.1.0.conv1", stream1)
     assert len(spec.groups) == 4 + 8
-    assert set(spec.writers["layers.0.stream"]) >= {"conv1.weight", "bn1.weight", "layers.0.0.conv2.weight",
-                                                    "layers.0.1.bn2.running_var"}
-    assert set(spec.writers["layers.1.stream"]) >= {
+    assert set(spec.writers[stream0]) >= {"conv1.weight", "bn1.weight", "layers.0.0.conv2.weight",
+                                          "layers.0.1.bn2.running_var"}
+    assert set(spec.writers[stream1]) >= {
         "layers.1.0.conv2.weight", "layers.1.1.conv2.weight", "layers.1.0.shortcut.0.weight",
         "layers.1.0.shortcut.1.bias"}
-    assert set(spec.readers["layers.1.stream"]) == {"layers.1.1.conv1.weight", "layers.2.0.conv1.weight",
-                                                    "layers.2.0.shortcut.0.weight"}
-    assert spec.axes["layers.1.0.conv2.weight"] == ("layers.1.stream", "layers.1.0.inner", None, None)
-    assert spec.axes["classifier.weight"] == (None, "layers.3.stream")
+    assert set(spec.readers[stream1]) == {"layers.1.1.conv1.weight", "layers.2.0.conv1.weight",
+                                          "layers.2.0.shortcut.0.weight"}
+    assert spec.axes["layers.1.0.conv2.weight"] == (stream1, "layers.1.0.conv1", None, None)
+    assert spec.axes["classifier.weight"] == (None, stream3)
     assert spec.axes["bn1.num_batches_tracked"] == ()
 
 
@@ -99,7 +100,7 @@ def test_permute_model_changes_weights_not_function():
     perms = {g: torch.randperm(n) for g, n in group_sizes(spec, model.state_dict()).items()}
     permuted = permute_model(model, perms).eval()
     assert not torch.equal(permuted.conv1.weight, model.conv1.weight)
-    assert torch.equal(permuted.conv1.weight, model.conv1.weight[perms["layers.0.stream"]])
+    assert torch.equal(permuted.conv1.weight, model.conv1.weight[perms["conv1"]])
     x = torch.randn(4, 3, 32, 32)
     assert torch.allclose(permuted(x), model(x), atol=1e-5)
 

@@ -63,7 +63,11 @@ def test_bad_inputs_are_refused_on_one_line():
         (ConfigError, "non-negative", lambda: naive_fuse([a, a], weights=[-1, 2])),
         (ConfigError, "weights 0,0 sums to 0; pass 2 non-negative", lambda: naive_fuse([a, a], weights=[0, 0])),
         (ConfigError, "weights has 3 values for 2 parents", lambda: naive_fuse([a, a], weights=[1, 1, 1])),
-        (ConfigError, "build_model", lambda: naive_fuse([a, torch.nn.Linear(2, 2)])),
+        (IncompatibleModelsError, "model 0 has tensor 'features.0.weight' but model 1 does not; fuse networks of "
+                                  "one architecture", lambda: naive_fuse([a, torch.nn.Linear(2, 2)])),
+        (IncompatibleModelsError, r"tensor 'weight' is \[2, 2\] in model 0 but \[3, 2\] in model 1",
+         lambda: naive_fuse([torch.nn.Linear(2, 2), torch.nn.Linear(2, 3)])),
+        (ConfigError, "model 1 is a str, not an nn.Module", lambda: naive_fuse([a, "a.pth"])),
     ]
     for error, pattern, call in cases:
         with pytest.raises(error, match=pattern) as e:
