@@ -152,7 +152,9 @@ def test_mlflow_run_main_study(mlflow_server, tmp_path):
     assert (per_seed["Space"] == "prediction_space").all() and set(per_seed["Metric"]) == {"accuracy"}
     # one seed gives no correlation: its rows are there, undefined, per model kind
     correlations = pd.read_csv(client.download_artifacts(sid, "correlations.csv", str(tmp_path)))
-    assert set(correlations["model_kind"]) == set(MODEL_KINDS) and correlations["value"].isna().all()
+    per_kind = correlations[correlations["model_kind"] != "pooled"]
+    assert set(per_kind["model_kind"]) == set(MODEL_KINDS) and per_kind["value"].isna().all()
+    assert set(correlations["model_kind"]) == {*MODEL_KINDS, "pooled"}
     raw = pd.read_csv(client.download_artifacts(sid, "results.csv", str(tmp_path)), dtype=str, keep_default_na=False)
     assert (raw != "").all().all(), "no blank cells"
     assert results.loc[per_seed.index, "Value"].notna().all()

@@ -186,3 +186,38 @@ def test_a_network_ofexp_did_not_build_needs_an_example_input():
         alignment_spec(nn.Linear(2, 2))
     with pytest.raises(ConfigError, match=r"does not run on an input of shape \[2, 5\]"):
         trace_alignment(nn.Linear(2, 2), torch.zeros(2, 5))
+
+
+class _Tokens(nn.Module):
+    """A ViT without attention: patches, a class token (cat on the sequence axis), a learned
+    position embedding (add), LayerNorm and a token MLP on the last axis, the class token's output."""
+
+    def __init__(self, hidden=16):
+        super().__init__()
+        self.patch = nn.Conv2d(3, hidden, 8, stride=8)
+        self.cls = nn.Parameter(torch.randn(1, 1, hidden))
+        self.pos = nn.Parameter(torch.randn(1, 17, hidden))
+        self.norm = nn.LayerNorm(hidden)
+        self.up, self.down = nn.Linear(hidden, 32), nn.Linear(32, hidden)
+        self.head = nn.Linear(hidden, 10)
+
+    def forward(self, x):
+        t = self.patch(x).reshape(x.shape[0], self.cls.shape[-1], -1).permute(0, 2, 1)  # [B, 16, hidden]
+        t = torch.cat([self.cls.expand(x.shape[0], -1, -1), t], dim=1) + self.pos  # [B, 17, hidden]
+        t = t + self.down(nn.functional.gelu(self.up(self.norm(t))))
+        return self.head(t[:, 0])
+
+
+def test_tokens_class_token_and_position_embedding_follow_the_stream():
+    torch.manual_seed(0)
+    model = _Tokens().eval()
+    spec = trace_alignment(model, X32)
+    assert spec.axes["cls"] == (None, None, "patch") and spec.axes["pos"] == (None, None, "patch")
+    assert spec.axes["norm.weight"] == ("patch",) and spec.axes["down.weight"] == ("patch", "up")
+    check_alignment_spec(model, spec, torch.randn(2, 3, 32, 32))
+    sizes = group_sizes(spec, model.state_dict())
+    permuted = permute_model(model, {g: torch.randperm(n) for g, n in sizes.items()}, spec).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        fused = geometric_fuse([model, permuted], spec=spec).model.eval()
+        assert torch.allclose(fused(x), model(x), atol=1e-5)

@@ -132,7 +132,9 @@ def test_results_csv_holds_exactly_the_logged_values_and_scipy_correlations(stud
     assert not (results.Space == "correlation_space").any()
 
     correlations = _csv(client, study.info.run_id, "correlations.csv", tmp_path)
-    assert set(correlations.model_kind) == set(MODEL_KINDS)
+    assert set(correlations.model_kind) == {*MODEL_KINDS, "pooled"}  # pooled: every model across seeds
+    pooled = correlations[correlations.model_kind == "pooled"]
+    assert (pooled.n == len(MODEL_KINDS) * 2).all()
     for kind in MODEL_KINDS:
         accuracy = [logged[(f"{kind}_seed{s}", "prediction_space", "accuracy")] for s in (1, 2)]
         loss = [logged[(f"{kind}_seed{s}", "prediction_space", "test_loss")] for s in (1, 2)]
