@@ -12,7 +12,8 @@ import click
 
 from ofexp.data import DATASETS
 from ofexp.models import ARCHITECTURES
-from ofexp.pipeline.options import option_fields, option_name, show_value
+from ofexp.errors import ConfigError
+from ofexp.pipeline.options import check_seed, option_fields, option_name, parse_list, show_value
 from ofexp.training import RECIPES
 
 
@@ -32,6 +33,38 @@ class _Optional(click.ParamType):
 OPT_INT = _Optional(click.INT)
 OPT_FLOAT = _Optional(click.FLOAT)
 OPT_STR = _Optional(click.STRING)
+
+
+class _Seed(click.ParamType):
+    """An integer that torch takes as a seed (`check_seed`), refused by the option's name where it enters."""
+
+    name = "integer"
+
+    def convert(self, value, param, ctx):
+        number = click.INT.convert(value, param, ctx)
+        return check_seed(number, param.opts[0] if param is not None else "seed")
+
+
+SEED = _Seed()
+
+
+def parse_seeds(text: str) -> tuple[int, ...] | range:
+    """--seeds: a count N (seeds 1..N, as a range, so that nothing is allocated before the study's
+    size is checked) or a list like 1,2,5 of integers, no empty items.
+
+    StudyConfig checks which seeds are allowed (integers from 1 to STUDY_SEED_MAX, each once).
+    """
+    text = text.strip()
+    fix = "pass a count like 2 or a list like 1,2,5"
+    if "," not in text:
+        try:
+            count = int(text)  # Python reads at most 4300 digits
+        except ValueError:
+            raise ConfigError(f"--seeds {text[:40]!r} is neither a count nor a list of integers; {fix}") from None
+        if count < 1:
+            raise ConfigError(f"--seeds must be ≥ 1, got {count}; {fix}")
+        return range(1, count + 1)
+    return parse_list(text, "--seeds", int, "an integer", fix)
 
 
 _FLAG_DEFAULTS: dict[str, bool] = {}
@@ -113,7 +146,7 @@ def data_options(f: Callable) -> Callable:
                      help="Folder of the data (cifar, fashion_mnist: default ./data; imagefolder: required)."),
         click.option("--val-fraction", type=click.FLOAT, default=0.1, show_default=True,
                      help="Share of the training data held out to pick the best checkpoint."),
-        click.option("--split-seed", type=click.INT, default=0, show_default=True,
+        click.option("--split-seed", type=SEED, default=0, show_default=True,
                      help="Seed of the train/validation split (shared by all parents)."),
         click.option("--image-size", type=click.INT, default=32, show_default=True,
                      help="Side length that digits, fashion_mnist and imagefolder images are resized to."),

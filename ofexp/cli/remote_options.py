@@ -48,14 +48,19 @@ def remote_from_options(kw: dict) -> RemoteConfig | SlurmConfig | None:
     return RemoteConfig(backend=backend, backend_config=load_backend_config(config_text), dry_run=dry_run)
 
 
-def run_remote(cfg: StudyConfig, remote: RemoteConfig | SlurmConfig, experiment_name: str | None) -> str | None:
-    """Print the rendered jobs and return None (--dry-run), or run the study on the cluster and return its ID."""
+def run_remote(cfg: StudyConfig, remote: RemoteConfig | SlurmConfig, experiment_name: str | None,
+               size: str = "") -> str | None:
+    """Print the rendered jobs and return None (--dry-run), or run the study on the cluster and return its ID.
+    `size`, the line announcing the study's size, goes to stderr once the checks have passed."""
     from ofexp.pipeline.slurm import cluster_tracking_uri, dry_run_scripts, run_slurm_study
     from ofexp.pipeline.views import use_experiment
 
     slurm = isinstance(remote, SlurmConfig)
     if remote.dry_run:
-        click.echo((dry_run_scripts if slurm else dry_run_yaml)(cfg, remote), nl=False)
+        text = (dry_run_scripts if slurm else dry_run_yaml)(cfg, remote)
+        if size:
+            click.echo(size, err=True)
+        click.echo(text, nl=False)
         return None
     # a missing client or an unreachable store is reported before any run exists
     if slurm:
@@ -63,4 +68,6 @@ def run_remote(cfg: StudyConfig, remote: RemoteConfig | SlurmConfig, experiment_
     else:
         check_backend(remote)
     use_experiment(experiment_name)
+    if size:
+        click.echo(size, err=True)
     return (run_slurm_study if slurm else run_remote_study)(cfg, remote)

@@ -1,16 +1,18 @@
 """`ofexp study`: the whole multi-seed study as one command; prints the study run's ID last."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import click
 
-from ofexp.cli.commands import _parse_seeds, _train_config
-from ofexp.cli.options import (data_options, experiment_option, flag, model_options, pop_flag, pop_typed_options,
-                               recipe_options, typed_options)
+from ofexp.cli.commands import _train_config
+from ofexp.cli.options import (data_options, experiment_option, flag, model_options, parse_seeds, pop_flag,
+                               pop_typed_options, recipe_options, typed_options)
 from ofexp.cli.remote_options import remote_from_options, remote_options, run_remote
 from ofexp.errors import ConfigError
-from ofexp.pipeline.options import EvaluateOptions, FusionOptions
+from ofexp.pipeline.options import EvaluateOptions, FusionOptions, shown_seeds
 from ofexp.pipeline.report import study_outcome
-from ofexp.pipeline.study import STUDY_FIXED, StudyConfig, run_study
+from ofexp.pipeline.study import MAX_UNCONFIRMED_STEPS, STUDY_FIXED, StudyConfig, planned_step_count, run_study
 from ofexp.pipeline.views import use_experiment
 
 
@@ -26,9 +28,11 @@ from ofexp.pipeline.views import use_experiment
               help="Seeds run at once, each in its own process, against the same tracking store.")
 @click.option("--finetune-epochs", type=click.INT, default=0, show_default=True,
               help="Also fine-tune both fusions for N epochs and add the parents' prediction ensemble (0 = off).")
+@click.option("--yes", is_flag=True,
+              help=f"Start a study of more than {MAX_UNCONFIRMED_STEPS:,} steps (the size is printed first).")
 @remote_options
 @experiment_option
-def study(seeds: str, jobs: int, finetune_epochs: int, experiment_name: str | None, **kw) -> None:
+def study(seeds: str, jobs: int, finetune_epochs: int, yes: bool, experiment_name: str | None, **kw) -> None:
     """Train, fuse and evaluate per seed, as nested runs of one study run; print its ID.
 
     Steps that a FINISHED run already did (same stage, params, upstream runs, ofexp
@@ -39,17 +43,30 @@ def study(seeds: str, jobs: int, finetune_epochs: int, experiment_name: str | No
     use_cache = pop_flag(kw, "cache")
     fusion = FusionOptions(**pop_typed_options(FusionOptions, kw))
     evaluation = EvaluateOptions(**pop_typed_options(EvaluateOptions, kw, exclude=STUDY_FIXED))
-    cfg = StudyConfig(train=_train_config(kw), seeds=_parse_seeds(seeds), fusion=fusion, evaluation=evaluation,
+    cfg = StudyConfig(train=_train_config(kw), seeds=parse_seeds(seeds), fusion=fusion, evaluation=evaluation,
                       use_cache=use_cache, jobs=jobs, finetune_epochs=finetune_epochs)
     if remote is not None and finetune_epochs:
         raise ConfigError("--finetune-epochs runs in-process only; drop --backend, or fine-tune with "
                           "`ofexp train --init-from` and `ofexp ensemble`")
+    size = _checked_size(cfg, yes)
+    cfg = replace(cfg, seeds=tuple(cfg.seeds))  # a count's seeds are listed once its size is accepted
     if remote is not None:
-        study_id = run_remote(cfg, remote, experiment_name)
+        study_id = run_remote(cfg, remote, experiment_name, size)
         if study_id is None:  # --dry-run
             return
     else:
         use_experiment(experiment_name)
+        click.echo(size, err=True)
         study_id = run_study(cfg)
     click.echo(study_outcome(study_id))
     click.echo(study_id)  # the last line of stdout, for scripts
+
+
+def _checked_size(cfg: StudyConfig, yes: bool) -> str:
+    """The line that announces the study's size; past MAX_UNCONFIRMED_STEPS steps, a refusal without --yes."""
+    steps, seeds = planned_step_count(cfg), len(cfg.seeds)
+    size = f"{steps:,} steps ({seeds:,} seed{'s' if seeds > 1 else ''} × {steps // seeds} steps)"
+    if steps > MAX_UNCONFIRMED_STEPS and not yes:
+        raise ConfigError(f"--seeds {shown_seeds(cfg.seeds)} makes a study of {size}, more than "
+                          f"{MAX_UNCONFIRMED_STEPS:,}; add --yes to start it, or pass fewer seeds")
+    return f"study: {size}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import Field, dataclass, field, fields
 from typing import Any, Callable
 
+from ofexp.data import digits, imagefolder
 from ofexp.errors import ConfigError
 from ofexp.fusion import ALIGNMENTS, SOLVERS
 from ofexp.fusion.geometric import check_alignment, check_target
@@ -23,8 +24,33 @@ from ofexp.metrics import PREDICTION_METRICS, resolve_measures
 from ofexp.metrics.context import PRESETS, search_budget
 from ofexp.metrics.sharpness import WORST_CASES, check_worst_case
 from ofexp.tracking.runs import param_str
+from ofexp.training.loop import SHUFFLE_SEED_OFFSET
 
 METHODS = ("naive", "geometric")
+
+# Seeds. torch.manual_seed and Generator.manual_seed take -2**63 .. 2**64-1 and read a negative
+# seed s as 2**64 + s, so ofexp keeps seeds within int64, where no two seeds alias and where
+# MLflow params and pandas columns read them back as integers. Training seeds its shuffle
+# generator with seed + SHUFFLE_SEED_OFFSET and the data's test split uses split seed +
+# TEST_SEED_OFFSET, so a seed stays that far below int64's top.
+SEED_MIN = -2**63
+SEED_MAX = 2**63 - 1 - max(SHUFFLE_SEED_OFFSET, digits.TEST_SEED_OFFSET, imagefolder.TEST_SEED_OFFSET)
+
+
+def check_seed(value: int, option: str) -> int:
+    """`value`, or a ConfigError naming `option` when torch could not take it (or its offsets) as a seed."""
+    if isinstance(value, bool) or not isinstance(value, int) or not SEED_MIN <= value <= SEED_MAX:
+        raise ConfigError(f"{option} {value!r} is outside the seeds torch takes; pass an integer from {SEED_MIN} "
+                          f"to {SEED_MAX} (64-bit, less the offset ofexp adds for its other generators)")
+    return value
+
+
+def shown_seeds(seeds) -> str:
+    """--seeds as the user gave it, short: a count for a range 1..N, else the list (cut after 60 characters)."""
+    if isinstance(seeds, range) and seeds.start == 1 and seeds.step == 1:
+        return str(seeds.stop - 1)
+    text = ",".join(map(str, seeds[:20]))
+    return text if len(text) <= 60 and len(seeds) <= 20 else text[:60] + ",…"
 _BOTH = "both"
 
 
@@ -79,12 +105,17 @@ def parse_list(text: str, option: str, convert: Callable[[str], Any], what: str,
     values = []
     for part in (p.strip() for p in text.split(",")):
         if not part:
-            raise ConfigError(f"{option} {text!r} has an empty item; {fix}")
+            raise ConfigError(f"{option} {_short(text)!r} has an empty item; {fix}")
         try:
             values.append(convert(part))
-        except ValueError:
-            raise ConfigError(f"{option} {text!r} lists {part!r}, not {what}; {fix}") from None
+        except ValueError:  # Python reads at most 4300 digits
+            raise ConfigError(f"{option} {_short(text)!r} lists {_short(part)!r}, not {what}; {fix}") from None
     return tuple(values)
+
+
+def _short(text: str) -> str:
+    """`text`, cut to 60 characters for an error line."""
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _float_list(text: str) -> tuple[float, ...]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shlex
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -58,6 +59,7 @@ class RemoteConfig:
             raise ConfigError(f"unknown MLflow Projects backend {self.backend!r}; use one of "
                               f"{', '.join(PROJECT_BACKENDS)}")
         if self.backend == "kubernetes":
+            _check_kube_values(self.backend_config)
             missing = [key for key in REQUIRED_KUBE_KEYS if key not in self.backend_config]
             if missing:
                 raise ConfigError(f"--backend-config lacks {', '.join(missing)}; give a JSON object like "
@@ -70,6 +72,20 @@ class RemoteConfig:
         if not (Path(self.project_uri) / "MLproject").is_file():
             raise ConfigError(f"no MLproject in {self.project_uri}; --backend needs the mlflow_projects/kubernetes "
                               "project of an ofexp checkout")
+
+
+def _check_kube_values(config: Mapping[str, object]) -> None:
+    """MLflow's Kubernetes keys: a context and an image repository are one word each, the Job template a
+    path; no control characters, which would reach the Job, the image tag or the file lookup as they are."""
+    word, path = "without spaces or control characters", "without control characters (a path)"
+    for key, allowed, form in (("kube-context", word, r"[^\s\x00-\x1f\x7f-\x9f]+"),
+                               ("repository-uri", word, r"[^\s\x00-\x1f\x7f-\x9f]+"),
+                               ("kube-job-template-path", path, r"(?!\s*$)[^\x00-\x1f\x7f-\x9f]+")):
+        value = config.get(key, "-")
+        if not isinstance(value, str) or not re.fullmatch(form, value):
+            shown = json.dumps(value, default=repr)
+            raise ConfigError(f"--backend-config: {key} must be a non-empty string {allowed}, got "
+                              f"{shown if len(shown) <= 80 else shown[:77] + '...'}; fix {key} in the JSON")
 
 
 def load_backend_config(text: str | None) -> dict:

@@ -8,6 +8,8 @@ docs/cluster.md.
 """
 from __future__ import annotations
 
+import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -29,13 +31,27 @@ _GOING = {"READY", "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED
           "PREEMPTED", "UNKNOWN"}
 _KEYS_HELP = ("partition, account, time (minutes), cpus_per_task, mem (e.g. \"4G\"), gpus, "
               "sbatch (extra sbatch options), setup (shell lines each job runs first), log_dir, python")
+# control characters and line separators: a newline would start a line of its own in the job script
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAME = re.compile(r"[A-Za-z0-9_.:+@%-]+")  # a Slurm partition or account name
+_MEM = re.compile(r"[0-9]+[KMGTkmgt]?")  # sbatch --mem: a size, in megabytes unless K, M, G or T follows
+_NAME_HELP = "a Slurm name (letters, digits, _ . : + @ % -)"
+_PATH_HELP = "a path (a non-empty string without control characters)"
+_SBATCH = re.compile(r"--[a-z][a-z0-9_-]*(=.*)?", re.S)  # one long sbatch option
+_NUMBERS = {"time": (1, 525_600, "minutes per job, at most a year"), "cpus_per_task": (1, 65_534, "CPUs"),
+            "gpus": (0, 1024, "GPUs per node")}
 
 
 @dataclass(frozen=True)
 class SlurmConfig:
-    """Where and how every step's job runs: `--backend-config FILE` for `--backend slurm`."""
+    """Where and how every step's job runs: `--backend-config FILE` for `--backend slurm`.
 
-    partition: str | None = None
+    Every value is checked by type and form when the config is made, before anything is
+    written or submitted: only `setup` holds shell lines; no other value can add a line to
+    a job script (no control characters), and names, sizes and numbers must look like them.
+    """
+
+    partition: str | None = None  # one name, or several comma-separated
     account: str | None = None
     time: int = 60  # minutes, per job
     cpus_per_task: int = 1
@@ -48,16 +64,24 @@ class SlurmConfig:
     dry_run: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("time", "cpus_per_task"):
+        for name, (low, high, what) in _NUMBERS.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"--backend-config: {name} must be a whole number of at least 1, got {value!r}")
-        if not isinstance(self.gpus, int) or isinstance(self.gpus, bool) or self.gpus < 0:
-            raise ConfigError(f"--backend-config: gpus must be a whole number of at least 0, got {self.gpus!r}")
+            _expect(name, value, f"a whole number from {low} to {high} ({what})",
+                    isinstance(value, int) and not isinstance(value, bool) and low <= value <= high)
+        _expect("partition", self.partition, f"{_NAME_HELP}, or several comma-separated, or null",
+                self.partition is None or _is_names(self.partition, several=True))
+        _expect("account", self.account, f"{_NAME_HELP}, or null", self.account is None or _is_names(self.account))
+        _expect("mem", self.mem, "a size like \"4G\" (digits, then K, M, G or T; megabytes without), or null",
+                self.mem is None or (isinstance(self.mem, str) and _MEM.fullmatch(self.mem) is not None))
+        _expect("log_dir", self.log_dir, _PATH_HELP, _is_path(self.log_dir))
+        _expect("python", self.python, f"{_PATH_HELP}, or null", self.python is None or _is_path(self.python))
         for name in ("sbatch", "setup"):
-            value = getattr(self, name)
-            if not all(isinstance(line, str) for line in value):
-                raise ConfigError(f"--backend-config: {name} must be a list of strings, got {list(value)!r}")
+            lines = getattr(self, name)
+            _expect(name, lines, "a list of strings",
+                    isinstance(lines, tuple) and all(isinstance(x, str) for x in lines))
+            for line in lines:  # setup's lines are shell by design, but one item is one line
+                _expect(name, line, "a list of one-line strings (give each line as its own item)",
+                        _is_line(line, tab=True))
         sbatch_options(self.sbatch)  # refuse malformed lines now, not at the first submission
 
     @classmethod
@@ -71,8 +95,11 @@ class SlurmConfig:
         for name in ("sbatch", "setup"):
             if isinstance(values.get(name), str):
                 values[name] = [values[name]]
-            if name in values:
+            if isinstance(values.get(name), list):
                 values[name] = tuple(values[name])
+        mem = values.get("mem")
+        if isinstance(mem, int) and not isinstance(mem, bool) and mem >= 0:
+            values["mem"] = str(mem)  # sbatch reads a bare number as megabytes
         return cls(**values, dry_run=dry_run)
 
     def parameters(self, job_name: str) -> dict[str, object]:
@@ -88,12 +115,37 @@ class SlurmConfig:
         return params
 
 
+def _is_line(value: object, tab: bool = False) -> bool:
+    """A string with no control character (a tab allowed where `tab`): it cannot add a line to a script."""
+    return isinstance(value, str) and not _CONTROL.search(value.replace("\t", "") if tab else value)
+
+
+def _is_names(value: object, several: bool = False) -> bool:
+    """A Slurm name, or (`several`) comma-separated names."""
+    if not isinstance(value, str):
+        return False
+    return all(_NAME.fullmatch(part) for part in (value.split(",") if several else [value]))
+
+
+def _is_path(value: object) -> bool:
+    """A path's text: not empty, no control characters (written into the script, quoted)."""
+    return _is_line(value) and value.strip() != ""
+
+
+def _expect(name: str, value: object, allowed: str, ok: bool) -> None:
+    """ConfigError naming the key, the value it got (as JSON, cut short) and what is allowed, unless `ok`."""
+    if not ok:
+        shown = json.dumps(list(value) if isinstance(value, tuple) else value, default=repr)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        raise ConfigError(f"--backend-config: {name} must be {allowed}, got {shown}; fix {name} in the JSON")
+
+
 def sbatch_options(lines: Sequence[str]) -> dict[str, object]:
     """Extra sbatch options ("--qos=normal", "#SBATCH --exclusive") as submitit's additional_parameters."""
     options: dict[str, object] = {}
     for line in lines:
         text = line.strip().removeprefix("#SBATCH").strip()
-        if not text.startswith("--") or " " in text.split("=", 1)[0]:
+        if not _SBATCH.fullmatch(text) or not _is_line(text):
             raise ConfigError(f"--backend-config: sbatch line {line!r} is not a long sbatch option; "
                               "write it as \"--name=value\" or \"--flag\"")
         name, _, value = text[2:].partition("=")
@@ -147,7 +199,7 @@ def check_slurm() -> None:
 
 def submit(cfg: SlurmConfig, job_name: str, argv: Sequence[str], env: Mapping[str, str]) -> SlurmJob:
     """Submit one step's command as a Slurm job; returns submitit's job (job_id, paths, state, cancel)."""
-    executor = _Executor(folder=Path(cfg.log_dir).resolve() / "%j", python=cfg.python)
+    executor = _Executor(folder=Path(cfg.log_dir).resolve() / "%j", python=_shell_python(cfg))
     executor.update_parameters(**cfg.parameters(job_name))
     try:
         return executor.submit(run_step_command, list(argv), dict(env))
@@ -191,6 +243,10 @@ def job_log(job: SlurmJob) -> str:
 def render_script(cfg: SlurmConfig, job_name: str) -> str:
     """The sbatch script submitit writes for one step's job (its own renderer; `%j` is the job ID)."""
     folder = Path(cfg.log_dir).resolve() / "%j"
-    python = cfg.python or shlex.quote(sys.executable)
-    return _make_sbatch_string(command=f"{python} -u -m submitit.core._submit {shlex.quote(str(folder))}",
+    return _make_sbatch_string(command=f"{_shell_python(cfg)} -u -m submitit.core._submit {shlex.quote(str(folder))}",
                                folder=folder, **cfg.parameters(job_name))
+
+
+def _shell_python(cfg: SlurmConfig) -> str:
+    """The job's interpreter as a shell word: a path, quoted (the step's argv starts with the same path)."""
+    return shlex.quote(cfg.python or sys.executable)

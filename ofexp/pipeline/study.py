@@ -32,7 +32,8 @@ from ofexp.pipeline.evaluate import EvalConfig, evaluate_params, run_evaluate
 from ofexp.pipeline.finetune import study_finetune_step
 from ofexp.pipeline.progress import StudyProgress
 from ofexp.pipeline.fuse import FuseConfig, run_fuse
-from ofexp.pipeline.options import METHODS, EvaluateOptions, FusionOptions, option_values
+from ofexp.pipeline.options import (METHODS, SEED_MAX, EvaluateOptions, FusionOptions, option_values,
+                                   shown_seeds)
 from ofexp.pipeline.report import (STEP_COLUMNS, STEPS_FILE, StudyTables, build_tables, correlation_metrics,
                                    correlation_notes, kinds_tag, report_files, sort_steps, step_run_name,
                                    summary_metrics)
@@ -58,7 +59,7 @@ class StudyConfig:
     correlations use, is always added); `use_cache` reuses finished steps; `jobs` seeds run at once."""
 
     train: TrainConfig = field(default_factory=TrainConfig)
-    seeds: tuple[int, ...] = (1,)
+    seeds: tuple[int, ...] = (1,)  # or a range: --seeds N, before `ofexp study` accepts its size
     fusion: FusionOptions = field(default_factory=FusionOptions)
     evaluation: EvaluateOptions = field(default_factory=EvaluateOptions)
     use_cache: bool = True
@@ -68,13 +69,16 @@ class StudyConfig:
     def __post_init__(self) -> None:
         if not self.seeds:
             raise ConfigError("--seeds selects no seed; pass a count like 2 or a list like 1,2,5")
-        # the one rule for seeds, whether --seeds gave a count or a list
-        bad = [s for s in self.seeds if isinstance(s, bool) or not isinstance(s, int) or s < 1]
+        # the one rule for seeds, whether --seeds gave a count (a range: only its ends are read, so
+        # a huge count costs nothing before it is refused) or a list
+        seeds = (self.seeds[0], self.seeds[-1]) if isinstance(self.seeds, range) else self.seeds
+        bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= STUDY_SEED_MAX]
         if bad:
-            raise ConfigError(f"--seeds {','.join(map(str, self.seeds))} has seed {bad[0]!r}; seeds are integers "
-                              "≥ 1: pass a count like 2 or a list like 1,2,5")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"--seeds lists a seed twice ({','.join(map(str, self.seeds))}); list each once")
+            raise ConfigError(f"--seeds {shown_seeds(self.seeds)} has seed {bad[0]!r}; seeds are integers from 1 "
+                              f"to {STUDY_SEED_MAX} (parent i of seed s trains with torch seed 100·s + i): pass a "
+                              "count like 2 or a list like 1,2,5")
+        if not isinstance(self.seeds, range) and len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"--seeds lists a seed twice ({shown_seeds(self.seeds)}); list each once")
         if self.jobs < 1:
             raise ConfigError(f"--jobs must be ≥ 1, got {self.jobs}")
         if self.finetune_epochs < 0:
@@ -111,6 +115,12 @@ def parent_seed(study_seed: int, parent: int) -> int:
     with torch seeds 301 and 302.
     """
     return 100 * study_seed + parent
+
+
+# The largest study seed whose parents' torch seeds (100·s + 1, 100·s + 2) are seeds train takes.
+STUDY_SEED_MAX = (SEED_MAX - 2) // 100
+# A study of more steps than this starts only with `--yes` (`ofexp study` prints the size first).
+MAX_UNCONFIRMED_STEPS = 1000
 
 
 @dataclass
@@ -233,6 +243,11 @@ def planned_stages(cfg: StudyConfig, seeds: tuple[int, ...]) -> list[str]:
     kinds = ["parent_1", "parent_2"] + (["ensemble"] if cfg.finetune_epochs else [])
     kinds += [f"{m}_fused" for m in methods] + ([f"{m}_finetuned" for m in methods] if cfg.finetune_epochs else [])
     return [stage for _ in seeds for stage in [_KIND_STAGES[k] for k in kinds] + ["evaluate"] * len(kinds)]
+
+
+def planned_step_count(cfg: StudyConfig) -> int:
+    """How many steps the study has (every seed has the same ones), without listing them."""
+    return len(planned_stages(cfg, tuple(cfg.seeds[:1]))) * len(cfg.seeds)
 
 
 def run_seed(cfg: StudyConfig, seed: int, load: Callable[[], DataSplits], experiment_id: str,
