@@ -20,7 +20,8 @@ import pandas as pd
 from bench.common import Result, bench_device, set_device
 
 # Modules bench/bench_<area>.py; each defines run(quick, repeats) -> list[Result].
-MODULES = ("fusion", "measures", "training", "tracking", "report", "fashion_mnist", "quickstart", "slurm")
+MODULES = ("fusion", "any_model", "transport", "measures", "training", "tracking", "report", "fashion_mnist",
+           "quickstart", "slurm")
 
 
 def _available() -> list[str]:
