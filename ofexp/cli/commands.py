@@ -12,13 +12,13 @@ from dataclasses import replace
 
 import click
 
-from ofexp.cli.options import (OPT_STR, data_options, experiment_option, log_model_option, model_options,
+from ofexp.cli.options import (OPT_STR, SEED, data_options, experiment_option, log_model_option, model_options,
                                parse_run_ids, pop_flag, pop_typed_options, recipe_options, register_option,
                                typed_options)
 from ofexp.data import DataConfig
 from ofexp.errors import ConfigError
 from ofexp.pipeline import EvalConfig, FuseConfig, TrainConfig, run_evaluate, run_fuse, run_train
-from ofexp.pipeline.options import EvaluateOptions, FusionOptions, parse_list
+from ofexp.pipeline.options import EvaluateOptions, FusionOptions
 from ofexp.pipeline.views import (STAGES, close_stale_runs, running_runs_table, ui_address,
                                   use_experiment)
 from ofexp.training import SpeedOptions, make_recipe
@@ -45,7 +45,7 @@ def _train_config(kw: dict, seed: int = 0) -> TrainConfig:
 @model_options
 @data_options
 @recipe_options
-@click.option("--seed", type=click.INT, default=0, show_default=True, help="Torch seed: init, shuffling.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Torch seed: init, shuffling.")
 @click.option("--run-name", type=OPT_STR, default=None, help="MLflow run name [default: 'train MODEL DATASET seedS'].")
 @experiment_option
 @register_option
@@ -155,24 +155,6 @@ def _stop_group(process: subprocess.Popen, grace_s: float = 10.0) -> None:
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-
-
-def _parse_seeds(text: str) -> tuple[int, ...]:
-    """--seeds: a count N (seeds 1..N) or a list like 1,2,5 of integers, no empty items.
-
-    StudyConfig checks which seeds are allowed (integers ≥ 1, each once), for both forms.
-    """
-    text = text.strip()
-    fix = "pass a count like 2 or a list like 1,2,5"
-    if "," not in text:
-        try:
-            count = int(text)
-        except ValueError:
-            raise ConfigError(f"--seeds {text!r} is neither a count nor a list of integers; {fix}") from None
-        if count < 1:
-            raise ConfigError(f"--seeds must be ≥ 1, got {count}; {fix}")
-        return tuple(range(1, count + 1))
-    return parse_list(text, "--seeds", int, "an integer", fix)
 
 
 def _echo_stale_notice(cfg: TrainConfig, experiment_id: str) -> None:
