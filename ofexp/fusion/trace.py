@@ -19,7 +19,6 @@ else the writer itself), which activation alignment, REPAIR and the diagnostics 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
 
 import torch
 from torch import fx, nn
@@ -280,12 +279,3 @@ def _device_of(model: nn.Module) -> torch.device:
     tensor = next(iter(model.parameters()), None)
     return tensor.device if tensor is not None else torch.device("cpu")
 
-
-def spec_summary(spec: AlignmentSpec, state: Mapping[str, torch.Tensor]) -> str:
-    """One line: how many groups and neurons the spec aligns, in how many of the tensors."""
-    from ofexp.fusion.groups import group_sizes
-
-    sizes = group_sizes(spec, state)
-    aligned = sum(1 for axes in spec.axes.values() if any(a is not None for a in axes))
-    return (f"{len(sizes)} groups of {sum(sizes.values())} neurons (largest {max(sizes.values(), default=0)}); "
-            f"{aligned} of {len(spec.axes)} tensors aligned")

@@ -10,9 +10,7 @@ flows in) or ``NOT_A_TENSOR`` (shapes, sizes, asserts: nothing to follow).
 from __future__ import annotations
 
 import math
-import operator
 
-import torch
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
@@ -45,9 +43,7 @@ def is_batchnorm(module: nn.Module) -> bool:
 
 def target_name(node: fx.Node) -> str:
     t = node.target
-    if isinstance(t, str):
-        return t
-    return getattr(t, "__name__", str(t)).lstrip("_") if t not in (operator.iadd,) else "iadd"
+    return t if isinstance(t, str) else getattr(t, "__name__", str(t))
 
 
 def module_path(node: fx.Node) -> str:
@@ -340,4 +336,4 @@ def _conv(tr, node, m: _ConvNd, lab, p: str):
     return (lab[0], g) + (None,) * (len(tr.shape(node)) - 2)
 
 
-__all__ = ["UNKNOWN", "NOT_A_TENSOR", "function_rule", "module_rule", "simplify", "torch"]
+__all__ = ["NOT_A_TENSOR", "UNKNOWN", "function_rule", "module_rule", "simplify"]
