@@ -6,12 +6,14 @@ cannot pass a bare flag, so every on/off flag also takes a hidden value form
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import click
 
 from ofexp.data import DATASETS
-from ofexp.models import ARCHITECTURES
+from ofexp.models import ARCHITECTURES, ModelName, kwargs_json, parse_kwargs, trust_factory
+from ofexp.models.foreign import check_model_name
 from ofexp.errors import ConfigError
 from ofexp.pipeline.options import check_seed, option_fields, option_name, parse_list, show_value
 from ofexp.training import RECIPES
@@ -157,16 +159,52 @@ def data_options(f: Callable) -> Callable:
     return f
 
 
+class _Model(click.ParamType):
+    """--model: one of ofexp's architectures, torchvision:<name> or <module>:<function>."""
+
+    name = "model"
+
+    def convert(self, value, param, ctx):
+        try:
+            check_model_name(str(value).strip())
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+        return str(value).strip()
+
+
+MODEL_HELP = (f"{' | '.join(ARCHITECTURES)} | torchvision:<name> (a torchvision classifier, e.g. "
+              "torchvision:resnet18) | <module>:<function> (your factory on PYTHONPATH, called with "
+              "--model-kwargs and num_classes; naming it here trusts it, docs/commands.md)")
+
+
 def model_options(f: Callable) -> Callable:
+    """--model, --model-kwargs, --width, --bias, --batchnorm. The command gets `model` as a
+    `ModelName` that carries the parsed --model-kwargs (so every command that builds a TrainConfig
+    from `model` gets them), and `model_kwargs` as canonical JSON ('none' when there are none), the
+    form the train run logs, for comparing with a run's params. A factory named with --model is
+    trusted (ofexp.models.trust_factory)."""
+    @functools.wraps(f)
+    def with_model(*args, **kw):
+        kwargs = parse_kwargs(kw.get("model_kwargs"))
+        kw["model"] = ModelName(kw["model"], kwargs)
+        kw["model_kwargs"] = kwargs_json(kwargs) if kwargs else "none"
+        trust_factory(kw["model"])
+        return f(*args, **kw)
+
     options = [
-        click.option("--model", type=click.Choice(ARCHITECTURES), default="mlp", show_default=True),
-        click.option("--width", type=click.FLOAT, default=1.0, show_default=True, help="Channel width multiplier."),
-        flag("bias", "Biases in every conv and linear layer."),
-        flag("batchnorm", "Batch-norm after every conv (or hidden linear) layer."),
+        click.option("--model", type=_Model(), default="mlp", show_default=True, help=MODEL_HELP),
+        click.option("--model-kwargs", type=OPT_STR, default=None, metavar="JSON",
+                     help="Keyword arguments of a torchvision or factory model: a JSON object of plain values, "
+                          "e.g. '{\"width_mult\": 0.5}', or key=value pairs (width_mult=0.5)."),
+        click.option("--width", type=click.FLOAT, default=1.0, show_default=True,
+                     help="Channel width multiplier (ofexp's own architectures)."),
+        flag("bias", "Biases in every conv and linear layer (ofexp's own architectures)."),
+        flag("batchnorm", "Batch-norm after every conv (or hidden linear) layer (ofexp's own architectures)."),
     ]
+    decorated = with_model
     for option in reversed(options):
-        f = option(f)
-    return f
+        decorated = option(decorated)
+    return decorated
 
 
 def recipe_options(f: Callable) -> Callable:

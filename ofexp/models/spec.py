@@ -14,11 +14,13 @@ import math
 from dataclasses import dataclass
 
 from ofexp.errors import ConfigError
+from ofexp.models.foreign import OWN_ARCHITECTURES, check_model_name, kwargs_dict, model_form, normalise_kwargs
 
-ARCHITECTURES = ("mlp", "vgg11", "resnet18")
+ARCHITECTURES = OWN_ARCHITECTURES  # ofexp's own; `arch` also takes torchvision:<name> and <module>:<function>
 
 # VGG11 halves the map 5 times and the CIFAR ResNet18 3 times; below 32 pixels
 # VGG's last pool would see an empty map, and 32 is the size both were designed for.
+# A foreign network's smallest input is found by running it (train checks a forward pass).
 MIN_INPUT_SIZE = {"mlp": 1, "vgg11": 32, "resnet18": 32}
 
 # Inclusive bounds; anything outside is a typo, not an experiment.
@@ -53,7 +55,8 @@ class ModelSpec:
     Parameters
     ----------
     arch : str
-        One of ``ARCHITECTURES``.
+        One of ``ARCHITECTURES``, ``torchvision:<name>`` (a torchvision classifier) or
+        ``<module>:<function>`` (a factory; built only when trusted, see ofexp/models/foreign.py).
     num_classes : int
         Number of outputs of the classifier, in [2, 100000].
     in_channels : int
@@ -66,6 +69,13 @@ class ModelSpec:
         Bias on every conv and linear layer, the classifier included.
     batchnorm : bool
         Batch-norm after every hidden conv / linear layer.
+    kwargs : tuple of (str, value) pairs
+        A foreign network's keyword arguments (plain JSON values), sorted by key; a dict is
+        accepted and normalised. Empty for ofexp's own architectures.
+
+    `width`, `bias` and `batchnorm` are options of ofexp's own architectures: a foreign
+    network keeps their defaults (1.0, False, False), and whether it has batch-norm is read
+    from its modules (`ofexp.models.has_batchnorm`).
     """
 
     arch: str
@@ -75,12 +85,16 @@ class ModelSpec:
     width: float = 1.0
     bias: bool = False
     batchnorm: bool = False
+    kwargs: tuple = ()
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise ConfigError(
-                f"model spec: unknown arch {self.arch!r}; use one of {', '.join(ARCHITECTURES)}"
-            )
+        if not isinstance(self.arch, str):
+            raise ConfigError(f"model spec: arch={self.arch!r} must be a string; use e.g. 'mlp'")
+        try:
+            check_model_name(self.arch, "arch")
+            object.__setattr__(self, "kwargs", normalise_kwargs(self.kwargs))
+        except ConfigError as exc:
+            raise ConfigError(f"model spec: {exc}") from None
         for name in _INT_RANGES:
             _check_int(name, getattr(self, name))
         w = self.width
@@ -92,6 +106,11 @@ class ModelSpec:
         object.__setattr__(self, "width", float(w))
         _check_bool("bias", self.bias)
         _check_bool("batchnorm", self.batchnorm)
+        if self.foreign:
+            self._check_foreign()
+            return
+        if self.kwargs:
+            raise ConfigError(f"model spec: kwargs do not apply to {self.arch}; drop them (use width, bias, batchnorm)")
         min_size = MIN_INPUT_SIZE[self.arch]
         if self.input_size < min_size:
             raise ConfigError(
@@ -99,13 +118,33 @@ class ModelSpec:
                 f"use input_size >= {min_size} (resize the data) or arch 'mlp'"
             )
 
+    @property
+    def foreign(self) -> bool:
+        """True for a torchvision or factory network, False for ofexp's own architectures."""
+        return model_form(self.arch) != "own"
+
+    def _check_foreign(self) -> None:
+        given = [f"{n}={getattr(self, n)!r}" for n, default in (("width", 1.0), ("bias", False), ("batchnorm", False))
+                 if getattr(self, n) != default]
+        if given:
+            raise ConfigError(f"model spec: {given[0]} does not apply to {self.arch} (only to "
+                              f"{', '.join(ARCHITECTURES)}); drop it, or pass the network's own kwargs")
+        if model_form(self.arch) == "torchvision" and self.in_channels not in (1, 3):
+            raise ConfigError(f"model spec: {self.arch} takes 3-channel images (1-channel ones are repeated), not "
+                              f"{self.in_channels}; use a factory (<module>:<function>) for other inputs")
+
     def channels(self, base: int) -> int:
         """Width-scaled channel count of a layer that has ``base`` channels at width 1."""
         return max(1, round(base * self.width))
 
     def to_dict(self) -> dict:
-        """JSON-safe dict of all fields."""
-        return dataclasses.asdict(self)
+        """JSON-safe dict of all fields; kwargs as a JSON object, left out when there are none (as
+        before they existed)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["kwargs"] = kwargs_dict(self.kwargs)
+        if not self.kwargs:
+            del d["kwargs"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:

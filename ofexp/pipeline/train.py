@@ -8,7 +8,8 @@ from ofexp import tracking
 from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.errors import ArtifactError, ConfigError, OfexpError, RunLookupError
 from ofexp.metrics import TEST_ACCURACY_KEY, TEST_LOSS_KEY
-from ofexp.models import ModelSpec, build_model, init_weights
+from ofexp.models import (ModelSpec, build_model, check_forward, init_weights, is_foreign, kwargs_json,
+                          normalise_kwargs, parse_kwargs, trust_factory)
 from ofexp.pipeline.serving import check_register_as, log_served_model
 from ofexp.tracking import names, running, runs
 from ofexp.tracking.artifacts import CHECKPOINT_FILE, SPEC_FILE, has_artifact, load_state_checked
@@ -34,17 +35,50 @@ class TrainConfig:
     progress: bool = True
     speed: SpeedOptions = field(default_factory=SpeedOptions)  # --channels-last, --compile, --tf32
     register_as: str | None = None  # a Model Registry name for the logged model (not a param)
+    # a torchvision or factory model's keyword arguments (--model-kwargs): sorted (key, value) pairs,
+    # or a dict; a `ModelName` model brings its own
+    model_kwargs: tuple = ()
 
     def __post_init__(self) -> None:
         check_register_as(self.register_as, self.log_model)
+        carried = getattr(self.model, "kwargs", None)  # a ModelName from the command line
+        kwargs = normalise_kwargs(self.model_kwargs)
+        if carried is not None and kwargs and kwargs != carried:
+            raise ConfigError(f"--model-kwargs {kwargs_json(carried)} and model_kwargs {kwargs_json(kwargs)} "
+                              "disagree; give the keyword arguments once")
+        object.__setattr__(self, "model", str(self.model))
+        object.__setattr__(self, "model_kwargs", carried or kwargs)
+        check_model_options(self.model, self.model_kwargs, self.width, self.bias, self.batchnorm)
 
     def params(self) -> dict[str, object]:
         """Every setting that determines the trained weights, under the CLI options' names."""
         return {
-            "model": self.model, "width": self.width, "bias": self.bias, "batchnorm": self.batchnorm,
+            "model": self.model, "model_kwargs": kwargs_json(self.model_kwargs) if self.model_kwargs else "none",
+            "width": self.width, "bias": self.bias, "batchnorm": self.batchnorm,
             **self.data.to_params(), **self.recipe.to_params(), "seed": self.seed, "device": self.device,
             **self.speed.to_params(),
         }
+
+
+def check_model_options(model: str, kwargs: tuple, width: float, bias: bool, batchnorm: bool) -> None:
+    """ConfigError, naming the option, for a --model that does not exist and for options that do
+    not apply to it: --model-kwargs with ofexp's own architectures, --width/--bias/--batchnorm
+    with a torchvision or factory model."""
+    try:
+        foreign = is_foreign(model)
+        # the name and the kwargs alone (shapes come from the data)
+        ModelSpec(arch=model, num_classes=2, in_channels=3, input_size=32, kwargs=kwargs if foreign else ())
+    except ConfigError as exc:
+        raise ConfigError(f"--model {model[:80]}: {str(exc).removeprefix('model spec: ')}") from None
+    if not foreign:
+        if kwargs:
+            raise ConfigError(f"--model-kwargs does not apply to --model {model}; drop it (ofexp's own "
+                              "architectures take --width, --bias and --batchnorm)")
+        return
+    given = [option for option, on in (("--width", width != 1.0), ("--bias", bias), ("--batchnorm", batchnorm)) if on]
+    if given:
+        raise ConfigError(f"{given[0]} does not apply to --model {model} (only to ofexp's mlp, vgg11 and resnet18); "
+                          "drop it, and pass the network's own options with --model-kwargs")
 
 
 def model_spec_for(cfg: TrainConfig, splits: DataSplits) -> ModelSpec:
@@ -53,6 +87,7 @@ def model_spec_for(cfg: TrainConfig, splits: DataSplits) -> ModelSpec:
     return ModelSpec(
         arch=cfg.model, num_classes=info.num_classes, in_channels=info.in_channels,
         input_size=info.input_size, width=cfg.width, bias=cfg.bias, batchnorm=cfg.batchnorm,
+        kwargs=cfg.model_kwargs,
     )
 
 
@@ -64,8 +99,11 @@ def run_train(cfg: TrainConfig, splits: DataSplits | None = None) -> str:
     per-epoch checkpoint/last.pt, spec.json and the MLflow model 'model'.
     """
     device = resolve_device(cfg.device)
+    trust_factory(cfg.model)  # the caller named this model: a factory it names may be imported
     splits = splits if splits is not None else load_dataset(cfg.data)
     spec = model_spec_for(cfg, splits)
+    if spec.foreign:
+        check_forward(spec)  # a foreign network's input size limits are its own: refused before the run
     seed_everything(cfg.seed)
     model = build_model(spec)
     init_weights(model, cfg.recipe.init)
@@ -81,6 +119,10 @@ def run_train(cfg: TrainConfig, splits: DataSplits | None = None) -> str:
 
 
 def _description(cfg: TrainConfig) -> str:
+    if is_foreign(cfg.model):
+        kwargs = f" with {kwargs_json(cfg.model_kwargs)}" if cfg.model_kwargs else ""
+        return (f"Trains {cfg.model}{kwargs} on {cfg.data.name} with the '{cfg.recipe.name}' recipe, "
+                f"seed {cfg.seed}.")
     return (
         f"Trains {cfg.model} (width {cfg.width}, bias {cfg.bias}, batch-norm {cfg.batchnorm}) on "
         f"{cfg.data.name} with the '{cfg.recipe.name}' recipe, seed {cfg.seed}."
@@ -206,6 +248,7 @@ def train_config_from_run(run: Run, given: Mapping[str, object]) -> TrainConfig:
     p["epochs"] = str(epochs)
     for key, value in SpeedOptions().to_params().items():
         p.setdefault(key, value)  # runs from before the speed flags trained with them off
+    p.setdefault("model_kwargs", "none")  # runs from before --model-kwargs
     _check_given(run.info.run_id, p, run.info.run_name, given)
     if given.get("epochs") is not None:
         epochs = int(given["epochs"])
@@ -223,12 +266,12 @@ def train_config_from_run(run: Run, given: Mapping[str, object]) -> TrainConfig:
             schedule=p["schedule"], milestones=milestones, gamma=float(p["gamma"]),
         )
         cfg = TrainConfig(
-            model=p["model"], data=data, width=float(p["width"]), bias=runs.param_flag(p["bias"]),
+            model=p["model"], model_kwargs=parse_kwargs(p["model_kwargs"]), data=data, width=float(p["width"]), bias=runs.param_flag(p["bias"]),
             batchnorm=runs.param_flag(p["batchnorm"]), recipe=recipe, seed=int(p["seed"]), device=p["device"],
             log_model=runs.param_flag(run.data.tags.get(names.TAG_LOG_MODEL), default=True), run_name=run.info.run_name,
             speed=SpeedOptions.from_params(p),
         )
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError) as exc:  # ConfigError is a ValueError
         raise RunLookupError(f"run {run.info.run_id}'s params are incomplete or invalid ({exc}); "
                              "only train runs logged by ofexp can be resumed") from None
     rebuilt = {k: runs.param_str(v) for k, v in cfg.params().items() if k != "epochs"}

@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 from torch import nn
 
 from ofexp.data import DataConfig
-from ofexp.errors import ArtifactError, RunLookupError
+from ofexp.errors import ArtifactError, ConfigError, RunLookupError
 from ofexp.models import ModelSpec, build_model
 from ofexp.models.ensemble import ENSEMBLE_ARCH, EnsembleSpec, build_ensemble, spec_from_dict
 from ofexp.tracking.integrity import (SPEC_FILE, check_digest, check_spec_against_params, digest_tag,
@@ -198,10 +198,15 @@ def _check_keys(blob: object, required: tuple[str, ...], optional: tuple[str, ..
 
 
 def _check_size(run_id: str, spec: ModelSpec | EnsembleSpec) -> None:
-    """Refuse specs whose network would be absurdly large, counted on the meta device (no memory)."""
-    with torch.device("meta"):
-        count = sum(p.numel() for member in getattr(spec, "members", (spec,))
-                    for p in build_model(member).parameters())
+    """Refuse specs whose network would be absurdly large, counted on the meta device (no memory).
+    A foreign network is built here first: a factory the user does not trust is refused unimported
+    (ofexp/models/foreign.py), and one whose constructor refuses the spec's kwargs is refused too."""
+    try:
+        with torch.device("meta"):
+            count = sum(p.numel() for member in getattr(spec, "members", (spec,))
+                        for p in build_model(member).parameters())
+    except ConfigError as exc:
+        raise ArtifactError(f"run {run_id}'s {SPEC_FILE} cannot be built: {exc}") from None
     if count > MAX_PARAMETERS:
         raise ArtifactError(f"run {run_id}'s {SPEC_FILE} describes a network of {count:,} parameters, above "
                             f"ofexp's limit of {MAX_PARAMETERS:,}; refusing to build it")
