@@ -15,7 +15,7 @@ from ofexp import tracking
 from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.errors import ArtifactError, ConfigError
 from ofexp.fusion import recompute_batchnorm_stats
-from ofexp.models import ModelSpec
+from ofexp.models import ModelSpec, has_batchnorm, kwargs_json
 from ofexp.pipeline.report import step_run_name
 from ofexp.pipeline.train import TrainConfig, _fit_and_log, _log_inputs, model_spec_for
 from ofexp.tracking import names, runs
@@ -34,6 +34,7 @@ FINETUNE_RECIPE_NAME = "finetune"
 # CLI option -> how to read the source's value, for the contradiction check.
 _SPEC_OPTIONS = {
     "model": lambda spec, data: spec.arch,
+    "model_kwargs": lambda spec, data: kwargs_json(spec.kwargs) if spec.kwargs else "none",
     "width": lambda spec, data: spec.width,
     "bias": lambda spec, data: spec.bias,
     "batchnorm": lambda spec, data: spec.batchnorm,
@@ -58,7 +59,7 @@ class FinetuneConfig:
     """A fine-tuning run of `source` (a train or fuse run ID).
 
     `expect` holds (option, value) pairs the user gave for the spec and data
-    (model, width, bias, batchnorm, dataset, val_fraction, split_seed,
+    (model, model_kwargs, width, bias, batchnorm, dataset, val_fraction, split_seed,
     image_size); any that differs from the source run is refused. `data_dir`
     only relocates the source's data; `data` replaces the DataConfig read from
     the source's spec.json, and must describe the same split (the study passes
@@ -127,7 +128,8 @@ def _show(value: object) -> str:
 
 def finetune_train_config(cfg: FinetuneConfig, spec: ModelSpec, data: DataConfig) -> TrainConfig:
     """The TrainConfig a fine-tuning run of a `spec` network on `data` records."""
-    return TrainConfig(model=spec.arch, data=data, width=spec.width, bias=spec.bias, batchnorm=spec.batchnorm,
+    return TrainConfig(model=spec.arch, model_kwargs=spec.kwargs, data=data, width=spec.width, bias=spec.bias,
+                       batchnorm=spec.batchnorm,
                        recipe=cfg.recipe, seed=cfg.seed, device=cfg.device, log_model=cfg.log_model,
                        run_name=cfg.run_name, progress=cfg.progress, speed=cfg.speed)
 
@@ -183,7 +185,7 @@ def run_finetune(cfg: FinetuneConfig, splits: DataSplits | None = None) -> str:
         _log_inputs(splits)
         tracking.log_spec(spec, data)
         tracking.log_state_dict(initial, "weights/initial.pt")
-        if spec.batchnorm:
+        if has_batchnorm(model):  # ofexp's networks with --batchnorm, and any foreign one that has it
             recompute_batchnorm_stats(model, splits.train_x)
         model.train()
         _fit_and_log(tcfg, model, splits, device, parents=(cfg.source,))
