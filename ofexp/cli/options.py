@@ -193,7 +193,7 @@ def model_options(f: Callable) -> Callable:
 
     options = [
         click.option("--model", type=_Model(), default="mlp", show_default=True, help=MODEL_HELP),
-        click.option("--model-kwargs", type=OPT_STR, default=None, metavar="JSON",
+        click.option("--model-kwargs", type=click.STRING, default="none", show_default=True, metavar="JSON",
                      help="Keyword arguments of a torchvision or factory model: a JSON object of plain values, "
                           "e.g. '{\"width_mult\": 0.5}', or key=value pairs (width_mult=0.5)."),
         click.option("--width", type=click.FLOAT, default=1.0, show_default=True,

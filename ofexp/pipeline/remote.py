@@ -27,6 +27,8 @@ import pandas as pd
 import yaml
 
 from ofexp.errors import ConfigError
+from ofexp.models import TRUSTED_FACTORIES_ENV, kwargs_json
+from ofexp.models.foreign import kwargs_words
 from ofexp.pipeline.report import STEP_COLUMNS, sort_steps
 from ofexp.pipeline.options import command_params
 from ofexp.pipeline.study import MODEL_KINDS, StudyConfig, log_outputs, parent_seed, study_params
@@ -169,7 +171,7 @@ def _train_params(cfg: StudyConfig, seed: int) -> dict[str, str]:
     """Every `ofexp train` option, resolved: the Kubernetes project takes no empty values."""
     t, d, r = cfg.train, cfg.train.data, cfg.train.recipe
     return {
-        "model": t.model, "width": str(t.width), "bias": param_str(t.bias), "batchnorm": param_str(t.batchnorm),
+        "model": t.model, "model_kwargs": _kwargs_param(t.model_kwargs), "width": str(t.width), "bias": param_str(t.bias), "batchnorm": param_str(t.batchnorm),
         "dataset": d.name, "data_dir": d.resolved_data_dir or "./data", "val_fraction": str(d.val_fraction),
         "split_seed": str(d.split_seed), "image_size": str(d.image_size), "download": param_str(d.download),
         "recipe": r.name, "epochs": str(r.epochs), "batch_size": str(r.batch_size), "lr": str(r.lr),
@@ -177,6 +179,12 @@ def _train_params(cfg: StudyConfig, seed: int) -> dict[str, str]:
         "seed": str(seed), "device": t.device, "log_model": param_str(t.log_model),
         **t.speed.to_params(),
     }
+
+
+def _kwargs_param(kwargs: tuple) -> str:
+    """--model-kwargs as a step passes it: 'none', key=value pairs when they need no shell quoting
+    (MLflow's Kubernetes backend passes quotes on literally), else JSON (refused by `_check_values`)."""
+    return (kwargs_words(kwargs) or kwargs_json(kwargs)) if kwargs else "none"
 
 
 def _fuse_params(cfg: StudyConfig, method: str) -> dict[str, str]:
@@ -227,7 +235,16 @@ def step_template(remote: RemoteConfig, study_run_id: str, step: Step) -> dict:
     labels = {LABEL_STUDY: study_run_id, LABEL_STEP: step.key}
     template["metadata"].setdefault("labels", {}).update(labels)
     template["spec"]["template"].setdefault("metadata", {}).setdefault("labels", {}).update(labels)
+    container = template["spec"]["template"]["spec"]["containers"][0]
+    container["env"] = [*container.get("env", []), *({"name": k, "value": v} for k, v in trust_env().items())]
     return template
+
+
+def trust_env() -> dict[str, str]:
+    """The factories this driver trusts (a --model factory among them), for the steps' environment: the
+    fuse and evaluate steps rebuild the network from spec.json, and import only a trusted factory."""
+    trusted = os.environ.get(TRUSTED_FACTORIES_ENV, "").strip()
+    return {TRUSTED_FACTORIES_ENV: trusted} if trusted else {}
 
 
 def pod_tracking_uri() -> str:

@@ -27,7 +27,8 @@ from tqdm import tqdm
 from ofexp import tracking
 from ofexp.errors import ConfigError, OfexpError
 from ofexp.pipeline import slurm_jobs
-from ofexp.pipeline.remote import KUBERNETES_PROJECT, Step, log_step_outputs, plan_study, study_params, waves
+from ofexp.pipeline.remote import (KUBERNETES_PROJECT, Step, log_step_outputs, plan_study, study_params, trust_env,
+                                   waves)
 from ofexp.pipeline.report import step_run_name
 from ofexp.pipeline.slurm_jobs import SlurmConfig
 from ofexp.pipeline.study import StudyConfig
@@ -130,7 +131,8 @@ def _submit_or_reuse(step: Step, run_ids: dict[str, str], use_cache: bool, slurm
             return found
     run_id = cluster_runs.create_step_run(experiment_id, study_id, step_run_name(step.seed, step.kind, stage),
                                           stage, digest)
-    env = {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_ID": experiment_id}
+    env = {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_ID": experiment_id,
+           **trust_env()}  # a factory the driver trusts is trusted by the steps that rebuild it
     try:
         job = slurm_jobs.submit(slurm, f"ofexp-{step.key}", step_command(step, params, slurm), env)
     except BaseException as exc:

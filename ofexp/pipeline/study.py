@@ -26,6 +26,7 @@ from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.errors import ArtifactError, ConfigError
 from ofexp.signals import stop_on_termination_signals
 from ofexp.metrics import resolve_measures
+from ofexp.models import trust_factory
 from ofexp.pipeline import plots
 from ofexp.pipeline.ensemble import study_ensemble_step
 from ofexp.pipeline.evaluate import EvalConfig, evaluate_params, run_evaluate
@@ -289,6 +290,7 @@ def study_params(cfg: StudyConfig) -> dict[str, object]:
 def run_study(cfg: StudyConfig) -> str:
     """Run the whole study as nested MLflow runs; return the study run's ID."""
     tcfg = cfg.train
+    trust_factory(tcfg.model)  # the caller's own model: its fuse and evaluate steps may rebuild a factory
     description = (
         f"Study of {tcfg.model} on {tcfg.data.name} over seeds {', '.join(map(str, cfg.seeds))}: per seed two "
         "parents are trained, fused naively and geometrically, and all four models evaluated."

@@ -11,6 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import fake_train_run, run_artifact_bytes, run_cli_in_process
+from ofexp.errors import ConfigError
 from ofexp.models import TRUSTED_FACTORIES_ENV
 
 MOBILENET = ["--model", "torchvision:mobilenet_v2", "--model-kwargs", '{"width_mult": 0.25}']
@@ -133,3 +134,22 @@ def test_a_one_seed_study_of_a_torchvision_model(store, capsys):
     assert len(steps) == 1 + 2 + 2 + 4  # header, 2 trains, 2 fusions, 4 evaluations
     trains = [line.split(",")[3] for line in steps[1:] if ",train," in line]
     assert {client.get_run(r).data.params["model_kwargs"] for r in trains} == {'{"width_mult":0.25}'}
+
+
+def test_cluster_steps_pass_the_kwargs_unquoted_and_the_trusted_factories(monkeypatch):
+    from ofexp.pipeline import TrainConfig
+    from ofexp.pipeline.remote import plan_study, trust_env
+    from ofexp.pipeline.study import StudyConfig
+
+    train = TrainConfig(model="torchvision:mobilenet_v2", model_kwargs={"width_mult": 0.25})
+    steps = plan_study(StudyConfig(train=train, seeds=(1,)))
+    assert {s.params["model_kwargs"] for s in steps if s.entry_point == "train"} == {"width_mult=0.25"}
+    plain = plan_study(StudyConfig(train=TrainConfig(model="mlp"), seeds=(1,)))
+    assert {s.params["model_kwargs"] for s in plain if s.entry_point == "train"} == {"none"}
+    listed = StudyConfig(train=TrainConfig(model="torchvision:vgg11", model_kwargs={"x": [1, 2]}), seeds=(1,))
+    with pytest.raises(ConfigError, match="needs shell quoting"):
+        plan_study(listed)  # MLflow's Kubernetes backend would pass the JSON's quotes on literally
+    monkeypatch.setenv(TRUSTED_FACTORIES_ENV, "")
+    assert trust_env() == {}
+    monkeypatch.setenv(TRUSTED_FACTORIES_ENV, "mine:make")
+    assert trust_env() == {TRUSTED_FACTORIES_ENV: "mine:make"}
