@@ -15,6 +15,7 @@ import click
 from ofexp.cli.options import (OPT_STR, SEED, data_options, experiment_option, log_model_option, model_options,
                                parse_run_ids, pop_flag, pop_typed_options, recipe_options, register_option,
                                typed_options)
+from ofexp.cli.model_input_options import model_input_options, pop_model_input
 from ofexp.data import DataConfig
 from ofexp.errors import ConfigError
 from ofexp.pipeline import EvalConfig, FuseConfig, TrainConfig, run_evaluate, run_fuse, run_train
@@ -75,7 +76,10 @@ def train(**kw) -> None:
 
 
 @click.command()
-@click.option("--parents", required=True, help="Comma-separated train run IDs, e.g. ID1,ID2.")
+@click.option("--parents", required=True,
+              help="Comma-separated train run IDs (ID1,ID2), or MLflow model URIs of any PyTorch classifiers: "
+                   "runs:/<run ID>/<path>, models:/<name>/<version>, models:/<name>@<alias>, models:/<model ID>.")
+@model_input_options
 @typed_options(FusionOptions)
 @click.option("--device", default="auto", show_default=True,
               help="cpu, cuda, mps or auto: where the fused network is tested (the fusion itself runs on the CPU).")
@@ -87,9 +91,9 @@ def train(**kw) -> None:
 @experiment_option
 def fuse(parents: str, device: str, allow_unfinished: bool, experiment_name: str | None, register_as: str | None,
          **kw) -> None:
-    """Fuse parent train runs, by run ID; print '<method> <run_id>' per fuse run."""
+    """Fuse parent train runs by run ID, or PyTorch models by URI; print '<method> <run_id>' per fuse run."""
     cfg = FuseConfig(parents=parse_run_ids(parents), device=device, allow_unfinished=allow_unfinished,
-                     register_as=register_as, log_model=pop_flag(kw, "log_model"),
+                     register_as=register_as, log_model=pop_flag(kw, "log_model"), model_input=pop_model_input(kw),
                      **pop_typed_options(FusionOptions, kw))
     use_experiment(experiment_name)
     for method, run_id in run_fuse(cfg).items():

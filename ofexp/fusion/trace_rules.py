@@ -29,7 +29,7 @@ _PASS = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.A
 _UNARY = {"relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "leaky_relu",
           "elu", "selu", "mish", "softplus", "hardtanh", "dropout", "neg", "abs", "exp", "log", "clamp", "clamp_",
           "clip", "contiguous", "clone", "detach", "float", "half", "double", "to", "type_as", "softmax",
-          "log_softmax", "sqrt", "rsqrt", "square", "sigmoid_", "tanh_", "mul_", "add_"}
+          "log_softmax", "sqrt", "rsqrt", "square", "sigmoid_", "tanh_", "mul_", "add_", "alias", "_to_copy"}
 _BINARY = {"add", "sub", "mul", "truediv", "div", "pow", "maximum", "minimum", "iadd", "isub", "imul",
            "itruediv", "__add__", "__radd__", "__sub__", "__mul__", "__rmul__", "__truediv__"}
 _POOL_FUNCTIONS = {"adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool2d",
@@ -42,7 +42,12 @@ def is_batchnorm(module: nn.Module) -> bool:
 
 
 def target_name(node: fx.Node) -> str:
+    """The op's name: 'relu' for F.relu, Tensor.relu and a loaded pt2 model's aten.relu(_).default."""
     t = node.target
+    packet = getattr(t, "overloadpacket", None)  # an ATen op of an exported graph
+    if packet is not None:
+        name = packet.__name__
+        return name[:-1] if name.endswith("_") and not name.startswith("_") else name
     return t if isinstance(t, str) else getattr(t, "__name__", str(t))
 
 
@@ -225,6 +230,15 @@ def _getitem(tr, node, x, index):
     return tuple(out + lab[k:])
 
 
+def _select(tr, node, x, name: str):
+    lab = list(tr.label(x))
+    dim = node.args[1] % len(lab) if len(node.args) > 1 else 0
+    whole = name == "slice" and tr.shape(node)[dim] == tr.shape(x)[dim]
+    if lab[dim] is not None and not whole:
+        tr.refuse(node, "it selects part of a permuted axis")
+    return tuple(lab) if name == "slice" else tuple(lab[:dim] + lab[dim + 1:])
+
+
 def _dims(node) -> list[int]:
     dims = node.args[1:] if node.args[1:] else node.kwargs.get("dims", ())
     return list(dims[0]) if len(dims) == 1 and isinstance(dims[0], (list, tuple)) else list(dims)
@@ -261,6 +275,12 @@ def function_rule(tr, node: fx.Node):
         return _reduce(tr, node, x)
     if name == "getitem":
         return _getitem(tr, node, x, node.args[1])
+    if name in ("select", "slice"):  # ATen's forms of x[:, 0] and x[:, a:b]
+        return _select(tr, node, x, name)
+    if name == "unsqueeze":
+        lab = list(tr.label(x))
+        lab.insert(node.args[1] % (len(lab) + 1), None)
+        return tuple(lab)
     if name in ("expand", "expand_as"):
         lab = tr.label(x)
         return (None,) * (len(tr.shape(node)) - len(lab)) + tuple(lab)

@@ -18,9 +18,11 @@ from ofexp.fusion import (alignment_diagnostics, geometric_fuse, naive_fuse,
 from ofexp.fusion.naive import parent_specs
 from ofexp.fusion.interpolation import InterpolationCurve, fusion_curves, plot_curves
 from ofexp.metrics import TEST_ACCURACY_KEY, TEST_LOSS_KEY, test_accuracy_of
+from ofexp.data.model_input import ModelInput
 from ofexp.models import ModelSpec
+from ofexp.pipeline.foreign import ForeignParents, has_batchnorm, load_foreign_parents, split_refs
 from ofexp.pipeline.options import FusionOptions
-from ofexp.pipeline.serving import check_register_as, log_served_model
+from ofexp.pipeline.serving import check_register_as, log_foreign_model, log_served_model
 from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, describe_unfinished,
                                       unfinished_inputs, unfinished_tags)
 from ofexp.tracking.integrity import check_finite
@@ -43,20 +45,32 @@ class FuseConfig(FusionOptions):
     # fuse runs made from them are then tagged ofexp.unfinished_inputs. Not a param: it changes
     # nothing the fusion computes, only which runs it accepts.
     allow_unfinished: bool = False
+    # Parents given as model URIs: the input they take (None: what an ofexp fuse run recorded).
+    # ofexp's own runs carry their data in spec.json.
+    model_input: ModelInput | None = None
 
     def __post_init__(self) -> None:
         if len(self.parents) < 2:
             raise ConfigError(f"fusion needs at least 2 parent runs, got {len(self.parents)}; pass --parents ID,ID")
         if len(set(self.parents)) != len(self.parents):
             raise ConfigError("--parents lists the same run twice; pass distinct train runs")
+        if self.model_input is not None and not self.by_uri:
+            raise ConfigError("--dataset, --image-size, --channels and --pixels name the input of models given by URI; "
+                              "ofexp train runs carry their data: drop those options")
         self.check(len(self.parents))
         check_register_as(self.register_as, self.log_model)
         if self.register_as and len(self.methods) > 1:
             raise ConfigError("--register-as registers one model: pass --method naive or --method geometric with it")
 
+    @property
+    def by_uri(self) -> bool:
+        """Whether the parents are MLflow model URIs rather than ofexp run IDs."""
+        return split_refs(self.parents)
+
     def params(self, method: str) -> dict[str, object]:
         common = {"method": method, "parents": ",".join(self.parents), "device": self.device,
-                  "fusion_weights": ",".join(map(str, self.fusion_weights)) if self.fusion_weights else "equal"}
+                  "fusion_weights": ",".join(map(str, self.fusion_weights)) if self.fusion_weights else "equal",
+                  **(self.model_input.to_params() if self.model_input else {})}
         if method == "naive":
             return common
         options = {**common, "alignment": self.alignment, "solver": self.solver, "reg": self.reg,
@@ -71,19 +85,30 @@ class FuseConfig(FusionOptions):
 @dataclass
 class _Parents:
     models: list[torch.nn.Module]
-    specs: list[ModelSpec]
+    specs: list[ModelSpec | None]
     data: DataConfig
     accuracies: list[float | None]
     unfinished: dict[str, str]  # {run ID: status} of parents that were not FINISHED (--allow-unfinished)
+    foreign: ForeignParents | None = None  # parents given by model URI
+
+    @property
+    def arch(self) -> str:
+        return self.foreign.label if self.foreign else self.specs[0].arch
 
 
 def run_fuse(cfg: FuseConfig, splits: DataSplits | None = None) -> dict[str, str]:
-    """Fuse the parent runs with each method; return {method: fuse run ID}."""
+    """Fuse the parent runs (or models, by URI) with each method; return {method: fuse run ID}."""
     device = resolve_device(cfg.device)
-    parents = _load_parents(cfg.parents, cfg.allow_unfinished)
-    # Refuse incompatible parents before any run exists, rather than leave FAILED runs behind.
-    parent_specs(parents.models, allow_width="naive" not in cfg.methods)
-    splits = splits if splits is not None else load_dataset(parents.data)
+    if cfg.by_uri:
+        foreign = load_foreign_parents(cfg.parents, cfg.model_input, trace="geometric" in cfg.methods, splits=splits)
+        parents = _Parents(foreign.models, [None] * len(cfg.parents), foreign.model_input.data,
+                           list(foreign.accuracies), {}, foreign)
+        splits = foreign.splits
+    else:
+        parents = _load_parents(cfg.parents, cfg.allow_unfinished)
+        # Refuse incompatible parents before any run exists, rather than leave FAILED runs behind.
+        parent_specs(parents.models, allow_width="naive" not in cfg.methods)
+        splits = splits if splits is not None else load_dataset(parents.data)
     return {method: _fuse_one(cfg, method, parents, splits, device) for method in cfg.methods}
 
 
@@ -114,11 +139,11 @@ def _data_key(cfg: DataConfig) -> tuple:
 
 
 def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplits, device: torch.device) -> str:
-    target_spec = parents.specs[cfg.target]
     tags = {tracking.TAG_PARENTS: ",".join(cfg.parents),
             **{parent_tag(i): rid for i, rid in enumerate(cfg.parents, start=1)},
             **unfinished_tags(parents.unfinished)}
-    name = cfg.run_name or " ".join(("fuse", method, target_spec.arch, parents.data.name))
+    name = cfg.run_name or " ".join(("fuse", method, parents.arch, parents.data.name))
+    alignment = parents.foreign.alignment if parents.foreign else None
     # under `mlflow run`, two methods make two runs: both children of the one `mlflow run` made
     with tracking.stage_run("fuse", run_name=name, params=cfg.params(method), tags=tags,
                             adopt_launcher=len(cfg.methods) == 1) as run:
@@ -134,11 +159,11 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
                            f"of run {run.info.run_id})", file=sys.stderr)
             result = geometric_fuse(
                 parents.models, weights=cfg.fusion_weights, target=cfg.target, solver=cfg.solver,
-                reg=cfg.reg, alignment=cfg.alignment, inputs=inputs,
+                reg=cfg.reg, alignment=cfg.alignment, inputs=inputs, spec=alignment,
             )
             fused, plans, costs = result.model, result.plans, result.costs
         seconds = time.perf_counter() - start
-        if cfg.recompute_bn and fused.spec.batchnorm:
+        if cfg.recompute_bn and has_batchnorm(fused):
             recompute_batchnorm_stats(fused, splits.train_x)
         diagnostics = _repair_and_diagnose(cfg, result, parents, inputs) if result is not None else {}
         # finite parents can still fuse into NaN or inf (a degenerate plan, REPAIR dividing by a zero
@@ -153,10 +178,13 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
         # what was used, beside the params that say what was asked (a param is part of the cache key)
         used = {**({"activation_samples_used": len(inputs)} if inputs is not None else {}),
                 **({"curve_samples_used": min(cfg.curve_samples, len(splits.test_x))} if curves else {})}
-        tracking.log_spec(fused.spec, parents.data)
         tracking.log_state_dict(fused.state_dict(), "weights/fused.pt")
-        if cfg.log_model:
-            log_served_model(fused, splits, stage="fuse", parents=cfg.parents, register_as=cfg.register_as)
+        if parents.foreign:
+            log_foreign_model(fused, parents.foreign, cfg)
+        else:
+            tracking.log_spec(fused.spec, parents.data)
+            if cfg.log_model:
+                log_served_model(fused, splits, stage="fuse", parents=cfg.parents, register_as=cfg.register_as)
         if plans:
             tracking.log_tensors(_plans_by_parent(plans, len(cfg.parents), cfg.target), "alignment/plans.pt")
         tracking.log_metrics({
@@ -165,6 +193,8 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
             **({f"group_seconds/{g}": s for g, s in result.group_seconds.items()} if result else {}),
             **{f"{name}/{g}": value for g, values in diagnostics.items() for name, value in values.items()},
             **used,
+            **{f"parent_{i}/accuracy": a for i, a in enumerate(parents.accuracies, start=1)
+               if parents.foreign and a is not None},
         })
         if diagnostics:
             figure = plots.alignment_figure(diagnostics, f"{name}: test accuracy {test['accuracy']:.4f}")
@@ -229,9 +259,13 @@ def _describe(cfg: FuseConfig, method: str, parents: _Parents, accuracy: float, 
               activation_samples: int | None = None) -> str:
     k = len(cfg.parents)
     weights = ", ".join(f"{w:g}" for w in cfg.fusion_weights) if cfg.fusion_weights else "equal"
-    lines = [f"{method.capitalize()} fusion of {k} train runs (fusion weights: {weights}):"]
+    what = "models" if parents.foreign else "train runs"
+    lines = [f"{method.capitalize()} fusion of {k} {what} (fusion weights: {weights}):"]
     for i, (rid, acc) in enumerate(zip(cfg.parents, parents.accuracies), start=1):
         acc_txt = f"test accuracy {acc:.4f}" if acc is not None else "no test accuracy logged"
+        if parents.foreign:
+            lines.append(f"- parent {i}: `{rid}` ({acc_txt})")
+            continue
         width = f", width {parents.specs[i - 1].width:g}" if len({s.width for s in parents.specs}) > 1 else ""
         lines.append(f"- parent {i}: [run {rid}](#/runs/{rid}) ({acc_txt}{width})")  # a link in the MLflow UI
     if method == "geometric":

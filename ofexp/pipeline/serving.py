@@ -22,6 +22,28 @@ def check_register_as(register_as: str | None, log_model: bool) -> None:
         raise ConfigError("--register-as registers the logged MLflow model: drop --no-log-model")
 
 
+def log_foreign_model(network: nn.Module, parents, cfg) -> str | None:
+    """For parents given by model URI (`pipeline.foreign.ForeignParents`): record the input the
+    fused network takes, link the parents' logged models as the run's inputs, and log the
+    network as they were logged (pt2 or pickle, their signature, an input example) unless
+    `cfg.log_model` is off; register it as `cfg.register_as`. Returns its model ID."""
+    tracking.model_uris.log_model_input({**parents.model_input.to_record(), "parents": list(cfg.parents)})
+    tracking.model_uris.log_parent_models([p.model_id for p in parents.logged])
+    if not cfg.log_model:
+        return None
+    first = parents.logged[0]
+    model_id = tracking.model_uris.log_pytorch_model(network, parents.example, signature=first.signature, pt2=first.pt2)
+    tracking.set_tags({tracking.TAG_LOGGED_MODEL: model_id})
+    if cfg.register_as:
+        run_id = tracking.active_run_id()
+        lineage = {TAG_RUN_ID: run_id, TAG_STAGE: "fuse", tracking.TAG_PARENTS: ",".join(cfg.parents)}
+        shape = ", ".join(map(str, parents.example.shape[1:]))
+        register_logged_model(model_id, cfg.register_as, lineage,
+                              f"The model of ofexp fuse run {run_id}, made from {', '.join(cfg.parents)}. "
+                                          f"It takes inputs of shape [n, {shape}] like its parents.")
+    return model_id
+
+
 def log_served_model(network: nn.Module, splits: DataSplits, *, stage: str, parents: tuple[str, ...] = (),
                      register_as: str | None = None) -> str:
     """Log `network` (on the CPU) behind the loader's resize and normalisation as the active run's
@@ -42,4 +64,4 @@ def log_served_model(network: nn.Module, splits: DataSplits, *, stage: str, pare
     return model_id
 
 
-__all__ = ["check_register_as", "log_served_model"]
+__all__ = ["check_register_as", "log_foreign_model", "log_served_model"]
