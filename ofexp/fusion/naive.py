@@ -14,7 +14,7 @@ from ofexp.errors import ConfigError, IncompatibleModelsError
 from ofexp.models import ModelSpec
 
 # Fields that must agree for any fusion; width may differ only for geometric fusion.
-_SHARED_FIELDS = ("arch", "num_classes", "in_channels", "input_size", "bias", "batchnorm")
+_SHARED_FIELDS = ("arch", "kwargs", "num_classes", "in_channels", "input_size", "bias", "batchnorm")
 
 
 def parent_specs(models: Sequence[nn.Module], *, allow_width: bool) -> list[ModelSpec | None]:

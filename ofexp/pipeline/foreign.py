@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.data.model_input import ModelInput, adapt, check_model_input
@@ -103,6 +102,3 @@ def _recorded_input(model: LoggedModel) -> ModelInput:
         raise ConfigError(f"run {model.run_id}'s {MODEL_INPUT_FILE} is invalid ({exc}); name the "
                           "data with --dataset, --image-size, --channels and --pixels") from None
 
-
-def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, _BatchNorm) for m in model.modules())

@@ -20,7 +20,8 @@ from ofexp.fusion.interpolation import InterpolationCurve, fusion_curves, plot_c
 from ofexp.metrics import TEST_ACCURACY_KEY, TEST_LOSS_KEY, test_accuracy_of
 from ofexp.data.model_input import ModelInput
 from ofexp.models import ModelSpec
-from ofexp.pipeline.foreign import ForeignParents, has_batchnorm, load_foreign_parents, split_refs
+from ofexp.models.foreign import has_batchnorm
+from ofexp.pipeline.foreign import ForeignParents, load_foreign_parents, split_refs
 from ofexp.pipeline.options import FusionOptions
 from ofexp.pipeline.serving import check_register_as, log_foreign_model, log_served_model
 from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, describe_unfinished,

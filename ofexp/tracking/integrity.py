@@ -124,6 +124,11 @@ def check_spec_against_params(run: Run, spec: ModelSpec | EnsembleSpec, data: Da
     if isinstance(spec, ModelSpec):
         expected += [("model.arch", spec.arch, params.get("model")), ("model.bias", spec.bias, params.get("bias")),
                      ("model.batchnorm", spec.batchnorm, params.get("batchnorm"))]
+        if "model_kwargs" in params:  # runs from before --model-kwargs do not log it
+            from ofexp.models.foreign import kwargs_json
+
+            kwargs = kwargs_json(spec.kwargs) if spec.kwargs else "none"
+            expected.append(("model.kwargs", kwargs, params["model_kwargs"]))
     for field, value, param in expected:
         if not _same(value, param):
             whose = "its" if source is run else f"its lineage's train run {source.info.run_id}"
