@@ -101,7 +101,10 @@ def fuse(parents: str, device: str, allow_unfinished: bool, experiment_name: str
 
 
 @click.command()
-@click.option("--model-run", required=True, help="ID of the train or fuse run to measure.")
+@click.option("--model-run", required=True,
+              help="ID of the train, fuse or ensemble run to measure, or an MLflow model URI of any PyTorch "
+                   "classifier (runs:/…, models:/…; name its input with --dataset and the options after it).")
+@model_input_options
 @typed_options(EvaluateOptions)
 @click.option("--label", type=OPT_STR, default=None, help="Model name in results.csv [default: the run's name].")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto: where the measures run.")
@@ -117,7 +120,7 @@ def evaluate(model_run: str, label: str | None, device: str, allow_unfinished: b
     'ofexp.warning.<measure>' tag; the others are still computed.
     """
     cfg = EvalConfig(model_run=model_run.strip(), device=device, label=label, allow_unfinished=allow_unfinished,
-                     **pop_typed_options(EvaluateOptions, kw))
+                     model_input=pop_model_input(kw), **pop_typed_options(EvaluateOptions, kw))
     use_experiment(experiment_name)
     click.echo(run_evaluate(cfg))
 

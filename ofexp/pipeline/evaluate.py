@@ -7,7 +7,7 @@ import math
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 import torch
@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from ofexp import tracking
 from ofexp.data import DataSplits, load_dataset
+from ofexp.data.model_input import ModelInput
 from ofexp.errors import ConfigError
 from ofexp.metrics import (MEASURES, Measure, MeasureContext, SearchResult,
                            resolve_measures)
@@ -24,7 +25,10 @@ from ofexp.pipeline.report import RESULTS_COLUMNS, report_files
 from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, ENSEMBLE_STAGE, describe_unfinished,
                                       unfinished_inputs, unfinished_tags)
 from ofexp.tracking.names import BUDGET_PARAM_PREFIX, TAG_ACCURACY_METRIC, TAG_WARNINGS, detail_tag
+from ofexp.tracking.model_uris import is_model_uri
 from ofexp.tracking.runs import warning_tag
+
+TAG_MODEL_URI = "ofexp.model_uri"  # the model URI an evaluate run measured (TAG_MODEL_RUN for run IDs)
 from ofexp.training import resolve_device
 from ofexp.training.speed import float32_kernels
 
@@ -37,7 +41,7 @@ class EvalConfig(EvaluateOptions):
     """One `ofexp evaluate`: the evaluate options (EvaluateOptions, defined there once: measures,
     preset, sharpness_worst, accuracy_metric, seed) and which model run to measure, where."""
 
-    model_run: str = ""
+    model_run: str = ""  # a run ID, or an MLflow model URI (runs:/…, models:/…)
     device: str = "auto"
     label: str | None = None  # the results.csv "Model" cell; defaults to the model run's name
     run_name: str | None = None  # defaults to "evaluate <label>"
@@ -45,10 +49,14 @@ class EvalConfig(EvaluateOptions):
     # A model run that is not FINISHED (RUNNING, FAILED, KILLED) is refused unless this is set; the
     # evaluate run is then tagged ofexp.unfinished_inputs. Not a param: it changes no measure.
     allow_unfinished: bool = False
+    model_input: ModelInput | None = None  # a model by URI: the input it takes (pipeline.foreign)
 
     def __post_init__(self) -> None:
         if not self.model_run:
             raise ConfigError("no model run to evaluate; pass --model-run RUN_ID (a train, fuse or ensemble run)")
+        if self.model_input is not None and not is_model_uri(self.model_run):
+            raise ConfigError("--dataset, --image-size, --channels and --pixels name the input of a model given by URI; "
+                              "ofexp runs carry their data: drop those options")
         self.check()
 
 
@@ -63,7 +71,8 @@ def evaluate_params(cfg: EvalConfig) -> dict[str, object]:
     names = resolve_measures(cfg.measures)
     searches = {MEASURES[n].search for n in names} - {None}
     params: dict[str, object] = {"model_run": cfg.model_run, "measures": ",".join(names), "device": cfg.device,
-                                 "accuracy_metric": cfg.accuracy_metric}
+                                 "accuracy_metric": cfg.accuracy_metric,
+                                 **(cfg.model_input.to_params() if cfg.model_input else {})}
     if any(MEASURES[n].space != "prediction" for n in names):
         params["seed"] = cfg.seed
     if searches:
@@ -95,30 +104,20 @@ def run_evaluate(cfg: EvalConfig, splits: DataSplits | None = None) -> str:
     names = resolve_measures(cfg.measures)
     budget = search_budget(cfg.preset)
     device = resolve_device(cfg.device)
-    # refuses, before any run exists: unfinished runs (unless allowed), weights that do not fit
-    # their spec.json, NaN or infinite weights
-    loaded = tracking.fetch_model_run(cfg.model_run, ensembles=True, allow_unfinished=cfg.allow_unfinished,
-                                      accept_option=ALLOW_UNFINISHED_OPTION)
-    unfinished = unfinished_inputs([loaded])
-    # An ensemble has no single parameter vector θ: parameter-space measures are skipped, with a note.
-    no_theta = loaded.stage == ENSEMBLE_STAGE
-    model_run = loaded.run
-    splits = splits if splits is not None else load_dataset(loaded.data)
-    model_name = model_run.info.run_name or cfg.model_run
-    label = cfg.label or model_name
-    parameter_keys = {key for key, _ in loaded.model.named_parameters()}
-    ctx = MeasureContext(loaded.model.to(device), splits, device,
-                         reference_weights=lambda: reference_weights(cfg.model_run, parameter_keys),
-                         budget=budget, sharpness_worst=cfg.sharpness_worst, seed=cfg.seed)
     params = evaluate_params(cfg)
-    description = (f"Measures {', '.join(names)} of [run {cfg.model_run}](#/runs/{cfg.model_run}) ({model_name}), "
-                   f"'{cfg.preset}' search budget.")
-    tags = {tracking.TAG_MODEL_RUN: cfg.model_run, TAG_ACCURACY_METRIC: cfg.accuracy_metric,
-            **unfinished_tags(unfinished)}
-    if unfinished:
-        description += f" {describe_unfinished(unfinished)}"
-        tqdm.write(f"warning: {describe_unfinished(unfinished)}", file=sys.stderr)
-    model_id = model_run.data.tags.get(tracking.TAG_LOGGED_MODEL)
+    if is_model_uri(cfg.model_run):
+        measured = _measured_by_uri(cfg, splits)
+    else:
+        measured = _measured_run(cfg, splits)
+    label = cfg.label or measured.name
+    ctx = MeasureContext(measured.model.to(device), measured.splits, device, reference_weights=measured.reference,
+                         budget=budget, sharpness_worst=cfg.sharpness_worst, seed=cfg.seed)
+    description = f"Measures {', '.join(names)} of {measured.link}, '{cfg.preset}' search budget."
+    tags = {TAG_ACCURACY_METRIC: cfg.accuracy_metric, **measured.tags, **unfinished_tags(measured.unfinished)}
+    if measured.unfinished:
+        description += f" {describe_unfinished(measured.unfinished)}"
+        tqdm.write(f"warning: {describe_unfinished(measured.unfinished)}", file=sys.stderr)
+    no_theta, model_id = measured.no_theta, measured.model_id
     # The label names the model in a study (parent_1_seed2), where several models share a run name.
     with tracking.stage_run("evaluate", run_name=cfg.run_name or f"evaluate {label}", params=params,
                             tags=tags, description=description) as run:
@@ -157,6 +156,47 @@ def run_evaluate(cfg: EvalConfig, splits: DataSplits | None = None) -> str:
         for name, text in report_files(results_frame(rows), cfg.accuracy_metric).items():
             tracking.log_text(text, name)
         return run.info.run_id
+
+
+@dataclass
+class _Measured:
+    """The network an evaluate run measures, with its data and what identifies it."""
+
+    model: torch.nn.Module
+    splits: DataSplits
+    name: str  # the run's name or the model URI
+    link: str  # for the description
+    tags: dict[str, str]
+    model_id: str | None  # the logged model the metrics are attached to
+    reference: object  # θ₀ on demand (a callable), or None where there is no lineage to find it
+    no_theta: bool = False
+    unfinished: dict[str, str] = field(default_factory=dict)
+
+
+def _measured_run(cfg: EvalConfig, splits: DataSplits | None) -> _Measured:
+    # refuses, before any run exists: unfinished runs (unless allowed), weights that do not fit
+    # their spec.json, NaN or infinite weights
+    loaded = tracking.fetch_model_run(cfg.model_run, ensembles=True, allow_unfinished=cfg.allow_unfinished,
+                                      accept_option=ALLOW_UNFINISHED_OPTION)
+    run = loaded.run
+    name = run.info.run_name or cfg.model_run
+    parameter_keys = {key for key, _ in loaded.model.named_parameters()}
+    return _Measured(
+        loaded.model, splits if splits is not None else load_dataset(loaded.data), name,
+        f"[run {cfg.model_run}](#/runs/{cfg.model_run}) ({name})", {tracking.TAG_MODEL_RUN: cfg.model_run},
+        run.data.tags.get(tracking.TAG_LOGGED_MODEL),
+        lambda: reference_weights(cfg.model_run, parameter_keys),
+        # An ensemble has no single parameter vector θ: parameter-space measures are skipped, with a note.
+        no_theta=loaded.stage == ENSEMBLE_STAGE, unfinished=unfinished_inputs([loaded]))
+
+
+def _measured_by_uri(cfg: EvalConfig, splits: DataSplits | None) -> _Measured:
+    """A PyTorch model by MLflow URI: no lineage, so measures that need θ₀ get a warning tag."""
+    from ofexp.pipeline.foreign import load_foreign_model
+
+    logged, _, splits = load_foreign_model(cfg.model_run, cfg.model_input, splits)
+    return _Measured(logged.model, splits, cfg.model_run, f"`{cfg.model_run}`", {TAG_MODEL_URI: cfg.model_run},
+                     logged.model_id, None)
 
 
 def release_freed_memory() -> None:

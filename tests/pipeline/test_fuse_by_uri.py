@@ -80,6 +80,14 @@ def test_permuted_copy_fused_by_runs_and_alias_uris_gives_back_the_network(mlflo
         parent_ids = {mlflow.models.get_model_info(f"runs:/{r}/model").model_id for r in (first, second)}
         assert {m.model_id for m in geo.inputs.model_inputs} == parent_ids
         assert geo.data.tags["ofexp.parent_run_ids"] == f"runs:/{first}/model,models:/plain-resnet@twin"
+    # evaluate by URI: the parent with its input named, the fused model with the input its run recorded
+    for args in (["--model-run", f"runs:/{first}/model", *INPUT], ["--model-run", f"runs:/{geo.info.run_id}/model"]):
+        result = run_cli_in_process(["evaluate", *args], mlflow_server.uri, capsys)
+        assert result.returncode == 0, result.stderr
+        with using_tracking_uri(mlflow_server.uri):
+            measured = mlflow.MlflowClient().get_run(result.last_line)
+        assert measured.data.metrics["prediction/accuracy"] == pytest.approx(parent_acc, abs=1e-9)
+        assert measured.data.tags["ofexp.model_uri"] == args[1]
 
 
 def test_refusals_are_one_line_and_leave_no_run(mlflow_server, logged_pair, capsys):
