@@ -32,7 +32,7 @@ def log_foreign_model(network: nn.Module, parents, cfg) -> str | None:
     if not cfg.log_model:
         return None
     first = parents.logged[0]
-    model_id = tracking.model_uris.log_pytorch_model(network, parents.example, signature=first.signature, pt2=first.pt2)
+    model_id = tracking.log_mlflow_model(network.cpu(), parents.example, signature=first.signature, pt2=first.pt2)
     tracking.set_tags({tracking.TAG_LOGGED_MODEL: model_id})
     if cfg.register_as:
         run_id = tracking.active_run_id()

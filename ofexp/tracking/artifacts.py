@@ -311,8 +311,10 @@ def _load_tensor_file(run: Run, artifact_path: str) -> dict:
 PREDICTION_DEVICE = "MLFLOW_DEFAULT_PREDICTION_DEVICE"  # where MLflow's pyfunc loads a PyTorch model
 
 
-def log_mlflow_model(model: nn.Module, input_example: torch.Tensor) -> str:
-    """Log the network as an MLflow model (pickle-free pt2 format); return its model ID.
+def log_mlflow_model(model: nn.Module, input_example: torch.Tensor, *, signature=None, pt2: bool = True) -> str:
+    """Log the network as an MLflow model, in the pickle-free pt2 format unless `pt2` is off
+    (a foreign model's parents were pickled), with `signature` when given (else inferred from
+    the example); return its model ID.
 
     Passing pip_requirements explicitly skips MLflow's ~11 s requirement inference.
     """
@@ -327,8 +329,8 @@ def log_mlflow_model(model: nn.Module, input_example: torch.Tensor) -> str:
     os.environ[PREDICTION_DEVICE] = chosen or "cpu"
     try:
         info = mlflow.pytorch.log_model(
-            model.eval(), name="model", input_example=input_example.cpu().numpy(),
-            pip_requirements=requirements,
+            model.eval(), name="model", input_example=input_example.cpu().numpy(), signature=signature,
+            pip_requirements=requirements, serialization_format="pt2" if pt2 else "pickle",
         )
     finally:
         if chosen is None:

@@ -10,15 +10,12 @@ the measures see the same network as a pickled one.
 from __future__ import annotations
 
 import json
-import os
 import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import numpy as np
-import torch
 from mlflow.exceptions import MlflowException
 from torch import nn
 
@@ -114,20 +111,6 @@ def _input_shape(signature) -> tuple[int | None, ...] | None:
 def _first_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text[:240] if text else type(exc).__name__
-
-
-def log_pytorch_model(model: nn.Module, example: torch.Tensor, *, signature=None, pt2: bool = True) -> str:
-    """Log `model` as the active run's MLflow model in the format of its parents (pt2 or
-    pickle), with their signature and `example` as input example; return its model ID."""
-    import mlflow.pytorch
-
-    os.environ.setdefault("MLFLOW_DEFAULT_PREDICTION_DEVICE", "cpu")  # see artifacts.log_mlflow_model
-    info = mlflow.pytorch.log_model(
-        model.cpu().eval(), name="model", signature=signature, input_example=example.cpu().numpy().astype(np.float32),
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-        serialization_format="pt2" if pt2 else "pickle",
-    )
-    return info.model_id
 
 
 def log_parent_models(model_ids: list[str | None]) -> None:
