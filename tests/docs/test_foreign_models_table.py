@@ -39,3 +39,17 @@ def test_every_run_has_an_id_and_a_command_or_a_refusal():
         assert row["command"], row
         assert row["run_id"] or row["note"], row
         assert row["role"] in ("parent", "naive", "geometric", "geometric+repair"), row
+
+
+def test_ofexp_measures_each_parent_as_the_plain_script_did():
+    # each fuse run re-measures its parents (metrics parent_<i>/accuracy) on the data ofexp feeds them
+    # (--pixels unit --channels 3): equal to the script's own test accuracy, the input format is the same
+    rows = _table_module().read_runs()
+    parents: dict[str, list[str]] = {}
+    for row in rows:
+        if row["role"] == "parent":
+            parents.setdefault(row["arch"], []).append(row["test_accuracy"])
+    fused = [row for row in rows if row["role"] != "parent" and row["run_id"]]
+    assert fused
+    for row in fused:
+        assert row["parents_measured_by_ofexp"] == " / ".join(parents[row["arch"]]), row
