@@ -24,8 +24,8 @@ from ofexp.data import DataConfig
 from ofexp.errors import ArtifactError, ConfigError, RunLookupError
 from ofexp.models import ModelSpec, build_model
 from ofexp.models.ensemble import ENSEMBLE_ARCH, EnsembleSpec, build_ensemble, spec_from_dict
-from ofexp.tracking.integrity import (SPEC_FILE, check_digest, check_spec_against_params, digest_tag,
-                                      load_state_checked, record_digest)
+from ofexp.tracking.integrity import (SPEC_FILE, check_digest, check_spec_against_params, load_state_checked,
+                                      log_artifact_with_digest, records_digests)
 from ofexp.tracking.names import TAG_FAILURE, TAG_STAGE, TAG_UNFINISHED_INPUTS
 from ofexp.tracking.runs import tracking_uri
 
@@ -124,9 +124,7 @@ def log_tensors(obj: Mapping[str, object], artifact_file: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(artifact_file).name
         torch.save(obj, path)
-        parent = str(Path(artifact_file).parent)
-        mlflow.log_artifact(str(path), artifact_path=None if parent == "." else parent)
-        record_digest(artifact_file, path)  # after the upload: a tag without its file would mislead
+        log_artifact_with_digest(mlflow.active_run().info.run_id, path, artifact_file)
 
 
 def log_spec(model_spec: ModelSpec | EnsembleSpec, data_cfg: DataConfig, parents: tuple[str, ...] = ()) -> None:
@@ -223,7 +221,7 @@ def check_weights_intact(run: Run) -> None:
     """ArtifactError unless the weights a model run stands for are the file it recorded (a
     study checks this before it reuses a finished run)."""
     artifact = f"{WEIGHTS_DIR}/{DEFAULT_WEIGHTS[run.data.tags[TAG_STAGE]]}.pt"
-    if digest_tag(artifact) in run.data.tags:  # a run from before digests: nothing to check, nothing to fetch
+    if records_digests(run):  # a run from before digests: nothing to check, nothing to fetch
         check_digest(run, artifact, _read_artifact(run.info.run_id, artifact))
 
 
@@ -296,8 +294,7 @@ def _load_tensor_file(run: Run, artifact_path: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "blob.pt"
         blob = _read_artifact(run_id, artifact_path)
-        if run.info.status == FINISHED:  # a running run may rewrite the file before it retags it
-            check_digest(run, artifact_path, blob)
+        check_digest(run, artifact_path, blob)  # whatever the status: --allow-unfinished is no licence
         path.write_bytes(blob)
         try:
             return torch.load(path, map_location="cpu", weights_only=True)

@@ -50,6 +50,7 @@ class EpochLogger:
         self._slots = threading.BoundedSemaphore(max_pending)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ofexp-epoch-log")
         self._futures: list[Future] = []
+        self._last_digest: str | None = None  # the uploaded checkpoint's sha256 (worker thread only)
 
     def submit(self, epoch: int, checkpoint: Mapping[str, object] | None, metrics: Mapping[str, float] | None) -> None:
         """Queue one epoch's record; raises at once if an earlier epoch already failed to log."""
@@ -118,10 +119,17 @@ class EpochLogger:
         return tracking.log_metrics
 
     def _upload(self, checkpoint: Mapping[str, object]) -> None:
-        """torch.save into a temp dir, then upload under checkpoint_file's folder, replacing the last one."""
+        """torch.save into a temp dir, then upload under checkpoint_file's folder, replacing the last
+        one, with its digest (integrity.log_artifact_with_digest: the tag names the old file and the
+        new one while the upload is under way, so `train --resume` can check either)."""
+        from ofexp.tracking.integrity import log_artifact_with_digest, recorded_digests
+
+        if self._last_digest is None:  # the checkpoint an earlier process of a resumed run left
+            run = mlflow.MlflowClient().get_run(self.run_id)
+            self._last_digest = next(iter(recorded_digests(run, self.checkpoint_file)), "")
         target = Path(self.checkpoint_file)
         with tempfile.TemporaryDirectory(prefix="ofexp-ckpt-") as tmp:
             path = Path(tmp) / target.name
             torch.save(dict(checkpoint), path)
-            folder = str(target.parent)
-            mlflow.log_artifact(str(path), artifact_path=None if folder == "." else folder, run_id=self.run_id)
+            self._last_digest = log_artifact_with_digest(self.run_id, path, self.checkpoint_file,
+                                                         replaces=self._last_digest)

@@ -4,9 +4,11 @@ Artifacts live in a store other processes (and people) can write to, so reading 
 run's files trusts nothing the run did not vouch for (docs/reliability.md, "A run's
 files are read back only as the run recorded them"):
 
-- **Tensor files** (weights, alignment plans): their sha256 is recorded in the tag
-  `ofexp.sha256.<artifact path>` when they are logged. A file read back must have
-  that digest, or it is refused: someone or something rewrote it after the fact.
+- **Tensor files** (weights, alignment plans, checkpoints): their sha256 is recorded in
+  the tag `ofexp.sha256.<artifact path>` when they are logged. A file read back must
+  have that digest, or it is refused: someone or something rewrote it after the fact.
+  A run that records digests (tag `ofexp.digests`, or any digest) must have one for
+  every tensor file read: a deleted tag is refused like a wrong digest.
 - **spec.json**: the data block (data set, folder, split, image size) and the
   architecture must agree with the params of the run that trained the weights (the
   run itself, or through `ofexp.parent_run_ids`, its first parent). An edited spec
@@ -31,7 +33,7 @@ from ofexp.data import DataConfig
 from ofexp.errors import ArtifactError, NonFiniteWeightsError
 from ofexp.models import ModelSpec
 from ofexp.models.ensemble import EnsembleSpec
-from ofexp.tracking.names import TAG_PARENTS, TAG_SHA256_PREFIX
+from ofexp.tracking.names import TAG_DIGESTS, TAG_PARENTS, TAG_SHA256_PREFIX
 from ofexp.tracking.runs import param_str, same_param
 
 SPEC_FILE = "spec.json"
@@ -47,26 +49,67 @@ def sha256_hex(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+def file_sha256(local_file: Path) -> str:
+    with open(local_file, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def record_digest(artifact_path: str, local_file: Path) -> None:
     """Tag the active run with the sha256 of `local_file`, which it logs as `artifact_path`."""
-    with open(local_file, "rb") as f:
-        mlflow.set_tag(digest_tag(artifact_path), hashlib.file_digest(f, "sha256").hexdigest())
+    mlflow.set_tag(digest_tag(artifact_path), file_sha256(local_file))
+
+
+def log_artifact_with_digest(run_id: str, local_file: Path, artifact_path: str, replaces: str | None = None) -> str:
+    """Upload `local_file` as run `run_id`'s `artifact_path` and tag its sha256; return the digest.
+
+    A file logged once is tagged after the upload (a tag without its file would mislead). A
+    file that replaces one (a checkpoint, each epoch) has digest `replaces`: until the upload
+    is done, the tag names both files, so a run killed in between holds a file its tag
+    vouches for, whichever of the two it is.
+    """
+    digest = file_sha256(local_file)
+    client = mlflow.MlflowClient()
+    if replaces and replaces != digest:
+        client.set_tag(run_id, digest_tag(artifact_path), f"{digest} {replaces}")
+    folder = str(Path(artifact_path).parent)
+    client.log_artifact(run_id, str(local_file), None if folder == "." else folder)
+    client.set_tag(run_id, digest_tag(artifact_path), digest)
+    return digest
+
+
+def recorded_digests(run: Run, artifact_path: str) -> tuple[str, ...]:
+    """The digests the run vouches for under `artifact_path` (two while a replacement uploads)."""
+    return tuple(run.data.tags.get(digest_tag(artifact_path), "").split())
+
+
+def records_digests(run: Run) -> bool:
+    """Whether the run was logged by an ofexp that records a digest for every tensor file: it says
+    so in its tag ofexp.digests, or it carries any digest. Only runs from before digests did not."""
+    return TAG_DIGESTS in run.data.tags or any(key.startswith(TAG_SHA256_PREFIX) for key in run.data.tags)
 
 
 def check_digest(run: Run, artifact_path: str, blob: bytes) -> None:
-    """ArtifactError when `blob` is not the file the run recorded under `artifact_path`.
+    """ArtifactError when `blob` is not the file the run recorded under `artifact_path`, or when
+    the run records digests but has none for it (a deleted tag is refused like a wrong one).
 
-    Runs logged before digests were recorded carry no tag and are read as they are.
+    Whatever the run's status: `--allow-unfinished` takes an unfinished run, not a rewritten
+    file. Only runs logged before digests were recorded are read as they are.
     """
-    recorded = run.data.tags.get(digest_tag(artifact_path))
-    if recorded is None:
-        return
+    run_id, tag = run.info.run_id, digest_tag(artifact_path)
+    recorded = recorded_digests(run, artifact_path)
+    if not recorded:
+        if not records_digests(run):
+            return
+        still = " or the run is still writing it," if run.info.status == "RUNNING" else ""
+        raise ArtifactError(
+            f"run {run_id}'s {artifact_path} has no digest (tag {tag}), though the run records one for every "
+            f"tensor file: the tag was deleted,{still} or the file was logged by something other than ofexp, so "
+            f"nothing vouches for it; re-run the step that made it")
     actual = sha256_hex(blob)
-    if actual != recorded:
-        run_id = run.info.run_id
+    if actual not in recorded:
         raise ArtifactError(
             f"run {run_id}'s {artifact_path} is not the file the run recorded (sha256 {actual[:12]}… against "
-            f"{recorded[:12]}… in tag {digest_tag(artifact_path)}): it was changed after the run wrote it; "
+            f"{recorded[0][:12]}… in tag {tag}): it was changed after the run wrote it; "
             f"re-run the step that made it, or restore the original file")
 
 
@@ -198,4 +241,5 @@ def check_finite(state: Mapping[str, torch.Tensor], what: str, fix: str) -> None
 
 
 __all__ = ["SPEC_FILE", "TAG_SHA256_PREFIX", "check_digest", "check_finite", "check_spec_against_params", "describe_spec",
-           "digest_tag", "load_state_checked", "parent_run_ids", "record_digest", "sha256_hex"]
+           "digest_tag", "file_sha256", "load_state_checked", "log_artifact_with_digest", "parent_run_ids",
+           "record_digest", "recorded_digests", "records_digests", "sha256_hex"]

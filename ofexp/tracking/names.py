@@ -25,6 +25,9 @@ TAG_REGISTERED = "ofexp.registered_model"  # "<name>/<version>" in the Model Reg
 TAG_WARNING_PREFIX = "ofexp.warning."  # + measure name: why its value is missing or doubtful
 TAG_WARNINGS = "ofexp.warnings"  # comma-separated names of the measures with a warning tag
 TAG_SHA256_PREFIX = "ofexp.sha256."  # + artifact path, e.g. ofexp.sha256.weights/final.pt
+# set when a run starts: its writer records a digest for every tensor file, so one missing was deleted
+TAG_DIGESTS = "ofexp.digests"
+DIGEST_ALGORITHM = "sha256"
 
 # --- lineage ------------------------------------------------------------------------------
 TAG_PARENTS = "ofexp.parent_run_ids"  # a fuse or ensemble run's inputs, comma-joined, in order

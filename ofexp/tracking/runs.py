@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from ofexp import __version__
 from ofexp.errors import ConfigError, OfexpError, TrackingServerError
 from ofexp.tracking import launcher, server
-from ofexp.tracking.names import (CLAIM_PARAM, STAGES, TAG_EXPERIMENT_KIND, TAG_FAILURE, TAG_GIT_COMMIT, TAG_HOST,
+from ofexp.tracking.names import (CLAIM_PARAM, DIGEST_ALGORITHM, STAGES, TAG_DIGESTS, TAG_EXPERIMENT_KIND, TAG_FAILURE, TAG_GIT_COMMIT, TAG_HOST,
                                   TAG_LAUNCHER, TAG_NOTE, TAG_PID, TAG_RUN_NAME, TAG_STAGE, TAG_VERSION,
                                   TAG_WARNING_PREFIX)
 
@@ -122,7 +122,7 @@ def git_commit() -> str | None:
 def base_tags(stage: str) -> dict[str, str]:
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
-    tags = {TAG_STAGE: stage, TAG_VERSION: __version__}
+    tags = {TAG_STAGE: stage, TAG_VERSION: __version__, TAG_DIGESTS: DIGEST_ALGORITHM}
     commit = git_commit()
     if commit:
         tags[TAG_GIT_COMMIT] = commit
