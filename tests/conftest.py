@@ -304,6 +304,28 @@ def sqlite_store_with_parents(root: Path, experiment: str):
     return uri, parents, splits, experiment_id
 
 
+def fake_model_steps(client, experiment_id: str, seed: int, kinds) -> tuple[list[tuple], dict[str, str]]:
+    """FINISHED train runs of a study seed's two parents and fuse runs of its `<method>_fused` kinds,
+    recording what `ofexp study` records (parent seeds 100·s + i, parents tag, method param), so a
+    fake steps.csv of evaluate rows passes `ofexp report`'s map check: (steps.csv rows, {kind: run ID})."""
+    ids, rows = {}, []
+    for i in (1, 2):
+        run_id = client.create_run(experiment_id, tags={"ofexp.stage": "train"}).info.run_id
+        client.log_param(run_id, "seed", str(100 * seed + i))
+        ids[f"parent_{i}"] = run_id
+        rows.append((seed, f"parent_{i}", "train", run_id, False))
+    for method in ("naive", "geometric"):
+        if f"{method}_fused" in kinds:
+            run_id = client.create_run(experiment_id, tags={"ofexp.stage": "fuse", "ofexp.parent_run_ids":
+                                                            f"{ids['parent_1']},{ids['parent_2']}"}).info.run_id
+            client.log_param(run_id, "method", method)
+            ids[f"{method}_fused"] = run_id
+            rows.append((seed, f"{method}_fused", "fuse", run_id, False))
+    for run_id in ids.values():
+        client.set_terminated(run_id, "FINISHED")
+    return rows, ids
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """Name the cluster tests that passed, with their times: a CI log shows that Slurm really ran."""
     passed = [r for r in terminalreporter.stats.get("passed", []) if r.when == "call" and "test_slurm.py::" in r.nodeid]

@@ -28,6 +28,7 @@ from ofexp.metrics import MEASURES
 from ofexp.metrics.correlation import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CORRELATION_COLUMNS, MEANINGFUL_N, POOLED,
                                        correlation_table)
 from ofexp.errors import ArtifactError, RunLookupError
+from ofexp.pipeline.step_map import STEPS_FILE, check_step_map
 from ofexp.tracking import queries
 from ofexp.tracking.artifacts import read_text_artifact
 from ofexp.tracking.names import TAG_KINDS
@@ -35,7 +36,6 @@ from ofexp.tracking.queries import RunData
 
 RESULTS_COLUMNS = ["Model", "Space", "Metric", "Value"]
 STEP_COLUMNS = ["seed", "kind", "stage", "run_id", "reused"]
-STEPS_FILE = "steps.csv"
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,9 @@ def study_steps(study: RunData) -> tuple[pd.DataFrame, dict[str, RunData]]:
         raise RunLookupError(f"study run {study.run_id} has no readable {STEPS_FILE} ({str(exc)[:200]}): it is "
                              "unfinished or was made by an older ofexp; run the study again (finished steps "
                              "are reused)") from None
-    return steps, queries.runs_by_id(steps["run_id"], [study.experiment_id])
+    runs = queries.runs_by_id(steps["run_id"], [study.experiment_id])
+    check_step_map(study, steps, runs)  # an edited map would put one model's values under another's name
+    return steps, runs
 
 
 def sort_steps(steps: pd.DataFrame, kinds: Iterable[str] = ()) -> pd.DataFrame:

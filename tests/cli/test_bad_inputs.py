@@ -16,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from conftest import run_cli_in_process, sqlite_store_with_parents
+from conftest import fake_model_steps, run_cli_in_process, sqlite_store_with_parents
 
 REFUSED = "refused-before-any-run"  # the experiment the (before) cases name; it must never appear
 # a tiny study, for the study cases: were the bad value let through, it would still end in seconds
@@ -46,8 +46,11 @@ def _fake_study(client: MlflowClient) -> str:
     experiment_id = client.create_experiment("fake-study")
     rows = []
     for seed in (1, 2):
+        model_rows, models = fake_model_steps(client, experiment_id, seed, ("naive_fused",))
+        rows += [",".join(map(str, row)) for row in model_rows]
         for i, kind in enumerate(("parent_1", "naive_fused")):
             run_id = client.create_run(experiment_id, tags={"ofexp.stage": "evaluate"}).info.run_id
+            client.log_param(run_id, "model_run", models[kind])
             client.log_metric(run_id, "prediction/accuracy", 0.5 + 0.1 * seed + 0.01 * i)
             client.log_metric(run_id, "prediction/test_loss", 1.0 - 0.1 * seed - 0.02 * i)
             client.set_terminated(run_id, "FINISHED")

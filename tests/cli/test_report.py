@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from conftest import run_cli, run_cli_in_process, using_tracking_uri
+from conftest import fake_model_steps, run_cli, run_cli_in_process, using_tracking_uri
 
 pytestmark = pytest.mark.slow
 
@@ -46,12 +46,15 @@ def _synthetic_study(uri: str, seeds: int) -> tuple[str, dict[str, dict[tuple[st
     client.log_batch(study, params=[Param("accuracy_metric", "accuracy")])
     logged, steps = {}, []
     for seed in range(1, seeds + 1):
+        model_rows, models = fake_model_steps(client, experiment, seed, SYNTHETIC_KINDS)
+        steps += model_rows
         for kind in SYNTHETIC_KINDS:
             values = {"prediction/accuracy": rng.uniform(0.5, 0.9), "prediction/generalisation_gap": rng.uniform(5, 60),
                       "input/lipschitz": rng.uniform(1, 9)}
             run = client.create_run(experiment, run_name=f"s{seed} {kind} eval",
                                     tags={"mlflow.parentRunId": study, "ofexp.stage": "evaluate"}).info.run_id
-            client.log_batch(run, metrics=[Metric(k, v, 0, 0) for k, v in values.items()])
+            client.log_batch(run, metrics=[Metric(k, v, 0, 0) for k, v in values.items()],
+                             params=[Param("model_run", models[kind])])
             client.set_terminated(run)
             steps.append((seed, kind, "evaluate", run, False))
             for key, value in values.items():

@@ -1,0 +1,90 @@
+"""A study's steps.csv checked against the runs it names, before `ofexp report` trusts it.
+
+steps.csv is the study's one map from (seed, model kind, stage) to a run. It is an artifact
+anyone with write access to the store can edit: swapping two evaluate rows' run IDs would
+show one model's accuracy under another's name. Each row must therefore agree with what the
+run it names recorded about itself, in params and tags MLflow never lets change (params) or
+that ofexp set when the study made it:
+
+- its stage (`ofexp.stage`);
+- an evaluate step measured its seed's model of the same kind (param `model_run`);
+- a parent trained with the seed's torch seed (100·s + i), a fused model and the ensemble
+  were made from the seed's two parents (`ofexp.parent_run_ids`) by the kind's method, a
+  fine-tuned model started from the seed's fused model of that method (`init_from`);
+- each (seed, kind, stage) appears once, and the study's count of steps matches.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import pandas as pd
+
+from ofexp.errors import ArtifactError
+from ofexp.tracking.names import TAG_PARENTS
+from ofexp.tracking.queries import RunData
+
+STEPS_FILE = "steps.csv"
+_FUSED = {"naive_fused": "naive", "geometric_fused": "geometric"}
+_FINETUNED = {"naive_finetuned": "naive_fused", "geometric_finetuned": "geometric_fused"}
+_PARENTS = {"parent_1": 1, "parent_2": 2}
+_STAGES = {**{k: "train" for k in (*_PARENTS, *_FINETUNED)}, **{k: "fuse" for k in _FUSED}, "ensemble": "ensemble"}
+
+
+def check_step_map(study: RunData, steps: pd.DataFrame, runs: Mapping[str, RunData]) -> None:
+    """ArtifactError, in one line naming the study, the row and what disagrees, when a row of the
+    study's steps.csv is not the step the study made."""
+    duplicated = steps.duplicated(["seed", "kind", "stage"])
+    if duplicated.any():
+        row = steps[duplicated].iloc[0]
+        _refuse(study, row, "appears twice")
+    counted = study.metrics.get("steps/new", 0) + study.metrics.get("steps/reused", 0)
+    if counted and int(counted) != len(steps):
+        raise ArtifactError(f"study run {study.run_id}'s {STEPS_FILE} lists {len(steps)} steps, but the study "
+                            f"made {int(counted)}: {_CHANGED}")
+    models = {(int(r.seed), r.kind): r.run_id for r in steps.itertuples() if r.stage != "evaluate"}
+    for row in steps.itertuples():
+        run = runs[row.run_id]
+        expected_stage = "evaluate" if row.stage == "evaluate" else _STAGES.get(row.kind)
+        if expected_stage is None or row.stage != expected_stage:
+            _refuse(study, row, f"is no step a study makes (kind {row.kind!r}, stage {row.stage!r})")
+        if run.stage != row.stage:
+            _refuse(study, row, f"names run {row.run_id}, which is a {run.stage or 'non-ofexp'} run")
+        problem = _disagreement(row, run, models)
+        if problem:
+            _refuse(study, row, f"names run {row.run_id}, {problem}")
+
+
+def _disagreement(row, run: RunData, models: Mapping[tuple[int, str], str]) -> str | None:
+    """What the run recorded that contradicts its row, or None."""
+    seed = int(row.seed)
+
+    def model(kind: str) -> str:
+        return models.get((seed, kind), f"(no {kind} row for seed {seed})")
+
+    if row.stage == "evaluate":
+        measured = run.params.get("model_run")
+        return None if measured == model(row.kind) else f"which measured run {measured}, not seed {seed}'s {row.kind} {model(row.kind)}"
+    if row.kind in _PARENTS:
+        from ofexp.pipeline.study import parent_seed  # study imports this module's users
+
+        expected = str(parent_seed(seed, _PARENTS[row.kind]))
+        got = run.params.get("seed")
+        return None if got == expected else f"which trained with seed {got}, not {expected}"
+    if row.kind in _FINETUNED:
+        got = run.params.get("init_from")
+        return None if got == model(_FINETUNED[row.kind]) else f"which was fine-tuned from run {got}, not {model(_FINETUNED[row.kind])}"
+    parents = f"{model('parent_1')},{model('parent_2')}"
+    if run.tags.get(TAG_PARENTS) != parents:
+        return f"which was made from runs {run.tags.get(TAG_PARENTS)}, not seed {seed}'s parents {parents}"
+    method = _FUSED.get(row.kind)
+    if method and run.params.get("method") != method:
+        return f"which is a {run.params.get('method')} fusion, not {method}"
+    return None
+
+
+_CHANGED = f"the map was changed after the study wrote it; run the study again (finished steps are reused)"
+
+
+def _refuse(study: RunData, row, problem: str) -> None:
+    raise ArtifactError(f"study run {study.run_id}'s {STEPS_FILE} row seed {row.seed} {row.kind} {row.stage} "
+                        f"{problem}: {_CHANGED}")
