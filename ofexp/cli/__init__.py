@@ -45,8 +45,9 @@ def _register() -> None:
     from ofexp.cli.report_commands import compare, report
     from ofexp.cli.study_commands import study
     from ofexp.cli.ensemble_commands import ensemble
+    from ofexp.cli.transfer_commands import export_command, import_command
 
-    for command in (train, fuse, evaluate, study, ui, runs, ensemble, report, compare):
+    for command in (train, fuse, evaluate, study, ui, runs, ensemble, report, compare, export_command, import_command):
         cli.add_command(command)
 
 

@@ -38,6 +38,12 @@ TAG_EXTENDS = "ofexp.extends"  # a train run that continues a FINISHED one: that
 TAG_UNFINISHED_INPUTS = "ofexp.unfinished_inputs"  # inputs accepted while not FINISHED
 TAG_LAUNCHER = "ofexp.launcher_run_id"  # a second top-level run under `mlflow run`: the run it made
 TAG_RUN_ID = "ofexp.run_id"  # on a registered model version: the run that logged it
+# tags whose values name other runs: a study's export follows them and its import rewrites them
+LINEAGE_TAGS = (TAG_PARENT_RUN, TAG_PARENTS, TAG_MODEL_RUN, TAG_INIT_FROM, TAG_EXTENDS, TAG_LAUNCHER)
+
+# --- export and import (`ofexp export`, `ofexp import`) -----------------------------------
+TAG_IMPORTED_FROM = "ofexp.imported_from"  # an imported run: its ID in the store it was exported from
+TAG_EXPORT_ID = "ofexp.export_id"  # an imported run: the export folder's ID (a second import is refused)
 
 
 def parent_tag(i: int) -> str:
