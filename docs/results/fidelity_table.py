@@ -1,98 +1,60 @@
-"""Print the fidelity table (docs/fashion_mnist.md) from the studies in an MLflow store.
+"""Print the fidelity table's rows (docs/fashion_mnist.md) from the committed study folders alone.
 
-    MLFLOW_TRACKING_URI=sqlite:///mlflow.db python docs/results/fidelity_table.py [--experiment fidelity-fmnist]
+    python docs/results/fidelity_table.py
 
-Each row is one configuration (architecture, width, batch-norm), each column one of
-the paper's models, as test accuracy mean ± std over the seeds and, in brackets,
-its ratio to the parents' mean. The values are read back from the finished study
-runs' results.csv (the study's `--accuracy-metric accuracy` row of every model):
-
-- the study with `--finetune-epochs`: parents, naive, geometric (activations),
-  the ensemble, naive + fine-tuning, geometric + fine-tuning;
-- the study with `--alignment weights`: geometric, weights;
-- the study with `--repair`: activations + REPAIR.
-
-The newest finished study of each kind counts. The study run IDs are printed under
-the table, so every number can be traced to its runs in the UI.
+Each row is one configuration, each column one of the paper's models, as test accuracy
+mean ± std over the seeds and, in brackets, its ratio to the parents' mean. The values
+are the per-seed `accuracy` rows of the committed `results.csv` of the configuration's
+main study (the one with `--finetune-epochs 1`: parents, naive, geometric with
+activations, the ensemble, both fine-tuned). A cell whose study's files were never
+committed (the `--alignment weights` and `--repair` studies, every ResNet18 study: their
+store is gone) prints as †: the docs keep the measured value with a † beside it, and
+tests/docs/test_results_tables.py checks every other cell against this output.
 """
 from __future__ import annotations
 
-import argparse
-import os
-import re
-import tempfile
+import sys
+from pathlib import Path
 
-import mlflow
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from study_tables import FIVE_SEEDS, TWO_SEEDS, parents, per_seed  # noqa: E402
+
+NOT_COMMITTED = "†"
 COLUMNS = ("parents", "naive", "geometric, weights", "geometric, activations", "activations + REPAIR",
            "ensemble", "naive + fine-tuning", "geometric + fine-tuning")
-# (which study, the model kind in its results.csv) -> the table's column
-SOURCES = {("main", "parent"): "parents", ("main", "naive_fused"): "naive",
-           ("weights", "geometric_fused"): "geometric, weights",
-           ("main", "geometric_fused"): "geometric, activations",
-           ("repair", "geometric_fused"): "activations + REPAIR", ("main", "ensemble"): "ensemble",
-           ("main", "naive_finetuned"): "naive + fine-tuning",
-           ("main", "geometric_finetuned"): "geometric + fine-tuning"}
+# the table's column -> the model kind in the main study's results.csv (None: no committed study)
+KIND = {"parents": "parent", "naive": "naive_fused", "geometric, weights": None,
+        "geometric, activations": "geometric_fused", "activations + REPAIR": None, "ensemble": "ensemble",
+        "naive + fine-tuning": "naive_finetuned", "geometric + fine-tuning": "geometric_finetuned"}
+# the table's row name -> the committed folder of its main study
+ROWS = {"vgg11 w0.25, 10 epochs, seeds 1,2": TWO_SEEDS, "vgg11 w0.25, 10 epochs, seeds 1–5": FIVE_SEEDS}
 
 
-def _study_kind(params: dict) -> str | None:
-    if params.get("alignment") == "weights":
-        return "weights"
-    if str(params.get("repair")).lower() == "true":
-        return "repair"
-    return "main" if params.get("finetune_epochs") else None
+def cell(folder: Path, column: str) -> str:
+    kind = KIND[column]
+    if kind is None:
+        return NOT_COMMITTED
+    reference = parents(folder)
+    values = reference if kind == "parent" else per_seed(folder)[kind]
+    text = f"{values.mean():.4f} ± {values.std(ddof=1):.4f}"
+    return text if kind == "parent" else f"{text} ({values.mean() / reference.mean():.3f}×)"
 
 
-def _accuracies(client: mlflow.MlflowClient, run_id: str) -> dict[str, list[float]]:
-    """{model kind: [accuracy per seed]} from a study's results.csv ("parent" joins parent_1/2)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        results = pd.read_csv(client.download_artifacts(run_id, "results.csv", tmp))
-    rows = results[(results["Space"] == "prediction_space") & (results["Metric"] == "accuracy")]
-    out: dict[str, list[float]] = {}
-    for model, value in zip(rows["Model"], rows["Value"]):
-        kind = re.sub(r"_seed\d+$", "", model)
-        out.setdefault("parent" if kind.startswith("parent_") else kind, []).append(float(value))
-    return out
+def rows() -> dict[str, list[str]]:
+    """{row name: its cells in COLUMNS order}, for every configuration with committed data."""
+    return {name: [cell(folder, column) for column in COLUMNS] for name, folder in ROWS.items()}
 
 
 def main() -> None:
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stdout is the table
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--experiment", default="fidelity-fmnist")
-    args = parser.parse_args()
-    client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(args.experiment)
-    studies = client.search_runs([experiment.experiment_id], "tags.`ofexp.stage` = 'study' and "
-                                 "attributes.status = 'FINISHED'", order_by=["attributes.start_time ASC"])
-    table: dict[tuple, dict[str, str]] = {}
-    ids: dict[tuple, dict[str, str]] = {}
-    for study in studies:  # oldest first: a newer study of the same kind replaces an older one
-        p = study.data.params
-        kind = _study_kind(p)
-        if kind is None:
-            continue
-        if "," not in p["seeds"] or len([s for s in p["seeds"].split(",") if s]) < 2:
-            continue  # one seed (a study run ahead of another to share its steps): no spread, no row
-        config = (p["model"], p["width"], p["batchnorm"].lower() == "true", p["epochs"], p["seeds"])
-        values = _accuracies(client, study.info.run_id)
-        parents = pd.Series(values["parent"]).mean() if "parent" in values else None
-        row = table.setdefault(config, {})
-        for (source, model_kind), column in SOURCES.items():
-            if source == kind and model_kind in values:
-                v = pd.Series(values[model_kind])
-                ratio = f" ({v.mean() / parents:.3f}×)" if parents and column != "parents" else ""
-                row[column] = f"{v.mean():.4f} ± {v.std(ddof=1):.4f}{ratio}"
-        ids.setdefault(config, {})[kind] = study.info.run_id
     print("| model | " + " | ".join(COLUMNS) + " |")
     print("|---" * (len(COLUMNS) + 1) + "|")
-    for (model, width, bn, epochs, seeds), row in table.items():
-        name = f"{model} w{width}{' BN' if bn else ''}, {epochs} epochs, seeds {seeds}"
-        print(f"| {name} | " + " | ".join(row.get(c, "") for c in COLUMNS) + " |")
-    print()
-    for (model, width, bn, epochs, seeds), by_kind in ids.items():
-        print(f"- {model} w{width}{' BN' if bn else ''}: " + ", ".join(f"{k} study `{i}`" for k, i in by_kind.items()))
+    for name, cells in rows().items():
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print(f"\n{NOT_COMMITTED}: no committed data (the study's files were never committed)")
 
 
 if __name__ == "__main__":
+    pd.set_option("display.width", 200)
     main()

@@ -1,28 +1,33 @@
-"""Print the wall time of each stage of a study, from its step runs' start and end times.
+"""Print the wall time of each stage of a study, from an `ofexp export` folder of it.
 
-    MLFLOW_TRACKING_URI=sqlite:///mlflow.db python docs/results/stage_times.py STUDY_RUN_ID
+    ofexp export STUDY_RUN_ID study-export        # once, from the store that holds the study
+    python docs/results/stage_times.py study-export
 
 Reads the study's steps.csv (every step's run ID, reused or new) and each step run's
-start and end time through MLflow's client API; prints, per stage and model kind, how
-many runs there were, their median and total wall time, and the study run's own.
+start and end time from the export's runs/<ID>/run.json, files alone; prints, per stage
+and model kind, how many runs there were, their median and total wall time, and the
+study run's own.
 """
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
+import json
+from pathlib import Path
 
-import mlflow
 import pandas as pd
 
 
-def stage_times(client: mlflow.MlflowClient, study_id: str) -> pd.DataFrame:
-    with tempfile.TemporaryDirectory() as tmp:
-        steps = pd.read_csv(client.download_artifacts(study_id, "steps.csv", tmp))
+def _run(folder: Path, run_id: str) -> dict:
+    return json.loads((folder / "runs" / run_id / "run.json").read_text(encoding="utf-8"))
+
+
+def stage_times(folder: Path) -> pd.DataFrame:
+    study_id = json.loads((folder / "ofexp-export.json").read_text(encoding="utf-8"))["study_run_id"]
+    steps = pd.read_csv(folder / "runs" / study_id / "artifacts" / "steps.csv", dtype={"run_id": str})
     rows = []
     for step in steps.itertuples():
-        info = client.get_run(step.run_id).info
-        seconds = (info.end_time - info.start_time) / 1000.0 if info.end_time else float("nan")
+        run = _run(folder, step.run_id)
+        seconds = (run["end_time"] - run["start_time"]) / 1000.0 if run.get("end_time") else float("nan")
         kind = step.kind if step.stage != "train" or step.kind.startswith("parent") else "fine-tune"
         rows.append((step.stage, kind if step.stage != "evaluate" else "every model", seconds))
     frame = pd.DataFrame(rows, columns=["stage", "what", "seconds"])
@@ -31,19 +36,18 @@ def stage_times(client: mlflow.MlflowClient, study_id: str) -> pd.DataFrame:
 
 
 def main() -> None:
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("study_run_id")
-    args = parser.parse_args()
-    client = mlflow.MlflowClient()
-    table = stage_times(client, args.study_run_id).reset_index()
+    parser.add_argument("folder", type=Path, help="a folder `ofexp export` wrote")
+    folder = parser.parse_args().folder
+    table = stage_times(folder).reset_index()
     print("| " + " | ".join(table.columns) + " |")
     print("|---" * len(table.columns) + "|")
     for row in table.itertuples(index=False):
         print("| " + " | ".join(str(v) for v in row) + " |")
-    info = client.get_run(args.study_run_id).info
-    if info.end_time:
-        print(f"\nstudy run {args.study_run_id}: {(info.end_time - info.start_time) / 1000.0:.0f} s from start to end")
+    study_id = json.loads((folder / "ofexp-export.json").read_text(encoding="utf-8"))["study_run_id"]
+    study = _run(folder, study_id)
+    if study.get("end_time"):
+        print(f"\nstudy run {study_id}: {(study['end_time'] - study['start_time']) / 1000.0:.0f} s from start to end")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,97 @@
+"""Every figure the docs quote in prose that committed data backs, recomputed from it.
+
+    python docs/results/quoted_figures.py
+
+Each figure is a sentence of the docs with its numbers left as `{}`, and the function that
+computes them from the committed study folders (study_tables.py). The script prints each
+sentence as the data fills it in and whether the doc holds it; tests/docs/test_results_tables.py
+fails if one does not. Figures from studies whose files were never committed (weight
+alignment, REPAIR, ResNet18) are not here: their sentences stay as measured, and
+docs/fashion_mnist.md marks them with †.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from study_tables import FIVE_SEEDS, TWO_SEEDS, parents, per_seed, per_seed_ratios, ratio, summary  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+FASHION = "docs/fashion_mnist.md"
+
+
+@dataclass(frozen=True)
+class Figure:
+    doc: str  # path from the repository root
+    sentence: str  # as in the doc, each computed number as {}
+    values: Callable[[], tuple[str, ...]]
+
+    def text(self) -> str:
+        return self.sentence.format(*self.values())
+
+
+def _ratio(folder: Path, kind: str) -> str:
+    return f"{ratio(folder, kind):.3f}"
+
+
+def _per_seed_range(folder: Path, kind: str) -> tuple[str, str]:
+    ratios = per_seed_ratios(folder, kind)
+    return f"{ratios.min():.3f}", f"{ratios.max():.3f}"
+
+
+def _mean(folder: Path, kind: str) -> str:
+    return f"{per_seed(folder)[kind].mean():.4f}"
+
+
+def _measure(folder: Path, kind: str, metric: str, digits: int) -> str:
+    return f"{summary(folder).loc[(kind, metric), 'mean']:.{digits}g}"
+
+
+FIGURES = (
+    Figure(FASHION, "keeps **{}×** the parents' mean accuracy over five seeds ({} against {}; per seed {}–{}×)",
+           lambda: (_ratio(FIVE_SEEDS, "geometric_fused"), _mean(FIVE_SEEDS, "geometric_fused"),
+                    f"{parents(FIVE_SEEDS).mean():.4f}", *_per_seed_range(FIVE_SEEDS, "geometric_fused"))),
+    Figure(FASHION, "{}× with activations alone; 2 seeds: 0.954×, 0.958×, {}×",
+           lambda: (_ratio(FIVE_SEEDS, "geometric_fused"), _ratio(TWO_SEEDS, "geometric_fused"))),
+    Figure(FASHION, "activation alignment alone misses by {} (per seed {}–{}×)",
+           lambda: (f"{0.95 - ratio(FIVE_SEEDS, 'geometric_fused'):.3f}",
+                    *_per_seed_range(FIVE_SEEDS, "geometric_fused"))),
+    Figure(FASHION, "| naive far below both | VGG11 {}× (5 seeds)", lambda: (_ratio(FIVE_SEEDS, "naive_fused"),)),
+    Figure(FASHION, "fuses about as well (0.954× against {}×)", lambda: (_ratio(TWO_SEEDS, "geometric_fused"),)),
+    Figure(FASHION, "({} → 0.8899, {} → 0.8692)",
+           lambda: tuple(f"{v:.4f}" for v in per_seed(TWO_SEEDS)["geometric_fused"])),
+    Figure(FASHION, "(geometric + fine-tuning {}× for VGG11)", lambda: (_ratio(TWO_SEEDS, "geometric_finetuned"),)),
+    Figure(FASHION, "Hessian eigenvalue {} against the parents' {}–{})",
+           lambda: (_measure(TWO_SEEDS, "naive_fused", "hessian_top_eigenvalue", 2),
+                    _measure(TWO_SEEDS, "parent_2", "hessian_top_eigenvalue", 3),
+                    _measure(TWO_SEEDS, "parent_1", "hessian_top_eigenvalue", 3))),
+    Figure(FASHION, "(naive + fine-tuning: eigenvalue {})",
+           lambda: (_measure(TWO_SEEDS, "naive_finetuned", "hessian_top_eigenvalue", 2),)),
+    Figure(FASHION, "Naive averaging keeps {}×.", lambda: (_ratio(FIVE_SEEDS, "naive_fused"),)),
+    Figure("README.md", "0.957× with REPAIR, naive averaging {}×;", lambda: (_ratio(FIVE_SEEDS, "naive_fused"),)),
+)
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())  # a sentence may wrap anywhere in the doc
+
+
+def check(root: Path = REPO) -> list[str]:
+    """The computed sentences a doc under `root` does not hold (empty: every figure matches)."""
+    return [f"{f.doc}: {f.text()!r}" for f in FIGURES
+            if _words(f.text()) not in _words((root / f.doc).read_text(encoding="utf-8"))]
+
+
+def main() -> None:
+    missing = set(check())
+    for figure in FIGURES:
+        line = f"{figure.doc}: {figure.text()!r}"
+        print(("MISSING " if line in missing else "ok      ") + line)
+    sys.exit(1 if missing else 0)
+
+
+if __name__ == "__main__":
+    main()
