@@ -62,7 +62,7 @@ def _rendered_args(project: str, entry_point: str, **params: str) -> list[str]:
 
 
 def _parse(command_name: str, args: list[str]) -> dict:
-    command = cli.commands[command_name]
+    command = cli.get_command(None, command_name)
     return command.make_context(command_name, list(args), resilient_parsing=False).params
 
 
@@ -77,7 +77,7 @@ def test_every_project_folder_is_listed():
 ])
 def test_parameters_are_the_cli_options(project, entry_point, command_name):
     entry = _entry(project, entry_point)
-    command = cli.commands[command_name]
+    command = cli.get_command(None, command_name)
     options = {opt: p for p in command.params if isinstance(p, click.Option) for opt in (*p.opts, *p.secondary_opts)}
     assert entry.command.split()[:4] == ["python", "-m", "ofexp", command_name], entry.command
 

@@ -117,7 +117,7 @@ def _check_entry_point(project_dir: Path, entry_point: str, command_name: str,
     the parameters in `own_defaults`, mean the same as the CLI's defaults.
     """
     spec = load_project(str(project_dir)).get_entry_point(entry_point)
-    command = cli.commands[command_name]
+    command = cli.get_command(None, command_name)
     options = _options(command)
     assert spec.command.split()[:4] == ["python", "-m", "ofexp", command_name], spec.command
 

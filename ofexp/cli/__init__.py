@@ -6,6 +6,7 @@ without a traceback; `ofexp --debug ...` shows the traceback.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -28,7 +29,68 @@ def _underscores_as_dashes(token: str) -> str:
     return token.replace("_", "-")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100,
+# Every command, by name: where it lives ("module:attribute") and its one-line help for
+# `ofexp --help`. A command's module (and torch, MLflow, pandas...) is imported only when
+# that command runs or shows its own --help, so `ofexp --version` and `ofexp --help` start
+# in a fraction of a second, and a cluster step imports what its own command needs.
+# Adding a command is one line here; tests/cli/test_startup.py checks each help line
+# against the command's docstring.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("ofexp.cli.commands:train", "Train one network as an MLflow run; print its run ID."),
+    "fuse": ("ofexp.cli.commands:fuse", "Fuse parent train runs by run ID, or PyTorch models by URI; "
+             "print '<method> <run_id>' per fuse run."),
+    "evaluate": ("ofexp.cli.commands:evaluate", "Measure a train or fuse run's model in a new evaluate run; "
+                 "print its run ID."),
+    "study": ("ofexp.cli.study_commands:study", "Train, fuse and evaluate per seed, as nested runs of one "
+              "study run; print its ID."),
+    "ui": ("ofexp.cli.commands:ui", "Start the MLflow UI on the store ofexp uses and print the URL to open."),
+    "runs": ("ofexp.cli.commands:runs", "List RUNNING runs of every stage (--stale: the killed ones), with what "
+             "picks each up again."),
+    "ensemble": ("ofexp.cli.ensemble_commands:ensemble", "Log the ensemble of runs (mean of their softmax "
+                 "outputs) as a run; print its ID."),
+    "report": ("ofexp.cli.report_commands:report", "Rebuild a study's results, summary and correlation tables "
+               "from the server; print them."),
+    "compare": ("ofexp.cli.report_commands:compare", "Print any runs' params and metrics side by side (one "
+                "column per run)."),
+    "export": ("ofexp.cli.transfer_commands:export_command", "Write a study, its steps and their lineage to a "
+               "new FOLDER (docs/commands.md: export and import)."),
+    "import": ("ofexp.cli.transfer_commands:import_command", "Create the runs of an `ofexp export` FOLDER in the "
+               "tracking store; print the new study run's ID."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose commands are imported on first use, from `lazy`: name -> (where, help)."""
+
+    def __init__(self, *args, lazy: dict[str, tuple[str, str]], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy})
+
+    def get_command(self, ctx: click.Context | None, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            module_name, attribute = self.lazy[cmd_name][0].split(":")
+            command = getattr(importlib.import_module(module_name), attribute)
+            self.add_command(command, cmd_name)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # The help of a command not imported yet comes from the table, shortened as click shortens
+        # a loaded command's: the listing reads the same either way, and imports nothing.
+        shown = {name: self.commands.get(name) or click.Command(name, help=self.lazy[name][1])
+                 for name in self.list_commands(ctx)}
+        shown = {name: command for name, command in shown.items() if not command.hidden}
+        if not shown:
+            return
+        limit = formatter.width - 6 - max(map(len, shown))
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, command.get_short_help_str(limit)) for name, command in shown.items()])
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100,
                                "token_normalize_func": _underscores_as_dashes})
 @click.version_option(__version__, prog_name="ofexp")
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors (and MLflow's INFO lines).")
@@ -38,20 +100,6 @@ def cli(debug: bool, verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, stream=sys.stderr)
     # MLflow sets its own logger to INFO: quiet by default, ofexp's own progress is what matters
     logging.getLogger("mlflow").setLevel(logging.INFO if debug or verbose else logging.WARNING)
-
-
-def _register() -> None:
-    from ofexp.cli.commands import evaluate, fuse, runs, train, ui
-    from ofexp.cli.report_commands import compare, report
-    from ofexp.cli.study_commands import study
-    from ofexp.cli.ensemble_commands import ensemble
-    from ofexp.cli.transfer_commands import export_command, import_command
-
-    for command in (train, fuse, evaluate, study, ui, runs, ensemble, report, compare, export_command, import_command):
-        cli.add_command(command)
-
-
-_register()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,6 +119,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=args, prog_name="ofexp", standalone_mode=False)
     except click.exceptions.Exit as exc:  # --help, --version
+        sys.exit(exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:  # a bare `ofexp`: the help, as it reads with --help
+        exc.show()
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         _fail(exc.format_message(), exc.exit_code or EXIT_USAGE)

@@ -26,7 +26,7 @@ CHANGED_EVALUATE = EvaluateOptions(measures="accuracy,lipschitz", preset="quick"
 
 def _parsed(command: str, args: list[str]) -> dict:
     group = click.Context(cli, info_name="ofexp", **cli.context_settings)
-    return cli.commands[command].make_context(command, args, parent=group).params
+    return cli.get_command(None, command).make_context(command, args, parent=group).params
 
 
 def _as_args(params: dict[str, str]) -> list[str]:
@@ -57,7 +57,7 @@ def test_evaluate_options_render_into_a_command_that_the_cli_reads_back():
 @pytest.mark.parametrize("command, cls", [("fuse", FusionOptions), ("evaluate", EvaluateOptions),
                                           ("study", FusionOptions), ("study", EvaluateOptions)])
 def test_the_cli_defaults_and_choices_are_the_definitions(command, cls):
-    by_name = {p.name: p for p in cli.commands[command].params}
+    by_name = {p.name: p for p in cli.get_command(None, command).params}
     for f in option_fields(cls):
         if command == "study" and f.name == "seed":
             assert f.name not in by_name, "a study measures every model with the same draws"

@@ -55,7 +55,7 @@ def _ofexp_options(job: dict) -> tuple[str, dict]:
     name = command[3]
     # as `ofexp` parses it: the group's context reads `--activation_samples` as `--activation-samples`
     group = click.Context(cli, info_name="ofexp", **cli.context_settings)
-    return name, cli.commands[name].make_context(name, command[4:], parent=group).params
+    return name, cli.get_command(None, name).make_context(name, command[4:], parent=group).params
 
 
 def _step(job: dict) -> str:
