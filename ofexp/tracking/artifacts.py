@@ -25,8 +25,8 @@ from ofexp.errors import ArtifactError, ConfigError, RunLookupError
 from ofexp.models import ModelSpec, build_model
 from ofexp.models.ensemble import ENSEMBLE_ARCH, EnsembleSpec, build_ensemble, spec_from_dict
 from ofexp.tracking.integrity import (SPEC_FILE, check_digest, check_spec_against_params, load_state_checked,
-                                      log_artifact_with_digest, records_digests)
-from ofexp.tracking.names import TAG_FAILURE, TAG_STAGE, TAG_UNFINISHED_INPUTS
+                                      log_artifact_with_digest, recorded_digests, records_digests)
+from ofexp.tracking.names import TAG_DIGESTS, TAG_FAILURE, TAG_STAGE, TAG_UNFINISHED_INPUTS
 from ofexp.tracking.runs import tracking_uri
 
 WEIGHTS_DIR = "weights"
@@ -133,7 +133,10 @@ def log_spec(model_spec: ModelSpec | EnsembleSpec, data_cfg: DataConfig, parents
     blob = {"model": model_spec.to_dict(), "data": data_config_to_dict(data_cfg)}
     if parents:
         blob["parents"] = list(parents)
-    mlflow.log_dict(blob, SPEC_FILE)
+    with tempfile.TemporaryDirectory() as tmp:  # with its digest: the spec vouches for itself, lineage or not
+        path = Path(tmp) / SPEC_FILE
+        path.write_text(json.dumps(blob, indent=2))
+        log_artifact_with_digest(mlflow.active_run().info.run_id, path, SPEC_FILE)
 
 
 def data_config_to_dict(cfg: DataConfig) -> dict:
@@ -182,7 +185,10 @@ def _parse_spec(run: Run, raw: bytes) -> tuple[ModelSpec | EnsembleSpec, DataCon
         reason = " ".join(str(exc).split())[:300]
         raise ArtifactError(f"run {run_id} has an invalid {SPEC_FILE} ({reason}); re-run the step that made it") from None
     _check_size(run_id, spec)
-    check_spec_against_params(run, spec, cfg)
+    # the params first, for the sharper message; then the digest, which holds when no params are left
+    check_spec_against_params(run, spec, cfg, vouched=bool(recorded_digests(run, SPEC_FILE)))
+    # required where the run says it records digests: runs from before specs had one carry weight digests only
+    check_digest(run, SPEC_FILE, raw, required=TAG_DIGESTS in run.data.tags)
     return spec, cfg
 
 

@@ -88,9 +88,10 @@ def records_digests(run: Run) -> bool:
     return TAG_DIGESTS in run.data.tags or any(key.startswith(TAG_SHA256_PREFIX) for key in run.data.tags)
 
 
-def check_digest(run: Run, artifact_path: str, blob: bytes) -> None:
+def check_digest(run: Run, artifact_path: str, blob: bytes, *, required: bool | None = None) -> None:
     """ArtifactError when `blob` is not the file the run recorded under `artifact_path`, or when
-    the run records digests but has none for it (a deleted tag is refused like a wrong one).
+    the digest is `required` but missing (a deleted tag is refused like a wrong one). By default
+    it is required when the run records digests (`records_digests`).
 
     Whatever the run's status: `--allow-unfinished` takes an unfinished run, not a rewritten
     file. Only runs logged before digests were recorded are read as they are.
@@ -98,7 +99,7 @@ def check_digest(run: Run, artifact_path: str, blob: bytes) -> None:
     run_id, tag = run.info.run_id, digest_tag(artifact_path)
     recorded = recorded_digests(run, artifact_path)
     if not recorded:
-        if not records_digests(run):
+        if not (records_digests(run) if required is None else required):
             return
         still = " or the run is still writing it," if run.info.status == "RUNNING" else ""
         raise ArtifactError(
@@ -117,6 +118,9 @@ def parent_run_ids(run: Run) -> tuple[str, ...]:
     """The runs a fuse or ensemble run was made from, in order (tag ofexp.parent_run_ids)."""
     joined = run.data.tags.get(TAG_PARENTS, "")
     return tuple(part for part in joined.split(",") if part)
+
+
+_REMAKE = "re-run the step that made it"
 
 
 def _params_source(run: Run) -> Run | None:
@@ -148,15 +152,24 @@ def _same(spec_value: object, param: str | None) -> bool:
     return str(spec_value) == param
 
 
-def check_spec_against_params(run: Run, spec: ModelSpec | EnsembleSpec, data: DataConfig) -> None:
+def check_spec_against_params(run: Run, spec: ModelSpec | EnsembleSpec, data: DataConfig, *,
+                              vouched: bool = False) -> None:
     """ArtifactError when the run's spec.json disagrees with the params it was trained under.
 
     Compared: the data block (data set, folder, validation fraction, split seed, image
     size) and, for a single network, the architecture, bias and batch-norm. The width is
-    left to the weights' shapes (a fused network takes its target parent's width).
+    left to the weights' shapes (a fused network takes its target parent's width). When
+    no params are left to compare (a fuse run whose parents were deleted), a spec that is
+    not `vouched` for by its digest (a run from before specs had one) may not name a data
+    folder: nothing says the run used it, and reading it would list whatever is there.
     """
     source = _params_source(run)
     if source is None:
+        if not vouched and parent_run_ids(run) and data.data_dir is not None:
+            raise ArtifactError(
+                f"run {run.info.run_id}'s {SPEC_FILE} names data folder {data.data_dir!r}, but nothing vouches "
+                f"for it: its lineage's train run is gone and the spec carries no digest (it was logged by an "
+                f"ofexp from before specs had one), so it may have been edited; {_REMAKE} from runs that exist")
         return
     params = source.data.params
     expected = [("data.name", data.name, params.get("dataset")),
@@ -179,9 +192,6 @@ def check_spec_against_params(run: Run, spec: ModelSpec | EnsembleSpec, data: Da
                 f"run {run.info.run_id}'s spec.json says {field}={value!r}, but {whose} params say {param!r}: "
                 f"the spec was changed after the run wrote it, so neither its network nor its data can be trusted; "
                 f"re-run the step that made it")
-
-
-_REMAKE = "re-run the step that made it"
 
 
 def load_state_checked(model: nn.Module, state: object, run_id: str, artifact: str,
