@@ -128,6 +128,10 @@ def main(argv: list[str] | None = None) -> None:
     except (click.exceptions.Abort, KeyboardInterrupt) as exc:
         # click turns KeyboardInterrupt, and so Terminated, into Abort
         stopped = exc if isinstance(exc, Terminated) else exc.__context__
+        if isinstance(stopped, EOFError):  # click takes any EOFError for Ctrl-D: here it is a file cut short
+            if debug:
+                raise stopped from None
+            _fail(describe_error(stopped), EXIT_ERROR)
         if isinstance(stopped, Terminated):
             _fail(f"{stopped}; the runs it had open are marked KILLED", stopped.exit_code, exit=exit_stopped)
         _fail("interrupted", EXIT_INTERRUPTED, exit=exit_stopped)

@@ -4,29 +4,32 @@ ofexp's real benchmark: 60,000 training and 10,000 test images of 28×28 graysca
 clothing, 10 balanced classes. Where the files are looked for, in order
 (docs/data.md):
 
-1. `--data-dir` in torchvision's layout (`DATA_DIR/FashionMNIST/raw/<name>`, unpacked);
-2. `--data-dir` holding the four original `.gz` files;
-3. the Debian/Ubuntu package `dataset-fashion-mnist` (`/usr/share/datasets/fashion-mnist`);
-4. torchvision's download into `--data-dir` (default ./data), when `--download` is on
-   and the machine is online.
+1. `--data-dir`, used as given: torchvision's layout (`DATA_DIR/FashionMNIST/raw/<name>`,
+   unpacked) or the four original `.gz` files, else torchvision's download into it when
+   `--download` is on; a file, or a folder holding only some of the files, is refused;
+2. without `--data-dir`: ./data in torchvision's layout (after a download), then the
+   Debian/Ubuntu package `dataset-fashion-mnist` (`/usr/share/datasets/fashion-mnist`),
+   then torchvision's download into ./data when `--download` is on.
 
-The `.gz` files of 2 and 3 are unpacked with torchvision's `extract_archive` into a
-temporary folder that is deleted once the images are decoded, so reading them never
-writes next to the user's data or into the package's folder.
+Every file is read in memory (nothing is written next to the user's data or into the
+package's folder) and checked: its gzip stream, its idx header, its count for its split
+(a training file holds 60,000 items, a test file 10,000: swapped files are named), the
+image size and the length. A bad file is refused in one line that names it.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
-import tempfile
 import urllib.error
+import zlib
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.datasets import FashionMNIST
-from torchvision.datasets.utils import extract_archive
 
 from ofexp.data.splits import DataConfig, DataSplits, finish_splits
 from ofexp.errors import DataError
@@ -39,6 +42,20 @@ RAW_NAMES = tuple(name[: -len(".gz")] for name in GZ_NAMES)
 RESIZE_CHUNK = 8192
 
 
+@dataclass(frozen=True)
+class IdxSet:
+    """One split's images [n, 28, 28] uint8 and labels [n] int64, as read from its two idx files."""
+
+    data: Tensor
+    targets: Tensor
+
+
+# idx magic numbers (0x0803: unsigned bytes, 3 dimensions; 0x0801: 1 dimension) and counts per file
+_IMAGES, _LABELS = 0x0803, 0x0801
+_SPLITS = {True: ("train", 60_000), False: ("t10k", 10_000)}
+_SIDE = 28
+
+
 def _has_all(folder: str, names: tuple[str, ...]) -> bool:
     return all(os.path.isfile(os.path.join(folder, name)) for name in names)
 
@@ -47,65 +64,121 @@ def _raw_folder(root: str) -> str:
     return os.path.join(root, FashionMNIST.__name__, "raw")
 
 
-def _read_both(root: str, download: bool = False) -> tuple[FashionMNIST, FashionMNIST]:
-    """torchvision's train and test sets under `root` (its layout), downloading first if asked."""
-    train = FashionMNIST(root=root, train=True, download=download)
-    return train, FashionMNIST(root=root, train=False, download=False)
+def _file_error(path: str, problem: str) -> DataError:
+    return DataError(f"Fashion-MNIST file {path} {problem}; replace it with the original file "
+                     f"(reinstall {PACKAGE}, or download it again)")
 
 
-def _read_gz_folder(folder: str) -> tuple[FashionMNIST, FashionMNIST]:
-    """Read the four original .gz files in `folder` through a throw-away torchvision root."""
-    with tempfile.TemporaryDirectory(prefix="ofexp-fashion-mnist-") as root:
-        raw = _raw_folder(root)
-        os.makedirs(raw)
-        for name in GZ_NAMES:
-            extract_archive(os.path.join(folder, name), raw)
-        return _read_both(root)  # FashionMNIST decodes into memory, so the folder may go
+def _read_bytes(path: str) -> bytes:
+    if not path.endswith(".gz"):
+        with open(path, "rb") as f:
+            return f.read()
+    try:
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    except EOFError:  # click would take an EOFError for Ctrl-D, and the command for interrupted
+        raise _file_error(path, "ends before its gzip stream does (a truncated download or copy)") from None
+    except gzip.BadGzipFile:
+        raise _file_error(path, "is not a gzip file") from None
+    except zlib.error as err:
+        raise _file_error(path, f"holds a corrupt gzip stream ({err})") from None
 
 
-def _source_folders(cfg: DataConfig) -> list[tuple[str, str]]:
-    """(kind, folder) candidates in lookup order: 'torchvision' (unpacked) or 'gz' (originals)."""
-    found = []
-    if cfg.data_dir:
-        if _has_all(_raw_folder(cfg.data_dir), RAW_NAMES):
-            found.append(("torchvision", cfg.data_dir))
-        if _has_all(cfg.data_dir, GZ_NAMES):
-            found.append(("gz", cfg.data_dir))
-    elif _has_all(_raw_folder(cfg.resolved_data_dir), RAW_NAMES):
-        found.append(("torchvision", cfg.resolved_data_dir))  # ./data, as after a download
-    if _has_all(PACKAGE_DIR, GZ_NAMES):
-        found.append(("gz", PACKAGE_DIR))
-    return found
+def _read_idx(path: str, magic: int, train: bool) -> Tensor:
+    """The uint8 array of one idx file, checked: magic, count for its split, image size, length."""
+    blob = _read_bytes(path)
+    what = "image" if magic == _IMAGES else "label"
+    dims = 3 if magic == _IMAGES else 1
+    if len(blob) < 4 + 4 * dims or int.from_bytes(blob[:4], "big") != magic:
+        raise _file_error(path, f"is not an idx {what} file (its header is not {magic:#06x} with {dims} "
+                                f"dimension{'s' if dims > 1 else ''})")
+    shape = [int.from_bytes(blob[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims)]
+    split, count = _SPLITS[train]
+    if shape[0] != count:
+        other = "test" if train else "training"
+        raise _file_error(path, f"holds {shape[0]:,} {what}s, but the {'training' if train else 'test'} set has "
+                                f"{count:,} (is it the {other} set's file?)")
+    if dims == 3 and shape[1:] != [_SIDE, _SIDE]:
+        raise _file_error(path, f"holds {shape[1]}×{shape[2]} images, not {_SIDE}×{_SIDE}")
+    body = blob[4 + 4 * dims:]
+    expected = count * (_SIDE * _SIDE if dims == 3 else 1)
+    if len(body) != expected:
+        raise _file_error(path, f"holds {len(body):,} bytes of {what}s, but its header says {count:,} {what}s "
+                                f"({expected:,} bytes)")
+    array = torch.frombuffer(bytearray(body), dtype=torch.uint8)
+    if dims == 1 and int(array.max()) >= len(FashionMNIST.classes):
+        raise _file_error(path, f"holds label {int(array.max())}, but Fashion-MNIST's labels are 0-9")
+    return array.view(*shape)
+
+
+def _read_split(folder: str, train: bool, suffix: str) -> IdxSet:
+    prefix = _SPLITS[train][0]
+    images = _read_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte{suffix}"), _IMAGES, train)
+    labels = _read_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte{suffix}"), _LABELS, train)
+    return IdxSet(images, labels.long())
+
+
+def _read_folder(folder: str, suffix: str) -> tuple[IdxSet, IdxSet]:
+    """The train and test sets from the four idx files in `folder` (`.gz` or unpacked), each checked."""
+    return _read_split(folder, True, suffix), _read_split(folder, False, suffix)
+
+
+def _read_gz_folder(folder: str) -> tuple[IdxSet, IdxSet]:
+    """Read the four original .gz files in `folder`, in memory: nothing is written anywhere."""
+    return _read_folder(folder, ".gz")
 
 
 def _missing_error(cfg: DataConfig, reason: str) -> DataError:
     where = cfg.data_dir or cfg.resolved_data_dir
+    also = "" if cfg.data_dir else f" nor {PACKAGE_DIR}"
     return DataError(
-        f"Fashion-MNIST not found in {where} nor {PACKAGE_DIR}{reason}; install it with "
+        f"Fashion-MNIST not found in {where}{also}{reason}; install it with "
         f"`apt-get install {PACKAGE}`, or pass --data-dir holding its four .gz files"
     )
 
 
-def _open(cfg: DataConfig) -> tuple[FashionMNIST, FashionMNIST, str]:
-    """The train and test sets and the folder they came from; DataError when nowhere to be had."""
-    for kind, folder in _source_folders(cfg):
-        try:
-            if kind == "torchvision":
-                return (*_read_both(folder), os.path.abspath(_raw_folder(folder)))
-            return (*_read_gz_folder(folder), os.path.abspath(folder))
-        except (RuntimeError, OSError, ValueError, TypeError, AssertionError) as err:
-            # torchvision's parser asserts on a truncated or foreign file
-            raise DataError(f"cannot read Fashion-MNIST from {folder} ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0] if str(err) else 'bad file'}); "
-                            f"reinstall {PACKAGE} or replace the files") from None
-    if not cfg.download:
-        raise _missing_error(cfg, " (downloading is off: --no-download)")
+def _download(cfg: DataConfig) -> tuple[IdxSet, IdxSet, str]:
     root = cfg.resolved_data_dir
     try:
-        return (*_read_both(root, download=True), os.path.abspath(_raw_folder(root)))
+        FashionMNIST(root=root, train=True, download=True)
     except (RuntimeError, OSError, urllib.error.URLError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise _missing_error(cfg, f", and the download failed ({first})") from None
+    return (*_read_folder(_raw_folder(root), ""), os.path.abspath(_raw_folder(root)))
+
+
+def _from_data_dir(cfg: DataConfig) -> tuple[IdxSet, IdxSet, str]:
+    """--data-dir used as given: its files, a download into it, or a refusal; never another folder."""
+    folder = cfg.data_dir
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise DataError(f"--data-dir {folder} is a file, not a folder; pass the folder that holds "
+                        f"Fashion-MNIST's four .gz files ({', '.join(GZ_NAMES)})")
+    for where, names, suffix in ((_raw_folder(folder), RAW_NAMES, ""), (folder, GZ_NAMES, ".gz")):
+        missing = [name for name in names if not os.path.isfile(os.path.join(where, name))]
+        if not missing:
+            return (*_read_folder(where, suffix), os.path.abspath(where))
+        if len(missing) < len(names):
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise DataError(f"--data-dir {folder} holds {len(names) - len(missing)} of Fashion-MNIST's "
+                            f"{len(names)} files: {os.path.join(where, missing[0])} is missing{more}; put all "
+                            f"{len(names)} there, or drop --data-dir")
+    if not cfg.download:
+        raise _missing_error(cfg, " (downloading is off: --no-download)")
+    return _download(cfg)
+
+
+def _open(cfg: DataConfig) -> tuple[IdxSet, IdxSet, str]:
+    """The train and test sets and the folder they came from; DataError when nowhere to be had."""
+    if cfg.data_dir:
+        return _from_data_dir(cfg)
+    local = _raw_folder(cfg.resolved_data_dir)
+    if _has_all(local, RAW_NAMES):  # ./data, as after a download
+        return (*_read_folder(local, ""), os.path.abspath(local))
+    if _has_all(PACKAGE_DIR, GZ_NAMES):
+        return (*_read_gz_folder(PACKAGE_DIR), PACKAGE_DIR)
+    if not cfg.download:
+        raise _missing_error(cfg, " (downloading is off: --no-download)")
+    return _download(cfg)
 
 
 def _decoder(size: int) -> Callable[[Tensor], Tensor]:

@@ -122,5 +122,80 @@ def test_truncated_file_is_refused_in_one_line(tmp_path):
         shutil.copy(os.path.join(fm.PACKAGE_DIR, name), tmp_path / name)
     with gzip.open(tmp_path / fm.GZ_NAMES[0], "wb") as f:
         f.write(b"\x00\x00\x08\x03\x00\x00")  # a header cut short
-    with pytest.raises(DataError, match="cannot read Fashion-MNIST from .* reinstall"):
+    with pytest.raises(DataError, match="Fashion-MNIST file .* is not an idx image file.*reinstall"):
         load_dataset(DataConfig(name="fashion_mnist", data_dir=str(tmp_path)))
+
+
+# --- files that are not what they should be (issue #27, item 9) ----------------------------------
+
+def _copy_gz(folder, names=fm.GZ_NAMES):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(os.path.join(fm.PACKAGE_DIR, name), folder / name)
+    return folder
+
+
+def _refused(cfg: DataConfig) -> str:
+    with pytest.raises(DataError) as err:
+        load_dataset(cfg)
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_data_dir_that_is_a_regular_file_is_refused_not_replaced_by_the_package(tmp_path):
+    file = tmp_path / "fashion.gz"
+    file.write_bytes(b"not a folder")
+    message = _refused(DataConfig(name="fashion_mnist", data_dir=str(file)))
+    assert f"--data-dir {file} is a file, not a folder" in message
+
+
+def test_a_data_dir_with_three_of_the_four_files_is_refused_naming_the_missing_one(tmp_path):
+    folder = _copy_gz(tmp_path / "fm", fm.GZ_NAMES[:3])
+    message = _refused(DataConfig(name="fashion_mnist", data_dir=str(folder)))
+    assert f"--data-dir {folder} holds 3 of Fashion-MNIST's 4 files" in message and fm.GZ_NAMES[3] in message
+
+
+def test_an_empty_data_dir_without_download_is_refused_not_replaced_by_the_package(tmp_path):
+    message = _refused(DataConfig(name="fashion_mnist", data_dir=str(tmp_path), download=False))
+    assert str(tmp_path) in message and "downloading is off" in message
+
+
+def _truncate(path, keep: int) -> None:
+    blob = path.read_bytes()
+    path.write_bytes(blob[:keep])
+
+
+BAD_FILES = [
+    ("a truncated .gz", 0, lambda p: _truncate(p, 1_000_000), "ends before its gzip stream does"),
+    ("a .gz that is no gzip", 0, lambda p: p.write_bytes(b"plain text, not gzip"), "is not a gzip file"),
+    ("a wrong idx magic", 1, lambda p: p.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + gzip.decompress(p.read_bytes())[4:])),
+     "is not an idx label file"),
+    ("labels cut short inside the stream", 1, lambda p: p.write_bytes(gzip.compress(gzip.decompress(p.read_bytes())[:5000])),
+     "holds 4,992 bytes of labels, but its header says 60,000"),
+    ("a wrong image size", 0, lambda p: p.write_bytes(gzip.compress(_resized_header(gzip.decompress(p.read_bytes())))),
+     "holds 27×28 images, not 28×28"),
+]
+
+
+def _resized_header(blob: bytes) -> bytes:
+    return blob[:8] + (27).to_bytes(4, "big") + blob[12:]
+
+
+@pytest.mark.parametrize("case,index,damage,named", BAD_FILES, ids=[c[0] for c in BAD_FILES])
+def test_a_damaged_file_is_refused_in_one_line_naming_it(tmp_path, case, index, damage, named):
+    folder = _copy_gz(tmp_path / "fm")
+    damage(folder / fm.GZ_NAMES[index])
+    message = _refused(DataConfig(name="fashion_mnist", data_dir=str(folder)))
+    assert str(folder / fm.GZ_NAMES[index]) in message and named in message, message
+
+
+def test_swapped_train_and_test_label_files_are_refused_naming_them(tmp_path):
+    folder = _copy_gz(tmp_path / "fm")
+    train, test = folder / "train-labels-idx1-ubyte.gz", folder / "t10k-labels-idx1-ubyte.gz"
+    train_bytes, test_bytes = train.read_bytes(), test.read_bytes()
+    train.write_bytes(test_bytes)
+    test.write_bytes(train_bytes)
+    message = _refused(DataConfig(name="fashion_mnist", data_dir=str(folder)))
+    assert str(train) in message and "holds 10,000 labels, but the training set has 60,000" in message
+    assert "the test set's file?" in message
