@@ -8,7 +8,6 @@ rewritten to its new one, so that `ofexp report` on the imported study gives the
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
@@ -96,8 +95,7 @@ def import_study(folder: Path) -> tuple[str, int]:
     if earlier:
         raise ConfigError(f"{folder} was imported into {tracking_uri()} already (its study is run {earlier}); "
                           "use that run, or delete its runs to import again")
-    records = {run_id: json.loads((folder / transfer.RUNS_DIR / run_id / transfer.RUN_FILE).read_text())
-               for run_id in manifest["runs"]}
+    records = {run_id: transfer.read_run_record(folder, run_id) for run_id in manifest["runs"]}
     created: dict[str, str] = {}
     try:
         experiments = {r["experiment_name"]: transfer.experiment_for(r["experiment_name"]) for r in records.values()}

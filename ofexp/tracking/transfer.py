@@ -233,8 +233,7 @@ def fill_run(run_id: str, folder: Path, record: dict, rewrite: IdRewriter, extra
     # `extra_tags` as they are: they name the exported IDs on purpose
     tags = [RunTag(k, rewrite(v)) for k, v in record["tags"].items() if k not in extra_tags]
     tags += [RunTag(k, v) for k, v in extra_tags.items()]
-    metrics = pd.read_csv(folder / METRICS_FILE, dtype={"key": str})
-    values = [Metric(r.key, float(r.value), int(r.timestamp), int(r.step)) for r in metrics.itertuples()]
+    values = read_metrics(folder / METRICS_FILE)
     for kind, items in (("params", params), ("tags", tags), ("metrics", values)):
         size = _LOG_BATCH[kind]
         for start in range(0, len(items), size):
@@ -247,6 +246,29 @@ def fill_run(run_id: str, folder: Path, record: dict, rewrite: IdRewriter, extra
             shutil.copytree(artifacts, staged)
             rewrite_text_files(staged, rewrite, skip=hashed)
             client.log_artifacts(run_id, str(staged))
+
+
+def read_metrics(path: Path) -> list[Metric]:
+    """An exported run's metric history; ConfigError naming the file if it is not one."""
+    try:
+        metrics = pd.read_csv(path, dtype={"key": str})
+        return [Metric(r.key, float(r.value), int(r.timestamp), int(r.step))
+                for r in metrics[METRIC_COLUMNS].itertuples()]
+    except (OSError, KeyError, ValueError, pd.errors.ParserError) as exc:
+        raise ConfigError(f"{path} is not a metric history ({METRIC_COLUMNS}: {' '.join(str(exc).split())[:150]}); "
+                          "export the study again") from None
+
+
+def read_run_record(folder: Path, run_id: str) -> dict:
+    """runs/<run_id>/run.json; ConfigError naming the file if it is not a run's record."""
+    path = folder / RUNS_DIR / run_id / RUN_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not all(isinstance(record.get(k), dict) for k in ("params", "tags")) or not record.get("experiment_name"):
+            raise ValueError("no params, tags or experiment_name")
+        return record
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} is not a run's record ({str(exc)[:150]}); export the study again") from None
 
 
 def rewrite_text_files(root: Path, rewrite: IdRewriter, skip: Iterable[str] = ()) -> None:

@@ -9,13 +9,17 @@ import json
 import shutil
 import tempfile
 
+from pathlib import Path
+
+import mlflow
 import pandas as pd
 import pytest
+from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from conftest import run_cli_in_process, using_tracking_uri
-from ofexp.tracking.names import (TAG_EXPORT_ID, TAG_IMPORTED_FROM, TAG_MODEL_RUN, TAG_PARENT_RUN, TAG_PARENTS,
-                                  TAG_STAGE, parent_tag)
+from ofexp.tracking.names import (TAG_FAILURE, TAG_IMPORTED_FROM, TAG_LOGGED_MODEL, TAG_MODEL_RUN, TAG_PARENT_RUN,
+                                  TAG_PARENTS, TAG_STAGE, parent_tag)
 from ofexp.tracking.transfer import MANIFEST, IdRewriter
 
 pytestmark = pytest.mark.slow
@@ -153,24 +157,65 @@ def test_import_refuses_a_folder_of_another_format(mlflow_server, exported, tmp_
     assert err.startswith("error: ") and expected in err
 
 
-def test_with_weights_an_imported_fused_run_evaluates_as_the_original(mlflow_server, study, tmp_path):
-    """Into a fresh SQLite store: tensor files travel with their sha256 tags, and the lineage
-    evaluate reads (the parents, for the measures needing θ₀) is the imported one."""
+def test_with_weights_logged_models_travel_and_an_imported_fused_run_evaluates_as_the_original(
+        mlflow_server, tmp_path, monkeypatch):
+    """A one-seed study that logs MLflow models, into a fresh SQLite store: tensor files travel with
+    their sha256 tags, each logged model is made anew (its source run and the MLmodel's run ID the
+    imported run's), and evaluate reads the imported lineage and gives the original's accuracy."""
+    logging = [a for a in TINY if a != "--no-log-model"]
+    logging[logging.index(EXPERIMENT)] = "transfer-models"
+    study = must(mlflow_server.uri, "study", *logging, "--seeds", "1")
     folder = tmp_path / "with-weights"
     must(mlflow_server.uri, "export", study, str(folder), "--with-weights")
-    assert any(p.suffix == ".pt" for p in folder.rglob("*"))
+    assert any(p.suffix == ".pt" for p in folder.rglob("*")) and list(folder.rglob("MLmodel"))
+    monkeypatch.chdir(tmp_path)  # a SQLite store keeps its artifacts in ./mlruns
     store = f"sqlite:///{tmp_path / 'fresh.db'}"
     copy = must(store, "import", str(folder), "--tracking-uri", store)
     target, source = MlflowClient(store), MlflowClient(mlflow_server.uri)
-    fused = next(r for r in _runs(target) if r.info.run_name == "s2 geometric fuse")
+    new = {r.info.run_name: r for r in target.search_runs([target.get_experiment_by_name("transfer-models")
+                                                           .experiment_id])}
+    fused = new["s1 geometric fuse"]
+    model = target.get_logged_model(fused.data.tags[TAG_LOGGED_MODEL])
+    assert model.source_run_id == fused.info.run_id and str(model.status) == "READY"
+    with tempfile.TemporaryDirectory() as tmp, using_tracking_uri(store):
+        mlmodel = Path(mlflow.artifacts.download_artifacts(f"{model.artifact_location}/MLmodel", dst_path=tmp)).read_text()
+    assert fused.info.run_id in mlmodel and model.model_id in mlmodel
+    assert fused.data.tags[TAG_IMPORTED_FROM] not in mlmodel
     evaluated = must(store, "evaluate", "--model-run", fused.info.run_id, "--measures", "accuracy",
-                     "--device", "cpu", "--experiment-name", EXPERIMENT)
-    original = next(r for r in _runs(source) if r.info.run_name == "s2 geometric eval" and
-                    r.data.tags.get(TAG_PARENT_RUN) == study)
+                     "--device", "cpu", "--experiment-name", "transfer-models")
+    original = source.get_run(fused.data.tags[TAG_IMPORTED_FROM])
+    original_eval = next(r for r in source.search_runs([original.info.experiment_id])
+                         if r.data.tags.get(TAG_MODEL_RUN) == original.info.run_id)
     assert target.get_run(evaluated).data.metrics["prediction/accuracy"] == \
-        original.data.metrics["prediction/accuracy"]
-    assert target.get_run(fused.info.run_id).data.tags[TAG_EXPORT_ID]
-    assert copy in {r.info.run_id for r in _runs(target)}
+        original_eval.data.metrics["prediction/accuracy"]
+    assert target.get_run(copy).data.tags[TAG_STAGE] == "study"
+
+
+def test_export_refuses_a_run_that_is_not_a_study(mlflow_server, study, tmp_path):
+    fuse_run = next(r for r in _runs(MlflowClient(mlflow_server.uri)) if r.data.tags.get(TAG_STAGE) == "fuse")
+    code, _, err = ofexp(mlflow_server.uri, "export", fuse_run.info.run_id, str(tmp_path / "out"))
+    assert code != 0 and err.startswith("error: ") and "not a study run" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
+
+
+def test_an_import_that_fails_part_way_leaves_no_run_behind(exported, tmp_path, monkeypatch):
+    """The last run's metric history is broken: the import stops in one line naming the file, and the
+    runs it had made are FAILED (with the reason) and deleted, so the folder can be imported again."""
+    copy = tmp_path / "broken"
+    shutil.copytree(exported, copy)
+    last = json.loads((copy / MANIFEST).read_text())["runs"][-1]
+    (copy / "runs" / last / "metrics.csv").write_text("key,step,timestamp,value\nloss,one,2,3\n")
+    monkeypatch.chdir(tmp_path)  # a SQLite store keeps its artifacts in ./mlruns
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    code, out, err = ofexp(store, "import", str(copy))
+    assert code == 1 and not out and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: ") and f"{last}/metrics.csv" in err
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    assert client.search_runs([experiment]) == []
+    deleted = client.search_runs([experiment], run_view_type=ViewType.DELETED_ONLY, max_results=100)
+    assert len(deleted) == 17
+    assert all(r.info.status == "FAILED" and "metrics.csv" in r.data.tags[TAG_FAILURE] for r in deleted)
 
 
 def test_id_rewriter_replaces_only_whole_exported_ids():
