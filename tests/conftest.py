@@ -10,8 +10,12 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from ofexp.tracking.tether import Tethered
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
@@ -67,23 +71,31 @@ def using_tracking_uri(uri: str):
 class MlflowServer:
     uri: str
     root: Path
-    process: subprocess.Popen
+    process: "Tethered"  # `mlflow server` under its tether: it ends with this process, even on SIGKILL
 
 
 def start_mlflow_server(root: Path, port: int | None = None, timeout: float = 180.0, *,
                         backend_store_uri: str | None = None, extra_args: tuple[str, ...] = (),
                         env: dict | None = None) -> MlflowServer:
-    """Start `mlflow server` (SQLite backend unless `backend_store_uri`, proxied artifacts) and wait for /health."""
+    """Start `mlflow server` (SQLite backend unless `backend_store_uri`, proxied artifacts) and wait for /health.
+
+    The server, its uvicorn worker and anything they start form one process group under a
+    tether (ofexp/tracking/tether.py): if pytest is killed (a CI timeout, SIGKILL), the group
+    is SIGKILLed and leaves no server on the port. MLflow's job runner (GenAI scorers; its
+    own worker processes) is off: no test uses it.
+    """
+    from ofexp.tracking.tether import start_tethered
+
     root.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    log = open(root / "server.log", "ab")
-    process = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--workers", "1", *extra_args],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
-        env={**os.environ, **(env or {})},
-    )
+    with open(root / "server.log", "ab") as log:
+        process = start_tethered(
+            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+             "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
+             "--artifacts-destination", str(root / "artifacts"), "--workers", "1", *extra_args],
+            stdout=log, stderr=subprocess.STDOUT, cwd=root,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})},
+        )
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_for_health(uri, process, timeout, what=f"mlflow server (log: {root / 'server.log'})")
@@ -93,7 +105,7 @@ def start_mlflow_server(root: Path, port: int | None = None, timeout: float = 18
     return MlflowServer(uri, root, process)
 
 
-def wait_for_health(url: str, process: subprocess.Popen, timeout: float = 180.0, what: str = "server") -> None:
+def wait_for_health(url: str, process: "subprocess.Popen | Tethered", timeout: float = 180.0, what: str = "server") -> None:
     """Wait until `url`/health answers 200; RuntimeError if `process` exits or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -109,12 +121,8 @@ def wait_for_health(url: str, process: subprocess.Popen, timeout: float = 180.0,
 
 
 def stop_mlflow_server(server: MlflowServer) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
+    """Stop the server's whole group (SIGTERM, then SIGKILL) and wait until its port is free."""
+    server.process.stop()
 
 
 @pytest.fixture(scope="session")
