@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     restore_signals = stop_on_termination_signals()
     try:
-        cli.main(args=args, prog_name="ofexp", standalone_mode=False)
+        # obj: a command may end its own process only when it runs as the console script
+        cli.main(args=args, prog_name="ofexp", standalone_mode=False, obj={"console_script": argv is None})
     except click.exceptions.Exit as exc:  # --help, --version
         sys.exit(exc.exit_code)
     except click.exceptions.NoArgsIsHelpError as exc:  # a bare `ofexp`: the help, as it reads with --help

@@ -7,18 +7,23 @@ No MLflow type crosses into the CLI: tables are pandas frames, runs are IDs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import pandas as pd
 
 from ofexp import tracking
+from ofexp.metrics.registry import TEST_ACCURACY_KEY, TEST_LOSS_KEY
 from ofexp.pipeline.report import StudyTables, build_tables, study_steps
 from ofexp.tracking import queries, running
 from ofexp.tracking.names import STAGES
 from ofexp.tracking.runs import describe_tracking_error
 from ofexp.tracking.server import experiment_page
 
-__all__ = ["STAGES", "StudyReport", "UiAddress", "close_stale_runs", "compare_table", "describe_store_error",
-           "running_runs_table", "study_report", "ui_address", "use_experiment"]
+__all__ = ["STAGES", "StudyReport", "UiAddress", "check_ui_port", "close_stale_runs", "compare_table",
+           "describe_store_error", "running_runs_table", "serve_ui", "study_report", "ui_address", "use_experiment"]
+
+# The runs table's metric columns in `ofexp ui`: what a train, fuse or evaluate run measured
+UI_METRIC_COLUMNS = (TEST_ACCURACY_KEY, TEST_LOSS_KEY)
 
 
 def use_experiment(experiment_name: str | None) -> str:
@@ -99,3 +104,17 @@ def ui_address(port: int) -> UiAddress:
     experiment_id = running.existing_experiment_id()
     on_server = uri.startswith(("http://", "https://"))
     return UiAddress(uri, experiment_page(uri if on_server else f"http://127.0.0.1:{port}", experiment_id), on_server)
+
+
+def check_ui_port(port: int) -> None:
+    """ConfigError unless the UI could listen on `port` now."""
+    from ofexp.tracking.ui_server import check_port_free
+
+    check_port_free(port)
+
+
+def serve_ui(address: UiAddress, port: int, verbose: bool, on_ready: Callable[[], None]) -> None:
+    """Serve the MLflow UI on the local store until stopped (ofexp/tracking/ui_server.py)."""
+    from ofexp.tracking.ui_server import run_ui
+
+    run_ui(address.store, port, list(UI_METRIC_COLUMNS), verbose, on_ready)
