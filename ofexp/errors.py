@@ -38,6 +38,10 @@ class TrackingServerError(OfexpError):
     """The tracking server does not answer, or stopped answering during a run."""
 
 
+class StoreFullError(OfexpError):
+    """The device under a tracking or artifact store (or a folder ofexp writes) has no space left."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM or SIGHUP (kill, timeout, a scheduler, docker stop): raised in the main thread
     (`ofexp.signals`), so that every open run ends KILLED with this reason, as for Ctrl-C."""

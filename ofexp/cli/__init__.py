@@ -100,6 +100,9 @@ def cli(debug: bool, verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, stream=sys.stderr)
     # MLflow sets its own logger to INFO: quiet by default, ofexp's own progress is what matters
     logging.getLogger("mlflow").setLevel(logging.INFO if debug or verbose else logging.WARNING)
+    # MLflow's SQL store logs each failed commit with its traceback before raising it; ofexp reports
+    # the error itself in one line (a full disk names the store), so the traceback only shows with --debug
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.INFO if debug else logging.CRITICAL)
 
 
 def main(argv: list[str] | None = None) -> None:

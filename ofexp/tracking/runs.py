@@ -4,6 +4,7 @@ This package is the only place in ofexp that talks to MLflow.
 """
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -20,7 +21,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from ofexp import __version__
-from ofexp.errors import ConfigError, OfexpError, TrackingServerError
+from ofexp.errors import ConfigError, OfexpError, StoreFullError, TrackingServerError
 from ofexp.tracking import launcher, server
 from ofexp.tracking.names import (CLAIM_PARAM, DIGEST_ALGORITHM, STAGES, TAG_DIGESTS, TAG_EXPERIMENT_KIND, TAG_FAILURE, TAG_GIT_COMMIT, TAG_HOST,
                                   TAG_LAUNCHER, TAG_NOTE, TAG_PID, TAG_RUN_NAME, TAG_STAGE, TAG_VERSION,
@@ -180,10 +181,29 @@ def stage_run(
             mlflow.log_params(launcher.params_beside_request(requested, logged))
         yield run
     except BaseException as exc:
-        _record_failure(run.info.run_id, stage, exc)
+        full = store_full_error(exc, run, stage)
+        _record_failure(run.info.run_id, stage, full or exc)
+        if full is not None:
+            raise full from exc
         raise
     else:
         _end_run("FINISHED")
+
+
+def store_full_error(exc: BaseException, run: Run, stage: str) -> StoreFullError | None:
+    """One line for a write that found its device full, naming the store or folder; None for other errors."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        where = f"the artifact store {run.info.artifact_uri}"
+        if exc.filename and not str(exc.filename).startswith(run.info.artifact_uri.removeprefix("file://")):
+            where = f"the folder {Path(str(exc.filename)).parent}"  # a temporary file, for one
+    elif "database or disk is full" in str(exc):  # SQLite, through SQLAlchemy and MLflow
+        where = f"the tracking store {tracking_uri()}"
+    else:
+        return None
+    elsewhere = "point MLFLOW_TRACKING_URI at a store with room" if "tracking" in where else \
+        "give the experiment another artifact location"
+    return StoreFullError(f"no space left on the device of {where} ({stage} run {run.info.run_id}); free space "
+                          f"there, or {elsewhere}, and run the step again; the run is marked FAILED")
 
 
 def _record_failure(run_id: str, stage: str, exc: BaseException) -> None:
