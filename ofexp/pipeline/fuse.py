@@ -69,13 +69,14 @@ class FuseConfig(FusionOptions):
         return split_refs(self.parents)
 
     def params(self, method: str) -> dict[str, object]:
+        # recompute_bn is common: both methods recompute a batch-norm network's statistics (_fuse_one)
         common = {"method": method, "parents": ",".join(self.parents), "device": self.device,
                   "fusion_weights": ",".join(map(str, self.fusion_weights)) if self.fusion_weights else "equal",
-                  **(self.model_input.to_params() if self.model_input else {})}
+                  "recompute_bn": self.recompute_bn, **(self.model_input.to_params() if self.model_input else {})}
         if method == "naive":
             return common
         options = {**common, "alignment": self.alignment, "solver": self.solver, "reg": self.reg,
-                   "target": self.target, "recompute_bn": self.recompute_bn, "repair": self.repair,
+                   "target": self.target, "repair": self.repair,
                    "interpolation": self.interpolation,
                    **({"curve_samples": self.curve_samples} if self.interpolation else {}),
                    # alignment="activations", --repair and the diagnostics all read these samples

@@ -153,8 +153,8 @@ class FusionOptions:
     repair: bool = option(False, "Geometric fusion: rescale every fused neuron to the aligned parents' "
                           "activation mean/std on the activation samples (REPAIR, Jordan et al. 2023).")
     # Averaged running statistics do not describe the fused network's activations (docs/fusion.md).
-    recompute_bn: bool = option(True, "Geometric fusion of batch-norm networks: recompute the fused network's "
-                                "batch-norm statistics on training images; off: average the parents'.")
+    recompute_bn: bool = option(True, "Batch-norm networks, naive or geometric fusion: recompute the fused "
+                                "network's batch-norm statistics on training images; off: average the parents'.")
     # 3 straight lines of 11 points on the test set; cheap on digits (docs/fusion.md).
     interpolation: bool = option(True, "Log test loss/accuracy at 11 points between the target parent and the "
                                  "other parent (raw, aligned) and the fused net, with barriers and a plot.")

@@ -32,7 +32,7 @@ from ofexp.pipeline.remote import (KUBERNETES_PROJECT, Step, log_step_outputs, p
 from ofexp.pipeline.report import step_run_name
 from ofexp.pipeline.slurm_jobs import SlurmConfig
 from ofexp.pipeline.study import StudyConfig
-from ofexp.tracking import cluster_runs
+from ofexp.tracking import cache, cluster_runs
 from ofexp.tracking.names import TAG_CACHE, TAG_SLURM_JOB, TAG_SLURM_LOG
 from ofexp.tracking.projects import entry_point_command
 from ofexp.tracking.runs import param_str
@@ -124,7 +124,7 @@ def _submit_or_reuse(step: Step, run_ids: dict[str, str], use_cache: bool, slurm
     """The run ID of a FINISHED run that did this step already, else the step's newly submitted job."""
     params = step.resolved(run_ids)
     stage = step.entry_point
-    digest = cluster_runs.step_digest(stage, params)
+    digest = cache.step_identity(stage, params)
     if use_cache:
         found = cluster_runs.find_finished_step(experiment_id, digest)
         if found:

@@ -1,13 +1,18 @@
-"""Finding a finished run that already did a step, so a study can reuse it instead of redoing it.
+"""A step's identity, and finding a finished run that already did a step, so a study can reuse it.
 
-A run matches when it is FINISHED, has the same `ofexp.stage`, exactly the same params
-(as the strings MLflow stored), the same upstream run IDs (tags), and the same
-provenance: the ofexp version and, where known, the git commit. The search is a
-server-side `search_runs` filter; the few candidates it returns are then checked
-client-side for an exact param set, so a run with extra or missing params never matches.
+`step_identity` is the one definition of "the same step": its stage, its params as MLflow
+stores them, the tags that name its upstream runs, and the provenance (the ofexp version
+and, where known, the git commit). The local study matches runs on it here; the Slurm
+engine tags each step run with it (`ofexp.step_digest`) and matches on the tag.
+
+Locally, the search is a server-side `search_runs` filter; the few candidates it returns
+are then checked client-side by their identity, so a run with extra or missing params
+never matches.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Mapping
 
 import mlflow
@@ -15,7 +20,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from ofexp.errors import OfexpError
-from ofexp.tracking.names import CLAIM_PARAM
+from ofexp.tracking.names import CLAIM_PARAM, TAG_GIT_COMMIT, TAG_STAGE, TAG_VERSION
 from ofexp.tracking.runs import base_tags, param_str, tracking_uri
 
 _CANDIDATES = 20  # newest matching runs to check; one exact match is enough
@@ -24,6 +29,17 @@ _CANDIDATES = 20  # newest matching runs to check; one exact match is enough
 def logged_params(params: Mapping[str, object]) -> dict[str, str]:
     """The params as MLflow stores them when a step logs `params` (lists joined by commas)."""
     return {str(k): param_str(v) for k, v in params.items()}
+
+
+def step_identity(stage: str, params: Mapping[str, object], tags: Mapping[str, str] | None = None,
+                  provenance: Mapping[str, str] | None = None) -> str:
+    """What makes a step the same step, as a sha256: `stage`, `params` (as logged), the `tags` that
+    must agree (upstream run IDs), and the ofexp version and git commit of `provenance` (a run's
+    tags; by default this process's)."""
+    made_by = base_tags(stage) if provenance is None else provenance
+    identity = {"stage": stage, "params": logged_params(params), "tags": {str(k): str(v) for k, v in (tags or {}).items()},
+                "version": made_by.get(TAG_VERSION), "commit": made_by.get(TAG_GIT_COMMIT)}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 def _quote_value(value: str) -> str | None:
@@ -77,10 +93,13 @@ def find_finished_run(experiment_id: str, stage: str, params: Mapping[str, objec
     except MlflowException as exc:
         raise OfexpError(f"cannot search {tracking_uri()} for a finished {stage} run to reuse: "
                          f"{str(exc).splitlines()[0][:300]}; check the server, or pass --no-cache") from exc
+    wanted = step_identity(stage, params, tags)
     for run in candidates:
-        same_tags = all(run.data.tags.get(k) == str(v) for k, v in required.items())
+        found = run.data.tags
         # a resume's claim (runs.claim_run) says who trained it, not what: not part of the step
-        params = {k: v for k, v in run.data.params.items() if not k.startswith(CLAIM_PARAM)}
-        if same_tags and params == expected:
+        done = {k: v for k, v in run.data.params.items() if not k.startswith(CLAIM_PARAM)}
+        # the provenance this process knows (no commit outside a git checkout) is what must agree
+        made_by = {k: found.get(k) for k in required}
+        if step_identity(found.get(TAG_STAGE, ""), done, {k: found.get(k) for k in tags or {}}, made_by) == wanted:
             return run
     return None

@@ -5,13 +5,12 @@ study run, and hands its ID to the job in MLFLOW_RUN_ID: the job's ofexp step
 logs into it (see `launcher`), so the run ID is known before the job starts and
 the job ID can be tagged on it. A step is identified by its command: the entry
 point, its parameters with the input run IDs filled in, and the ofexp version
-and commit. The sha256 of those is the run's tag `ofexp.step_digest`, and a
-rerun of the study reuses the newest FINISHED run with the same digest.
+and commit: `cache.step_identity`, the same identity the local study matches on. It is
+the run's tag `ofexp.step_digest`, and a rerun of the study reuses the newest FINISHED
+run with the same digest.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Mapping
 
 import mlflow
@@ -20,17 +19,8 @@ from mlflow.exceptions import MlflowException
 
 from ofexp.errors import ArtifactError, OfexpError
 from ofexp.tracking.artifacts import DEFAULT_WEIGHTS, check_weights_intact
-from ofexp.tracking.names import (TAG_FAILURE, TAG_GIT_COMMIT, TAG_PARENT_RUN, TAG_RUN_NAME, TAG_STAGE,
-                                  TAG_STEP_DIGEST, TAG_VERSION)
+from ofexp.tracking.names import TAG_FAILURE, TAG_PARENT_RUN, TAG_RUN_NAME, TAG_STAGE, TAG_STEP_DIGEST
 from ofexp.tracking.runs import base_tags, tracking_uri
-
-
-def step_digest(stage: str, params: Mapping[str, str]) -> str:
-    """What makes a step the same step: its stage, resolved parameters, and the ofexp version and commit."""
-    tags = base_tags(stage)
-    identity = {"stage": stage, "params": dict(sorted(params.items())), "version": tags[TAG_VERSION],
-                "commit": tags.get(TAG_GIT_COMMIT)}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 def find_finished_step(experiment_id: str, digest: str) -> str | None:

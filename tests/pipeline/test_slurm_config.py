@@ -11,7 +11,7 @@ from conftest import run_cli_in_process
 from ofexp.cli import cli
 from ofexp.errors import ConfigError
 from ofexp.pipeline.slurm_jobs import SlurmConfig, render_script, sbatch_options
-from ofexp.tracking.cluster_runs import step_digest
+from ofexp.tracking.cache import step_identity
 
 
 def test_backend_config_becomes_submitit_parameters():
@@ -77,11 +77,11 @@ def test_slurm_needs_a_tracking_server_the_nodes_reach(tmp_path, monkeypatch, ca
     assert not (tmp_path / "mlflow.db").exists(), "refused before any run exists"
 
 
-def test_a_steps_digest_names_its_command():
+def test_a_steps_identity_names_its_command():
     params = {"model_run": "abc", "measures": "accuracy"}
-    assert step_digest("evaluate", params) == step_digest("evaluate", dict(reversed(params.items())))
-    assert step_digest("evaluate", params) != step_digest("evaluate", {**params, "model_run": "abd"})
-    assert step_digest("evaluate", params) != step_digest("train", params)
+    assert step_identity("evaluate", params) == step_identity("evaluate", dict(reversed(params.items())))
+    assert step_identity("evaluate", params) != step_identity("evaluate", {**params, "model_run": "abd"})
+    assert step_identity("evaluate", params) != step_identity("train", params)
 
 
 # --- every key's value checked by type and form (issue #27) -------------------------------------
