@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from torch import nn
 
 from ofexp.errors import ConfigError
 from ofexp.fusion.groups import AlignmentSpec, apply_plan, axis_groups, check_covers
+from ofexp.fusion.heads import head_block_plans
 from ofexp.fusion.naive import average_states, fusion_weights, parent_specs
 from ofexp.fusion.trace import alignment_spec
 from ofexp.fusion.transport import solve_transport
@@ -64,13 +66,21 @@ class GeometricFusion:
     spec: AlignmentSpec | None = field(default=None, repr=False)
 
 
+def _writes_whole(axis, group: str) -> bool:
+    """Whether axis 0 of a writer holds only ``group``'s neurons in whole blocks: the group itself,
+    or a layout whose segments holding the group are the group alone (attention's [q | k | v])."""
+    if axis == group:
+        return True
+    return isinstance(axis, tuple) and all(len(seg) == 1 for seg in axis if group in axis_groups((seg,)))
+
+
 def _cost_tensors(state: State, spec: AlignmentSpec, group: str, solved: set[str]) -> list[str]:
     """Writers of ``group`` usable for its weight cost: conv / linear weights (and their
     biases) whose other grouped axes are already aligned, so that rows are comparable."""
     keys = []
     writers = spec.writers[group]
     for key in writers:
-        if state[key].ndim < 2 or not key.endswith(".weight") or spec.axes[key][0] != group:
+        if state[key].ndim < 2 or not key.endswith("weight") or not _writes_whole(spec.axes[key][0], group):
             continue  # batch-norm vectors and biases ride along with their layer's weight
         if all(g in solved for ax in spec.axes[key][1:] for g in axis_groups(ax)):
             keys.append(key)
@@ -80,9 +90,24 @@ def _cost_tensors(state: State, spec: AlignmentSpec, group: str, solved: set[str
     return keys
 
 
-def _unit_rows(state: State, keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def _group_rows(t: torch.Tensor, axis, group: str) -> torch.Tensor:
+    """The rows [n, d] of writer ``t`` that make ``group``'s n neurons; the segments of a layout
+    (a query and a key projection) side by side."""
+    rows = t.detach().reshape(t.shape[0], -1)  # [n_axis, d]
+    if axis == group:
+        return rows
+    parts, start = [], 0
+    for seg in axis:
+        n = math.prod(size for _, size in seg)
+        if seg[0][0] == group:
+            parts.append(rows[start:start + n])
+        start += n
+    return torch.cat(parts, dim=1)  # [n, d * segments]
+
+
+def _unit_rows(state: State, spec: AlignmentSpec, group: str, keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows [n, d] (float32, CPU) scaled to unit norm, and their squared norms [n] (1, or 0 for zero rows)."""
-    parts = [state[k].detach().reshape(state[k].shape[0], -1) for k in keys]
+    parts = [_group_rows(state[k], spec.axes[k][0], group) for k in keys]
     rows = (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)).to("cpu", torch.float32)  # [n, d]
     norms = rows.norm(dim=1, keepdim=True)  # [n, 1]
     return rows / norms.clamp_min(1e-12), (norms[:, 0] > 0).double()  # zero rows stay zero
@@ -107,7 +132,7 @@ def weight_cost(
             f"group {group!r} has no conv/linear writer whose inputs are aligned before it; "
             "order the alignment spec so that such a writer comes first"
         )
-    (p, p2), (t, t2) = _unit_rows(p_state, keys), _unit_rows(t_state, keys)  # [n_p, d], [n_t, d]
+    (p, p2), (t, t2) = _unit_rows(p_state, spec, group, keys), _unit_rows(t_state, spec, group, keys)  # [n_p, d], [n_t, d]
     # |p - t|^2 = |p|^2 + |t|^2 - 2 p.t, the Gram in float32: one BLAS call, ~4x faster than
     # float64 cdist. Errors are ~1e-7 in d^2, so near-zero distances read as ~1e-3 at worst;
     # distinct neurons of trained or random nets lie ~0.1-1 apart, so the ranking is unaffected.
@@ -179,23 +204,31 @@ def align_to_target(
 
     Returns the aligned state (target-shaped), the rescaled map A [n_p, n_t] and
     the OT cost <T, M> of every group. ``act_costs`` replaces the weight cost.
-    ``seconds``, when given, accumulates each group's wall time.
+    ``seconds``, when given, accumulates each group's wall time. The groups of an
+    attention module (``spec.heads``) are solved together by ``head_block_plans``.
     """
     state = dict(p_state)  # tensors are replaced, never written in place
+    heads = {g: (n, groups) for n, groups in spec.heads.values() for g in groups}
     solved: set[str] = set()
     plans, costs = {}, {}
     for g in spec.groups:
+        if g in solved:  # solved with its attention module's other group
+            continue
         start = time.perf_counter()
+        n_heads, unit = heads.get(g, (1, (g,)))
         # Earlier groups are already mapped in ``state`` (the past correction).
-        cost = act_costs[g] if act_costs is not None else weight_cost(state, t_state, spec, g, solved)
-        plan = solve_transport(cost, solver=solver, reg=reg)  # [n_p, n_t]
-        costs[g] = float((plan * cost).sum())
-        a = plan / np.maximum(plan.sum(axis=0, keepdims=True), 1e-300)  # columns sum to 1
-        plans[g] = torch.from_numpy(a)
-        apply_plan(state, spec, g, plans[g])
-        solved.add(g)
-        if seconds is not None:
-            seconds[g] = seconds.get(g, 0.0) + time.perf_counter() - start
+        unit_costs = {u: act_costs[u] if act_costs is not None else weight_cost(state, t_state, spec, u, solved)
+                      for u in unit}
+        unit_plans = (head_block_plans(unit_costs, n_heads, solver, reg) if n_heads > 1
+                      else {g: solve_transport(unit_costs[g], solver=solver, reg=reg)})  # [n_p, n_t]
+        for u, plan in unit_plans.items():
+            costs[u] = float((plan * unit_costs[u]).sum())
+            a = plan / np.maximum(plan.sum(axis=0, keepdims=True), 1e-300)  # columns sum to 1
+            plans[u] = torch.from_numpy(a)
+            apply_plan(state, spec, u, plans[u])
+            solved.add(u)
+            if seconds is not None:
+                seconds[u] = seconds.get(u, 0.0) + (time.perf_counter() - start) / len(unit)
     return state, plans, costs
 
 

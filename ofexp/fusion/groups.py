@@ -58,6 +58,10 @@ class AlignmentSpec:
     probes : dict[str, tuple[str, ...]]
         Group -> names of the modules whose outputs hold the group's neurons on
         axis 1; activation-based alignment reads them. May be empty.
+    heads : dict[str, tuple[int, tuple[str, ...]]]
+        Attention module -> (h, its groups): each group is h blocks (heads) of
+        size/h neurons; a permutation of such a group may only move whole heads,
+        all of the module's groups alike, and permute within each head.
     groups : tuple[str, ...]
         Derived: group names in order of first appearance, i.e. forward order.
     writers, readers : dict[str, tuple[str, ...]]
@@ -66,6 +70,7 @@ class AlignmentSpec:
 
     axes: dict[str, Axes]
     probes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    heads: dict[str, tuple[int, tuple[str, ...]]] = field(default_factory=dict)
     groups: tuple[str, ...] = field(init=False, repr=False, compare=False)
     writers: dict[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
     readers: dict[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
@@ -86,6 +91,11 @@ class AlignmentSpec:
                     f"alignment spec: group {g!r} is read by {readers[g][0]!r} but written by no tensor; "
                     "give every group a writer (a tensor with the group on axis 0)"
                 )
+        for module, (n, groups) in self.heads.items():
+            unknown = [g for g in groups if g not in writers]
+            if unknown or n < 1:
+                raise ValueError(f"alignment spec: heads of {module!r} name {unknown[0] if unknown else n!r}, "
+                                 "which is not a group with a writer (or not a head count >= 1)")
         object.__setattr__(self, "groups", tuple(writers))
         object.__setattr__(self, "writers", {g: tuple(v) for g, v in writers.items()})
         object.__setattr__(self, "readers", {g: tuple(v) for g, v in readers.items()})
@@ -118,6 +128,9 @@ def check_covers(spec: AlignmentSpec, state_dict: Mapping[str, torch.Tensor]) ->
                 first = sizes.setdefault(g, (key, size))
                 if first[1] != size:
                     problems.append(f"group {g!r} has size {first[1]} in {first[0]!r} but {size} in {key!r}")
+    for module, (n, groups) in spec.heads.items():
+        problems += [f"group {g!r} of {sizes[g][1]} neurons does not split into {n} heads of {module!r}"
+                     for g in groups if g in sizes and sizes[g][1] % n]
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise ValueError(
@@ -135,6 +148,39 @@ def group_sizes(spec: AlignmentSpec, state_dict: Mapping[str, torch.Tensor]) -> 
         factors = [f for seg in axis for f in seg] if isinstance(axis, tuple) else [(axis, state_dict[key].shape[0])]
         sizes[g] = int(next(size for name, size in factors if name == g))
     return sizes
+
+
+def permutation_units(spec: AlignmentSpec) -> list[tuple[str, ...]]:
+    """The groups in forward order, as the units a permutation moves together: an attention
+    module's groups (which share their head permutation) form one unit, every other group its own."""
+    tied = {g: groups for _, groups in spec.heads.values() for g in groups}
+    units: list[tuple[str, ...]] = []
+    for g in spec.groups:
+        unit = tied.get(g, (g,))
+        if unit not in units:
+            units.append(unit)
+    return units
+
+
+def random_permutations(spec: AlignmentSpec, sizes: Mapping[str, int], generator: torch.Generator,
+                        unit: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+    """A random symmetry of the network: a permutation per group of ``unit`` (all units by default).
+
+    A group of attention heads (``spec.heads``) gets a block permutation: new head j is old head
+    pi[j] (pi shared by the module's groups), its dimensions reordered by the group's own draw per head.
+    """
+    heads = {g: n for n, groups in spec.heads.values() for g in groups}
+    perms: dict[str, torch.Tensor] = {}
+    for members in [unit] if unit is not None else permutation_units(spec):
+        n_heads = heads.get(members[0], 1)
+        if n_heads == 1:
+            perms.update({g: torch.randperm(sizes[g], generator=generator) for g in members})
+            continue
+        order = torch.randperm(n_heads, generator=generator)  # [h]: shared by the unit's groups
+        for g in members:
+            d = sizes[g] // n_heads
+            perms[g] = torch.cat([int(h) * d + torch.randperm(d, generator=generator) for h in order])  # [h * d]
+    return perms
 
 
 def map_axis(t: torch.Tensor, axis: int, plan: torch.Tensor, perm: torch.Tensor | None = None) -> torch.Tensor:

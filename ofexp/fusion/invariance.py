@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from ofexp.errors import ConfigError
-from ofexp.fusion.groups import AlignmentSpec, check_covers, group_sizes, permute_model
+from ofexp.fusion.groups import (AlignmentSpec, check_covers, group_sizes, permutation_units, permute_model,
+                                 random_permutations)
 from ofexp.models import eval_mode
 
 # In float64 a correct permutation reorders sums only (relative error ~1e-15 per op); a wrong
@@ -63,14 +64,17 @@ def check_alignment_spec(model: nn.Module, spec: AlignmentSpec, example_input: t
     double = copy.deepcopy(model).to(torch.float64).eval()
     x = example_input.to(next(double.parameters()).device, torch.float64)
     gen = torch.Generator().manual_seed(seed)
-    perms = {g: torch.randperm(n, generator=gen) for g, n in group_sizes(spec, state).items() if n > 1}
+    sizes = group_sizes(spec, state)
+    units = [unit for unit in permutation_units(spec) if any(sizes[g] > 1 for g in unit)]
+    perms = {g: perm for unit in units for g, perm in random_permutations(spec, sizes, gen, unit).items()}
     with eval_mode(double):
         ref = _outputs(double, x)
         if _change(double, spec, perms, x, ref) <= _RELATIVE_TOLERANCE:
             return
-        for g, perm in perms.items():
-            change = _change(double, spec, {g: perm}, x, ref)
+        for unit in units:  # an attention module's groups share their head permutation: moved together
+            change = _change(double, spec, {g: perms[g] for g in unit}, x, ref)
             if change > _RELATIVE_TOLERANCE:
+                g, perm = unit[0], perms[unit[0]]
                 raise AlignmentSpecError(
                     f"alignment check failed: permuting group {g!r} ({len(perm)} neurons; written by "
                     f"{', '.join(spec.writers[g][:2])}) changes {type(model).__name__}'s outputs by {change:.1e} of "

@@ -6,12 +6,14 @@ ATen calls (`aten.conv2d(x, weight, bias, ...)`) on parameters held at their ori
 paths (`features.0.0.weight`). Alignment traces modules, reads activations through
 module hooks, and REPAIR rescales a module's weight; so each such call is replaced by
 the equivalent `nn.Conv2d`, `nn.Linear`, `nn.BatchNorm2d` or `nn.LayerNorm` at that path,
-holding the very same parameter and buffer tensors. The state dict, its keys and the
+holding the very same parameter and buffer tensors; a multi-head self-attention's ops
+(projections, heads, `scaled_dot_product_attention`) become its `nn.MultiheadAttention`. The state dict, its keys and the
 network's function do not change.
 """
 from __future__ import annotations
 
 import copy
+import operator
 
 import torch
 from torch import fx, nn
@@ -112,6 +114,92 @@ def _param(t: torch.Tensor | None) -> nn.Parameter | None:
     return nn.Parameter(t, requires_grad=False)
 
 
+def _downstream(start: fx.Node, want, limit: int = 40) -> list[fx.Node]:
+    """Nodes that ``want`` accepts among the first ``limit`` nodes reachable from ``start``'s users."""
+    found, queue, seen = [], list(start.users), set()
+    while queue and len(seen) < limit:
+        node = queue.pop(0)
+        if node in seen:
+            continue
+        seen.add(node)
+        if want(node):
+            found.append(node)
+        else:
+            queue += list(node.users)
+    return found
+
+
+def _rebuild_attention(gm: fx.GraphModule, proj: fx.Node) -> bool:
+    """Replace the ATen ops of one exported ``nn.MultiheadAttention`` (its [3E, E] input projection,
+    the split into heads, ``scaled_dot_product_attention`` and the output projection) by the module
+    at its parameters' path. Leaves the graph as it is (False) where the pattern is not plain
+    self-attention without masks or dropout."""
+    path = _owner(proj.args[1], "in_proj_weight")
+    attention = _downstream(proj, lambda n: _overload_name(n) == "scaled_dot_product_attention")
+    if not path or len(attention) != 1 or any(a is not None for a in attention[0].args[3:4]) \
+            or _arg(attention[0], 4, "dropout_p", 0.0) or _arg(attention[0], 5, "is_causal", False) \
+            or _arg(attention[0], 6, "scale", None) is not None:
+        return False
+    out = _downstream(attention[0], lambda n: _overload_name(n) == "linear"
+                      and _owner(n.args[1], "weight") == f"{path}.out_proj")
+    if len(out) != 1:
+        return False
+    w_in, b_in = _tensor(gm, proj.args[1]), _tensor(gm, _arg(proj, 2, "bias", None))
+    w_out, b_out = _tensor(gm, out[0].args[1]), _tensor(gm, _arg(out[0], 2, "bias", None))
+    heads = attention[0].args[0].meta["val"].shape[1]  # q: [B, h, S, d]
+    with torch.device("meta"):
+        module = nn.MultiheadAttention(w_out.shape[0], heads, bias=b_in is not None)  # sequence-first, as exported
+    module.in_proj_weight, module.in_proj_bias = _param(w_in), _param(b_in)
+    module.out_proj.weight, module.out_proj.bias = _param(w_out), _param(b_out)
+    _set_module(gm, path, module)
+    graph, x = gm.graph, proj.args[0]  # x: [S, B, E]
+    with graph.inserting_before(out[0]):
+        call = graph.call_module(path, (x, x, x), {"need_weights": False})
+        result = graph.call_function(operator.getitem, (call, 0))  # [S, B, E]
+        flat = graph.call_function(torch.ops.aten.reshape.default, (result, list(out[0].meta["val"].shape)))
+    flat.meta = dict(out[0].meta)
+    out[0].replace_all_uses_with(flat)
+    # the replaced ops: from the input projection up to the output projection (ATen's
+    # attention is marked impure, so eliminate_dead_code would keep it)
+    replaced, queue = {proj}, list(proj.users)
+    while queue:
+        node = queue.pop()
+        if node not in replaced and node is not flat:
+            replaced.add(node)
+            queue += [] if node is out[0] else list(node.users)
+    for node in reversed(list(graph.nodes)):
+        if node in replaced and not node.users:
+            graph.erase_node(node)
+    return True
+
+
+def _same_function(a: nn.Module, b: nn.Module, graph: fx.Graph) -> bool:
+    """Whether a and b agree on a random input shaped like the graph's placeholders."""
+    inputs = [torch.randn(tuple(n.meta["val"].shape), generator=torch.Generator().manual_seed(0))
+              for n in graph.nodes if n.op == "placeholder" and hasattr(n.meta.get("val"), "shape")]
+    with torch.no_grad():
+        want, got = a(*inputs), b(*inputs)
+    want, got = (t[0] if isinstance(t, (tuple, list)) else t for t in (want, got))
+    return bool(torch.allclose(want, got, rtol=1e-4, atol=1e-5 * float(want.abs().max().clamp_min(1))))
+
+
+def _attention_modules(gm: fx.GraphModule) -> fx.GraphModule:
+    """``gm`` with every exported multi-head attention it holds rebuilt as a module, kept only if
+    the network still computes the same function (else the copy taken before is returned)."""
+    projections = [n for n in gm.graph.nodes if _overload_name(n) == "linear"
+                   and _owner(n.args[1], "in_proj_weight")]
+    if not projections:
+        return gm
+    before = copy.deepcopy(gm)
+    try:
+        if not all(_rebuild_attention(gm, proj) for proj in projections):
+            return before
+        gm.recompile()
+        return gm if _same_function(before, gm, before.graph) else before
+    except (KeyError, AttributeError, IndexError, ValueError, RuntimeError, TypeError):
+        return before  # the tracer then refuses the attention's ops in one line, naming the node
+
+
 _LAYERS = {"conv1d": _conv, "conv2d": _conv, "conv3d": _conv, "linear": _linear, "batch_norm": _batch_norm,
            "layer_norm": _layer_norm}
 # the argument whose key names the layer (a norm's weight may be None), and that key's last part
@@ -134,7 +222,7 @@ def modules_from_graph(model: nn.Module) -> nn.Module:
     """
     if not is_exported_graph(model):
         return model
-    gm = copy.deepcopy(model)
+    gm = _attention_modules(copy.deepcopy(model))
     graph = gm.graph
     seen: dict[str, fx.Node] = {}
     for node in list(graph.nodes):

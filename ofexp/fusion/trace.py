@@ -67,6 +67,8 @@ class _Tracer:
         self.labels: dict[fx.Node, tuple] = {}
         self.bound: dict[str, tuple] = {}  # state-dict key -> label per axis
         self.writes: list[tuple[fx.Node, int]] = []  # (writer node, its output variable)
+        self.var_names: dict[int, str] = {}  # variables named by their rule (attention's qk, vo)
+        self.heads: list[tuple[str, int, int, int]] = []  # (attention module, heads, qk var, vo var)
         self.state = model.state_dict()
 
     # -- labels ------------------------------------------------------------------------------
@@ -99,6 +101,9 @@ class _Tracer:
                 self.unify(a, b)
         else:
             self.bound[key] = label
+
+    def name_var(self, var: int, name: str) -> None:
+        self.var_names[var] = name
 
     def fresh(self, shape: tuple[int, ...]) -> tuple:
         return tuple(self.vars.new() if n > 1 else None for n in shape)
@@ -136,6 +141,9 @@ class _Tracer:
                 self.labels_of(node, rules.function_rule(self, node), shape)
 
     def labels_of(self, node: fx.Node, out, shape) -> None:
+        if isinstance(out, rules.Several):
+            self.labels[node] = out
+            return
         if shape is None:  # no single tensor: a size, an assert, or several tensors
             if isinstance(node.meta.get("tensor_meta"), (tuple, list)) and self.permuted_inputs(node):
                 self.refuse(node, "it returns several tensors, which ofexp does not follow")
@@ -167,11 +175,15 @@ class _Tracer:
             label = self.bound.get(key)
             shape = tuple(self.state[key].shape)
             axes[key] = tuple(resolve(ax) for ax in label) if label is not None else (None,) * len(shape)
-        return AlignmentSpec(axes, self.probes(names))
+        heads = {path: (n, (names[self.vars.find(qk)], names[self.vars.find(vo)]))
+                 for path, n, qk, vo in self.heads
+                 if n > 1 and self.vars.find(qk) in names and self.vars.find(vo) in names}
+        return AlignmentSpec(axes, self.probes(names), heads)
 
     def group_names(self, state_keys: list[str]) -> dict[int, str]:
         """Root variable -> group name: the module path of the group's first writer."""
-        names: dict[int, str] = {}
+        names: dict[int, str] = {self.vars.find(v): name for v, name in self.var_names.items()
+                                 if self.vars.find(v) != 0}
         for key in state_keys:
             label = self.bound.get(key)
             if not label or isinstance(label[0], tuple) or label[0] is None:

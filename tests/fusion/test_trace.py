@@ -10,7 +10,7 @@ from hand_specs import hand_alignment_spec
 from ofexp.errors import ConfigError
 from ofexp.fusion import (alignment_spec, check_alignment_spec, geometric_fuse, naive_fuse, permute_model,
                           trace_alignment)
-from ofexp.fusion.groups import AlignmentSpec, group_sizes
+from ofexp.fusion.groups import AlignmentSpec, group_sizes, random_permutations
 from ofexp.fusion.invariance import AlignmentSpecError
 from ofexp.fusion.trace import UntraceableModelError
 from ofexp.models import ARCHITECTURES, ModelSpec, build_model
@@ -81,7 +81,15 @@ def _torchvision_models() -> dict[str, nn.Module]:
         "vgg11_bn": vgg,
         "mobilenet_v2": torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.25),
         "densenet": dense,
+        "vit": _vit(),
     }
+
+
+def _vit() -> nn.Module:
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=4, num_layers=2, num_heads=4,
+                                               hidden_dim=64, mlp_dim=128, num_classes=10)
+    nn.init.normal_(vit.heads.head.weight, std=0.1)  # torchvision starts it at zero: every output would be 0
+    return vit
 
 
 @pytest.fixture(scope="module")
@@ -90,14 +98,14 @@ def torchvision_models():
     return {name: _nontrivial_bn(m, i) for i, (name, m) in enumerate(_torchvision_models().items())}
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vgg11_bn", "mobilenet_v2", "densenet"])
+@pytest.mark.parametrize("name", ["resnet18", "vgg11_bn", "mobilenet_v2", "densenet", "vit"])
 def test_torchvision_model_fused_with_its_permuted_copy_is_itself(torchvision_models, name):
     model = torchvision_models[name]
     spec = trace_alignment(model, X32)
     check_alignment_spec(model, spec, torch.randn(2, 3, 32, 32))
     gen = torch.Generator().manual_seed(1)
     sizes = group_sizes(spec, model.state_dict())
-    permuted = permute_model(model, {g: torch.randperm(n, generator=gen) for g, n in sizes.items()}, spec).eval()
+    permuted = permute_model(model, random_permutations(spec, sizes, gen), spec).eval()
     x = torch.randn(4, 3, 32, 32, generator=gen)
     with torch.no_grad():
         want = model(x)
@@ -132,15 +140,19 @@ def test_a_wrongly_wired_group_fails_the_check_and_is_named():
 
 
 class _Attention(nn.Module):
-    def __init__(self):
+    """Attention on a token stream; with kdim, keys and values come from a second stream of another width."""
+
+    def __init__(self, kdim=None):
         super().__init__()
         self.proj = nn.Linear(8, 16)
-        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.other = nn.Linear(8, kdim) if kdim else None
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True, kdim=kdim, vdim=kdim)
         self.head = nn.Linear(16, 3)
 
     def forward(self, x):
         h = self.proj(x)
-        return self.head(self.attn(h, h, h)[0].mean(1))
+        kv = self.other(x) if self.other is not None else h
+        return self.head(self.attn(h, kv, kv, need_weights=True)[0].mean(1))
 
 
 class _Grouped(nn.Module):
@@ -162,8 +174,6 @@ class _CumulativeSum(nn.Module):
 
 
 @pytest.mark.parametrize("model,x,message", [
-    (_Attention(), torch.zeros(2, 5, 8), r"cannot align call_module attn at attn \(node attn\): multi-head attention"
-                                         r" is not aligned yet .*; it would leave proj.weight, proj.bias unaligned"),
     (_Grouped(), X32, r"cannot align call_module b at b .*a grouped conv \(groups=2, 8 -> 8 channels\)"),
     (_CumulativeSum(), torch.zeros(2, 4), r"cannot align call_function cumsum at the top level \(node cumsum\): no "
                                           r"alignment rule covers this op; it would leave a.weight, a.bias unaligned"),
@@ -174,11 +184,33 @@ def test_what_cannot_be_aligned_is_refused_in_one_line_naming_the_node(model, x,
     assert "\n" not in str(e.value) and isinstance(e.value, ConfigError)
 
 
-def test_the_vision_transformer_is_refused_at_its_first_attention():
-    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=4, num_layers=2, num_heads=4,
-                                               hidden_dim=64, mlp_dim=128, num_classes=10)
-    with pytest.raises(UntraceableModelError, match="encoder.layers.encoder_layer_0.self_attention .*multi-head"):
-        trace_alignment(vit, X32)
+def test_attention_heads_are_blocks_queries_share_keys_values_share_the_output(torchvision_models):
+    vit = torchvision_models["vit"]
+    spec = trace_alignment(vit, X32)
+    attn = "encoder.layers.encoder_layer_0.self_attention"
+    qk, vo = f"{attn}.qk", f"{attn}.vo"
+    assert spec.heads[attn] == (4, (qk, vo))
+    assert spec.axes[f"{attn}.in_proj_weight"] == ((((qk, 64),), ((qk, 64),), ((vo, 64),)), "conv_proj")
+    assert spec.axes[f"{attn}.out_proj.weight"] == ("conv_proj", vo)
+    assert spec.axes["class_token"] == (None, None, "conv_proj") and spec.axes["heads.head.weight"][0] is None
+    # a free permutation of the 64 query dimensions mixes heads: the check catches a spec without heads
+    with pytest.raises(AlignmentSpecError, match=f"permuting group '{qk}' \\(64 neurons"):
+        check_alignment_spec(vit, AlignmentSpec(spec.axes, spec.probes), torch.randn(2, 3, 32, 32))
+
+
+@pytest.mark.parametrize("kdim", [None, 6])
+def test_attention_of_another_module_with_separate_projections_is_aligned(kdim):
+    torch.manual_seed(0)
+    model = _Attention(kdim).eval()
+    x = torch.randn(3, 5, 8)
+    spec = trace_alignment(model, x)
+    check_alignment_spec(model, spec, x)
+    permuted = permute_model(model, random_permutations(spec, group_sizes(spec, model.state_dict()),
+                                                        torch.Generator().manual_seed(3)), spec).eval()
+    with torch.no_grad():
+        fused = geometric_fuse([model, permuted], spec=spec, alignment="weights").model.eval()
+        assert torch.allclose(fused(x), model(x), atol=1e-5)
+        assert not torch.allclose(naive_fuse([model, permuted]).eval()(x), model(x), atol=1e-3)
 
 
 def test_a_network_ofexp_did_not_build_needs_an_example_input():
