@@ -155,8 +155,9 @@ def _rebuild_attention(gm: fx.GraphModule, proj: fx.Node) -> bool:
     graph, x = gm.graph, proj.args[0]  # x: [S, B, E]
     with graph.inserting_before(out[0]):
         call = graph.call_module(path, (x, x, x), {"need_weights": False})
-        result = graph.call_function(operator.getitem, (call, 0))  # [S, B, E]
-        flat = graph.call_function(torch.ops.aten.reshape.default, (result, list(out[0].meta["val"].shape)))
+        flat = graph.call_function(operator.getitem, (call, 0))  # [S, B, E]
+        if out[0].meta["val"].ndim == 2:  # the projection ran on [S * B, E], as torch's own attention does
+            flat = graph.call_function(torch.ops.aten.reshape.default, (flat, [-1, w_out.shape[0]]))
     flat.meta = dict(out[0].meta)
     out[0].replace_all_uses_with(flat)
     # the replaced ops: from the input projection up to the output projection (ATen's
@@ -175,7 +176,9 @@ def _rebuild_attention(gm: fx.GraphModule, proj: fx.Node) -> bool:
 
 def _same_function(a: nn.Module, b: nn.Module, graph: fx.Graph) -> bool:
     """Whether a and b agree on a random input shaped like the graph's placeholders."""
-    inputs = [torch.randn(tuple(n.meta["val"].shape), generator=torch.Generator().manual_seed(0))
+    # a dynamic (symbolic) size, such as an exported batch axis, is taken as 2
+    inputs = [torch.randn([d if isinstance(d, int) else 2 for d in n.meta["val"].shape],
+                          generator=torch.Generator().manual_seed(0))
               for n in graph.nodes if n.op == "placeholder" and hasattr(n.meta.get("val"), "shape")]
     with torch.no_grad():
         want, got = a(*inputs), b(*inputs)

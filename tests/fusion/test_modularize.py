@@ -13,8 +13,10 @@ X = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(0))
 
 
 def _exported(model: nn.Module, x: torch.Tensor = X) -> nn.Module:
-    """What `mlflow.pytorch.load_model` returns for a pt2 model: the exported program's module."""
-    return torch.export.export(model.eval(), (x,)).module()
+    """What `mlflow.pytorch.load_model` returns for a pt2 model: the exported program's module,
+    with a dynamic batch axis as MLflow exports it."""
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    return torch.export.export(model.eval(), (x,), dynamic_shapes=({0: batch},)).module()
 
 
 def _vit() -> nn.Module:
@@ -38,6 +40,7 @@ def test_an_exported_vit_gets_its_attention_back_as_modules_with_the_same_tensor
     assert all(torch.equal(t, want[k]) for k, t in rebuilt.state_dict().items())
     with torch.no_grad():
         assert torch.allclose(rebuilt(X), vit(X), atol=1e-5)
+        assert torch.allclose(rebuilt(X[:1]), vit(X[:1]), atol=1e-5)  # the batch axis stays dynamic
 
 
 def test_an_exported_vit_fused_with_its_permuted_copy_is_itself():
