@@ -31,7 +31,7 @@ def alignment_diagnostics(
     target: int = -1,
     spec: AlignmentSpec | None = None,
 ) -> dict[str, dict[str, float]]:
-    r"""Per alignment group, two numbers on ``inputs`` (at the group's probes, the pre-activations):
+    r"""Per alignment group with probes, two numbers on ``inputs`` (at the group's probes, the pre-activations):
 
     - ``match_correlation``: the mean over neurons j and non-target sources k of the
       Pearson correlation between the target's neuron j and source k's neuron j. 1
@@ -77,7 +77,7 @@ def alignment_diagnostics(
         # have their own scale, and REPAIR sets each one.
         stds = [{n: st[1].cpu() for n, st in probe_stats(net, names, on(net)).items()} for net in (fused, *sources)]
     out = {}
-    for g in spec.groups:
+    for g in (g for g in spec.groups if spec.probes.get(g)):  # a group no module output shows has no numbers
         ref = _standardise(feats[t][g])  # [n, s]
         corr = [(ref * _standardise(f[g])).mean(dim=1) for i, f in enumerate(feats) if i != t]  # each [n]
         ratios = []
