@@ -15,6 +15,7 @@ from torch import nn
 from ofexp.errors import ConfigError
 from ofexp.fusion.groups import AlignmentSpec, apply_plan, axis_groups, check_covers
 from ofexp.fusion.heads import head_block_plans
+from ofexp.fusion.token_probes import token_features
 from ofexp.fusion.naive import average_states, fusion_weights, parent_specs
 from ofexp.fusion.trace import alignment_spec
 from ofexp.fusion.transport import solve_transport
@@ -162,6 +163,15 @@ def probe_features(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor) -> di
     return feats
 
 
+def _features(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per group, its neurons' values at its probes and, for token models, its token probes: [n, samples]."""
+    feats = probe_features(model, spec, x)
+    if spec.token_probes:
+        for g, rows in token_features(model, spec, x).items():
+            feats[g] = torch.cat([feats[g], rows], dim=1) if g in feats else rows
+    return feats
+
+
 @torch.no_grad()
 def activation_costs(
     parent: nn.Module, target: nn.Module, spec: AlignmentSpec, inputs: torch.Tensor, batch_size: int = 128
@@ -171,7 +181,9 @@ def activation_costs(
     :math:`a_i` stacks neuron i's values over all of ``inputs`` (and spatial
     positions) at the group's probes: pre-activations (after batch-norm, before
     ReLU); for a residual stream, every term written into it (stem, each block's
-    conv2 branch, the shortcut conv). Squared distances are
+    conv2 branch, the shortcut conv); in a transformer, at ``spec.token_probes`` too
+    (the stream at each LayerNorm's input, an MLP's hidden layer, attention's
+    query-and-key and value projections). Squared distances are
     accumulated batch by batch, so memory does not grow with the sample count.
     Both models run in eval mode; their modes are restored afterwards.
 
@@ -180,7 +192,7 @@ def activation_costs(
     dict[str, np.ndarray]
         Group -> cost of shape [n_parent, n_target].
     """
-    blind = [g for g in spec.groups if not spec.probes.get(g)]
+    blind = [g for g in spec.groups if not spec.probes.get(g) and not spec.token_probes.get(g)]
     if blind:
         raise ConfigError(f"activation alignment: group {blind[0]!r} has no module whose output shows its neurons "
                           f"on axis 1 ({len(blind)} such groups); use alignment='weights'")
@@ -188,8 +200,8 @@ def activation_costs(
     sq: dict[str, torch.Tensor] = {}
     with eval_mode(parent, target):
         for x in torch.split(inputs, batch_size):
-            fp = probe_features(parent, spec, x.to(device))
-            ft = probe_features(target, spec, x.to(next(target.parameters()).device))
+            fp = _features(parent, spec, x.to(device))
+            ft = _features(target, spec, x.to(next(target.parameters()).device))
             for g in spec.groups:
                 d2 = torch.cdist(fp[g], ft[g].to(device)) ** 2  # [n_p, n_t]
                 sq[g] = sq[g] + d2 if g in sq else d2

@@ -62,6 +62,9 @@ class AlignmentSpec:
         Attention module -> (h, its groups): each group is h blocks (heads) of
         size/h neurons; a permutation of such a group may only move whole heads,
         all of the module's groups alike, and permute within each head.
+    token_probes : dict[str, tuple[tuple[str, str], ...]]
+        Group -> (module, where) pairs that show its neurons on the last axis of token
+        tensors [B, S, n] (``TOKEN_PROBES``): activation alignment reads them beside ``probes``.
     groups : tuple[str, ...]
         Derived: group names in order of first appearance, i.e. forward order.
     writers, readers : dict[str, tuple[str, ...]]
@@ -71,6 +74,7 @@ class AlignmentSpec:
     axes: dict[str, Axes]
     probes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     heads: dict[str, tuple[int, tuple[str, ...]]] = field(default_factory=dict)
+    token_probes: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
     groups: tuple[str, ...] = field(init=False, repr=False, compare=False)
     writers: dict[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
     readers: dict[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)

@@ -69,6 +69,7 @@ class _Tracer:
         self.writes: list[tuple[fx.Node, int]] = []  # (writer node, its output variable)
         self.var_names: dict[int, str] = {}  # variables named by their rule (attention's qk, vo)
         self.heads: list[tuple[str, int, int, int]] = []  # (attention module, heads, qk var, vo var)
+        self.token_reads: list[tuple[fx.Node, int, str]] = []  # (module node, variable, where: see TOKEN_PROBES)
         self.state = model.state_dict()
 
     # -- labels ------------------------------------------------------------------------------
@@ -178,7 +179,7 @@ class _Tracer:
         heads = {path: (n, (names[self.vars.find(qk)], names[self.vars.find(vo)]))
                  for path, n, qk, vo in self.heads
                  if n > 1 and self.vars.find(qk) in names and self.vars.find(vo) in names}
-        return AlignmentSpec(axes, self.probes(names), heads)
+        return AlignmentSpec(axes, self.probes(names), heads, self.token_probes(names))
 
     def group_names(self, state_keys: list[str]) -> dict[int, str]:
         """Root variable -> group name: the module path of the group's first writer."""
@@ -194,11 +195,23 @@ class _Tracer:
                 names[root] = base if base not in names.values() else f"{base}#{root}"
         return names
 
-    def probes(self, names: dict[int, str]) -> dict[str, tuple[str, ...]]:
+    def calls(self) -> dict[str, int]:
         calls: dict[str, int] = {}
         for node in self.graph.graph.nodes:
             if node.op == "call_module":
                 calls[node.target] = calls.get(node.target, 0) + 1
+        return calls
+
+    def token_probes(self, names: dict[int, str]) -> dict[str, tuple[tuple[str, str], ...]]:
+        calls, probes = self.calls(), {}
+        for node, var, where in self.token_reads:
+            group = names.get(self.vars.find(var))
+            if group is not None and calls.get(node.target) == 1 and (node.target, where) not in probes.get(group, ()):
+                probes[group] = probes.get(group, ()) + ((node.target, where),)
+        return probes
+
+    def probes(self, names: dict[int, str]) -> dict[str, tuple[str, ...]]:
+        calls = self.calls()
         probes: dict[str, list[str]] = {}
         for node, var in self.writes:
             group = names.get(self.vars.find(var))

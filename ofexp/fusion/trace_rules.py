@@ -322,6 +322,8 @@ def module_rule(tr, node: fx.Node, m: nn.Module):
             tr.bind(f"{p}.bias", (g,))
         if len(lab) == 2:  # a probe needs the neurons on axis 1
             tr.writes.append((node, g))
+        else:  # tokens [B, S, n]: the neurons on the last axis
+            tr.token_reads.append((node, g, "output"))
         return tuple(lab[:-1]) + (g,)
     if isinstance(m, _ConvNd) and not m.transposed:
         return _conv(tr, node, m, lab, p)
@@ -337,6 +339,8 @@ def module_rule(tr, node: fx.Node, m: nn.Module):
                         "(only 1 group, or one per channel, is)")
     if isinstance(m, nn.LayerNorm):
         k = len(m.normalized_shape)
+        if k == 1 and lab[-1] is not None:  # its input is the stream it normalises (a transformer's residual)
+            tr.token_reads.append((node, lab[-1], "input"))
         for name in ("weight", "bias"):
             if getattr(m, name, None) is not None:
                 tr.bind(f"{p}.{name}", tuple(lab[-k:]))
@@ -406,6 +410,7 @@ def _attention(tr, node: fx.Node, m: nn.MultiheadAttention, p: str) -> Several:
     if m.out_proj.bias is not None:
         tr.bind(f"{p}.out_proj.bias", (out,))
     tr.heads.append((p, m.num_heads, qk, vo))
+    tr.token_reads += [(node, qk, "query-key"), (node, vo, "value")]
     metas = node.meta.get("tensor_meta") or (None, None)
     weights = (None,) * len(metas[1].shape) if getattr(metas[1], "shape", None) is not None else None
     return Several([tuple(q[:-1]) + (out,), weights])

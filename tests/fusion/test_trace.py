@@ -193,6 +193,15 @@ def test_attention_heads_are_blocks_queries_share_keys_values_share_the_output(t
     assert spec.axes[f"{attn}.in_proj_weight"] == ((((qk, 64),), ((qk, 64),), ((vo, 64),)), "conv_proj")
     assert spec.axes[f"{attn}.out_proj.weight"] == ("conv_proj", vo)
     assert spec.axes["class_token"] == (None, None, "conv_proj") and spec.axes["heads.head.weight"][0] is None
+    assert spec.token_probes[qk] == ((attn, "query-key"),) and spec.token_probes[vo] == ((attn, "value"),)
+    assert ("encoder.layers.encoder_layer_0.ln_1", "input") in spec.token_probes["conv_proj"]
+    # activation alignment reads the stream, the MLPs' hidden layers and the projections on the tokens
+    gen = torch.Generator().manual_seed(2)
+    twin = permute_model(vit, random_permutations(spec, group_sizes(spec, vit.state_dict()), gen), spec).eval()
+    x = torch.randn(8, 3, 32, 32, generator=gen)
+    with torch.no_grad():
+        fused = geometric_fuse([vit, twin], spec=spec, alignment="activations", inputs=x).model.eval()
+        assert (fused(x) - vit(x)).abs().max() <= 1e-4 * vit(x).abs().max()
     # a free permutation of the 64 query dimensions mixes heads: the check catches a spec without heads
     with pytest.raises(AlignmentSpecError, match=f"permuting group '{qk}' \\(64 neurons"):
         check_alignment_spec(vit, AlignmentSpec(spec.axes, spec.probes), torch.randn(2, 3, 32, 32))
