@@ -76,6 +76,12 @@ class LazyGroup(click.Group):
             self.add_command(command, cmd_name)
         return self.commands.get(cmd_name)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None:
+            refuse_repeated_options(command, rest)
+        return name, command, rest
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # The help of a command not imported yet comes from the table, shortened as click shortens
         # a loaded command's: the listing reads the same either way, and imports nothing.
@@ -87,6 +93,27 @@ class LazyGroup(click.Group):
         limit = formatter.width - 6 - max(map(len, shown))
         with formatter.section("Commands"):
             formatter.write_dl([(name, command.get_short_help_str(limit)) for name, command in shown.items()])
+
+
+def refuse_repeated_options(command: click.Command, args: list[str]) -> None:
+    """UsageError when an option that takes one value (or a flag pair) is given more than once:
+    click would silently keep the last one, e.g. `--method naive --method geometric`."""
+    seen: dict[str, list[str]] = {}
+    for token in args:
+        if token == "--":
+            break
+        if token.startswith("--"):
+            opt = _underscores_as_dashes(token.split("=", 1)[0])
+            seen.setdefault(opt, []).append(token)
+    for param in command.params:
+        if not isinstance(param, click.Option) or param.multiple or param.count:
+            continue
+        given = [opt for opt in param.opts + param.secondary_opts for _ in seen.get(opt, [])]
+        if len(given) > 1:
+            both = isinstance(param.type, click.Choice) and "both" in param.type.choices
+            names = " and ".join(dict.fromkeys(given))
+            raise click.UsageError(f"{names} given {len(given)} times: only the last would count; give "
+                                   f"{param.opts[0]} once" + (f" ({param.opts[0]} both runs each)" if both else ""))
 
 
 @click.group(cls=LazyGroup, lazy=COMMANDS,

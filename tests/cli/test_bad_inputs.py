@@ -227,6 +227,19 @@ def test_fuse_sinkhorn_reg_too_small_is_refused_before_any_run(store, capsys, re
     assert "--reg" in line and "below 0.0001" in line and "--solver exact" in line
 
 
+REPEATED = [(["--method", "naive", "--method", "geometric"], "--method given 2 times", "--method both runs each"),
+            (["--repair", "--no_repair"], "--repair and --no-repair given 2 times", "give --repair once"),
+            (["--reg=0.1", "--reg", "0.2"], "--reg given 2 times", "only the last would count")]
+
+
+@pytest.mark.parametrize("options,named,fix", REPEATED, ids=[o[0] for o, _, _ in REPEATED])
+def test_an_option_given_twice_is_refused_before_any_run(store, capsys, options, named, fix):
+    """click keeps the last of two values silently: `--method naive --method geometric` made one run."""
+    args = ["fuse", "--parents", ",".join(store.parents), *options, "--device", "cpu", "--experiment-name", REFUSED]
+    line = _refused_before_any_run(store, args, capsys)
+    assert named in line and fix in line
+
+
 # --- 3. --fusion-weights: non-negative finite numbers with a positive sum -----------------------
 
 BAD_WEIGHTS = [("nan,1", "nan"), ("-1,2", "-1"), ("0,0", "sums to 0"), ("inf,1", "inf"), ("1,-inf", "-inf"),
