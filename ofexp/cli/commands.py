@@ -133,8 +133,8 @@ def ui(ctx: click.Context, port: int) -> None:
     """Start the MLflow UI on the store ofexp uses and print the URL to open.
 
     The URL is printed once the UI answers; Ctrl-C stops it. It opens in model-training
-    mode, with accuracy and loss as columns of the runs table. `ofexp --verbose ui` shows
-    the server's own log lines.
+    mode, with accuracy, loss and the ratio to the parents as columns of the runs table.
+    `ofexp --verbose ui` shows the server's own log lines.
     """
     address = ui_address(port)
     if address.on_server:

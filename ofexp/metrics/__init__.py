@@ -15,8 +15,8 @@ from ofexp.metrics.hessian import (Lanczos, TraceEstimate, hessian_lanczos, hess
 from ofexp.metrics.hessian_exact import exact_trace_unsupported, hessian_trace_exact
 from ofexp.metrics.input_space import lipschitz
 from ofexp.metrics.prediction import generalisation_gap
-from ofexp.metrics.registry import (MEASURES, METRIC_PREFIX, PREDICTION_METRICS, SPACES, TEST_ACCURACY_KEY,
-                                    TEST_LOSS_KEY, Measure, resolve_measures, test_accuracy_of)
+from ofexp.metrics.registry import (ACCURACY_TO_PARENTS_KEY, MEASURES, METRIC_PREFIX, PREDICTION_METRICS, SPACES,
+                                    TEST_ACCURACY_KEY, TEST_LOSS_KEY, Measure, resolve_measures, test_accuracy_of)
 from ofexp.metrics.sharpness import (
     SearchBudget,
     SearchResult,
@@ -33,7 +33,7 @@ from ofexp.metrics.sharpness import (
 )
 
 __all__ = [
-    "MEASURES", "METRIC_PREFIX", "PREDICTION_METRICS", "SPACES", "TEST_ACCURACY_KEY", "TEST_LOSS_KEY", "Measure",
+    "ACCURACY_TO_PARENTS_KEY", "MEASURES", "METRIC_PREFIX", "PREDICTION_METRICS", "SPACES", "TEST_ACCURACY_KEY", "TEST_LOSS_KEY", "Measure",
     "MeasureContext", "test_accuracy_of",
     "Lanczos", "SearchBudget", "SearchResult", "TraceEstimate",
     "flatness_init", "flatness_mag_init", "flatness_mag_orig", "flatness_orig",

@@ -114,6 +114,8 @@ PREDICTION_METRICS = ("accuracy", "generalisation_gap")
 # same names as an evaluate run's: one name per quantity, whichever stage measured it.
 TEST_ACCURACY_KEY = MEASURES["accuracy"].metric_key  # "prediction/accuracy"
 TEST_LOSS_KEY = MEASURES["test_loss"].metric_key  # "prediction/test_loss"
+# a fuse run's test accuracy over its parents' mean: the "x parents" of `ofexp study`'s table
+ACCURACY_TO_PARENTS_KEY = "accuracy_to_parents"
 
 
 def test_accuracy_of(metrics: dict[str, float]) -> float | None:

@@ -17,7 +17,7 @@ from ofexp.fusion import (alignment_diagnostics, geometric_fuse, naive_fuse,
                           recompute_batchnorm_stats, repair_statistics)
 from ofexp.fusion.naive import parent_specs
 from ofexp.fusion.interpolation import InterpolationCurve, fusion_curves, plot_curves
-from ofexp.metrics import TEST_ACCURACY_KEY, TEST_LOSS_KEY, test_accuracy_of
+from ofexp.metrics import ACCURACY_TO_PARENTS_KEY, TEST_ACCURACY_KEY, TEST_LOSS_KEY, test_accuracy_of
 from ofexp.data.model_input import ModelInput
 from ofexp.models import ModelSpec
 from ofexp.models.foreign import has_batchnorm
@@ -191,6 +191,7 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
             tracking.log_tensors(_plans_by_parent(plans, len(cfg.parents), cfg.target), "alignment/plans.pt")
         tracking.log_metrics({
             TEST_ACCURACY_KEY: test["accuracy"], TEST_LOSS_KEY: test["loss"], "fusion_seconds": seconds,
+            **_accuracy_to_parents(test["accuracy"], parents.accuracies),
             **{f"ot_cost/{group}": cost for group, cost in costs.items()},
             **({f"group_seconds/{g}": s for g, s in result.group_seconds.items()} if result else {}),
             **{f"{name}/{g}": value for g, values in diagnostics.items() for name, value in values.items()},
@@ -254,6 +255,14 @@ def _log_interpolation(cfg: FuseConfig, parents: _Parents, result, splits: DataS
     title = f"target parent {t + 1} to parent {other + 1} (raw, aligned) and to the fused network"
     log_figure(plot_curves(curves, title), "plots/interpolation.png")
     return curves
+
+
+def _accuracy_to_parents(accuracy: float, parent_accuracies: list[float | None]) -> dict[str, float]:
+    """{ACCURACY_TO_PARENTS_KEY: accuracy / the parents' mean}, or {} when a parent's accuracy is unknown."""
+    if not parent_accuracies or any(a is None for a in parent_accuracies):
+        return {}
+    mean = sum(parent_accuracies) / len(parent_accuracies)
+    return {ACCURACY_TO_PARENTS_KEY: accuracy / mean} if mean > 0 else {}
 
 
 def _describe(cfg: FuseConfig, method: str, parents: _Parents, accuracy: float, curve_test_images: int,

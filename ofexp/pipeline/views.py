@@ -12,7 +12,7 @@ from typing import Callable
 import pandas as pd
 
 from ofexp import tracking
-from ofexp.metrics.registry import TEST_ACCURACY_KEY, TEST_LOSS_KEY
+from ofexp.metrics.registry import ACCURACY_TO_PARENTS_KEY, TEST_ACCURACY_KEY, TEST_LOSS_KEY
 from ofexp.pipeline.report import StudyTables, build_tables, study_steps
 from ofexp.tracking import queries, running
 from ofexp.tracking.names import STAGES
@@ -22,8 +22,9 @@ from ofexp.tracking.server import experiment_page
 __all__ = ["STAGES", "StudyReport", "UiAddress", "check_ui_port", "close_stale_runs", "compare_table",
            "describe_store_error", "running_runs_table", "serve_ui", "study_report", "ui_address", "use_experiment"]
 
-# The runs table's metric columns in `ofexp ui`: what a train, fuse or evaluate run measured
-UI_METRIC_COLUMNS = (TEST_ACCURACY_KEY, TEST_LOSS_KEY)
+# The runs table's metric columns in `ofexp ui`: what a train, fuse or evaluate run measured,
+# and a fuse run's accuracy over its parents' mean
+UI_METRIC_COLUMNS = (TEST_ACCURACY_KEY, TEST_LOSS_KEY, ACCURACY_TO_PARENTS_KEY)
 
 
 def use_experiment(experiment_name: str | None) -> str:

@@ -5,7 +5,8 @@ its geometric fused model is registered; `ofexp ui` serves the store, and Seleni
 Debian's chromium with its chromedriver from the link `ofexp ui` prints.
 
 - The runs table lists the study by name; expanding it shows every step by name, and
-  accuracy and loss are columns in view, without a column search. A step's page links its
+  accuracy, loss and a fuse run's ratio to its parents are columns in view, without a
+  column search. A step's page links its
   parents and names the study as its parent run; a fuse run's plots show; an evaluate
   run's charts are grouped by space.
 - Clicking through the runs, a run, the experiment's logged models, the model registry, a
@@ -234,7 +235,11 @@ def test_clicking_through_never_lands_on_a_genai_page(served_study, browser):
     browser.get(served_study.link)
     lines = _page(browser, "1_runs", lambda d: "prediction/accuracy" in _accuracy_in_view(d))
     _assert_model_training(lines, "1_runs")
-    assert {"prediction/accuracy", "prediction/test_loss"} <= lines
+    assert {"prediction/accuracy", "prediction/test_loss", "accuracy_to_parents"} <= lines
+    parents = [client.get_run(r).data.metrics["prediction/accuracy"]
+               for r in geometric.data.tags["ofexp.parent_run_ids"].split(",")]
+    assert geometric.data.metrics["accuracy_to_parents"] == pytest.approx(
+        geometric.data.metrics["prediction/accuracy"] / (sum(parents) / len(parents)))
     _expand_first_row(browser)
     _page(browser, "2_runs_expanded", lambda d: len(_grid_run_names(d)) == 9)
     shown = {round(float(v), 4) for v in _accuracy_in_view(browser) if re.fullmatch(r"[0-9.]+", v)}
