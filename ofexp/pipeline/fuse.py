@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -13,8 +14,7 @@ from ofexp.tracking.study_runs import log_figure
 from ofexp.pipeline import plots
 from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.errors import ConfigError, IncompatibleModelsError
-from ofexp.fusion import (alignment_diagnostics, geometric_fuse, naive_fuse,
-                          recompute_batchnorm_stats, repair_statistics)
+from ofexp.fusion import alignment_diagnostics, recompute_batchnorm_stats, repair_statistics
 from ofexp.fusion.naive import parent_specs
 from ofexp.fusion.interpolation import InterpolationCurve, fusion_curves, plot_curves
 from ofexp.metrics import ACCURACY_TO_PARENTS_KEY, TEST_ACCURACY_KEY, TEST_LOSS_KEY, test_accuracy_of
@@ -22,6 +22,7 @@ from ofexp.data.model_input import ModelInput
 from ofexp.models import ModelSpec
 from ofexp.models.foreign import has_batchnorm
 from ofexp.pipeline.foreign import ForeignParents, load_foreign_parents, split_refs
+from ofexp.pipeline.fusion_methods import FUSION_METHODS, METHODS, activation_inputs, fixed_sample
 from ofexp.pipeline.options import FusionOptions
 from ofexp.pipeline.serving import check_register_as, log_foreign_model, log_served_model
 from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, describe_unfinished,
@@ -61,7 +62,7 @@ class FuseConfig(FusionOptions):
         self.check(len(self.parents))
         check_register_as(self.register_as, self.log_model)
         if self.register_as and len(self.methods) > 1:
-            raise ConfigError("--register-as registers one model: pass --method naive or --method geometric with it")
+            raise ConfigError(f"--register-as registers one model: pass one --method ({' or '.join(METHODS)}) with it")
 
     @property
     def by_uri(self) -> bool:
@@ -69,19 +70,9 @@ class FuseConfig(FusionOptions):
         return split_refs(self.parents)
 
     def params(self, method: str) -> dict[str, object]:
-        # recompute_bn is common: both methods recompute a batch-norm network's statistics (_fuse_one)
-        common = {"method": method, "parents": ",".join(self.parents), "device": self.device,
-                  "fusion_weights": ",".join(map(str, self.fusion_weights)) if self.fusion_weights else "equal",
-                  "recompute_bn": self.recompute_bn, **(self.model_input.to_params() if self.model_input else {})}
-        if method == "naive":
-            return common
-        options = {**common, "alignment": self.alignment, "solver": self.solver, "reg": self.reg,
-                   "target": self.target, "repair": self.repair,
-                   "interpolation": self.interpolation,
-                   **({"curve_samples": self.curve_samples} if self.interpolation else {}),
-                   # alignment="activations", --repair and the diagnostics all read these samples
-                   "activation_samples": self.activation_samples}
-        return options
+        """The params of `method`'s fuse run: what to fuse, and the options the method reads (its registry entry)."""
+        return {"method": method, "parents": ",".join(self.parents), "device": self.device,
+                **FUSION_METHODS[method].params(self), **(self.model_input.to_params() if self.model_input else {})}
 
 
 @dataclass
@@ -102,16 +93,22 @@ def run_fuse(cfg: FuseConfig, splits: DataSplits | None = None) -> dict[str, str
     """Fuse the parent runs (or models, by URI) with each method; return {method: fuse run ID}."""
     device = resolve_device(cfg.device)
     if cfg.by_uri:
-        foreign = load_foreign_parents(cfg.parents, cfg.model_input, trace="geometric" in cfg.methods, splits=splits)
+        foreign = load_foreign_parents(cfg.parents, cfg.model_input, trace=_aligns(cfg, any), splits=splits)
         parents = _Parents(foreign.models, [None] * len(cfg.parents), foreign.model_input.data,
                            list(foreign.accuracies), {}, foreign)
         splits = foreign.splits
     else:
         parents = _load_parents(cfg.parents, cfg.allow_unfinished)
         # Refuse incompatible parents before any run exists, rather than leave FAILED runs behind.
-        parent_specs(parents.models, allow_width="naive" not in cfg.methods)
+        parent_specs(parents.models, allow_width=_aligns(cfg, all))  # averaging alone needs equal widths
         splits = splits if splits is not None else load_dataset(parents.data)
     return {method: _fuse_one(cfg, method, parents, splits, device) for method in cfg.methods}
+
+
+def _aligns(cfg: FuseConfig, quantifier: Callable) -> bool:
+    """Whether any (or all) of cfg's methods align neurons: they need the traced structure, and
+    take parents of different widths."""
+    return quantifier(FUSION_METHODS[method].aligns for method in cfg.methods)
 
 
 def _load_parents(run_ids: tuple[str, ...], allow_unfinished: bool = False) -> _Parents:
@@ -145,26 +142,19 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
             **{parent_tag(i): rid for i, rid in enumerate(cfg.parents, start=1)},
             **unfinished_tags(parents.unfinished)}
     name = cfg.run_name or " ".join(("fuse", method, parents.arch, parents.data.name))
-    alignment = parents.foreign.alignment if parents.foreign else None
+    structure = parents.foreign.alignment if parents.foreign else None  # a traced model's layer groups
     # under `mlflow run`, two methods make two runs: both children of the one `mlflow run` made
     with tracking.stage_run("fuse", run_name=name, params=cfg.params(method), tags=tags,
                             adopt_launcher=len(cfg.methods) == 1) as run:
         start = time.perf_counter()
-        result, inputs = None, None
-        if method == "naive":
-            fused, plans, costs = naive_fuse(parents.models, weights=cfg.fusion_weights), {}, {}
-        else:
-            inputs = activation_inputs(splits, cfg.activation_samples)
-            if len(inputs) < cfg.activation_samples:
-                tqdm.write(f"warning: --activation-samples {cfg.activation_samples}: the training split has only "
-                           f"{len(inputs)} inputs, so all {len(inputs)} are used (metric activation_samples_used "
-                           f"of run {run.info.run_id})", file=sys.stderr)
-            result = geometric_fuse(
-                parents.models, weights=cfg.fusion_weights, target=cfg.target, solver=cfg.solver,
-                reg=cfg.reg, alignment=cfg.alignment, inputs=inputs, spec=alignment,
-            )
-            fused, plans, costs = result.model, result.plans, result.costs
+        made = FUSION_METHODS[method].fuse(cfg, parents.models, splits, structure)
         seconds = time.perf_counter() - start
+        fused, result, inputs = made.model, made.alignment, made.inputs
+        plans, costs = (result.plans, result.costs) if result is not None else ({}, {})
+        if inputs is not None and len(inputs) < cfg.activation_samples:
+            tqdm.write(f"warning: --activation-samples {cfg.activation_samples}: the training split has only "
+                       f"{len(inputs)} inputs, so all {len(inputs)} are used (metric activation_samples_used "
+                       f"of run {run.info.run_id})", file=sys.stderr)
         if cfg.recompute_bn and has_batchnorm(fused):
             recompute_batchnorm_stats(fused, splits.train_x)
         diagnostics = _repair_and_diagnose(cfg, result, parents, inputs) if result is not None else {}
@@ -218,18 +208,6 @@ def _repair_and_diagnose(cfg: FuseConfig, result, parents: _Parents, inputs: tor
                                  spec=result.spec)
 
 
-def activation_inputs(splits: DataSplits, n: int) -> torch.Tensor:
-    """A fixed sample (seed 0) of n training inputs, the same for every fusion of this data."""
-    return splits.train_x[_fixed_sample(len(splits.train_x), n)]  # [n, C, H, W]
-
-
-def _fixed_sample(total: int, n: int) -> torch.Tensor:
-    """n of range(total) drawn with seed 0 (all of them, in order, when n ≥ total)."""
-    if n >= total:
-        return torch.arange(total)
-    return torch.randperm(total, generator=torch.Generator().manual_seed(0))[:n]
-
-
 def _plans_by_parent(plans: dict[str, list[torch.Tensor]], k: int, target: int) -> dict[str, torch.Tensor]:
     """Name each transport map '<group>/parent_<i>' (1-based, as in the tags)."""
     others = [i for i in range(k) if i != target % k]
@@ -241,7 +219,7 @@ def _log_interpolation(cfg: FuseConfig, parents: _Parents, result, splits: DataS
     k = len(parents.models)
     t = cfg.target % k
     other = next(i for i in range(k) if i != t)  # the first non-target parent
-    test = _fixed_sample(len(splits.test_x), cfg.curve_samples)
+    test = fixed_sample(len(splits.test_x), cfg.curve_samples)
     curves = fusion_curves(parents.models[t], parents.models[other], result.aligned[0], result.model,
                            splits.test_x[test], splits.test_y[test],
                            bn_inputs=activation_inputs(splits, cfg.curve_samples))

@@ -21,12 +21,11 @@ from ofexp.fusion.geometric import check_alignment, check_target
 from ofexp.fusion.naive import fusion_weights
 from ofexp.fusion.transport import check_solver
 from ofexp.metrics import PREDICTION_METRICS, resolve_measures
+from ofexp.pipeline.fusion_methods import FUSION_METHODS, METHODS
 from ofexp.metrics.context import PRESETS, search_budget
 from ofexp.metrics.sharpness import WORST_CASES, check_worst_case
 from ofexp.tracking.runs import param_str
 from ofexp.training.loop import SHUFFLE_SEED_OFFSET
-
-METHODS = ("naive", "geometric")
 
 # Seeds. torch.manual_seed and Generator.manual_seed take -2**63 .. 2**64-1 and read a negative
 # seed s as 2**64 + s, so ofexp keeps seeds within int64, where no two seeds alias and where
@@ -135,8 +134,8 @@ def _show_methods(methods: tuple[str, ...]) -> str:
 class FusionOptions:
     """How parents are fused (`ofexp fuse`, and every fuse step of `ofexp study`)."""
 
-    methods: tuple[str, ...] = option(METHODS, "naive: average the weights; geometric: align neurons by optimal "
-                                      "transport, then average; both: one run each.", name="method",
+    methods: tuple[str, ...] = option(METHODS, "; ".join(f"{m.name}: {m.help}" for m in FUSION_METHODS.values())
+                                      + "; both: one run each.", name="method",
                                       choices=(*METHODS, _BOTH), parse=_methods, show=_show_methods)
     fusion_weights: tuple[float, ...] | None = option(None, "One weight per parent, e.g. 0.5,0.5 [default: equal].",
                                                       parse=_float_list)
@@ -167,7 +166,7 @@ class FusionOptions:
         """ConfigError naming the option and the fix, for any value that cannot fuse `parents` networks."""
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
-            raise ConfigError(f"unknown fusion method {','.join(unknown) or '(none)'}; use naive, geometric or both")
+            raise ConfigError(f"unknown fusion method {','.join(unknown) or '(none)'}; use {', '.join(METHODS)} or both")
         defaults = {f.name: f.default for f in fields(self)}
         for name in ("activation_samples", "curve_samples"):
             if getattr(self, name) < 2:
