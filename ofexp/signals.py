@@ -22,7 +22,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from ofexp.errors import Terminated
 
@@ -32,6 +33,9 @@ STOP_DEFERRAL_S = 2.0
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 _first_deferred: dict[int, float] = {}
 _pending: set[int] = set()  # stops signalled again and not raised yet
+_holding = 0  # depth of stops_held blocks
+_exiting = False  # exit_after_stop was called: the process is ending after a stop
+_held: list[int] = []  # stops that arrived inside them
 
 
 def stop_on_termination_signals() -> Callable[[], None]:
@@ -55,7 +59,8 @@ def stop_on_termination_signals() -> Callable[[], None]:
 
     def restore() -> None:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            if not _exiting:  # after exit_after_stop, further stops stay ignored until the process ends
+                signal.signal(signum, handler)
         sys.unraisablehook = previous_hook
 
     return restore
@@ -70,18 +75,58 @@ def exit_after_stop(code: int, grace_s: float = 10.0) -> None:
             stream.flush()
         os._exit(code)
 
+    # the command has said it stopped and marked its runs: a further Ctrl-C during the interpreter's
+    # shutdown would only print a traceback from whatever finalizer it lands in
+    global _exiting
+    _exiting = True
+    for signum in _STOP_SIGNALS:
+        if signal.getsignal(signum) is _raise_stop:
+            signal.signal(signum, signal.SIG_IGN)
     watchdog = threading.Timer(grace_s, force)
     watchdog.daemon = True  # runs on while the interpreter waits for the other threads
     watchdog.start()
     sys.exit(code)
 
 
+@contextmanager
+def stops_held(*, raise_after: bool = True) -> Iterator[None]:
+    """Hold the stops that arrive inside the block until it has run to its end.
+
+    For code a stop must not cut in two: submitting a job and recording it (`raise_after`:
+    the stop is raised once the block is done), and the cleanup of a stop already under way
+    (`raise_after=False`: cancelling jobs, marking runs KILLED). A second Ctrl-C there used
+    to abandon the first one's cleanup; now it waits for it, and adds nothing, since the
+    command is already stopping. Main thread only (signal handlers run there).
+    """
+    global _holding
+    if threading.current_thread() is not threading.main_thread():
+        yield  # a stop lands in the main thread, never here: nothing to hold
+        return
+    _holding += 1
+    try:
+        yield
+    finally:
+        _holding -= 1
+    if _holding == 0 and _held:
+        signum = _held[0]
+        _held.clear()
+        if raise_after:
+            _raise_now(signum)
+
+
 def _raise_stop(signum: int, frame) -> None:
+    if _holding:
+        _held.append(signum)
+        return
     now = time.monotonic()
     if _in_deferring_code(frame) and now - _first_deferred.setdefault(signum, now) < STOP_DEFERRAL_S:
         _signal_again(signum, after_s=0.02)
         return
     _first_deferred.pop(signum, None)
+    _raise_now(signum)
+
+
+def _raise_now(signum: int) -> None:
     _pending.discard(signum)  # a stop is raised once: timers still out for it send nothing
     if signum == signal.SIGINT:
         raise KeyboardInterrupt

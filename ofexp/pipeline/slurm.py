@@ -13,7 +13,8 @@ submits `python -m ofexp <entry point> ...` with MLFLOW_RUN_ID set to it, so the
 job logs into that run and its Slurm job ID is tagged there
 (`ofexp.slurm_job_id`, `ofexp.slurm_log`). A job that fails or is cancelled
 leaves its step FAILED with the job and its log named. Ctrl-C or SIGTERM on the
-driver cancels every queued and running job of the study.
+driver cancels every queued and running job of the study, however many stops arrive:
+later ones wait for the first one's cleanup (`signals.stops_held`).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from ofexp.pipeline.remote import (KUBERNETES_PROJECT, Step, log_step_outputs, p
 from ofexp.pipeline.report import step_run_name
 from ofexp.pipeline.slurm_jobs import SlurmConfig
 from ofexp.pipeline.study import StudyConfig
+from ofexp.signals import stops_held
 from ofexp.tracking import cache, cluster_runs
 from ofexp.tracking.names import TAG_CACHE, TAG_SLURM_JOB, TAG_SLURM_LOG
 from ofexp.tracking.projects import entry_point_command
@@ -101,16 +103,19 @@ def run_slurm_study(cfg: StudyConfig, slurm: SlurmConfig) -> str:
                 submitted = []
                 try:
                     for step in wave:
-                        found = _submit_or_reuse(step, run_ids, cfg.use_cache, slurm, uri, study_id, experiment_id)
-                        if isinstance(found, str):
-                            run_ids[step.key] = found
-                            reused.add(step.key)
-                            bar.update()
-                        else:
-                            submitted.append(found)
+                        with stops_held():  # a job submitted is a job recorded, so a stop cancels it
+                            found = _submit_or_reuse(step, run_ids, cfg.use_cache, slurm, uri, study_id,
+                                                     experiment_id)
+                            if isinstance(found, str):
+                                run_ids[step.key] = found
+                                reused.add(step.key)
+                                bar.update()
+                            else:
+                                submitted.append(found)
                     failures = _wait(submitted, run_ids, bar)
                 except BaseException:
-                    _cancel(submitted)
+                    with stops_held(raise_after=False):  # a second Ctrl-C waits for every job's cancel
+                        _cancel(submitted)
                     raise
                 if failures:
                     raise SlurmStepError(f"{failures[0]}{_more(failures)}; rerun the same study to finish it: "

@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 
 from ofexp import __version__
 from ofexp.errors import ConfigError, OfexpError, StoreFullError, TrackingServerError
+from ofexp.signals import stops_held
 from ofexp.tracking import launcher, server
 from ofexp.tracking.names import (CLAIM_PARAM, DIGEST_ALGORITHM, STAGES, TAG_DIGESTS, TAG_EXPERIMENT_KIND, TAG_FAILURE, TAG_GIT_COMMIT, TAG_HOST,
                                   TAG_LAUNCHER, TAG_NOTE, TAG_PID, TAG_RUN_NAME, TAG_STAGE, TAG_VERSION,
@@ -182,7 +183,8 @@ def stage_run(
         yield run
     except BaseException as exc:
         full = store_full_error(exc, run, stage)
-        _record_failure(run.info.run_id, stage, full or exc)
+        with stops_held(raise_after=False):  # a second Ctrl-C must not leave the run RUNNING
+            _record_failure(run.info.run_id, stage, full or exc)
         if full is not None:
             raise full from exc
         raise

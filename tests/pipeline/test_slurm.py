@@ -192,3 +192,35 @@ def test_stopping_the_driver_cancels_the_studys_jobs(slurm_cluster, mlflow_serve
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id])
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"], "no run is left RUNNING"
+
+
+@pytest.mark.parametrize("presses,gap_s", [(2, 0.3), (5, 0.1)], ids=["twice 0.3 s apart", "five times 0.1 s apart"])
+def test_ctrl_c_again_still_cancels_every_job_and_marks_every_run(slurm_cluster, mlflow_server, tmp_path,
+                                                                  presses, gap_s):
+    # issue #27 item 5: the second Ctrl-C, 0.3 s after the first, abandoned the first one's cleanup:
+    # a job went on in Slurm and two train runs stayed RUNNING. A later stop now waits for it, and
+    # one during the interpreter's shutdown no longer prints a traceback.
+    client = MlflowClient(mlflow_server.uri)
+    experiment = f"slurm-twice-{uuid.uuid4().hex[:8]}"
+    driver = _start_study(mlflow_server, tmp_path, experiment)
+
+    def submitted():
+        exp = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([exp.experiment_id], "tags.`ofexp.stage` = 'train'") if exp else []
+        jobs = [r.data.tags.get("ofexp.slurm_job_id") for r in runs]
+        return jobs if len(jobs) == 2 and all(jobs) else None
+
+    jobs = _wait_for(submitted, 120, "both train jobs submitted")
+    for press in range(presses):
+        if press:
+            time.sleep(gap_s)
+        driver.send_signal(signal.SIGINT)
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 130, err[-2000:]
+    assert "Traceback" not in err, err[-3000:]
+    queue = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+    assert not set(jobs) & set(queue), f"jobs {jobs} still queued or running: {queue}"
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"], "no run is left RUNNING"
+    assert {r.info.status for r in runs if r.data.tags.get("ofexp.stage") == "train"} == {"KILLED"}
