@@ -185,10 +185,13 @@ def _parse_spec(run: Run, raw: bytes) -> tuple[ModelSpec | EnsembleSpec, DataCon
         reason = " ".join(str(exc).split())[:300]
         raise ArtifactError(f"run {run_id} has an invalid {SPEC_FILE} ({reason}); re-run the step that made it") from None
     _check_size(run_id, spec)
-    # the params first, for the sharper message; then the digest, which holds when no params are left
-    check_spec_against_params(run, spec, cfg, vouched=bool(recorded_digests(run, SPEC_FILE)))
     # required where the run says it records digests: runs from before specs had one carry weight digests only
-    check_digest(run, SPEC_FILE, raw, required=TAG_DIGESTS in run.data.tags)
+    required, vouched = TAG_DIGESTS in run.data.tags, bool(recorded_digests(run, SPEC_FILE))
+    if required and not vouched:
+        check_digest(run, SPEC_FILE, raw, required=True)  # refused: its digest tag was deleted
+    # the params first, for the sharper message; then the digest, which holds when no params are left
+    check_spec_against_params(run, spec, cfg, vouched=vouched)
+    check_digest(run, SPEC_FILE, raw, required=required)
     return spec, cfg
 
 
