@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.datasets import ImageFolder
 
 from ofexp.data.splits import DataConfig, DataSplits, finish_splits, stratified_holdout
 from ofexp.errors import DataError
+
+if TYPE_CHECKING:
+    from torchvision.datasets import ImageFolder
 
 TEST_FRACTION = 0.2
 TEST_SEED_OFFSET = 1_000_003  # same reason as in digits: keep the test and val shuffles apart
@@ -19,6 +22,10 @@ TEST_SEED_OFFSET = 1_000_003  # same reason as in digits: keep the test and val 
 
 def _scan(root: str) -> ImageFolder:
     """List the images under root, as a DataError when there are none to list."""
+    # imported here: torchvision (about 1 s, with torch._dynamo) is for the steps that read images,
+    # not for every process that imports ofexp.data (pipeline.options reads TEST_SEED_OFFSET)
+    from torchvision.datasets import ImageFolder
+
     try:
         return ImageFolder(root)
     except (FileNotFoundError, ValueError) as err:
