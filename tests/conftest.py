@@ -105,6 +105,17 @@ def start_mlflow_server(root: Path, port: int | None = None, timeout: float = 18
     return MlflowServer(uri, root, process)
 
 
+def serves(url: str, timeout: float = 5) -> bool:
+    """Whether an MLflow server answers its health check at `url` now."""
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{url}/health", timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def wait_for_health(url: str, process: "subprocess.Popen | Tethered", timeout: float = 180.0, what: str = "server") -> None:
     """Wait until `url`/health answers 200; RuntimeError if `process` exits or time runs out."""
     deadline = time.monotonic() + timeout
@@ -245,6 +256,39 @@ def run_artifact_bytes(client, run_id: str, artifact_path: str) -> bytes:
 
     with tempfile.TemporaryDirectory() as tmp:
         return Path(client.download_artifacts(run_id, artifact_path, tmp)).read_bytes()
+
+
+def log_artifact_bytes(client, run_id: str, artifact_path: str, content: bytes) -> None:
+    """Log `content` as the artifact `artifact_path` of a run."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / Path(artifact_path).name
+        local.write_bytes(content)
+        folder = str(Path(artifact_path).parent)
+        client.log_artifact(run_id, str(local), None if folder == "." else folder)
+
+
+def clone_run(client, source_id: str, experiment_id: str, copied: tuple[str, ...], *, params: dict | None = None,
+              files: dict[str, bytes] | None = None, drop_tags: tuple[str, ...] = (),
+              set_tags: dict[str, str] | None = None, status: str = "FINISHED") -> str:
+    """A copy of run `source_id` (its params, tags and the `copied` files) ending `status`, with
+    `params` changed, `files` written over the copied ones, `drop_tags` deleted and `set_tags` set."""
+    source = client.get_run(source_id)
+    tags = {k: v for k, v in source.data.tags.items() if not k.startswith("mlflow.")}
+    run_id = client.create_run(experiment_id, tags=tags, run_name="clone").info.run_id
+    for key, value in {**source.data.params, **(params or {})}.items():
+        client.log_param(run_id, key, value)
+    for path in copied:
+        log_artifact_bytes(client, run_id, path, run_artifact_bytes(client, source_id, path))
+    for path, content in (files or {}).items():
+        log_artifact_bytes(client, run_id, path, content)
+    for tag in drop_tags:
+        client.delete_tag(run_id, tag)
+    for tag, value in (set_tags or {}).items():
+        client.set_tag(run_id, tag, value)
+    client.set_terminated(run_id, status)
+    return run_id
 
 
 POSTGRES_URI = os.environ.get("OFEXP_TEST_POSTGRES_URI", "postgresql://ofexp:ofexp@127.0.0.1:5432/ofexp")

@@ -172,18 +172,20 @@ def test_a_cancelled_job_fails_its_step_by_name_and_a_rerun_finishes_the_study(s
     assert len(steps) == 8 and run_id not in set(steps["run_id"])
 
 
+def _train_jobs(client: MlflowClient, experiment: str) -> list[str] | None:
+    """The Slurm job IDs of a 1-seed study's two train runs, once both are submitted."""
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], "tags.`ofexp.stage` = 'train'") if exp else []
+    jobs = [r.data.tags.get("ofexp.slurm_job_id") for r in runs]
+    return jobs if len(jobs) == 2 and all(jobs) else None
+
+
 def test_stopping_the_driver_cancels_the_studys_jobs(slurm_cluster, mlflow_server, tmp_path):
     client = MlflowClient(mlflow_server.uri)
     experiment = f"slurm-stop-{uuid.uuid4().hex[:8]}"
     driver = _start_study(mlflow_server, tmp_path, experiment)
 
-    def submitted():
-        exp = client.get_experiment_by_name(experiment)
-        runs = client.search_runs([exp.experiment_id], "tags.`ofexp.stage` = 'train'") if exp else []
-        jobs = [r.data.tags.get("ofexp.slurm_job_id") for r in runs]
-        return jobs if len(jobs) == 2 and all(jobs) else None
-
-    jobs = _wait_for(submitted, 120, "both train jobs submitted")
+    jobs = _wait_for(lambda: _train_jobs(client, experiment), 120, "both train jobs submitted")
     driver.send_signal(signal.SIGTERM)
     driver.communicate(timeout=120)
     assert driver.returncode != 0
@@ -204,13 +206,7 @@ def test_ctrl_c_again_still_cancels_every_job_and_marks_every_run(slurm_cluster,
     experiment = f"slurm-twice-{uuid.uuid4().hex[:8]}"
     driver = _start_study(mlflow_server, tmp_path, experiment)
 
-    def submitted():
-        exp = client.get_experiment_by_name(experiment)
-        runs = client.search_runs([exp.experiment_id], "tags.`ofexp.stage` = 'train'") if exp else []
-        jobs = [r.data.tags.get("ofexp.slurm_job_id") for r in runs]
-        return jobs if len(jobs) == 2 and all(jobs) else None
-
-    jobs = _wait_for(submitted, 120, "both train jobs submitted")
+    jobs = _wait_for(lambda: _train_jobs(client, experiment), 120, "both train jobs submitted")
     for press in range(presses):
         if press:
             time.sleep(gap_s)

@@ -6,6 +6,7 @@ elsewhere the test says why it cannot run.
 """
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import uuid
 
@@ -15,18 +16,25 @@ from mlflow import MlflowClient
 from conftest import run_cli_in_process
 
 
-@pytest.fixture
-def full_tmpfs(tmp_path):
+@contextlib.contextmanager
+def _small_disk(tmp_path):
+    """A real 4 MB tmpfs under tmp_path (skips where it cannot be mounted: not root)."""
     mount = tmp_path / "small-disk"
     mount.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a 4 MB tmpfs here ({done.stderr.strip()[:200]}); run as root")
     try:
-        (mount / "filler").write_bytes(b"\0" * (4 * 1024 * 1024 - 64 * 1024))  # 64 KB left
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)  # lazy: a client may hold a file open
+
+
+@pytest.fixture
+def full_tmpfs(tmp_path):
+    with _small_disk(tmp_path) as mount:
+        (mount / "filler").write_bytes(b"\0" * (4 * 1024 * 1024 - 64 * 1024))  # 64 KB left
+        yield mount
 
 
 def test_a_full_artifact_root_is_one_line_naming_it_and_the_run_is_failed(tmp_path, full_tmpfs, capsys):
@@ -51,12 +59,7 @@ def test_a_full_artifact_root_is_one_line_naming_it_and_the_run_is_failed(tmp_pa
 def test_a_sqlite_store_that_fills_mid_run_is_one_line_naming_it_without_a_traceback(tmp_path):
     from conftest import run_cli
 
-    disk = tmp_path / "small-disk"
-    disk.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a 4 MB tmpfs here ({done.stderr.strip()[:200]}); run as root")
-    try:
+    with _small_disk(tmp_path) as disk:
         uri = f"sqlite:///{disk}/mlflow.db"
         client = MlflowClient(uri)
         experiment_id = client.create_experiment("sq", artifact_location=str(tmp_path / "artifacts"))
@@ -74,5 +77,3 @@ def test_a_sqlite_store_that_fills_mid_run_is_one_line_naming_it_without_a_trace
         (disk / "filler").unlink()
         (run,) = client.search_runs([experiment_id])
         assert run.info.status == "FAILED"
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)  # lazy: this process's client holds the db

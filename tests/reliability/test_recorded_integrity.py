@@ -16,15 +16,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import tempfile
-from pathlib import Path
 
 import pytest
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from conftest import run_artifact_bytes, run_cli_in_process, sqlite_store_with_parents
+from conftest import clone_run, log_artifact_bytes, run_artifact_bytes, run_cli_in_process, sqlite_store_with_parents
 
 EXPERIMENT = "recorded-integrity"
 
@@ -35,30 +33,12 @@ def store(tmp_path_factory):
     return uri, parents, experiment_id
 
 
-def _log_bytes(client: MlflowClient, run_id: str, artifact_path: str, content: bytes) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / Path(artifact_path).name
-        local.write_bytes(content)
-        folder = str(Path(artifact_path).parent)
-        client.log_artifact(run_id, str(local), None if folder == "." else folder)
-
-
 def _clone(store, *, params: dict | None = None, files: dict[str, bytes] | None = None) -> str:
     """A FINISHED copy of parent 2 (its params, tags, spec.json and weights/final.pt, so also its
     digest tag), with `params` changed and `files` written over the copied ones afterwards."""
     uri, parents, experiment_id = store
-    client = MlflowClient(uri)
-    source = client.get_run(parents[1])
-    tags = {k: v for k, v in source.data.tags.items() if not k.startswith("mlflow.")}
-    run_id = client.create_run(experiment_id, tags=tags, run_name="clone").info.run_id
-    for key, value in {**source.data.params, **(params or {})}.items():
-        client.log_param(run_id, key, value)
-    for path in ("spec.json", "weights/final.pt"):
-        _log_bytes(client, run_id, path, run_artifact_bytes(client, parents[1], path))
-    for path, content in (files or {}).items():
-        _log_bytes(client, run_id, path, content)
-    client.set_terminated(run_id, "FINISHED")
-    return run_id
+    return clone_run(MlflowClient(uri), parents[1], experiment_id, ("spec.json", "weights/final.pt"),
+                     params=params, files=files)
 
 
 def _spec(store) -> dict:
@@ -170,7 +150,7 @@ def test_a_fused_runs_spec_is_checked_against_its_parents_params(store, capsys, 
     client = MlflowClient(uri)
     spec = json.loads(run_artifact_bytes(client, fused, "spec.json"))
     spec["data"]["data_dir"] = str(tmp_path / "elsewhere")
-    _log_bytes(client, fused, "spec.json", json.dumps(spec).encode())
+    log_artifact_bytes(client, fused, "spec.json", json.dumps(spec).encode())
     line = _refused(store, ["evaluate", "--model-run", fused, "--measures", "accuracy"], capsys)
     assert f"run {fused}'s spec.json says data.data_dir=" in line
     assert f"its lineage's train run {parents[0]} params say 'none'" in line

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import tempfile
-from pathlib import Path
 
 import pytest
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from conftest import run_artifact_bytes, run_cli_in_process, sqlite_store_with_parents
+from conftest import clone_run, run_artifact_bytes, run_cli_in_process, sqlite_store_with_parents
 
 EXPERIMENT = "required-digests"
 FILES = ("spec.json", "weights/initial.pt", "weights/best.pt", "weights/final.pt", "checkpoint/last.pt")
@@ -34,35 +32,13 @@ def store(tmp_path_factory):
     return uri, parents, experiment_id
 
 
-def _log_bytes(client: MlflowClient, run_id: str, artifact_path: str, content: bytes) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / Path(artifact_path).name
-        local.write_bytes(content)
-        folder = str(Path(artifact_path).parent)
-        client.log_artifact(run_id, str(local), None if folder == "." else folder)
-
-
 def _clone(store, *, status: str = "FINISHED", files: dict[str, bytes] | None = None,
            drop_tags: tuple[str, ...] = (), set_tags: dict[str, str] | None = None) -> str:
     """A copy of parent 2 (params, tags, files) ending `status`, with `files` written over the
     copied ones, the tags `drop_tags` deleted and `set_tags` set afterwards."""
     uri, parents, experiment_id = store
-    client = MlflowClient(uri)
-    source = client.get_run(parents[1])
-    tags = {k: v for k, v in source.data.tags.items() if not k.startswith("mlflow.")}
-    run_id = client.create_run(experiment_id, tags=tags, run_name="clone").info.run_id
-    for key, value in source.data.params.items():
-        client.log_param(run_id, key, value)
-    for path in FILES:
-        _log_bytes(client, run_id, path, run_artifact_bytes(client, parents[1], path))
-    for path, content in (files or {}).items():
-        _log_bytes(client, run_id, path, content)
-    for tag in drop_tags:
-        client.delete_tag(run_id, tag)
-    for tag, value in (set_tags or {}).items():
-        client.set_tag(run_id, tag, value)
-    client.set_terminated(run_id, status)
-    return run_id
+    return clone_run(MlflowClient(uri), parents[1], experiment_id, FILES, files=files, drop_tags=drop_tags,
+                     set_tags=set_tags, status=status)
 
 
 def _rewritten(store, path: str) -> bytes:

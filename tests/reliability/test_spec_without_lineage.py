@@ -18,7 +18,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from conftest import BIN, run_artifact_bytes, run_cli_in_process, using_tracking_uri
+from conftest import BIN, run_artifact_bytes, run_cli_in_process, sqlite_store_with_parents, using_tracking_uri
 
 EXPERIMENT = "spec-without-lineage"
 SPEC_TAG = "ofexp.sha256.spec.json"
@@ -29,19 +29,12 @@ def store(tmp_path_factory):
     """Two fuse runs (naive) of two parents that were then deleted and garbage-collected."""
     import mlflow
 
-    from ofexp.data import DataConfig, load_dataset
-    from ofexp.pipeline import TrainConfig, run_train
     from ofexp.pipeline.fuse import FuseConfig, run_fuse
-    from ofexp.training import make_recipe
 
     root = tmp_path_factory.mktemp("no-lineage")
-    uri = f"sqlite:///{root}/mlflow.db"
+    uri, parents, splits, experiment_id = sqlite_store_with_parents(root, EXPERIMENT)
     with using_tracking_uri(uri):
-        experiment_id = mlflow.set_experiment(EXPERIMENT).experiment_id
-        splits = load_dataset(DataConfig())
-        base = TrainConfig(model="mlp", width=0.125, recipe=make_recipe(epochs=1), log_model=False, progress=False,
-                           device="cpu")
-        parents = tuple(run_train(replace(base, seed=s), splits) for s in (1, 2))
+        mlflow.set_experiment(EXPERIMENT)
         fuse = FuseConfig(parents=parents, methods=("naive",), device="cpu", log_model=False)
         fused = [run_fuse(replace(fuse, run_name=f"fused {i}"), splits)["naive"] for i in range(4)]
     client = MlflowClient(uri)

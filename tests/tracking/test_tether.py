@@ -12,11 +12,11 @@ import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from conftest import serves
 from ofexp.tracking.tether import group_alive, start_tethered
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -107,10 +107,10 @@ def test_a_sigkilled_pytest_leaves_no_fixture_server(tmp_path):
         """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": _pythonpath()})
     try:
         uri, pgid = starter.stdout.readline().split()
-        assert _answers(uri)
+        assert serves(uri)
         starter.kill()
         starter.wait()
-        assert _wait_until(lambda: not _answers(uri), 10) < 5, f"{uri} still serves after its test process died"
+        assert _wait_until(lambda: not serves(uri), 10) < 5, f"{uri} still serves after its test process died"
         _wait_until(lambda: not group_alive(int(pgid)), 5)
     finally:
         starter.kill()
@@ -120,14 +120,6 @@ def test_a_sigkilled_pytest_leaves_no_fixture_server(tmp_path):
 
 def _pythonpath() -> str:
     return os.pathsep.join(p for p in (str(TESTS.parent), os.environ.get("PYTHONPATH")) if p)
-
-
-def _answers(uri: str) -> bool:
-    try:
-        urllib.request.urlopen(f"{uri}/health", timeout=2).close()
-        return True
-    except OSError:
-        return False
 
 
 def _kill(pgid: int) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, run_cli_in_process
+from conftest import free_port, run_cli_in_process, serves
 
 BIN = Path(sys.executable).parent
 
@@ -24,14 +24,6 @@ def _experiment_names(url: str) -> set[str]:
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:
         return {e["name"] for e in json.load(response)["experiments"]}
-
-
-def _serving(url: str) -> bool:
-    try:
-        urllib.request.urlopen(f"{url}/health", timeout=5).close()
-        return True
-    except OSError:
-        return False
 
 
 def _start_ui(root: Path, port: int) -> tuple[subprocess.Popen, Path]:
@@ -92,7 +84,7 @@ def test_ui_serves_the_store_ofexp_uses_once_it_says_so_quietly_and_stops_within
         seconds = _stop(process, signum)
         assert seconds < 2, f"ofexp ui took {seconds:.1f} s to stop"
         assert process.returncode == (128 + signal.SIGTERM if signum == signal.SIGTERM else 130), log.read_text()
-        assert not _serving(url), "the MLflow UI is still serving after ofexp ui was stopped"
+        assert not serves(url), "the MLflow UI is still serving after ofexp ui was stopped"
     finally:
         _kill_group(process)
         process.communicate()
@@ -112,7 +104,7 @@ def test_a_sigkilled_ui_takes_its_server_with_it(tmp_path):
         process.kill()
         process.wait()
         deadline = time.monotonic() + 5
-        while _serving(url):
+        while serves(url):
             assert time.monotonic() < deadline, "the MLflow UI still serves 5 s after ofexp ui was SIGKILLed"
             time.sleep(0.1)
     finally:
