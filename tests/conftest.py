@@ -170,6 +170,15 @@ def run_cli_in_process(args: list[str], uri: str, capsys) -> CliResult:
     return CliResult(code, out.out, out.err)
 
 
+def the_error_line(result: CliResult, code: int = 1) -> str:
+    """The one `error:` line of a command that failed with exit `code` and no traceback."""
+    assert result.returncode == code, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr[-2000:]
+    return lines[0]
+
+
 def run_cli(args: list[str], *, tracking_uri: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> CliResult:
     """Run `ofexp ARGS` in a fresh process against `tracking_uri`."""
     # One torch thread: on 2 shared cores, tiny models run several times faster so.

@@ -22,7 +22,8 @@ import torch
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from conftest import clone_run, log_artifact_bytes, run_artifact_bytes, run_cli_in_process, sqlite_store_with_parents
+from conftest import (clone_run, log_artifact_bytes, run_artifact_bytes, run_cli_in_process, sqlite_store_with_parents,
+                      the_error_line)
 
 EXPERIMENT = "recorded-integrity"
 
@@ -55,13 +56,10 @@ def _all_runs(store) -> dict[str, str]:
 def _refused(store, args: list[str], capsys) -> str:
     """The one error line of a command refused before any run exists."""
     before = _all_runs(store)
-    result = run_cli_in_process([*args, "--device", "cpu", "--experiment-name", EXPERIMENT], store[0], capsys)
-    assert result.returncode == 1, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr, result.stderr[-2000:]
-    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.stderr[-2000:]
+    args = [*args, "--device", "cpu", "--experiment-name", EXPERIMENT]
+    line = the_error_line(run_cli_in_process(args, store[0], capsys))
     assert _all_runs(store) == before, "a run was created or changed before the refusal"
-    return lines[0]
+    return line
 
 
 def test_logged_weights_carry_their_sha256(store):

@@ -20,7 +20,7 @@ import torch
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from conftest import clone_run, run_artifact_bytes, run_cli_in_process, sqlite_store_with_parents
+from conftest import clone_run, run_artifact_bytes, run_cli_in_process, sqlite_store_with_parents, the_error_line
 
 EXPERIMENT = "required-digests"
 FILES = ("spec.json", "weights/initial.pt", "weights/best.pt", "weights/final.pt", "checkpoint/last.pt")
@@ -71,13 +71,9 @@ def _run(store, args: list[str], capsys):
 def _refused(store, args: list[str], capsys) -> str:
     """The one error line of a command refused before any run exists or changes."""
     before = _all_runs(store)
-    result = _run(store, args, capsys)
-    assert result.returncode == 1, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr, result.stderr[-2000:]
-    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.stderr[-2000:]
+    line = the_error_line(_run(store, args, capsys))
     assert _all_runs(store) == before, "a run was created or changed before the refusal"
-    return lines[0]
+    return line
 
 
 def _fuse(store, run_id: str, *extra: str) -> list[str]:
