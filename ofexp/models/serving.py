@@ -6,6 +6,11 @@ and std are recorded only in the run that computed them), so the model ofexp log
 MLflow wraps the network in `RawImageNetwork`: it takes pixel values in [0, 1] at the
 data set's own size, resizes them as ofexp's loader does (bilinear) and normalises them
 inside. Given the same raw images, it predicts exactly what ofexp measured.
+
+It also refuses what it cannot read: non-finite values and values outside [0, 1] (8-bit
+pixels of 0-255, digits' raw 0-16) raise with a message that says what is expected. The
+checks are `torch._assert_async` ops, which `torch.export` keeps in the pt2 graph MLflow
+logs, so `mlflow models serve` answers such a request with HTTP 400 instead of logits.
 """
 from __future__ import annotations
 
@@ -18,6 +23,9 @@ from torch import Tensor, nn
 # The size of the images a data set is distributed at, which the loaders resize from. Image
 # folders hold images of any size: their served model takes them already at --image-size.
 RAW_IMAGE_SIZE = {"digits": 8, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
+# Slack on [0, 1]: pixels un-normalised from a loader's tensors (x * std + mean) land a few
+# float32 ulps outside it, and those are the images the network was measured on.
+PIXEL_SLACK = 1e-4
 
 
 class RawImageNetwork(nn.Module):
@@ -36,8 +44,14 @@ class RawImageNetwork(nn.Module):
         self.raw_size, self.input_size = raw_size, input_size
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))  # [1, C, 1, 1]
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))  # [1, C, 1, 1]
+        expected = f"float32 pixel values in [0, 1] of shape [n, {len(mean)}, {raw_size}, {raw_size}]"
+        self.non_finite_message = f"the input holds NaN or infinite values; this model takes {expected}"
+        self.out_of_range_message = (f"the input holds values outside [0, 1]; this model takes {expected} "
+                                     "(divide 8-bit pixels by 255)")
 
     def forward(self, x: Tensor) -> Tensor:  # [n, C, raw, raw] in [0, 1] -> [n, classes]
+        torch._assert_async(torch.isfinite(x).all(), self.non_finite_message)
+        torch._assert_async(((x >= -PIXEL_SLACK) & (x <= 1 + PIXEL_SLACK)).all(), self.out_of_range_message)
         if self.raw_size != self.input_size:
             # the loaders' resize: bilinear, antialiased only when shrinking
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
@@ -61,4 +75,4 @@ def raw_examples(model: RawImageNetwork, normalised: Tensor) -> Tensor:
     return x.clamp_(0.0, 1.0)
 
 
-__all__ = ["RAW_IMAGE_SIZE", "RawImageNetwork", "raw_examples", "raw_image_network"]
+__all__ = ["PIXEL_SLACK", "RAW_IMAGE_SIZE", "RawImageNetwork", "raw_examples", "raw_image_network"]

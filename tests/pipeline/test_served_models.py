@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import mlflow
@@ -111,34 +112,79 @@ def test_register_as_without_a_logged_model_is_refused_before_any_run(store, cap
     assert len(MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name(EXPERIMENT).experiment_id])) == before
 
 
-def test_mlflow_models_serve_answers_with_the_fused_models_predictions(store, fused, tmp_path):
+@pytest.fixture(scope="module")
+def served_fusion(store, fused, tmp_path_factory):
+    """`mlflow models serve` of the fused run's logged model: (address, loaded pyfunc model)."""
     uri, _, _ = store
     served, tags = _logged_model(uri, fused)
-    port = free_port()
+    port, logs = free_port(), tmp_path_factory.mktemp("serve")
     # mlflow models serve starts `uvicorn` by name: the venv's bin must be on PATH, as when it is activated
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1",
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    log = open(tmp_path / "serve.log", "wb")
+    log = open(logs / "serve.log", "wb")
     server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{tags['ofexp.logged_model_id']}",
                                "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
         while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert server.poll() is None, (logs / "serve.log").read_text()[-3000:]
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
                 break
             except OSError:
                 assert time.monotonic() < deadline, "mlflow models serve did not answer /ping in 180 s"
                 time.sleep(1)
-        raw = np.asarray(load_digits().data[:4], dtype=np.float32).reshape(-1, 1, 8, 8) / 16.0
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
-                                         data=json.dumps({"inputs": raw.tolist()}).encode(),
-                                         headers={"Content-Type": "application/json"})
-        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
-        assert np.allclose(np.asarray(answer["predictions"]), np.asarray(served.predict(raw)), atol=1e-5)
+        yield f"http://127.0.0.1:{port}", served
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=60)
         log.close()
+
+
+def _request(address: str, body: str) -> tuple[int, dict]:
+    """POST `body` to the served model: (HTTP status, the JSON answer)."""
+    request = urllib.request.Request(f"{address}/invocations", data=body.encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.loads(refused.read())
+
+
+def test_mlflow_models_serve_answers_with_the_fused_models_predictions(served_fusion):
+    address, served = served_fusion
+    raw = np.asarray(load_digits().data[:4], dtype=np.float32).reshape(-1, 1, 8, 8) / 16.0
+    status, answer = _request(address, json.dumps({"inputs": raw.tolist()}))
+    assert status == 200
+    assert np.allclose(np.asarray(answer["predictions"]), np.asarray(served.predict(raw)), atol=1e-5)
+
+
+RAW_DIGITS = np.asarray(load_digits().data[:2], dtype=np.float32).reshape(-1, 1, 8, 8)  # digits' own 0-16
+BAD_REQUESTS = {
+    # what a careless or hostile caller sends -> words the answer must hold
+    "nan": ('{"inputs": %s}' % json.dumps(np.full((1, 1, 8, 8), np.nan).tolist()), "NaN or infinite"),
+    "infinity": ('{"inputs": %s}' % json.dumps(np.full((1, 1, 8, 8), np.inf).tolist()), "NaN or infinite"),
+    "raw 0-16": (json.dumps({"inputs": RAW_DIGITS.tolist()}), "outside [0, 1]"),
+    "8-bit 0-255": (json.dumps({"inputs": (RAW_DIGITS * 255 / 16).tolist()}), "divide 8-bit pixels by 255"),
+    "negative": (json.dumps({"inputs": (-RAW_DIGITS / 16).tolist()}), "outside [0, 1]"),
+    "fashion-mnist size": (json.dumps({"inputs": np.zeros((1, 1, 28, 28)).tolist()}), "(-1, 1, 8, 8)"),
+    "flattened": (json.dumps({"inputs": np.zeros((1, 64)).tolist()}), "(-1, 1, 8, 8)"),
+    "nulls": (json.dumps({"inputs": [[[[None] * 8] * 8]]}), "NaN or infinite"),
+    "text": (json.dumps({"inputs": [[[["a"] * 8] * 8]]}), "could not convert string to float"),
+    "no inputs key": (json.dumps(RAW_DIGITS.tolist()), "inputs"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS)
+def test_a_served_model_refuses_input_it_cannot_read_with_http_400_saying_what_it_takes(served_fusion, case):
+    address, _ = served_fusion
+    body, expected = BAD_REQUESTS[case]
+    status, answer = _request(address, body)
+    assert status == 400, answer
+    # MLflow's scoring server puts its own words in "message" and, for an error raised by the
+    # network, the network's words on the last line of "stack_trace"
+    trace = (answer.get("stack_trace") or "").strip().splitlines()
+    said = f"{answer['message']} {trace[-1] if trace else ''}"
+    assert expected in said, said[-600:]
