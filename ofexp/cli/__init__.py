@@ -130,6 +130,10 @@ def cli(debug: bool, verbose: bool) -> None:
     # MLflow's SQL store logs each failed commit with its traceback before raising it; ofexp reports
     # the error itself in one line (a full disk names the store), so the traceback only shows with --debug
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.INFO if debug else logging.CRITICAL)
+    if not (debug or verbose):
+        from ofexp.cli.output import quiet_known_warnings
+
+        quiet_known_warnings()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,6 +14,7 @@ from ofexp.cli.options import (OPT_STR, SEED, data_options, experiment_option, l
                                parse_run_ids, pop_flag, pop_typed_options, recipe_options, register_option,
                                typed_options)
 from ofexp.cli.model_input_options import model_input_options, pop_model_input
+from ofexp.cli.output import echo_result
 from ofexp.data import DataConfig
 from ofexp.errors import ConfigError
 from ofexp.pipeline import EvalConfig, FuseConfig, TrainConfig, run_evaluate, run_fuse, run_train
@@ -60,17 +61,23 @@ def train(**kw) -> None:
     if resume_run and init_from:
         raise ConfigError("--resume and --init-from exclude each other; resume a run, or start a fine-tuning run")
     if resume_run:
-        click.echo(_resume_train(resume_run.strip(), kw))
+        _echo_run(_resume_train(resume_run.strip(), kw))
         return
     if init_from:
-        click.echo(_finetune_train(init_from.strip(), kw))
+        _echo_run(_finetune_train(init_from.strip(), kw))
         return
     experiment_id = use_experiment(kw.pop("experiment_name"))
     seed = kw.pop("seed")
     run_name, register_as = kw.pop("run_name"), kw.pop("register_as")
     cfg = replace(_train_config(kw, seed), run_name=run_name, register_as=register_as)
     _echo_stale_notice(cfg, experiment_id)
-    click.echo(run_train(cfg))
+    _echo_run(run_train(cfg))
+
+
+def _echo_run(run_id: str) -> None:
+    """The run's result on stderr, then its ID as the last line of stdout."""
+    echo_result(run_id)
+    click.echo(run_id)
 
 
 @click.command()
@@ -94,7 +101,10 @@ def fuse(parents: str, device: str, allow_unfinished: bool, experiment_name: str
                      register_as=register_as, log_model=pop_flag(kw, "log_model"), model_input=pop_model_input(kw),
                      **pop_typed_options(FusionOptions, kw))
     use_experiment(experiment_name)
-    for method, run_id in run_fuse(cfg).items():
+    made = run_fuse(cfg)
+    for run_id in made.values():
+        echo_result(run_id)
+    for method, run_id in made.items():
         click.echo(f"{method} {run_id}")
 
 
@@ -120,7 +130,7 @@ def evaluate(model_run: str, label: str | None, device: str, allow_unfinished: b
     cfg = EvalConfig(model_run=model_run.strip(), device=device, label=label, allow_unfinished=allow_unfinished,
                      model_input=pop_model_input(kw), **pop_typed_options(EvaluateOptions, kw))
     use_experiment(experiment_name)
-    click.echo(run_evaluate(cfg))
+    _echo_run(run_evaluate(cfg))
 
 
 # `ofexp study` lives in ofexp/cli/study_commands.py.

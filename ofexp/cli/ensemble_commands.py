@@ -5,6 +5,7 @@ import click
 
 from ofexp.cli.options import (OPT_STR, experiment_option, log_model_option, parse_run_ids, pop_flag,
                                register_option)
+from ofexp.cli.output import echo_result
 from ofexp.pipeline.views import use_experiment
 
 
@@ -30,4 +31,6 @@ def ensemble(parents: str, run_name: str | None, device: str, allow_unfinished: 
     cfg = EnsembleConfig(parents=parse_run_ids(parents), device=device, run_name=run_name, allow_unfinished=allow_unfinished,
                          log_model=pop_flag(kw, "log_model"), register_as=register_as)
     use_experiment(experiment_name)
-    click.echo(run_ensemble(cfg))
+    run_id = run_ensemble(cfg)
+    echo_result(run_id)
+    click.echo(run_id)

@@ -231,7 +231,8 @@ def recipe_options(f: Callable) -> Callable:
 
 
 def register_option(f: Callable) -> Callable:
-    return click.option("--register-as", type=OPT_STR, default=None, metavar="NAME",
+    # a plain string: an empty name is refused (OPT_STR would read it as "not given")
+    return click.option("--register-as", type=click.STRING, default=None, metavar="NAME",
                         help="Register the logged MLflow model in the Model Registry as a new version of NAME, "
                              "with the run and its parent runs on the version.")(f)
 

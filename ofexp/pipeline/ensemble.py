@@ -13,11 +13,12 @@ from tqdm import tqdm
 from ofexp import tracking
 from ofexp.data import DataSplits, load_dataset
 from ofexp.errors import ConfigError, IncompatibleModelsError
-from ofexp.metrics import TEST_ACCURACY_KEY, TEST_LOSS_KEY
+from ofexp.metrics import TEST_ACCURACY_KEY
 from ofexp.models.ensemble import COMBINE, Ensemble, EnsembleSpec
 from ofexp.pipeline.fuse import _data_key
 from ofexp.pipeline.report import step_run_name
-from ofexp.pipeline.serving import check_register_as, log_served_model
+from ofexp.pipeline.serving import (check_register_as, check_registration, log_served_model, log_test_metrics,
+                                    served_input_shape)
 from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, ENSEMBLE_STAGE, ModelRun, describe_unfinished,
                                       unfinished_inputs, unfinished_tags)
 from ofexp.tracking.names import parent_tag
@@ -75,6 +76,7 @@ def run_ensemble(cfg: EnsembleConfig, splits: DataSplits | None = None) -> str:
     model = Ensemble([m.model for m in members], spec).eval()
     data = members[0].data
     splits = splits if splits is not None else load_dataset(data)
+    check_registration(cfg.register_as, served_input_shape(splits))
     tags = {tracking.TAG_PARENTS: ",".join(cfg.parents),
             **{parent_tag(i): rid for i, rid in enumerate(cfg.parents, start=1)},
             **unfinished_tags(unfinished)}
@@ -82,15 +84,17 @@ def run_ensemble(cfg: EnsembleConfig, splits: DataSplits | None = None) -> str:
     with tracking.stage_run(ENSEMBLE_STAGE, run_name=name, params=cfg.params(), tags=tags) as run:
         tracking.log_spec(spec, data, parents=cfg.parents)
         tracking.log_state_dict(model.state_dict(), ENSEMBLE_WEIGHTS)
+        model_id = None
         if cfg.log_model:
-            log_served_model(model, splits, stage=ENSEMBLE_STAGE, parents=cfg.parents, register_as=cfg.register_as)
+            model_id = log_served_model(model, splits, stage=ENSEMBLE_STAGE, parents=cfg.parents,
+                                        register_as=cfg.register_as)
         model.to(device)  # the members are its submodules: they move too
         with float32_kernels():  # IEEE float32 on CUDA too, as ofexp trains and measures
             test = evaluate(model, splits.test_x, splits.test_y, device=device)
             member_acc = [evaluate(m.model, splits.test_x, splits.test_y, device=device)["accuracy"]
                           for m in members]
-        tracking.log_metrics({TEST_ACCURACY_KEY: test["accuracy"], TEST_LOSS_KEY: test["loss"],
-                              **{f"{TEST_ACCURACY_KEY}/member_{i}": a for i, a in enumerate(member_acc, start=1)}})
+        log_test_metrics(test, model_id)
+        tracking.log_metrics({f"{TEST_ACCURACY_KEY}/member_{i}": a for i, a in enumerate(member_acc, start=1)})
         lines = [f"Prediction ensemble (mean of softmax outputs) of {len(members)} runs:"]
         lines += [f"- member {i}: run {rid} (test accuracy {a:.4f})"
                   for i, (rid, a) in enumerate(zip(cfg.parents, member_acc), start=1)]

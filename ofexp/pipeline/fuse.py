@@ -17,14 +17,15 @@ from ofexp.errors import ConfigError, IncompatibleModelsError
 from ofexp.fusion import alignment_diagnostics, recompute_batchnorm_stats, repair_statistics
 from ofexp.fusion.naive import parent_specs
 from ofexp.fusion.interpolation import InterpolationCurve, fusion_curves, plot_curves
-from ofexp.metrics import ACCURACY_TO_PARENTS_KEY, TEST_ACCURACY_KEY, TEST_LOSS_KEY, test_accuracy_of
+from ofexp.metrics import ACCURACY_TO_PARENTS_KEY, test_accuracy_of
 from ofexp.data.model_input import ModelInput
 from ofexp.models import ModelSpec
 from ofexp.models.foreign import has_batchnorm
 from ofexp.pipeline.foreign import ForeignParents, load_foreign_parents, split_refs
 from ofexp.pipeline.fusion_methods import FUSION_METHODS, METHODS, activation_inputs, fixed_sample
 from ofexp.pipeline.options import FusionOptions
-from ofexp.pipeline.serving import check_register_as, log_foreign_model, log_served_model
+from ofexp.pipeline.serving import (check_register_as, check_registration, log_foreign_model, log_served_model,
+                                    log_test_metrics, served_input_shape)
 from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, describe_unfinished,
                                       unfinished_inputs, unfinished_tags)
 from ofexp.tracking.integrity import check_finite
@@ -102,6 +103,8 @@ def run_fuse(cfg: FuseConfig, splits: DataSplits | None = None) -> dict[str, str
         # Refuse incompatible parents before any run exists, rather than leave FAILED runs behind.
         parent_specs(parents.models, allow_width=_aligns(cfg, all))  # averaging alone needs equal widths
         splits = splits if splits is not None else load_dataset(parents.data)
+    check_registration(cfg.register_as, parents.foreign.example.shape[1:] if parents.foreign
+                       else served_input_shape(splits))
     return {method: _fuse_one(cfg, method, parents, splits, device) for method in cfg.methods}
 
 
@@ -171,17 +174,19 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
         used = {**({"activation_samples_used": len(inputs)} if inputs is not None else {}),
                 **({"curve_samples_used": min(cfg.curve_samples, len(splits.test_x))} if curves else {})}
         tracking.log_state_dict(fused.state_dict(), "weights/fused.pt")
+        model_id = None
         if parents.foreign:
-            log_foreign_model(fused, parents.foreign, cfg)
+            model_id = log_foreign_model(fused, parents.foreign, cfg)
         else:
             tracking.log_spec(fused.spec, parents.data)
             if cfg.log_model:
-                log_served_model(fused, splits, stage="fuse", parents=cfg.parents, register_as=cfg.register_as)
+                model_id = log_served_model(fused, splits, stage="fuse", parents=cfg.parents,
+                                            register_as=cfg.register_as)
         if plans:
             tracking.log_tensors(_plans_by_parent(plans, len(cfg.parents), cfg.target), "alignment/plans.pt")
+        log_test_metrics(test, model_id)
         tracking.log_metrics({
-            TEST_ACCURACY_KEY: test["accuracy"], TEST_LOSS_KEY: test["loss"], "fusion_seconds": seconds,
-            **_accuracy_to_parents(test["accuracy"], parents.accuracies),
+            "fusion_seconds": seconds, **_accuracy_to_parents(test["accuracy"], parents.accuracies),
             **{f"ot_cost/{group}": cost for group, cost in costs.items()},
             **({f"group_seconds/{g}": s for g, s in result.group_seconds.items()} if result else {}),
             **{f"{name}/{g}": value for g, values in diagnostics.items() for name, value in values.items()},

@@ -7,8 +7,9 @@ from torch import nn
 from ofexp import tracking
 from ofexp.data import DataSplits
 from ofexp.errors import ConfigError
-from ofexp.models.serving import raw_examples, raw_image_network
-from ofexp.tracking.model_registry import register_logged_model
+from ofexp.metrics import TEST_ACCURACY_KEY, TEST_LOSS_KEY
+from ofexp.models.serving import RAW_IMAGE_SIZE, raw_examples, raw_image_network
+from ofexp.tracking.model_registry import check_model_name, check_registered_shape, register_logged_model
 from ofexp.tracking.names import TAG_RUN_ID, TAG_STAGE
 
 
@@ -16,10 +17,23 @@ def check_register_as(register_as: str | None, log_model: bool) -> None:
     """ConfigError for a registration that cannot happen: no model logged, or an empty name."""
     if register_as is None:
         return
-    if not register_as.strip():
-        raise ConfigError("--register-as needs a model name, e.g. --register-as fmnist-vgg11-fused")
+    check_model_name(register_as)
     if not log_model:
         raise ConfigError("--register-as registers the logged MLflow model: drop --no-log-model")
+
+
+def served_input_shape(splits: DataSplits) -> list[int]:
+    """[C, H, W] of the raw images the model logged for `splits` takes (`log_served_model`)."""
+    info = splits.info
+    size = RAW_IMAGE_SIZE.get(info.name, info.input_size)
+    return [info.in_channels, size, size]
+
+
+def check_registration(register_as: str | None, shape) -> None:
+    """Before any run: ConfigError when `register_as` already names models of another input shape
+    ([C, H, W]), so that one registered name never serves two input formats."""
+    if register_as:
+        check_registered_shape(register_as, list(shape))
 
 
 def log_foreign_model(network: nn.Module, parents, cfg) -> str | None:
@@ -40,7 +54,7 @@ def log_foreign_model(network: nn.Module, parents, cfg) -> str | None:
         shape = ", ".join(map(str, parents.example.shape[1:]))
         register_logged_model(model_id, cfg.register_as, lineage,
                               f"The model of ofexp fuse run {run_id}, made from {', '.join(cfg.parents)}. "
-                                          f"It takes inputs of shape [n, {shape}] like its parents.")
+                                          f"It takes inputs of shape `[n, {shape}]` like its parents.")
     return model_id
 
 
@@ -59,9 +73,15 @@ def log_served_model(network: nn.Module, splits: DataSplits, *, stage: str, pare
                    **({tracking.TAG_PARENTS: ",".join(parents)} if parents else {})}
         register_logged_model(model_id, register_as, lineage,
                               f"The model of ofexp {stage} run {run_id}{made_from}. It takes pixel values in "
-                              f"[0, 1] of shape [n, {info.in_channels}, {served.raw_size}, {served.raw_size}] "
+                              f"[0, 1] of shape `[n, {info.in_channels}, {served.raw_size}, {served.raw_size}]` "
                               f"({info.name}) and returns logits for {info.num_classes} classes.")
     return model_id
 
 
-__all__ = ["check_register_as", "log_foreign_model", "log_served_model"]
+def log_test_metrics(test: dict, model_id: str | None) -> None:
+    """The model's own metrics, test accuracy and loss, on the run and (when one was logged) on its
+    logged model, which is what MLflow's logged-model page and the registry show for it."""
+    tracking.log_metrics({TEST_ACCURACY_KEY: test["accuracy"], TEST_LOSS_KEY: test["loss"]}, model_id=model_id)
+
+
+__all__ = ["check_register_as", "check_registration", "served_input_shape", "log_foreign_model", "log_served_model", "log_test_metrics"]

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Mapping
 from ofexp import tracking
 from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.errors import ArtifactError, ConfigError, OfexpError, RunLookupError
-from ofexp.metrics import TEST_ACCURACY_KEY, TEST_LOSS_KEY
 from ofexp.models import (ModelSpec, build_model, check_forward, init_weights, is_foreign, kwargs_json,
                           normalise_kwargs, parse_kwargs, trust_factory)
-from ofexp.pipeline.serving import check_register_as, log_served_model
+from ofexp.pipeline.serving import (check_register_as, check_registration, log_served_model, log_test_metrics,
+                                    served_input_shape)
 from ofexp.tracking import names, running, runs
 from ofexp.tracking.artifacts import CHECKPOINT_FILE, SPEC_FILE, has_artifact, load_state_checked
 from ofexp.tracking.async_log import EpochLogger
@@ -101,6 +101,7 @@ def run_train(cfg: TrainConfig, splits: DataSplits | None = None) -> str:
     device = resolve_device(cfg.device)
     trust_factory(cfg.model)  # the caller named this model: a factory it names may be imported
     splits = splits if splits is not None else load_dataset(cfg.data)
+    check_registration(cfg.register_as, served_input_shape(splits))
     spec = model_spec_for(cfg, splits)
     if spec.foreign:
         check_forward(spec)  # a foreign network's input size limits are its own: refused before the run
@@ -148,12 +149,11 @@ def _fit_and_log(cfg: TrainConfig, model, splits: DataSplits, device, resume: di
     tracking.log_state_dict(model.state_dict(), "weights/final.pt")
     with cfg.speed.numerics():  # the test set under the numerics the network trained with
         test = evaluate(model, splits.test_x, splits.test_y, device=device)
-    tracking.log_metrics({
-        TEST_ACCURACY_KEY: test["accuracy"], TEST_LOSS_KEY: test["loss"],
-        "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
-    })
+    tracking.log_metrics({"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss})
+    model_id = None
     if cfg.log_model:
-        log_served_model(model, splits, stage="train", parents=parents, register_as=cfg.register_as)
+        model_id = log_served_model(model, splits, stage="train", parents=parents, register_as=cfg.register_as)
+    log_test_metrics(test, model_id)
     tracking.set_description(f"{_description(cfg)} Test accuracy {test['accuracy']:.4f}.")
 
 

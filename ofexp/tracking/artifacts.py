@@ -10,6 +10,7 @@ import json
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -317,6 +318,29 @@ def _load_tensor_file(run: Run, artifact_path: str) -> dict:
 PREDICTION_DEVICE = "MLFLOW_DEFAULT_PREDICTION_DEVICE"  # where MLflow's pyfunc loads a PyTorch model
 
 
+# The step a run's logged model is its output at. MLflow copies every run metric logged at that
+# step onto the model, and attaches later ones too, so at its default (0) a fuse run's model
+# listed the first point of each interpolation curve and its timings. No metric uses step -1:
+# the model carries only what the stage logs with its model ID (its test accuracy and loss).
+MODEL_OUTPUT_STEP = -1
+
+
+@contextmanager
+def keeping_active_model():
+    """Leave MLflow's active model as it was. Loading a model (log_model loads it to check the
+    input example; so does mlflow.pytorch.load_model) makes it the thread's active model, and
+    every metric logged afterwards without a model ID was attached to it: a logged model page
+    listed the first point of each interpolation curve, and a URI parent got the fuse run's metrics."""
+    before = mlflow.get_active_model_id()
+    try:
+        yield
+    finally:
+        if mlflow.get_active_model_id() != before:
+            mlflow.clear_active_model()
+            if before is not None:
+                mlflow.set_active_model(model_id=before)
+
+
 def log_mlflow_model(model: nn.Module, input_example: torch.Tensor, *, signature=None, pt2: bool = True) -> str:
     """Log the network as an MLflow model, in the pickle-free pt2 format unless `pt2` is off
     (a foreign model's parents were pickled), with `signature` when given (else inferred from
@@ -334,10 +358,12 @@ def log_mlflow_model(model: nn.Module, input_example: torch.Tensor, *, signature
     chosen = os.environ.get(PREDICTION_DEVICE)
     os.environ[PREDICTION_DEVICE] = chosen or "cpu"
     try:
-        info = mlflow.pytorch.log_model(
-            model.eval(), name="model", input_example=input_example.cpu().numpy(), signature=signature,
-            pip_requirements=requirements, serialization_format="pt2" if pt2 else "pickle",
-        )
+        with keeping_active_model():
+            info = mlflow.pytorch.log_model(
+                model.eval(), name="model", input_example=input_example.cpu().numpy(), signature=signature,
+                pip_requirements=requirements, serialization_format="pt2" if pt2 else "pickle",
+                step=MODEL_OUTPUT_STEP,
+            )
     finally:
         if chosen is None:
             os.environ.pop(PREDICTION_DEVICE, None)

@@ -21,6 +21,7 @@ from torch import nn
 
 from ofexp.errors import ArtifactError, ConfigError, RunLookupError
 from ofexp.fusion.modularize import is_exported_graph, modules_from_graph
+from ofexp.tracking.artifacts import keeping_active_model
 from ofexp.tracking.integrity import check_finite
 from ofexp.tracking.runs import tracking_uri
 
@@ -80,7 +81,8 @@ def fetch_logged_model(uri: str) -> LoggedModel:
         raise ArtifactError(f"the model at {uri} has {flavors} flavour, not pytorch; ofexp fuses and measures "
                             "models logged with mlflow.pytorch.log_model")
     try:
-        loaded = mlflow.pytorch.load_model(uri, map_location="cpu")
+        with keeping_active_model():
+            loaded = mlflow.pytorch.load_model(uri, map_location="cpu")
     except Exception as exc:  # unpickling and torch.export raise many types
         raise ArtifactError(f"cannot load the PyTorch model at {uri}: {type(exc).__name__}: {_first_line(exc)}; "
                             "load it with mlflow.pytorch.load_model on this machine to see why") from None

@@ -88,8 +88,23 @@ def test_the_registered_version_carries_the_fusions_lineage(store, fused):
     assert version.tags["ofexp.run_id"] == fused and version.tags["ofexp.stage"] == "fuse"
     assert version.tags["ofexp.parent_run_ids"] == ",".join(parents)
     assert fused in version.description and all(p in version.description for p in parents)
-    assert "[n, 1, 8, 8]" in version.description
+    # in a code span: Markdown shows "[n, 1, 8, 8] (digits)" as written, not as a link named "n, 1, 8, 8"
+    assert "`[n, 1, 8, 8]` (digits)" in version.description
     assert client.get_run(fused).data.tags["ofexp.registered_model"] == f"digits-fused/{version.version}"
+    # the version names its logged model: MLflow's SQL store drops a version's model_id, so a tag carries it
+    model_id = client.get_run(fused).data.tags["ofexp.logged_model_id"]
+    assert version.tags["ofexp.logged_model_id"] == model_id and version.source == f"models:/{model_id}"
+
+
+def test_a_logged_model_shows_its_own_test_accuracy_and_loss_and_nothing_else(store, fused):
+    uri, _, _ = store
+    client = MlflowClient(uri)
+    run = client.get_run(fused)
+    logged = client.get_logged_model(run.data.tags["ofexp.logged_model_id"])
+    shown = {m.key: m.value for m in logged.metrics or []}
+    # not the first point of each interpolation curve, which the fuse run logs after its model
+    assert shown == {"prediction/accuracy": run.data.metrics["prediction/accuracy"],
+                     "prediction/test_loss": run.data.metrics["prediction/test_loss"]}
 
 
 def test_an_ensemble_run_logs_a_model_of_raw_images_too(store, capsys):
@@ -100,6 +115,52 @@ def test_an_ensemble_run_logs_a_model_of_raw_images_too(store, capsys):
     served, _ = _logged_model(uri, result.last_line)
     raw = torch.tensor(load_digits().data[:5], dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
     assert np.asarray(served.predict(raw.numpy())).shape == (5, 10)
+
+
+def _runs_in(uri: str) -> int:
+    client = MlflowClient(uri)
+    return len(client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id]))
+
+
+TRAIN_DIGITS = ["train", "--model", "mlp", "--width", "0.125", "--epochs", "1", "--device", "cpu",
+                "--experiment-name", EXPERIMENT]
+BAD_NAMES = {  # --register-as value -> what the one line must say
+    "": "error: --register-as needs a model name",
+    "   ": "error: --register-as needs a model name",
+    "team/model": "cannot contain '/' or ':'; e.g. --register-as team-model",
+    "models:/x": "cannot contain '/' or ':'",
+    "..": "'.' and '..' are not model names",
+    "two\nlines": "no control characters",
+    "x" * 300: "MLflow keeps at most 256",
+}
+
+
+@pytest.mark.parametrize("name", BAD_NAMES, ids=["empty", "blank", "slash", "uri", "dotdot", "newline", "long"])
+@pytest.mark.parametrize("command", ["train", "fuse"])
+def test_a_name_mlflow_would_refuse_is_refused_before_any_run(store, capsys, name, command):
+    uri, parents, _ = store
+    before = _runs_in(uri)
+    args = TRAIN_DIGITS if command == "train" else ["fuse", "--parents", ",".join(parents), "--method", "naive",
+                                                     "--experiment-name", EXPERIMENT]
+    result = run_cli_in_process([*args, "--register-as", name], uri, capsys)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and BAD_NAMES[name] in error[0], result.stderr[-800:]
+    assert _runs_in(uri) == before, "no run, so nothing trained"
+
+
+def test_registering_another_input_shape_under_a_used_name_is_refused_before_training(store, fused, capsys):
+    uri, _, _ = store
+    before = _runs_in(uri)
+    # digits-fused's version 1 takes [n, 1, 8, 8]; a Fashion-MNIST network takes [n, 1, 28, 28]
+    result = run_cli_in_process([*TRAIN_DIGITS, "--dataset", "fashion-mnist", "--register-as", "digits-fused"],
+                                uri, capsys)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert ("error: --register-as 'digits-fused': version 1 of that model takes inputs of shape [n, 1, 8, 8], "
+            "this model takes [n, 1, 28, 28]; register it under another name, e.g. --register-as "
+            "digits-fused-28x28") in result.stderr, result.stderr[-800:]
+    assert _runs_in(uri) == before
+    assert len(MlflowClient(uri).search_model_versions("name = 'digits-fused'")) == 1
 
 
 def test_register_as_without_a_logged_model_is_refused_before_any_run(store, capsys):
