@@ -142,16 +142,16 @@ def parse_run_ids(texts: str | tuple[str, ...]) -> tuple[str, ...]:
 def data_options(f: Callable) -> Callable:
     options = [
         click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True,
-                     help="Data set; digits ships with scikit-learn, fashion_mnist with Debian's "
+                     help="Data set; digits ships with scikit-learn, fashion-mnist with Debian's "
                           "dataset-fashion-mnist, cifar10/100 download to --data-dir."),
         click.option("--data-dir", type=OPT_STR, default=None,
-                     help="Folder of the data (cifar, fashion_mnist: default ./data; imagefolder: required)."),
+                     help="Folder of the data (cifar, fashion-mnist: default ./data; imagefolder: required)."),
         click.option("--val-fraction", type=click.FLOAT, default=0.1, show_default=True,
                      help="Share of the training data held out to pick the best checkpoint."),
         click.option("--split-seed", type=SEED, default=0, show_default=True,
                      help="Seed of the train/validation split (shared by all parents)."),
         click.option("--image-size", type=click.INT, default=32, show_default=True,
-                     help="Side length that digits, fashion_mnist and imagefolder images are resized to."),
+                     help="Side length that digits, fashion-mnist and imagefolder images are resized to."),
         flag("download", "Download CIFAR or Fashion-MNIST when it is missing.", default=True),
     ]
     for option in reversed(options):
