@@ -20,6 +20,7 @@ from ofexp.errors import ConfigError
 from ofexp.metrics import (MEASURES, Measure, MeasureContext, SearchResult,
                            resolve_measures)
 from ofexp.metrics.context import search_budget
+from ofexp.pipeline.phases import Phases
 from ofexp.pipeline.options import EvaluateOptions
 from ofexp.pipeline.report import RESULTS_COLUMNS, report_files
 from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, ENSEMBLE_STAGE, describe_unfinished,
@@ -120,9 +121,11 @@ def run_evaluate(cfg: EvalConfig, splits: DataSplits | None = None) -> str:
     no_theta, model_id = measured.no_theta, measured.model_id
     # The label names the model in a study (parent_1_seed2), where several models share a run name.
     with tracking.stage_run("evaluate", run_name=cfg.run_name or f"evaluate {label}", params=params,
-                            tags=tags, description=description) as run:
+                            tags=tags, description=description) as run, \
+            Phases(f"evaluate {label}", list(names), enabled=cfg.progress) as phases:
         rows, warned, logged_searches = [], [], set()
         for name in names:
+            phases.enter(name)
             measure = MEASURES[name]
             if no_theta and measure.csv_space == "parameter_space":
                 tracking.set_tags(dict([warning_tag(name, ENSEMBLE_SKIP_NOTE)]))

@@ -24,6 +24,7 @@ from ofexp.models.foreign import has_batchnorm
 from ofexp.pipeline.foreign import ForeignParents, load_foreign_parents, split_refs
 from ofexp.pipeline.fusion_methods import FUSION_METHODS, METHODS, activation_inputs, fixed_sample
 from ofexp.pipeline.options import FusionOptions
+from ofexp.pipeline.phases import Phases
 from ofexp.pipeline.serving import (check_register_as, check_registration, log_foreign_model, log_served_model,
                                     log_test_metrics, served_input_shape)
 from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, describe_unfinished,
@@ -147,9 +148,12 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
     name = cfg.run_name or " ".join(("fuse", method, parents.arch, parents.data.name))
     structure = parents.foreign.alignment if parents.foreign else None  # a traced model's layer groups
     # under `mlflow run`, two methods make two runs: both children of the one `mlflow run` made
+    # (a method that aligns nothing draws no curves: its line skips that phase)
+    phase_names = ["fusing", "testing", *(["interpolation curves"] if cfg.interpolation else []), "logging"]
     with tracking.stage_run("fuse", run_name=name, params=cfg.params(method), tags=tags,
-                            adopt_launcher=len(cfg.methods) == 1) as run:
+                            adopt_launcher=len(cfg.methods) == 1) as run, Phases(name, phase_names) as phases:
         start = time.perf_counter()
+        phases.enter(phase_names[0])
         made = FUSION_METHODS[method].fuse(cfg, parents.models, splits, structure)
         seconds = time.perf_counter() - start
         fused, result, inputs = made.model, made.alignment, made.inputs
@@ -166,13 +170,17 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
         check_finite(fused.state_dict(), f"the {method} fusion of {', '.join(cfg.parents)}",
                      "check the parents and the fusion options (e.g. --solver exact, without --repair)")
         # fusion (POT), its curves and its logged weights stay on the CPU; --device is where it is tested
+        phases.enter("testing")
         with float32_kernels():  # IEEE float32 on CUDA too, as ofexp trains and measures
             test = evaluate(fused.to(device), splits.test_x, splits.test_y, device=device)
         fused.cpu()
+        if result and cfg.interpolation:
+            phases.enter("interpolation curves")
         curves = _log_interpolation(cfg, parents, result, splits) if result and cfg.interpolation else {}
         # what was used, beside the params that say what was asked (a param is part of the cache key)
         used = {**({"activation_samples_used": len(inputs)} if inputs is not None else {}),
                 **({"curve_samples_used": min(cfg.curve_samples, len(splits.test_x))} if curves else {})}
+        phases.enter("logging")
         tracking.log_state_dict(fused.state_dict(), "weights/fused.pt")
         model_id = None
         if parents.foreign:

@@ -32,7 +32,8 @@ def _accuracy(uri: str, run_id: str) -> float:
 
 def _result(stderr: str, run_id: str) -> str:
     """The result line naming `run_id`: exactly one."""
-    lines = [line for line in stderr.splitlines() if f" run {run_id}" in line]
+    # a progress line ends with "\r" (cleared in place), so a terminal's lines split on it too
+    lines = [line for line in re.split(r"[\r\n]", stderr) if f" run {run_id}" in line]
     assert len(lines) == 1, stderr[-1500:]
     return lines[0]
 
