@@ -22,7 +22,7 @@ class Phases:
         self.names = names
         self.shown = False
         self.bar = tqdm(total=len(names), desc=what, file=sys.stderr, delay=SHOW_AFTER_S, disable=not enabled,
-                        leave=False, bar_format="{desc}: {n_fmt}/{total_fmt}{postfix} [{elapsed}]")
+                        leave=True, bar_format="{desc}: {n_fmt}/{total_fmt}{postfix} [{elapsed}]")
         self._timer = threading.Timer(SHOW_AFTER_S, self._show)
         self._timer.daemon = True
         if enabled:
@@ -31,6 +31,8 @@ class Phases:
     def _show(self) -> None:
         self.shown = True
         self.bar.refresh()
+        # refresh() does not record a display, and close() ends only a bar it knows was displayed
+        self.bar.last_print_t = self.bar._time()
 
     def enter(self, name: str) -> None:
         """Phase `name` starts: the ones before it are done."""
@@ -41,7 +43,13 @@ class Phases:
         return self
 
     def __exit__(self, *exc) -> None:
+        # a line that was shown stays, ended by a newline, so what follows starts a line of its own
+        # (cleared in place, it ran into the result line wherever stderr is not a terminal);
+        # one never shown (work under SHOW_AFTER_S) prints nothing
         self._timer.cancel()
+        if self.shown and exc[0] is None:
+            self.bar.n = self.bar.total
+            self.bar.set_postfix_str("done", refresh=False)
         self.bar.close()
 
 

@@ -15,7 +15,10 @@ def test_a_long_phase_is_shown_while_it_runs(capsys):
         shown_during = capsys.readouterr().err
         phases.enter("testing")
     assert "fuse geometric mlp digits: 0/3, aligning" in shown_during
-    assert "1/3, testing" in capsys.readouterr().err
+    after = capsys.readouterr().err
+    assert "1/3, testing" in after
+    # the line stays, done, and ends with a newline: the command's result line starts its own
+    assert after.rstrip().endswith("3/3, done [00:02]") and after.endswith("\n"), repr(after)
 
 
 def test_quick_work_shows_nothing(capsys):
