@@ -14,7 +14,8 @@ from ofexp.tracking.names import TAG_RUN_ID, TAG_STAGE
 
 
 def check_register_as(register_as: str | None, log_model: bool) -> None:
-    """ConfigError for a registration that cannot happen: no model logged, or an empty name."""
+    """ConfigError, before anything runs, for a registration that cannot happen: a name MLflow would
+    refuse (`tracking.model_registry.check_model_name`), or no model logged."""
     if register_as is None:
         return
     check_model_name(register_as)
