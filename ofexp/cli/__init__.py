@@ -121,7 +121,8 @@ def refuse_repeated_options(command: click.Command, args: list[str]) -> None:
                                "token_normalize_func": _underscores_as_dashes})
 @click.version_option(__version__, prog_name="ofexp")
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors (and MLflow's INFO lines).")
-@click.option("--verbose", "-v", is_flag=True, help="Show MLflow's INFO lines (database set-up, new experiments).")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Show MLflow's INFO lines (database set-up, new experiments) and its known warnings.")
 def cli(debug: bool, verbose: bool) -> None:
     """Model-fusion experiments as MLflow runs: train -> fuse -> evaluate."""
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, stream=sys.stderr)

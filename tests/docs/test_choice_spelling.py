@@ -18,11 +18,11 @@ PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 def _choices() -> dict[str, set[str]]:
     """{--option: the choices `--help` shows} over every command."""
     found: dict[str, set[str]] = {}
-    for command in cli.commands.values():
-        for param in command.params:
+    for name in cli.list_commands(None):  # commands load lazily: ask the group for each
+        for param in cli.get_command(None, name).params:
             if isinstance(param.type, click.Choice):
-                for name in param.opts:
-                    found.setdefault(name, set()).update(c.replace("_", "-") for c in param.type.choices)
+                for opt in param.opts:
+                    found.setdefault(opt, set()).update(c.replace("_", "-") for c in param.type.choices)
     return found
 
 
