@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
@@ -18,14 +19,47 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
+def step_kind(model_kind: str, stage: str) -> str:
+    """The kind of step the estimate times on its own: train, finetune, fuse naive, fuse
+    geometric, ensemble or evaluate. Their costs differ by orders of magnitude (a geometric
+    fusion solves transport problems a naive one skips; a fine-tune runs fewer epochs than a
+    parent), so one kind's time says nothing of another's."""
+    if stage == "evaluate":
+        return "evaluate"
+    if model_kind.endswith("_finetuned"):
+        return "finetune"
+    if stage == "fuse":
+        return f"fuse {model_kind.removesuffix('_fused')}"
+    return stage
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The time left as measured so far: `seconds` for the steps of kinds already timed, and
+    the count of steps still to come of each kind not timed yet (not guessed: unknown)."""
+
+    seconds: float
+    timed_steps: int
+    untimed: dict[str, int]
+
+    def text(self) -> str:
+        """`about 3 min 10 s left`, or a lower bound naming the kinds it leaves out."""
+        if not self.untimed:
+            return f"about {format_duration(self.seconds)} left"
+        kinds = ", ".join(self.untimed)
+        if self.timed_steps == 0:
+            return f"no estimate yet: {kinds} not timed yet"
+        return f"at least {format_duration(self.seconds)} left, {kinds} not timed yet"
+
+
 @dataclass
 class StudyProgress:
     """Counts a study's planned steps and prints one line to stderr as each starts.
 
-    `plan` lists every step's stage, in the order the study makes them. The
-    estimate of the time left charges each step still to come the mean time of the new
-    steps of its stage seen so far (a train step costs minutes, an evaluate step
-    seconds), or of all new steps while its stage has none yet; reused steps cost nothing.
+    `plan` lists every step's kind (`step_kind`), in the order the study makes them. The
+    time left charges each step still to come, the current one included, the mean time of
+    the new steps of its kind measured so far; a kind with none measured yet is named, not
+    guessed. Reused steps cost nothing and are not timed.
     """
 
     plan: list[str]
@@ -34,26 +68,40 @@ class StudyProgress:
     started: float = field(default_factory=time.perf_counter)
     _seconds: dict[str, list[float]] = field(default_factory=dict)
 
-    def estimate_left(self) -> float | None:
-        """Seconds the steps from the current one on should take; None before any new step finished."""
-        every = [s for times in self._seconds.values() for s in times]
-        if not every:
+    def estimate_left(self) -> Estimate | None:
+        """The time the steps from the current one on should take; None before any new step finished."""
+        if not self._seconds:
             return None
-        overall = sum(every) / len(every)
-        mean = {stage: sum(times) / len(times) for stage, times in self._seconds.items()}
-        return sum(mean.get(stage, overall) for stage in self.plan[self.done - 1:])
+        mean = {kind: sum(times) / len(times) for kind, times in self._seconds.items()}
+        to_come = self.plan[max(self.done - 1, 0):]
+        timed = [kind for kind in to_come if kind in mean]
+        untimed = Counter(kind for kind in to_come if kind not in mean)
+        return Estimate(sum(mean[kind] for kind in timed), len(timed), dict(untimed))
 
     def step_started(self, what: str) -> None:
         """Announce the next step (`what` names it) as step done+1 of the plan's."""
         self.done += 1
         if not self.enabled:
             return
-        left = self.estimate_left()
-        eta = f", about {format_duration(left)} left" if left is not None else ""
+        estimate = self.estimate_left()
+        eta = estimate.text() if estimate is not None else "no estimate yet: no step timed"
         elapsed = format_duration(time.perf_counter() - self.started)
         total = max(len(self.plan), self.done)
-        tqdm.write(f"study step {self.done}/{total}: {what} ({elapsed} so far{eta})", file=sys.stderr)
+        tqdm.write(f"study step {self.done}/{total}: {what} ({elapsed} so far, {eta})", file=sys.stderr)
 
-    def step_finished(self, stage: str, seconds: float, reused: bool) -> None:
+    def step_finished(self, kind: str, seconds: float, reused: bool) -> None:
+        """Record a step's time under its kind (`step_kind`); a reused step took no work."""
         if not reused:
-            self._seconds.setdefault(stage, []).append(seconds)
+            self._seconds.setdefault(kind, []).append(seconds)
+
+
+def replay_estimates(plan: list[str], seconds: list[float]) -> list[Estimate | None]:
+    """The estimate the progress line gives at each step of a study whose steps, of the
+    kinds in `plan`, took `seconds` (all new): to check the estimate against recorded times."""
+    progress = StudyProgress(plan, enabled=False)
+    estimates = []
+    for kind, took in zip(plan, seconds, strict=True):
+        progress.step_started(kind)
+        estimates.append(progress.estimate_left())
+        progress.step_finished(kind, took, reused=False)
+    return estimates

@@ -31,7 +31,7 @@ from ofexp.pipeline import plots
 from ofexp.pipeline.ensemble import study_ensemble_step
 from ofexp.pipeline.evaluate import EvalConfig, evaluate_params, run_evaluate
 from ofexp.pipeline.finetune import study_finetune_step
-from ofexp.pipeline.progress import StudyProgress
+from ofexp.pipeline.progress import StudyProgress, step_kind
 from ofexp.pipeline.fuse import FuseConfig, run_fuse
 from ofexp.pipeline.options import (METHODS, SEED_MAX, EvaluateOptions, FusionOptions, option_values,
                                    shown_seeds)
@@ -153,7 +153,7 @@ class SeedContext:
             self.progress.step_started(f"seed {self.seed} {kind} {stage}" + (" (reused)" if found else ""))
         run_id = found.info.run_id if found else start()
         if self.progress is not None:
-            self.progress.step_finished(stage, time.perf_counter() - began, found is not None)
+            self.progress.step_finished(step_kind(kind, stage), time.perf_counter() - began, found is not None)
         self.steps.append((self.seed, kind, stage, run_id, found is not None))
         return run_id
 
@@ -238,17 +238,22 @@ def data_loader(data: DataConfig) -> Callable[[], DataSplits]:
     return load
 
 
-def planned_stages(cfg: StudyConfig, seeds: tuple[int, ...]) -> list[str]:
-    """The stage of every step `run_seed` makes for `seeds`, in order (for the progress line)."""
+def planned_steps(cfg: StudyConfig, seeds: tuple[int, ...]) -> list[tuple[str, str]]:
+    """The (model kind, stage) of every step `run_seed` makes for `seeds`, in order."""
     methods = [m for m in METHODS if m in cfg.fusion.methods]
     kinds = ["parent_1", "parent_2"] + (["ensemble"] if cfg.finetune_epochs else [])
     kinds += [f"{m}_fused" for m in methods] + ([f"{m}_finetuned" for m in methods] if cfg.finetune_epochs else [])
-    return [stage for _ in seeds for stage in [_KIND_STAGES[k] for k in kinds] + ["evaluate"] * len(kinds)]
+    return [step for _ in seeds for step in [(k, _KIND_STAGES[k]) for k in kinds] + [(k, "evaluate") for k in kinds]]
+
+
+def planned_step_kinds(cfg: StudyConfig, seeds: tuple[int, ...]) -> list[str]:
+    """The progress line's plan: each step's kind (`step_kind`), timed on its own."""
+    return [step_kind(kind, stage) for kind, stage in planned_steps(cfg, seeds)]
 
 
 def planned_step_count(cfg: StudyConfig) -> int:
     """How many steps the study has (every seed has the same ones), without listing them."""
-    return len(planned_stages(cfg, tuple(cfg.seeds[:1]))) * len(cfg.seeds)
+    return len(planned_steps(cfg, tuple(cfg.seeds[:1]))) * len(cfg.seeds)
 
 
 def run_seed(cfg: StudyConfig, seed: int, load: Callable[[], DataSplits], experiment_id: str,
@@ -301,7 +306,7 @@ def run_study(cfg: StudyConfig) -> str:
         experiment_id = run.info.experiment_id
         if cfg.jobs == 1 or len(cfg.seeds) == 1:
             load = data_loader(tcfg.data)
-            progress = StudyProgress(planned_stages(cfg, cfg.seeds), enabled=tcfg.progress)
+            progress = StudyProgress(planned_step_kinds(cfg, cfg.seeds), enabled=tcfg.progress)
             rows = [row for seed in cfg.seeds for row in run_seed(cfg, seed, load, experiment_id, progress=progress)]
         else:
             rows = _run_seeds_in_parallel(cfg, run.info.run_id, experiment_id)
@@ -357,7 +362,7 @@ def _seed_worker(cfg: StudyConfig, seed: int, study_run_id: str, experiment_id: 
 
     torch.set_num_threads(threads)
     stop_on_termination_signals()  # the driver passes a SIGTERM on: end this seed's runs KILLED
-    progress = StudyProgress(planned_stages(cfg, (seed,)), enabled=cfg.train.progress)
+    progress = StudyProgress(planned_step_kinds(cfg, (seed,)), enabled=cfg.train.progress)
     with attached_to(study_run_id, uri):
         return run_seed(cfg, seed, data_loader(cfg.train.data), experiment_id, progress=progress)
 

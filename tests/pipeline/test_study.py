@@ -23,7 +23,7 @@ from scipy import stats
 
 from conftest import BIN, using_tracking_uri
 from ofexp.metrics import MEASURES
-from ofexp.pipeline.study import MODEL_KINDS, StudyConfig, parent_seed, planned_stages
+from ofexp.pipeline.study import MODEL_KINDS, StudyConfig, parent_seed, planned_steps
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +106,7 @@ def test_the_study_nests_every_step_and_chains_them_by_run_id(study, client):
             assert by_id[steps[(kind, seed, "evaluate")]].data.tags["ofexp.model_run_id"] == model_run
     assert study.data.metrics["steps/reused"] == 0 and study.data.metrics["steps/new"] == 16
     # the progress line's plan ("study step i/N") counts exactly the steps the study made
-    assert Counter(stage for _, _, stage in steps) == Counter(planned_stages(StudyConfig(), (1, 2)))
+    assert Counter((kind, stage) for kind, _, stage in steps) == Counter(planned_steps(StudyConfig(), (1, 2)))
 
 
 def test_results_csv_holds_exactly_the_logged_values_and_scipy_correlations(study, client, tmp_path):
