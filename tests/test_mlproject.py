@@ -171,3 +171,54 @@ def test_mlflow_run_bad_model_fails_cleanly(mlflow_server):
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
     (launcher,) = runs
     assert launcher.info.status == "FAILED"
+
+
+# --- `mlflow run` as a new user types it ----------------------------------------------------
+
+DOCS_STUDY = REPO / "docs" / "study.md"
+
+
+def _without_conda(env: dict) -> dict:
+    """`env` on a machine without conda: no conda on PATH, no MLFLOW_CONDA_HOME."""
+    path = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not (Path(p) / "conda").exists())
+    env = {**env, "PATH": f"{BIN}{os.pathsep}{path}"}
+    env.pop("MLFLOW_CONDA_HOME", None)
+    return env
+
+
+def test_every_mlflow_run_the_docs_show_works_without_conda_and_lands_in_ofexp():
+    """Pasted from the docs, an `mlflow run` needs no conda and logs where `ofexp ui` looks."""
+    shown = [line for line in DOCS_STUDY.read_text().splitlines() if line.startswith("mlflow run ")]
+    assert shown, "docs/study.md shows the mlflow run commands"
+    for line in shown:
+        assert "--env-manager local" in line and "--experiment-name ofexp" in line, line
+
+
+def test_mlflow_run_train_as_the_docs_show_it_logs_into_the_ofexp_experiment(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = _without_conda({**os.environ, "MLFLOW_TRACKING_URI": store, "OMP_NUM_THREADS": "1"})
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        env.pop(var, None)
+    proc = subprocess.run([str(BIN / "mlflow"), "run", ".", "-e", "train", "--env-manager", "local",
+                           "--experiment-name", "ofexp", *TINY, "-P", "epochs=1"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, _output(proc)
+    (run,) = _runs(MlflowClient(store), "ofexp")
+    assert run.info.status == "FINISHED" and run.data.tags["ofexp.stage"] == "train"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "MLflow 3.17 creates the run before it looks for conda (mlflow/projects/backend/local.py: "
+    "get_or_create_run, then get_or_create_conda_env) and offers no hook in between; the run "
+    "stays RUNNING and the message does not name --env-manager local. docs/study.md says so."))
+def test_mlflow_run_without_env_manager_on_a_machine_without_conda_leaves_no_running_run(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = _without_conda({**os.environ, "MLFLOW_TRACKING_URI": store})
+    env.pop("MLFLOW_RUN_ID", None)
+    proc = subprocess.run([str(BIN / "mlflow"), "run", ".", "-e", "train", "--experiment-name", "ofexp", *TINY],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0, _output(proc)
+    assert "--env-manager local" in proc.stderr, _output(proc)
+    experiment = MlflowClient(store).get_experiment_by_name("ofexp")
+    runs = MlflowClient(store).search_runs([experiment.experiment_id]) if experiment else []
+    assert not [r for r in runs if r.info.status == "RUNNING"], "a run was left RUNNING"

@@ -89,10 +89,14 @@ class StudyProgress:
         total = max(len(self.plan), self.done)
         tqdm.write(f"study step {self.done}/{total}: {what} ({elapsed} so far, {eta})", file=sys.stderr)
 
-    def step_finished(self, kind: str, seconds: float, reused: bool) -> None:
-        """Record a step's time under its kind (`step_kind`); a reused step took no work."""
+    def step_finished(self, kind: str, seconds: float, reused: bool, loading: float = 0.0) -> None:
+        """Record a step's time under its kind (`step_kind`); a reused step took no work.
+        `loading`: seconds the step spent loading the data, left out of `seconds` (said once)."""
         if not reused:
             self._seconds.setdefault(kind, []).append(seconds)
+        if loading >= 1 and self.enabled:
+            tqdm.write(f"study: the data took {format_duration(loading)} to load, once; the estimate leaves "
+                       "that out", file=sys.stderr)
 
 
 def replay_estimates(plan: list[str], seconds: list[float]) -> list[Estimate | None]:

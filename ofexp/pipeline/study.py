@@ -136,10 +136,15 @@ class SeedContext:
     steps: list[tuple] = field(default_factory=list)  # STEP_COLUMNS rows
     cache_only: bool = False  # raise NotCached instead of starting a run
     progress: StudyProgress | None = None  # prints each step as it starts
+    loading: float = 0.0  # seconds the current step spent loading the data (once per study)
 
     def data(self) -> DataSplits:
         """The data, loaded when the first step that is not reused needs it."""
-        return self.load()
+        began = time.perf_counter()
+        try:
+            return self.load()
+        finally:
+            self.loading += time.perf_counter() - began
 
     def step(self, kind: str, stage: str, params: dict, tags: dict, start: Callable[[], str]) -> str:
         """Reuse a finished run that did this step, or `start()` a new one; record it; return its ID."""
@@ -151,9 +156,12 @@ class SeedContext:
         began = time.perf_counter()
         if self.progress is not None:
             self.progress.step_started(f"seed {self.seed} {kind} {stage}" + (" (reused)" if found else ""))
+        self.loading = 0.0
         run_id = found.info.run_id if found else start()
         if self.progress is not None:
-            self.progress.step_finished(step_kind(kind, stage), time.perf_counter() - began, found is not None)
+            # the one-off data loading is no part of what a step of this kind costs
+            self.progress.step_finished(step_kind(kind, stage), time.perf_counter() - began - self.loading,
+                                        found is not None, loading=self.loading)
         self.steps.append((self.seed, kind, stage, run_id, found is not None))
         return run_id
 
