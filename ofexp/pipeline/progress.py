@@ -58,8 +58,9 @@ class StudyProgress:
 
     `plan` lists every step's kind (`step_kind`), in the order the study makes them. The
     time left charges each step still to come, the current one included, the mean time of
-    the new steps of its kind measured so far; a kind with none measured yet is named, not
-    guessed. Reused steps cost nothing and are not timed.
+    the new steps of its kind measured so far, the first one left out once there is a
+    second; a kind with none measured yet is named, not guessed. Reused steps cost nothing
+    and are not timed; the one-off data loading is left out of the step that did it.
     """
 
     plan: list[str]
@@ -72,7 +73,11 @@ class StudyProgress:
         """The time the steps from the current one on should take; None before any new step finished."""
         if not self._seconds:
             return None
-        mean = {kind: sum(times) / len(times) for kind, times in self._seconds.items()}
+        # the first step of a kind pays one-off costs (lazy imports, torch's and MLflow's first
+        # calls: a first Fashion-MNIST train step took 30 s, the next three 11-14 s), so once a
+        # later one is timed the first is left out
+        later = {kind: times[1:] or times for kind, times in self._seconds.items()}
+        mean = {kind: sum(times) / len(times) for kind, times in later.items()}
         to_come = self.plan[max(self.done - 1, 0):]
         timed = [kind for kind in to_come if kind in mean]
         untimed = Counter(kind for kind in to_come if kind not in mean)

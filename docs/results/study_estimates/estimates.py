@@ -4,8 +4,10 @@
     python docs/results/study_estimates/estimates.py record LOG NAME   # adds NAME's steps to step_times.csv
     python docs/results/study_estimates/estimates.py table             # the table in docs/study.md
 
-A step's time runs from its progress line to the next one (the last step's to the study's
-run ID, so it includes the study's tables and plots): the time a user waits.
+A step's `seconds` run from its progress line to the next one (the last step's to the
+study's run ID, so they include the study's tables and plots): the time a user waits.
+`loading` is the part of them the data took to load (once per study), which the estimate
+leaves out of the step's time.
 """
 from __future__ import annotations
 
@@ -20,16 +22,22 @@ from ofexp.pipeline.progress import format_duration, replay_estimates, step_kind
 HERE = Path(__file__).resolve().parent
 TIMES = HERE / "step_times.csv"
 STEP = re.compile(r"^(\d+\.\d+) study step (\d+)/(\d+): seed \d+ (\w+) (\w+)")
+LOADED = re.compile(r"study: the data took (?:(\d+) min )?(\d+) s to load")
 
 
 def record(log: Path, name: str) -> None:
     lines = log.read_text(errors="replace").replace("\r", "\n").splitlines()
-    steps = [m.groups() for m in map(STEP.match, lines) if m]
-    stamps = [float(line.split(" ", 1)[0]) for line in lines if re.match(r"^\d+\.\d+ ", line)]
-    end = stamps[-1]  # the run ID, the last line
-    starts = [float(s[0]) for s in steps] + [end]
-    rows = [{"study": name, "step": int(s[1]), "kind": step_kind(s[3], s[4]), "seconds": round(b - a, 2)}
-            for s, a, b in zip(steps, starts, starts[1:])]
+    rows = []
+    for line in lines:
+        if step := STEP.match(line):
+            stamp, number, _, model_kind, stage = step.groups()
+            rows.append({"study": name, "step": int(number), "kind": step_kind(model_kind, stage),
+                         "started": float(stamp), "loading": 0.0})
+        elif rows and (loaded := LOADED.search(line)):
+            rows[-1]["loading"] = 60.0 * int(loaded.group(1) or 0) + int(loaded.group(2))
+    end = max(float(line.split(" ", 1)[0]) for line in lines if re.match(r"^\d+\.\d+ ", line))  # the run ID
+    for row, after in zip(rows, [r["started"] for r in rows[1:]] + [end]):
+        row["seconds"] = round(after - row.pop("started"), 2)
     old = pd.read_csv(TIMES) if TIMES.exists() else pd.DataFrame()
     kept = old[old["study"] != name] if len(old) else old
     pd.concat([kept, pd.DataFrame(rows)]).to_csv(TIMES, index=False)
@@ -51,7 +59,7 @@ def table(at_steps=(2, 4, 8)) -> str:
     out = ["| study | step | estimate shown | true time left | before this change |", "|---|---|---|---|---|"]
     for name, steps in pd.read_csv(TIMES).groupby("study", sort=False):
         plan, seconds = list(steps["kind"]), list(steps["seconds"])
-        estimates = replay_estimates(plan, seconds)
+        estimates = replay_estimates(plan, list(steps["seconds"] - steps["loading"]))
         for step in at_steps:
             shown = estimates[step - 1].text() if estimates[step - 1] else "no estimate yet"
             before = _previous_estimate(plan, seconds, step)
