@@ -130,11 +130,21 @@ def cli(debug: bool, verbose: bool) -> None:
     logging.getLogger("mlflow").setLevel(logging.INFO if debug or verbose else logging.WARNING)
     # MLflow's SQL store logs each failed commit with its traceback before raising it; ofexp reports
     # the error itself in one line (a full disk names the store), so the traceback only shows with --debug
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.INFO if debug else logging.CRITICAL)
+    store_log = logging.getLogger("mlflow.store.db.utils")
+    store_log.filters = [f for f in store_log.filters if not isinstance(f, _NoFailedCommits)]
+    if not debug:
+        store_log.addFilter(_NoFailedCommits())  # --verbose still shows its INFO lines (database set-up)
     if not (debug or verbose):
         from ofexp.cli.output import quiet_known_warnings
 
         quiet_known_warnings()
+
+
+class _NoFailedCommits(logging.Filter):
+    """Drops MLflow's SQL store errors (a failed commit and its traceback): ofexp reports the error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
 
 
 def main(argv: list[str] | None = None) -> None:
