@@ -16,7 +16,6 @@ from ofexp.errors import ConfigError, IncompatibleModelsError
 from ofexp.metrics import TEST_ACCURACY_KEY
 from ofexp.models.ensemble import COMBINE, Ensemble, EnsembleSpec
 from ofexp.pipeline.fuse import _data_key
-from ofexp.pipeline.report import step_run_name
 from ofexp.pipeline.serving import (check_register_as, check_registration, log_served_model, log_test_metrics,
                                     served_input_shape)
 from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, ENSEMBLE_STAGE, ModelRun, describe_unfinished,
@@ -114,17 +113,10 @@ def _check_same_data(run_ids: tuple[str, ...], members: list[ModelRun]) -> None:
                 f"{_data_key(member.data)}); ensemble runs of the same dataset and split")
 
 
-def study_ensemble_step(ctx) -> str | None:
-    """The study's `ensemble` model of one seed: the ensemble of its two parents.
-
-    `ctx` is the study's SeedContext; off (None) when `ctx.cfg.finetune_epochs` is 0,
-    since the ensemble is the reference that fusion and fine-tuning are compared with.
-    """
-    if not getattr(ctx.cfg, "finetune_epochs", 0):
-        return None
+def study_ensemble_step(ctx, step, parents: tuple[str, ...]) -> str:
+    """The study's `ensemble` model of one seed (`step` of the study plan): the ensemble of
+    `parents`, the seed's parent runs. `ctx` is the study's SeedContext."""
     tcfg = ctx.cfg.train
-    parents = (ctx.model_runs["parent_1"], ctx.model_runs["parent_2"])
-    cfg = EnsembleConfig(parents=parents, device=tcfg.device, log_model=tcfg.log_model,
-                         run_name=step_run_name(ctx.seed, "ensemble", ENSEMBLE_STAGE))
-    return ctx.step("ensemble", ENSEMBLE_STAGE, cfg.params(), {tracking.TAG_PARENTS: ",".join(parents)},
+    cfg = EnsembleConfig(parents=parents, device=tcfg.device, log_model=tcfg.log_model, run_name=step.run_name)
+    return ctx.step(step.kind, ENSEMBLE_STAGE, cfg.params(), {tracking.TAG_PARENTS: ",".join(parents)},
                     lambda: run_ensemble(cfg, ctx.data()))

@@ -16,7 +16,6 @@ from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.errors import ArtifactError, ConfigError
 from ofexp.fusion import recompute_batchnorm_stats
 from ofexp.models import ModelSpec, has_batchnorm, kwargs_json
-from ofexp.pipeline.report import step_run_name
 from ofexp.pipeline.train import TrainConfig, _fit_and_log, _log_inputs, model_spec_for
 from ofexp.tracking import names, runs
 from ofexp.tracking.names import TAG_INIT_FROM, TAG_INIT_FROM_STAGE
@@ -194,30 +193,21 @@ def run_finetune(cfg: FinetuneConfig, splits: DataSplits | None = None) -> str:
 
 # --- in the study ---------------------------------------------------------------------------
 
-FINETUNED_KINDS = {"naive": "naive_finetuned", "geometric": "geometric_finetuned"}
 
+def study_finetune_step(ctx, step, source: str) -> str:
+    """The study's fine-tuned model of one seed (`step`, a train step of the study plan whose
+    config is the fine-tuning's TrainConfig): fine-tune run `source`, the seed's fused model.
 
-def study_finetune_step(ctx, method: str) -> str | None:
-    """The study's `<method>_finetuned` model of one seed: fine-tune its `<method>_fused` run.
-
-    `ctx` is the study's SeedContext (cfg, seed, data(), model_runs, step). Off (None)
-    when `ctx.cfg.finetune_epochs` is 0 or the seed has no such fused run. The recipe
-    is the study's own with FINETUNE_LR_FACTOR of its lr, `finetune_epochs` epochs and
-    no warm-up; both fine-tunings of a seed shuffle with torch seed 100·s, so naive and
-    geometric fusion are fine-tuned on the same batches (a paired comparison).
+    `ctx` is the study's SeedContext (cfg, data(), step). The recipe is the study's own with
+    FINETUNE_LR_FACTOR of its lr, `finetune_epochs` epochs and no warm-up (the plan's config).
     """
-    epochs = getattr(ctx.cfg, "finetune_epochs", 0)
-    source = ctx.model_runs.get(f"{method}_fused")
-    if not epochs or source is None:
-        return None
-    tcfg = ctx.cfg.train
+    tcfg = step.config
     cfg = FinetuneConfig(
-        source=source, recipe=finetune_recipe(tcfg.recipe, epochs=epochs), base_recipe=tcfg.recipe.name,
-        seed=100 * ctx.seed, device=tcfg.device, log_model=tcfg.log_model, progress=tcfg.progress, data=tcfg.data,
-        speed=tcfg.speed,
-        run_name=step_run_name(ctx.seed, FINETUNED_KINDS[method], "train"),
+        source=source, recipe=tcfg.recipe, base_recipe=ctx.cfg.train.recipe.name, seed=tcfg.seed,
+        device=tcfg.device, log_model=tcfg.log_model, progress=tcfg.progress, data=tcfg.data, speed=tcfg.speed,
+        run_name=step.run_name,
     )
     # the fused network has the parents' spec, so the run's params are known before the data is loaded
-    params = finetune_params(cfg, replace(tcfg, recipe=cfg.recipe, seed=cfg.seed, run_name=cfg.run_name))
+    params = finetune_params(cfg, replace(tcfg, run_name=cfg.run_name))
     tags = {TAG_INIT_FROM: source, **({names.TAG_LOG_MODEL: "true"} if cfg.log_model else {})}
-    return ctx.step(FINETUNED_KINDS[method], "train", params, tags, lambda: run_finetune(cfg, ctx.data()))
+    return ctx.step(step.kind, "train", params, tags, lambda: run_finetune(cfg, ctx.data()))

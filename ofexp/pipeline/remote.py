@@ -1,7 +1,7 @@
 """The study on a cluster: each step an MLflow Project run on MLflow's Kubernetes backend.
 
-The study is planned as a list of steps (train, fuse, evaluate per seed), each
-an entry point of the project `mlflow_projects/kubernetes` with its parameters.
+Each step of the study plan (`study_plan.plan`: train, fuse, evaluate per seed) becomes
+a run of an entry point of the project `mlflow_projects/kubernetes` with its parameters.
 A step that needs other steps' outputs names them in `inputs`: fuse takes its
 parents' train runs, evaluate its model's train or fuse run. The driver (the
 `ofexp study --backend kubernetes` process) submits the steps in waves (every
@@ -19,7 +19,7 @@ import os
 import re
 import shlex
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -30,8 +30,10 @@ from ofexp.errors import ConfigError
 from ofexp.models import TRUSTED_FACTORIES_ENV, kwargs_json
 from ofexp.models.foreign import kwargs_words
 from ofexp.pipeline.report import STEP_COLUMNS, sort_steps
-from ofexp.pipeline.options import command_params
-from ofexp.pipeline.study import MODEL_KINDS, StudyConfig, log_outputs, parent_seed, study_params
+from ofexp.pipeline import study_plan
+from ofexp.pipeline.options import FusionOptions, command_params
+from ofexp.pipeline.study import StudyConfig, log_outputs, study_params
+from ofexp.pipeline.train import TrainConfig
 from ofexp.tracking.runs import param_str
 
 # Where `ofexp study` runs its steps. local: in this process (ofexp.pipeline.study); slurm: each a
@@ -120,7 +122,7 @@ class Step:
     run_name: str
     params: Mapping[str, str]
     inputs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    kind: str = ""  # the model kind made or measured (MODEL_KINDS), as in the study's steps.csv
+    kind: str = ""  # the model kind made or measured (study_plan.KIND_ORDER), as in the study's steps.csv
     seed: int = 0
 
     @property
@@ -132,28 +134,43 @@ class Step:
         return {**self.params, **{name: ",".join(run_ids[k] for k in keys) for name, keys in self.inputs.items()}}
 
 
+# The stages a project run can do, in the order their steps are listed and submitted; the
+# parameter of each that takes its inputs' run IDs.
+_PROJECT_STAGES = {"train": None, "fuse": "parents", "evaluate": "model_run"}
+
+
 def plan_study(cfg: StudyConfig) -> list[Step]:
-    """Every step of the study, in an order where each step comes after the steps it needs."""
-    train, fuse, evaluate = [], [], []
-    methods = cfg.fusion.methods
-    for seed in cfg.seeds:
-        parents = [f"train-seed{seed}-parent{i}" for i in (1, 2)]
-        train += [Step(key, "train", f"train {cfg.train.model} {cfg.train.data.name} seed{seed} parent{i}",
-                       _train_params(cfg, parent_seed(seed, i)), kind=f"parent_{i}", seed=seed)
-                  for i, key in enumerate(parents, 1)]
-        fuse += [Step(f"fuse-seed{seed}-{method}", "fuse", f"fuse {method} {cfg.train.model} seed{seed}",
-                      _fuse_params(cfg, method), {"parents": tuple(parents)}, kind=f"{method}_fused", seed=seed)
-                 for method in methods]
-        models = dict(zip(MODEL_KINDS[:2], parents))
-        models.update({f"{m}_fused": f"fuse-seed{seed}-{m}" for m in methods})
-        # Keys name Kubernetes objects and labels: lowercase, digits and '-' only.
-        evaluate += [Step(f"evaluate-seed{seed}-{kind.replace('_', '-')}", "evaluate", f"evaluate {kind}_seed{seed}",
-                          _eval_params(cfg, f"{kind}_seed{seed}"), {"model_run": (model,)}, kind=kind, seed=seed)
-                     for kind, model in models.items()]
-    steps = train + fuse + evaluate
+    """The study plan's steps (`study_plan.plan`) as MLflow Project runs, train steps first, then
+    fuse, then evaluate, so each comes after the steps it needs."""
+    planned = study_plan.plan(cfg)
+    other = next((s for s in planned if s.stage not in _PROJECT_STAGES or (s.stage == "train" and s.inputs)), None)
+    if other is not None:
+        raise ConfigError(f"the {other.kind} step runs in-process only; drop --backend, or drop --finetune-epochs")
+    keys = {(s.seed, s.kind): _step_key(cfg, s) for s in planned if s.makes_model}
+    steps = []
+    for s in sorted(planned, key=lambda s: list(_PROJECT_STAGES).index(s.stage)):
+        key, run_name, params = _step_key(cfg, s)
+        inputs = {_PROJECT_STAGES[s.stage]: tuple(keys[(s.seed, k)][0] for k in s.inputs)} if s.inputs else {}
+        steps.append(Step(key, s.stage, run_name, params, inputs, kind=s.kind, seed=s.seed))
     for step in steps:
         _check_values(step)
     return steps
+
+
+def _step_key(cfg: StudyConfig, step: study_plan.Step) -> tuple[str, str, dict[str, str]]:
+    """A planned step's key (it names Kubernetes objects and labels: lowercase, digits and '-'
+    only), its project run's name and its entry point's parameters."""
+    seed, kind, model, config = step.seed, step.kind, cfg.train.model, step.config
+    if step.stage == "train":
+        short = kind.replace("_", "")
+        return (f"train-seed{seed}-{short}", f"train {model} {cfg.train.data.name} seed{seed} {short}",
+                _train_params(config))
+    if step.stage == "fuse":
+        method = config.methods[0]
+        return f"fuse-seed{seed}-{method}", f"fuse {method} {model} seed{seed}", _fuse_params(cfg, config)
+    label = f"{kind}_seed{seed}"
+    return (f"evaluate-seed{seed}-{kind.replace('_', '-')}", f"evaluate {label}",
+            {**command_params(config), "label": label, "device": cfg.train.device})
 
 
 def waves(steps: Iterable[Step]) -> list[list[Step]]:
@@ -167,16 +184,16 @@ def waves(steps: Iterable[Step]) -> list[list[Step]]:
     return [grouped[d] for d in sorted(grouped)]
 
 
-def _train_params(cfg: StudyConfig, seed: int) -> dict[str, str]:
+def _train_params(t: TrainConfig) -> dict[str, str]:
     """Every `ofexp train` option, resolved: the Kubernetes project takes no empty values."""
-    t, d, r = cfg.train, cfg.train.data, cfg.train.recipe
+    d, r = t.data, t.recipe
     return {
         "model": t.model, "model_kwargs": _kwargs_param(t.model_kwargs), "width": str(t.width), "bias": param_str(t.bias), "batchnorm": param_str(t.batchnorm),
         "dataset": d.name, "data_dir": d.resolved_data_dir or "./data", "val_fraction": str(d.val_fraction),
         "split_seed": str(d.split_seed), "image_size": str(d.image_size), "download": param_str(d.download),
         "recipe": r.name, "epochs": str(r.epochs), "batch_size": str(r.batch_size), "lr": str(r.lr),
         "weight_decay": str(r.weight_decay), "init": r.init, "warmup_epochs": str(r.warmup_epochs), "grad_clip": str(r.grad_clip),
-        "seed": str(seed), "device": t.device, "log_model": param_str(t.log_model),
+        "seed": str(t.seed), "device": t.device, "log_model": param_str(t.log_model),
         **t.speed.to_params(),
     }
 
@@ -187,14 +204,9 @@ def _kwargs_param(kwargs: tuple) -> str:
     return (kwargs_words(kwargs) or kwargs_json(kwargs)) if kwargs else "none"
 
 
-def _fuse_params(cfg: StudyConfig, method: str) -> dict[str, str]:
-    """The study's fusion options for one method, as `ofexp fuse` options (FusionOptions renders them)."""
-    return {**command_params(replace(cfg.fusion, methods=(method,))), "device": cfg.train.device}
-
-
-def _eval_params(cfg: StudyConfig, label: str) -> dict[str, str]:
-    """As the local study's evaluate_config: its evaluate options, with the accuracy metric among the measures."""
-    return {**command_params(cfg.step_evaluation), "label": label, "device": cfg.train.device}
+def _fuse_params(cfg: StudyConfig, fusion: FusionOptions) -> dict[str, str]:
+    """One fuse step's fusion options (one method), as `ofexp fuse` options (FusionOptions renders them)."""
+    return {**command_params(fusion), "device": cfg.train.device}
 
 
 def _check_values(step: Step) -> None:
@@ -343,7 +355,7 @@ def log_step_outputs(cfg: StudyConfig, steps: list[Step], run_ids: Mapping[str, 
     """The study's own outputs (steps.csv, results.csv, summary, correlations, plots), from its step
     runs: `run_ids` by step key, `reused` the keys of steps that earlier runs did."""
     rows = [(step.seed, step.kind, step.entry_point, run_ids[step.key], step.key in reused) for step in steps]
-    log_outputs(sort_steps(pd.DataFrame(rows, columns=STEP_COLUMNS), MODEL_KINDS), cfg.accuracy_metric, experiment_id)
+    log_outputs(sort_steps(pd.DataFrame(rows, columns=STEP_COLUMNS), study_plan.KIND_ORDER), cfg.accuracy_metric, experiment_id)
 
 
 def _backend_config(remote: RemoteConfig, study_run_id: str, step: Step, folder: str) -> dict:

@@ -1,7 +1,7 @@
 """The study on Slurm: every train, fuse and evaluate step one Slurm job, chained by run ID.
 
-The driver (the `ofexp study --backend slurm` process) plans the same steps as
-the Kubernetes backend (`remote.plan_study`) and runs them in waves: every step
+The driver (the `ofexp study --backend slurm` process) runs the study plan's steps
+(`study_plan.plan`), rendered as entry-point runs as for Kubernetes (`remote.plan_study`), in waves: every step
 whose inputs are known is submitted at once, and the next wave starts when the
 wave has ended. Dependencies stay with the driver rather than Slurm's
 `--dependency=afterok`, because a step's command names its inputs by run ID,

@@ -6,16 +6,18 @@ show one model's accuracy under another's name. Each row must therefore agree wi
 run it names recorded about itself, in params and tags MLflow never lets change (params) or
 that ofexp set when the study made it:
 
-- its stage (`ofexp.stage`);
+- its stage (`ofexp.stage`), the stage the study plan (`study_plan`) gives its kind;
 - an evaluate step measured its seed's model of the same kind (param `model_run`);
-- a parent trained with the seed's torch seed (100·s + i), a fused model and the ensemble
-  were made from the seed's two parents (`ofexp.parent_run_ids`) by the kind's method, a
-  fine-tuned model started from the seed's fused model of that method (`init_from`);
+- a parent trained with the plan's torch seed (100·s + i), a fused model and the ensemble
+  were made from the plan's inputs, the seed's two parents (`ofexp.parent_run_ids`), by the
+  kind's method, a fine-tuned model started from its input, the seed's fused model of that
+  method (`init_from`);
 - each (seed, kind, stage) appears once, and the study's count of steps matches.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from functools import lru_cache
+from typing import TYPE_CHECKING, Mapping
 
 import pandas as pd
 
@@ -23,11 +25,22 @@ from ofexp.errors import ArtifactError
 from ofexp.tracking.names import TAG_PARENTS
 from ofexp.tracking.queries import RunData
 
+if TYPE_CHECKING:
+    from ofexp.pipeline.study_plan import Step
+
 STEPS_FILE = "steps.csv"
-_FUSED = {"naive_fused": "naive", "geometric_fused": "geometric"}
-_FINETUNED = {"naive_finetuned": "naive_fused", "geometric_finetuned": "geometric_fused"}
-_PARENTS = {"parent_1": 1, "parent_2": 2}
-_STAGES = {**{k: "train" for k in (*_PARENTS, *_FINETUNED)}, **{k: "fuse" for k in _FUSED}, "ensemble": "ensemble"}
+
+
+@lru_cache(maxsize=64)
+def _planned_models(seed: int) -> dict[str, Step]:
+    """Every model step a study may plan for `seed` (every fusion method, fine-tuning on), by kind."""
+    from ofexp.pipeline import study_plan  # the plan imports the modules that import this one
+    from ofexp.pipeline.fusion_methods import METHODS
+    from ofexp.pipeline.options import FusionOptions
+    from ofexp.pipeline.study import StudyConfig
+
+    every = StudyConfig(fusion=FusionOptions(methods=METHODS), finetune_epochs=1)
+    return {step.kind: step for step in study_plan.seed_steps(every, seed) if step.makes_model}
 
 
 def check_step_map(study: RunData, steps: pd.DataFrame, runs: Mapping[str, RunData]) -> None:
@@ -44,18 +57,19 @@ def check_step_map(study: RunData, steps: pd.DataFrame, runs: Mapping[str, RunDa
     models = {(int(r.seed), r.kind): r.run_id for r in steps.itertuples() if r.stage != "evaluate"}
     for row in steps.itertuples():
         run = runs[row.run_id]
-        expected_stage = "evaluate" if row.stage == "evaluate" else _STAGES.get(row.kind)
+        planned = _planned_models(int(row.seed)).get(row.kind)
+        expected_stage = "evaluate" if row.stage == "evaluate" else planned and planned.stage
         if expected_stage is None or row.stage != expected_stage:
             _refuse(study, row, f"is no step a study makes (kind {row.kind!r}, stage {row.stage!r})")
         if run.stage != row.stage:
             _refuse(study, row, f"names run {row.run_id}, which is a {run.stage or 'non-ofexp'} run")
-        problem = _disagreement(row, run, models)
+        problem = _disagreement(row, run, models, planned)
         if problem:
             _refuse(study, row, f"names run {row.run_id}, {problem}")
 
 
-def _disagreement(row, run: RunData, models: Mapping[tuple[int, str], str]) -> str | None:
-    """What the run recorded that contradicts its row, or None."""
+def _disagreement(row, run: RunData, models: Mapping[tuple[int, str], str], planned: Step) -> str | None:
+    """What the run recorded that contradicts its row (`planned`: the plan's step of its kind), or None."""
     seed = int(row.seed)
 
     def model(kind: str) -> str:
@@ -64,19 +78,17 @@ def _disagreement(row, run: RunData, models: Mapping[tuple[int, str], str]) -> s
     if row.stage == "evaluate":
         measured = run.params.get("model_run")
         return None if measured == model(row.kind) else f"which measured run {measured}, not seed {seed}'s {row.kind} {model(row.kind)}"
-    if row.kind in _PARENTS:
-        from ofexp.pipeline.study import parent_seed  # study imports this module's users
-
-        expected = str(parent_seed(seed, _PARENTS[row.kind]))
+    if planned.stage == "train" and not planned.inputs:  # a parent
+        expected = str(planned.config.seed)
         got = run.params.get("seed")
         return None if got == expected else f"which trained with seed {got}, not {expected}"
-    if row.kind in _FINETUNED:
-        got = run.params.get("init_from")
-        return None if got == model(_FINETUNED[row.kind]) else f"which was fine-tuned from run {got}, not {model(_FINETUNED[row.kind])}"
-    parents = f"{model('parent_1')},{model('parent_2')}"
+    if planned.stage == "train":  # a fine-tuning of its one input
+        got, source = run.params.get("init_from"), model(planned.inputs[0])
+        return None if got == source else f"which was fine-tuned from run {got}, not {source}"
+    parents = ",".join(model(kind) for kind in planned.inputs)
     if run.tags.get(TAG_PARENTS) != parents:
         return f"which was made from runs {run.tags.get(TAG_PARENTS)}, not seed {seed}'s parents {parents}"
-    method = _FUSED.get(row.kind)
+    method = planned.config.methods[0] if planned.stage == "fuse" else None
     if method and run.params.get("method") != method:
         return f"which is a {run.params.get('method')} fusion, not {method}"
     return None

@@ -33,11 +33,12 @@ from ofexp.pipeline.evaluate import EvalConfig, evaluate_params, run_evaluate
 from ofexp.pipeline.finetune import study_finetune_step
 from ofexp.pipeline.progress import StudyProgress, step_kind
 from ofexp.pipeline.fuse import FuseConfig, run_fuse
-from ofexp.pipeline.options import (METHODS, SEED_MAX, EvaluateOptions, FusionOptions, option_values,
+from ofexp.pipeline.options import (SEED_MAX, EvaluateOptions, FusionOptions, option_values,
                                    shown_seeds)
 from ofexp.pipeline.report import (STEP_COLUMNS, STEPS_FILE, StudyTables, build_tables, correlation_metrics,
-                                   correlation_notes, kinds_tag, report_files, sort_steps, step_run_name,
+                                   correlation_notes, kinds_tag, report_files, sort_steps,
                                    summary_metrics)
+from ofexp.pipeline.study_plan import KIND_ORDER, Step, parent_seed, seed_steps, study_kinds
 from ofexp.pipeline.train import TrainConfig, run_train
 from ofexp.tracking import cache, names, queries, runs
 from ofexp.tracking.artifacts import ENSEMBLE_STAGE
@@ -109,15 +110,6 @@ class StudyConfig:
         return f"study {self.train.model} {self.train.data.name} seeds {','.join(map(str, self.seeds))}"
 
 
-def parent_seed(study_seed: int, parent: int) -> int:
-    """The torch seed of parent `parent` (1 or 2) of study seed `study_seed`: 100·s + i.
-
-    Distinct for every (seed, parent) pair, and readable: seed 3's parents train
-    with torch seeds 301 and 302.
-    """
-    return 100 * study_seed + parent
-
-
 # The largest study seed whose parents' torch seeds (100·s + 1, 100·s + 2) are seeds train takes.
 STUDY_SEED_MAX = (SEED_MAX - 2) // 100
 # A study of more steps than this starts only with `--yes` (`ofexp study` prints the size first).
@@ -181,58 +173,30 @@ class NotCached(Exception):
     """A step that no finished run did yet (raised in cache-only mode)."""
 
 
-@dataclass(frozen=True)
-class ModelKind:
-    """A model the study makes per seed: its name (results.csv's `<kind>_seed<k>`), and how
-    to make its train or fuse run from the seed's context (None: not made in this study)."""
-
-    name: str
-    make: Callable[[SeedContext], str | None]
-
-
-def _parent(i: int) -> Callable[[SeedContext], str]:
-    def make(ctx: SeedContext) -> str:
-        tcfg = ctx.cfg.train
-        pcfg = replace(tcfg, seed=parent_seed(ctx.seed, i), run_name=step_run_name(ctx.seed, f"parent_{i}", "train"))
-        tags = {names.TAG_LOG_MODEL: "true"} if pcfg.log_model else {}
-        return ctx.step(f"parent_{i}", "train", pcfg.params(), tags, lambda: run_train(pcfg, ctx.data()))
-    return make
+def _make_model(ctx: SeedContext, step: Step) -> str:
+    """Make (or reuse) the model of `step` from its inputs' runs; return its run ID."""
+    inputs = tuple(ctx.model_runs[kind] for kind in step.inputs)
+    if step.stage == "fuse":
+        return _fused(ctx, step, inputs)
+    if step.stage == ENSEMBLE_STAGE:
+        return study_ensemble_step(ctx, step, inputs)
+    if step.inputs:  # a train step that starts from another model's weights
+        return study_finetune_step(ctx, step, inputs[0])
+    pcfg = step.config
+    tags = {names.TAG_LOG_MODEL: "true"} if pcfg.log_model else {}
+    return ctx.step(step.kind, "train", pcfg.params(), tags, lambda: run_train(pcfg, ctx.data()))
 
 
-def _fused(method: str) -> Callable[[SeedContext], str | None]:
-    def make(ctx: SeedContext) -> str | None:
-        if method not in ctx.cfg.fusion.methods:
-            return None
-        parents = (ctx.model_runs["parent_1"], ctx.model_runs["parent_2"])
-        fcfg = FuseConfig(**{**option_values(ctx.cfg.fusion), "methods": (method,)}, parents=parents,
-                          device=ctx.cfg.train.device, run_name=step_run_name(ctx.seed, f"{method}_fused", "fuse"),
-                          log_model=ctx.cfg.train.log_model)
-        tags = {tracking.TAG_PARENTS: ",".join(parents)}
-        return ctx.step(f"{method}_fused", "fuse", fcfg.params(method), tags,
-                        lambda: run_fuse(fcfg, ctx.data())[method])
-    return make
+def _fused(ctx: SeedContext, step: Step, parents: tuple[str, ...]) -> str:
+    fcfg = FuseConfig(**option_values(step.config), parents=parents, device=ctx.cfg.train.device,
+                      run_name=step.run_name, log_model=ctx.cfg.train.log_model)
+    method = fcfg.methods[0]
+    tags = {tracking.TAG_PARENTS: ",".join(parents)}
+    return ctx.step(step.kind, "fuse", fcfg.params(method), tags, lambda: run_fuse(fcfg, ctx.data())[method])
 
 
-# The models of one seed, in the order they are made; a kind may use the kinds before it.
-KINDS: tuple[ModelKind, ...] = (
-    ModelKind("parent_1", _parent(1)),
-    ModelKind("parent_2", _parent(2)),
-    ModelKind("ensemble", study_ensemble_step),  # with --finetune-epochs: the reference ceiling
-    ModelKind("naive_fused", _fused("naive")),
-    ModelKind("geometric_fused", _fused("geometric")),
-    ModelKind("naive_finetuned", lambda ctx: study_finetune_step(ctx, "naive")),
-    ModelKind("geometric_finetuned", lambda ctx: study_finetune_step(ctx, "geometric")),
-)
-KIND_ORDER = tuple(k.name for k in KINDS)  # table order of every kind a study may make
-_KIND_STAGES = {"parent_1": "train", "parent_2": "train", "ensemble": ENSEMBLE_STAGE, "naive_fused": "fuse",
-                "geometric_fused": "fuse", "naive_finetuned": "train", "geometric_finetuned": "train"}
-# The kinds every study makes; --finetune-epochs adds ensemble, naive_finetuned, geometric_finetuned.
-MODEL_KINDS = ("parent_1", "parent_2", "naive_fused", "geometric_fused")
-
-
-def evaluate_config(cfg: StudyConfig, model_run: str, label: str, run_name: str | None = None) -> EvalConfig:
-    return EvalConfig(**option_values(cfg.step_evaluation), model_run=model_run, device=cfg.train.device,
-                      label=label, progress=cfg.train.progress, run_name=run_name)
+# The kinds a study makes without --finetune-epochs (which adds the ensemble and the fine-tuned kinds).
+MODEL_KINDS = study_kinds(StudyConfig())
 
 
 def data_loader(data: DataConfig) -> Callable[[], DataSplits]:
@@ -247,11 +211,8 @@ def data_loader(data: DataConfig) -> Callable[[], DataSplits]:
 
 
 def planned_steps(cfg: StudyConfig, seeds: tuple[int, ...]) -> list[tuple[str, str]]:
-    """The (model kind, stage) of every step `run_seed` makes for `seeds`, in order."""
-    methods = [m for m in METHODS if m in cfg.fusion.methods]
-    kinds = ["parent_1", "parent_2"] + (["ensemble"] if cfg.finetune_epochs else [])
-    kinds += [f"{m}_fused" for m in methods] + ([f"{m}_finetuned" for m in methods] if cfg.finetune_epochs else [])
-    return [step for _ in seeds for step in [(k, _KIND_STAGES[k]) for k in kinds] + [(k, "evaluate") for k in kinds]]
+    """The (model kind, stage) of every step `run_seed` makes for `seeds`, in order (the plan's)."""
+    return [(step.kind, step.stage) for seed in seeds for step in seed_steps(cfg, seed)]
 
 
 def planned_step_kinds(cfg: StudyConfig, seeds: tuple[int, ...]) -> list[str]:
@@ -261,28 +222,29 @@ def planned_step_kinds(cfg: StudyConfig, seeds: tuple[int, ...]) -> list[str]:
 
 def planned_step_count(cfg: StudyConfig) -> int:
     """How many steps the study has (every seed has the same ones), without listing them."""
-    return len(planned_steps(cfg, tuple(cfg.seeds[:1]))) * len(cfg.seeds)
+    return len(seed_steps(cfg, cfg.seeds[0])) * len(cfg.seeds)
 
 
 def run_seed(cfg: StudyConfig, seed: int, load: Callable[[], DataSplits], experiment_id: str,
              cache_only: bool = False, progress: StudyProgress | None = None) -> list[tuple]:
-    """Make every model kind of one seed, then evaluate each; return the STEP_COLUMNS rows.
+    """Run the plan's steps of one seed (`seed_steps`), in order; return the STEP_COLUMNS rows.
 
     With `cache_only`, every step must be a finished run already (else NotCached): no data needed.
     """
     ctx = SeedContext(cfg, seed, load, experiment_id, cache_only=cache_only, progress=progress)
-    for kind in KINDS:
-        run_id = kind.make(ctx)
-        if run_id is not None:
-            ctx.model_runs[kind.name] = run_id
-    for kind, model_run in ctx.model_runs.items():
-        ecfg = evaluate_config(cfg, model_run, f"{kind}_seed{seed}", step_run_name(seed, kind, "evaluate"))
-        ctx.step(kind, "evaluate", evaluate_params(ecfg), {tracking.TAG_MODEL_RUN: model_run},
+    for step in seed_steps(cfg, seed):
+        if step.makes_model:
+            ctx.model_runs[step.kind] = _make_model(ctx, step)
+            continue
+        model_run = ctx.model_runs[step.inputs[0]]
+        ecfg = EvalConfig(**option_values(step.config), model_run=model_run, device=cfg.train.device,
+                          label=f"{step.kind}_seed{seed}", progress=cfg.train.progress, run_name=step.run_name)
+        ctx.step(step.kind, "evaluate", evaluate_params(ecfg), {tracking.TAG_MODEL_RUN: model_run},
                  lambda: run_evaluate(ecfg, ctx.data()))
     return ctx.steps
 
 
-__all__ = ["KINDS", "KIND_ORDER", "MODEL_KINDS", "ModelKind", "StudyConfig", "evaluate_params", "log_outputs", "parent_seed",
+__all__ = ["KIND_ORDER", "MODEL_KINDS", "StudyConfig", "evaluate_params", "log_outputs", "parent_seed",
            "run_seed", "run_study"]
 
 

@@ -1,0 +1,63 @@
+"""The study plan: the one study graph, and what the engines and the progress line read from it."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from ofexp.errors import ConfigError
+from ofexp.pipeline.options import FusionOptions
+from ofexp.pipeline.remote import plan_study
+from ofexp.pipeline.study import StudyConfig, planned_step_count, planned_steps
+from ofexp.pipeline.study_plan import KIND_ORDER, plan, study_kinds
+
+
+def test_each_step_takes_only_models_its_seed_made_before_it():
+    cfg = StudyConfig(seeds=(1, 2), finetune_epochs=2)
+    made: set[tuple[int, str]] = set()
+    for step in plan(cfg):
+        assert all((step.seed, kind) in made for kind in step.inputs), step
+        if step.makes_model:
+            made.add((step.seed, step.kind))
+    assert made == {(s, k) for s in (1, 2) for k in KIND_ORDER}  # a fine-tuning study makes every kind
+
+
+def test_the_plan_says_how_each_model_is_made():
+    steps = {(s.kind, s.stage): s for s in plan(StudyConfig(seeds=(3,), finetune_epochs=2))}
+    assert steps["parent_2", "train"].config.seed == 302 and steps["parent_2", "train"].inputs == ()
+    assert steps["ensemble", "ensemble"].inputs == ("parent_1", "parent_2")
+    assert steps["naive_fused", "fuse"].config.methods == ("naive",)
+    tuned = steps["geometric_finetuned", "train"]
+    assert tuned.inputs == ("geometric_fused",) and tuned.config.recipe.epochs == 2 and tuned.config.seed == 300
+    assert steps["geometric_finetuned", "evaluate"].inputs == ("geometric_finetuned",)
+    assert tuned.run_name == "s3 geo+ft train"
+
+
+def test_only_the_chosen_methods_are_planned_and_finetuning_adds_three_kinds():
+    geometric = StudyConfig(fusion=FusionOptions(methods=("geometric",)))
+    assert study_kinds(geometric) == ("parent_1", "parent_2", "geometric_fused")
+    assert study_kinds(StudyConfig(finetune_epochs=1)) == KIND_ORDER
+
+
+@pytest.mark.parametrize("finetune_epochs", [0, 1])
+def test_progress_and_the_step_count_read_the_plan(finetune_epochs):
+    cfg = StudyConfig(seeds=(1, 4, 5), finetune_epochs=finetune_epochs)
+    steps = plan(cfg)
+    assert planned_steps(cfg, cfg.seeds) == [(s.kind, s.stage) for s in steps]
+    assert planned_step_count(cfg) == len(steps)
+
+
+def test_the_cluster_engines_run_the_plans_steps_with_its_inputs():
+    cfg = StudyConfig(seeds=(1, 2))
+    cluster = plan_study(cfg)
+    assert Counter((s.seed, s.kind, s.entry_point) for s in cluster) == Counter(
+        (s.seed, s.kind, s.stage) for s in plan(cfg))
+    made_by = {step.key: step.kind for step in cluster}
+    planned_inputs = {(s.seed, s.kind, s.stage): s.inputs for s in plan(cfg)}
+    for step in cluster:
+        assert tuple(made_by[k] for k in step.needs) == planned_inputs[step.seed, step.kind, step.entry_point]
+
+
+def test_a_cluster_study_with_finetuning_is_refused_by_name():
+    with pytest.raises(ConfigError, match="ensemble step runs in-process only.*--finetune-epochs"):
+        plan_study(StudyConfig(finetune_epochs=1))
