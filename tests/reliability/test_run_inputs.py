@@ -196,9 +196,9 @@ def test_non_finite_weights_are_refused_before_any_run(store, capsys, command, c
 
 
 def test_a_fusion_that_yields_non_finite_weights_ends_its_run_failed(store, capsys, monkeypatch):
-    from ofexp.pipeline import fuse
+    from ofexp.pipeline import fusion_methods
 
-    real = fuse.naive_fuse
+    real = fusion_methods.naive_fuse
 
     def overflowing(models, weights=None):
         fused = real(models, weights=weights)
@@ -206,7 +206,7 @@ def test_a_fusion_that_yields_non_finite_weights_ends_its_run_failed(store, caps
             next(fused.parameters()).fill_(float("inf"))
         return fused
 
-    monkeypatch.setattr(fuse, "naive_fuse", overflowing)
+    monkeypatch.setattr(fusion_methods, "naive_fuse", overflowing)
     before = _all_runs(store)
     line = _error_line(run_cli_in_process(["fuse", "--parents", ",".join(store.parents), "--method", "naive",
                                            "--device", "cpu", "--experiment-name", EXPERIMENT], store.uri, capsys))

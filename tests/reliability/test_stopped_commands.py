@@ -17,7 +17,8 @@ from conftest import BIN
 
 pytestmark = pytest.mark.slow
 
-TINY = ["--model", "mlp", "--width", "0.125", "--no-log-model", "--device", "cpu", "--experiment-name", "signals"]
+COMMON = ["--width", "0.125", "--no-log-model", "--device", "cpu", "--experiment-name", "signals"]
+TINY = ["--model", "mlp", *COMMON]
 
 
 def _start(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen, str]:
@@ -59,7 +60,7 @@ def _check_one_line(code: int, err: str) -> None:
 
 def test_sigterm_during_training_marks_the_run_killed_and_it_resumes(tmp_path):
     # a VGG11 epoch on digits takes seconds: long enough to be stopped after its first epoch
-    proc, uri = _start(["train", *TINY, "--model", "vgg11", "--epochs", "4"], tmp_path)
+    proc, uri = _start(["train", "--model", "vgg11", *COMMON, "--epochs", "4"], tmp_path)
     client = MlflowClient(uri)
     _wait_until(proc, lambda: any("val_loss" in r.data.metrics for r in _runs(client)), "an epoch was logged")
     code, err = _terminate(proc)
