@@ -15,7 +15,7 @@ from torch import nn
 from ofexp.errors import ConfigError
 from ofexp.fusion.groups import AlignmentSpec, apply_plan, axis_groups, check_covers
 from ofexp.fusion.heads import head_block_plans
-from ofexp.fusion.token_probes import token_features
+from ofexp.fusion.token_probes import register_token_hooks
 from ofexp.fusion.naive import average_states, fusion_weights, parent_specs
 from ofexp.fusion.trace import alignment_spec
 from ofexp.fusion.transport import solve_transport
@@ -141,15 +141,19 @@ def weight_cost(
     return d2.clamp_min_(0).sqrt_().numpy()
 
 
-def probe_features(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per group, the activations of its neurons on batch ``x``: [n, B * spatial * n_probes]."""
+def probe_features(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor,
+                   with_tokens: bool = False) -> dict[str, torch.Tensor]:
+    """Per group, the activations of its neurons on batch ``x``: [n, B * spatial * n_probes]; with
+    ``with_tokens``, the values at its token probes (``spec.token_probes``) are appended, from the
+    same forward pass."""
     modules = dict(model.named_modules())
     outs: dict[str, torch.Tensor] = {}
+    tokens: dict[str, list[torch.Tensor]] = {}
     hooks = [
         modules[name].register_forward_hook(lambda m, i, o, name=name: outs.__setitem__(name, o))
         for names in spec.probes.values()
         for name in names
-    ]
+    ] + (register_token_hooks(model, spec, tokens) if with_tokens else [])
     try:
         model(x)
     finally:
@@ -160,15 +164,8 @@ def probe_features(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor) -> di
         # [B, n, ...] -> [n, B * ...]: one row of samples per neuron
         parts = [outs[n].transpose(0, 1).reshape(outs[n].shape[1], -1) for n in names]
         feats[g] = torch.cat(parts, dim=1).to(torch.float64)
-    return feats
-
-
-def _features(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per group, its neurons' values at its probes and, for token models, its token probes: [n, samples]."""
-    feats = probe_features(model, spec, x)
-    if spec.token_probes:
-        for g, rows in token_features(model, spec, x).items():
-            feats[g] = torch.cat([feats[g], rows], dim=1) if g in feats else rows
+    for g, rows in tokens.items():  # transformers: neurons on the tokens' last axis
+        feats[g] = torch.cat([feats[g], *rows] if g in feats else rows, dim=1)
     return feats
 
 
@@ -200,8 +197,8 @@ def activation_costs(
     sq: dict[str, torch.Tensor] = {}
     with eval_mode(parent, target):
         for x in torch.split(inputs, batch_size):
-            fp = _features(parent, spec, x.to(device))
-            ft = _features(target, spec, x.to(next(target.parameters()).device))
+            fp = probe_features(parent, spec, x.to(device), with_tokens=True)
+            ft = probe_features(target, spec, x.to(next(target.parameters()).device), with_tokens=True)
             for g in spec.groups:
                 d2 = torch.cdist(fp[g], ft[g].to(device)) ** 2  # [n_p, n_t]
                 sq[g] = sq[g] + d2 if g in sq else d2

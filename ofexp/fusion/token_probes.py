@@ -47,21 +47,15 @@ def _hook(module: nn.Module, where: str, record):
     return module.register_forward_pre_hook(projections, with_kwargs=True)
 
 
-def token_features(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per group with token probes, its neurons' values on batch ``x``: [n, samples], float64."""
+def register_token_hooks(model: nn.Module, spec: AlignmentSpec, parts: dict[str, list[torch.Tensor]]) -> list:
+    """Hooks that append, per group with token probes, its neurons' values [n, samples] to ``parts``
+    on the next forward pass; the caller removes them."""
     modules = dict(model.named_modules())
-    parts: dict[str, list[torch.Tensor]] = {}
     hooks = []
     for group, probes in spec.token_probes.items():
         for name, where in probes:
             if where not in TOKEN_PROBES:
                 raise ValueError(f"token probe {name!r} of group {group!r}: unknown place {where!r}; "
                                  f"use one of {', '.join(TOKEN_PROBES)}")
-
             hooks.append(_hook(modules[name], where, lambda rows, group=group: parts.setdefault(group, []).append(rows)))
-    try:
-        model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return {g: torch.cat(p, dim=1) for g, p in parts.items()}
+    return hooks
