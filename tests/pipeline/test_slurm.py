@@ -180,6 +180,19 @@ def _train_jobs(client: MlflowClient, experiment: str) -> list[str] | None:
     return jobs if len(jobs) == 2 and all(jobs) else None
 
 
+def _assert_cancelled_and_gone(jobs: list[str]) -> None:
+    """Slurm recorded every job CANCELLED, and each leaves the queue (a cancelled job is listed
+    as COMPLETING for a moment while its node tears it down)."""
+    def gone():
+        queue = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+        return not set(jobs) & set(queue)
+
+    _wait_for(gone, 30, f"jobs {jobs} to leave the queue")
+    states = _wait_for(lambda: (lambda st: st if set(st) == set(jobs) else None)(_sacct_states(jobs)), 30,
+                       f"Slurm's record of jobs {jobs}")
+    assert all(state.startswith("CANCELLED") for state in states.values()), states  # "CANCELLED by <uid>" with accounting
+
+
 def test_stopping_the_driver_cancels_the_studys_jobs(slurm_cluster, mlflow_server, tmp_path):
     client = MlflowClient(mlflow_server.uri)
     experiment = f"slurm-stop-{uuid.uuid4().hex[:8]}"
@@ -189,8 +202,7 @@ def test_stopping_the_driver_cancels_the_studys_jobs(slurm_cluster, mlflow_serve
     driver.send_signal(signal.SIGTERM)
     driver.communicate(timeout=120)
     assert driver.returncode != 0
-    queue = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
-    assert not set(jobs) & set(queue), f"jobs {jobs} still queued or running: {queue}"
+    _assert_cancelled_and_gone(jobs)
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id])
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"], "no run is left RUNNING"
@@ -214,8 +226,7 @@ def test_ctrl_c_again_still_cancels_every_job_and_marks_every_run(slurm_cluster,
     _, err = driver.communicate(timeout=120)
     assert driver.returncode == 130, err[-2000:]
     assert "Traceback" not in err, err[-3000:]
-    queue = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
-    assert not set(jobs) & set(queue), f"jobs {jobs} still queued or running: {queue}"
+    _assert_cancelled_and_gone(jobs)
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id])
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"], "no run is left RUNNING"
