@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from ofexp.errors import ConfigError, OfexpError
 from ofexp.tracking import server
 from ofexp.tracking.names import TAG_FAILURE, TAG_HOST, TAG_PID, TAG_STAGE
-from ofexp.tracking.runs import DEFAULT_EXPERIMENT, _first_line, _store_error, tracking_uri
+from ofexp.tracking.runs import DEFAULT_EXPERIMENT, first_line, store_error, tracking_uri
 
 
 def experiment_id_for(name: str | None) -> str:
@@ -30,7 +30,7 @@ def experiment_id_for(name: str | None) -> str:
     try:
         experiment = mlflow.MlflowClient().get_experiment_by_name(name)
     except MlflowException as exc:
-        raise _store_error(exc) from exc
+        raise store_error(exc) from exc
     if experiment is None:
         raise ConfigError(f"no experiment named {name!r} on {tracking_uri()}; check --experiment-name")
     return experiment.experiment_id
@@ -92,7 +92,7 @@ def running_runs(experiment_id: str, stage: str | None = None, epoch_metric: str
                                   order_by=["attributes.start_time DESC"])
         return [_running_run(client, run, epoch_metric) for run in runs]
     except MlflowException as exc:
-        raise OfexpError(f"cannot search runs on {tracking_uri()}: {_first_line(exc)}") from exc
+        raise OfexpError(f"cannot search runs on {tracking_uri()}: {first_line(exc)}") from exc
 
 
 def experiment_name(experiment_id: str) -> str:
@@ -118,7 +118,7 @@ def close_stale_run(run_id: str, reason: str) -> None:
         with redirect_stdout(sys.stderr):  # MLflow's "View run" links, as in _end_run
             client.set_terminated(run_id, "KILLED")
     except MlflowException as exc:
-        raise _store_error(exc) from exc
+        raise store_error(exc) from exc
 
 
 def process_state(tags: Mapping[str, str]) -> tuple[bool, bool]:

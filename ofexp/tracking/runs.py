@@ -52,7 +52,7 @@ def configure_tracking(experiment_name: str | None = None) -> str:
         name = experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
         experiment = mlflow.set_experiment(name)
     except MlflowException as exc:
-        raise _store_error(exc) from exc
+        raise store_error(exc) from exc
     _label_experiment(experiment)
     return experiment.experiment_id
 
@@ -222,11 +222,11 @@ def _record_failure(run_id: str, stage: str, exc: BaseException) -> None:
         pick_up = (f"`ofexp runs --stale` lists it and `ofexp train --resume {run_id}` continues it"
                    if stage == "train" else "re-run this step")
         raise TrackingServerError(
-            f"lost the tracking server {uri} during {stage} run {run_id} ({_first_line(exc)[:200]}); the run is "
+            f"lost the tracking server {uri} during {stage} run {run_id} ({first_line(exc)[:200]}); the run is "
             f"left RUNNING there: once the server is back, {pick_up}") from exc
     status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
     try:
-        mlflow.set_tag(TAG_FAILURE, _first_line(exc) or type(exc).__name__)
+        mlflow.set_tag(TAG_FAILURE, first_line(exc) or type(exc).__name__)
     finally:
         _end_run(status)
 
@@ -270,7 +270,9 @@ def same_param(logged: str | None, expected: str) -> bool:
     return logged == expected or (expected in ("true", "false") and logged.lower() == expected)
 
 
-def _store_error(exc: BaseException) -> OfexpError:
+def store_error(exc: BaseException) -> OfexpError:
+    """The one-line ofexp error for a failed tracking-store call (credentials, permissions,
+    an unreachable server, a full disk), as every module that talks to the store raises it."""
     status = exc.get_http_status_code() if isinstance(exc, MlflowException) else None
     if status == 401:
         return TrackingServerError(
@@ -284,7 +286,7 @@ def _store_error(exc: BaseException) -> OfexpError:
             f"user {user} lacks permission{on} on the tracking server {tracking_uri()} (HTTP 403: it may read, "
             "not write); ask its admin for EDIT permission, or set MLFLOW_TRACKING_USERNAME/"
             "MLFLOW_TRACKING_PASSWORD to another user")
-    return OfexpError(f"cannot use the tracking store {tracking_uri()}: {_first_line(exc)}; "
+    return OfexpError(f"cannot use the tracking store {tracking_uri()}: {first_line(exc)}; "
                       "check MLFLOW_TRACKING_URI and that the server is running")
 
 
@@ -308,10 +310,11 @@ def describe_tracking_error(exc: BaseException) -> str | None:
     errors; a read-only user's first write used to end in a raw `403 != 200 ...`.
     """
     status = exc.get_http_status_code() if isinstance(exc, MlflowException) else None
-    return str(_store_error(exc)) if status in (401, 403) else None
+    return str(store_error(exc)) if status in (401, 403) else None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, for one-line errors."""
     text = str(exc).strip()
     return text.splitlines()[0][:500] if text else ""
 
@@ -399,7 +402,7 @@ def claim_run(run: Run) -> None:
         except MlflowException:
             owner = client.get_run(run_id).data.params.get(key)
     except MlflowException as exc:
-        raise _store_error(exc) from exc
+        raise store_error(exc) from exc
     if owner == token:  # a retried request whose first try went through
         return
     host, pid, _ = (owner or "?:?:?").split(":", 2)

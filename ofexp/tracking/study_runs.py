@@ -9,7 +9,7 @@ from typing import Iterator
 import mlflow
 from mlflow.tracking import fluent
 
-from ofexp.tracking.runs import _store_error
+from ofexp.tracking.runs import store_error
 
 
 @contextmanager
@@ -26,7 +26,7 @@ def attached_to(run_id: str, uri: str) -> Iterator[None]:
         run = mlflow.start_run(run_id=run_id)  # the run is RUNNING already; this only makes it active here
         mlflow.set_experiment(experiment_id=run.info.experiment_id)
     except Exception as exc:  # noqa: BLE001 -- any store failure becomes one line
-        raise _store_error(exc) from exc
+        raise store_error(exc) from exc
     try:
         yield
     finally:
