@@ -61,12 +61,10 @@ def load_foreign_parents(uris: tuple[str, ...], model_input: ModelInput | None, 
     architectures, an input they do not take, and a traced spec that fails the check."""
     logged = [fetch_logged_model(uri) for uri in uris]
     check_same_tensors([p.model for p in logged], names=[p.uri for p in logged])
-    model_input = model_input or _recorded_input(logged[0])
-    splits = adapt(splits if splits is not None else load_dataset(model_input.data), model_input)
-    example = splits.test_x[:_EXAMPLES]
+    model_input, splits = _input_and_data(logged[0], model_input, splits)
     for p in logged:
-        check_model_input(p.model, example, splits.info.num_classes, signature_shape=p.input_shape,
-                          what=f"the model at {p.uri}")
+        _check_takes_input(p, splits)
+    example = splits.test_x[:_EXAMPLES]
     alignment = None
     if trace:
         alignment = trace_alignment(logged[-1].model, example)
@@ -80,11 +78,21 @@ def load_foreign_model(uri: str, model_input: ModelInput | None,
                        splits: DataSplits | None = None) -> tuple[LoggedModel, ModelInput, DataSplits]:
     """One model by URI with its data in its input format, checked (for `ofexp evaluate`)."""
     logged = fetch_logged_model(uri)
-    model_input = model_input or _recorded_input(logged)
-    splits = adapt(splits if splits is not None else load_dataset(model_input.data), model_input)
-    check_model_input(logged.model, splits.test_x[:_EXAMPLES], splits.info.num_classes,
-                      signature_shape=logged.input_shape, what=f"the model at {uri}")
+    model_input, splits = _input_and_data(logged, model_input, splits)
+    _check_takes_input(logged, splits)
     return logged, model_input, splits
+
+
+def _input_and_data(model: LoggedModel, model_input: ModelInput | None,
+                    splits: DataSplits | None) -> tuple[ModelInput, DataSplits]:
+    """The input the model takes (given, or as its fuse run recorded it), and the data in it."""
+    model_input = model_input or _recorded_input(model)
+    return model_input, adapt(splits if splits is not None else load_dataset(model_input.data), model_input)
+
+
+def _check_takes_input(model: LoggedModel, splits: DataSplits) -> None:
+    check_model_input(model.model, splits.test_x[:_EXAMPLES], splits.info.num_classes,
+                      signature_shape=model.input_shape, what=f"the model at {model.uri}")
 
 
 def _recorded_input(model: LoggedModel) -> ModelInput:
