@@ -14,6 +14,7 @@ from ofexp.errors import ConfigError
 from ofexp.pipeline.report import (GAP, GAP_NOTE, PREDICTION_FILE, RESULTS_FILE, correlation_legend, correlation_view,
                                    report_files, summarise, with_gap_percent)
 from ofexp.pipeline.views import compare_table, study_report
+from ofexp.pipeline.widths import granulated_legend, granulated_view
 
 _WIDE = {"display.width": 250, "display.max_columns": None, "display.max_rows": None, "display.max_colwidth": 60}
 
@@ -25,7 +26,8 @@ _WIDE = {"display.width": 250, "display.max_columns": None, "display.max_rows": 
 @click.option("--csv", "csv_path", type=OPT_STR, default=None, metavar="PATH",
               help="Also write results.csv (the original study's format) to PATH, and the other prediction "
                    "values, the summary and the correlations next to it as PATH-stem.prediction.csv, "
-                   "PATH-stem.summary.csv and PATH-stem.correlations.csv.")
+                   "PATH-stem.summary.csv and PATH-stem.correlations.csv (and, for a --widths study, "
+                   "PATH-stem.granulated.csv).")
 @click.option("--force", is_flag=True, help="Let --csv overwrite files that exist.")
 def report(study_run_id: str | None, study_run_option: str | None, csv_path: str | None, force: bool) -> None:
     """Rebuild a study's results, summary and correlation tables from the server; print them."""
@@ -51,11 +53,29 @@ def report(study_run_id: str | None, study_run_option: str | None, csv_path: str
         click.echo("\n".join(correlation_legend(study.accuracy_metric) + skipped))
         if len(correlations):
             click.echo(correlations.to_string(index=False))
+        if tables.granulated is not None:
+            _print_granulated(tables.granulated, study.accuracy_metric)
     if csv_files:
         files = report_files(tables.results, study.accuracy_metric)
-        write_csv_files(dict(zip(csv_files, (files[RESULTS_FILE], files[PREDICTION_FILE], tables.summary.to_csv(),
-                                             tables.correlations.to_csv(index=False, na_rep="nan")))), force)
-        click.echo(f"wrote {csv_files[0]} and its .prediction.csv, .summary.csv, .correlations.csv", err=True)
+        texts = [files[RESULTS_FILE], files[PREDICTION_FILE], tables.summary.to_csv(),
+                 tables.correlations.to_csv(index=False, na_rep="nan")]
+        if tables.granulated is not None:  # a width study: PATH-stem.granulated.csv too
+            csv_files.append(csv_files[0].with_name(f"{csv_files[0].stem}.granulated.csv"))
+            texts.append(tables.granulated.to_csv(index=False, na_rep="nan"))
+        write_csv_files(dict(zip(csv_files, texts)), force)
+        extra = ", .granulated.csv" if tables.granulated is not None else ""
+        click.echo(f"wrote {csv_files[0]} and its .prediction.csv, .summary.csv, .correlations.csv{extra}", err=True)
+
+
+def _print_granulated(table: pd.DataFrame, accuracy_metric: str) -> None:
+    """The granulated Kendall tau section: the rows with numbers that mean something, then why others are not."""
+    hidden, view = granulated_view(table)
+    click.echo(f"\n## granulated Kendall tau along width (Jiang et al. 2020), with {accuracy_metric}")
+    click.echo("\n".join(granulated_legend(accuracy_metric)))
+    if len(view):
+        click.echo(view.to_string(index=False))
+    if hidden:
+        click.echo("not printed (granulated_kendall.csv keeps them):\n" + "\n".join(f"  {line}" for line in hidden))
 
 
 def _report_csv_paths(path: Path) -> list[Path]:

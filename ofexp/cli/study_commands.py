@@ -4,13 +4,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 import click
+from click.core import ParameterSource
 
 from ofexp.cli.commands import _train_config
 from ofexp.cli.options import (data_options, experiment_option, flag, model_options, parse_seeds, pop_flag,
                                pop_typed_options, recipe_options, typed_options)
 from ofexp.cli.remote_options import remote_from_options, remote_options, run_remote
 from ofexp.errors import ConfigError
-from ofexp.pipeline.options import EvaluateOptions, FusionOptions, shown_seeds
+from ofexp.pipeline.options import EvaluateOptions, FusionOptions, parse_list, shown_seeds
 from ofexp.pipeline.report import study_outcome
 from ofexp.pipeline.study import MAX_UNCONFIRMED_STEPS, STUDY_FIXED, StudyConfig, planned_step_count, run_study
 from ofexp.pipeline.views import use_experiment
@@ -22,6 +23,9 @@ from ofexp.pipeline.views import use_experiment
 @recipe_options
 @typed_options(FusionOptions)
 @click.option("--seeds", default="1", show_default=True, help="A count (2 = seeds 1,2) or a list (1,2,5).")
+@click.option("--widths", default=None, metavar="W1,W2,...",
+              help="Run every seed at each of these widths (e.g. 0.25,0.5,1; instead of --width) and add the "
+                   "granulated Kendall tau along width to the report.")
 @typed_options(EvaluateOptions, exclude=STUDY_FIXED)
 @flag("cache", "Reuse FINISHED runs that did a step already; --no-cache runs every step afresh.", default=True)
 @click.option("--jobs", type=click.INT, default=1, show_default=True,
@@ -32,19 +36,23 @@ from ofexp.pipeline.views import use_experiment
               help=f"Start a study of more than {MAX_UNCONFIRMED_STEPS:,} steps (the size is printed first).")
 @remote_options
 @experiment_option
-def study(seeds: str, jobs: int, finetune_epochs: int, yes: bool, experiment_name: str | None, **kw) -> None:
+def study(seeds: str, widths: str | None, jobs: int, finetune_epochs: int, yes: bool, experiment_name: str | None,
+          **kw) -> None:
     """Train, fuse and evaluate per seed, as nested runs of one study run; print its ID.
 
     Steps that a FINISHED run already did (same stage, params, upstream runs, ofexp
     version and commit) are reused, not redone; --no-cache turns that off. With
     --jobs N, seeds run in N processes, nested under the same study run.
     """
+    width_list = _parse_widths(widths)
     remote = remote_from_options(kw)  # --backend slurm or kubernetes: the steps run on a cluster
+    if remote is not None and width_list:
+        raise ConfigError("--widths runs in-process only for now; drop --backend, or run one study per --width")
     use_cache = pop_flag(kw, "cache")
     fusion = FusionOptions(**pop_typed_options(FusionOptions, kw))
     evaluation = EvaluateOptions(**pop_typed_options(EvaluateOptions, kw, exclude=STUDY_FIXED))
     cfg = StudyConfig(train=_train_config(kw), seeds=parse_seeds(seeds), fusion=fusion, evaluation=evaluation,
-                      use_cache=use_cache, jobs=jobs, finetune_epochs=finetune_epochs)
+                      use_cache=use_cache, jobs=jobs, finetune_epochs=finetune_epochs, widths=width_list)
     if remote is not None and finetune_epochs:
         raise ConfigError("--finetune-epochs runs in-process only; drop --backend, or fine-tune with "
                           "`ofexp train --init-from` and `ofexp ensemble`")
@@ -60,6 +68,15 @@ def study(seeds: str, jobs: int, finetune_epochs: int, yes: bool, experiment_nam
         study_id = run_study(cfg)
     click.echo(study_outcome(study_id))
     click.echo(study_id)  # the last line of stdout, for scripts
+
+
+def _parse_widths(text: str | None) -> tuple[float, ...]:
+    """--widths as numbers; refused with --width given too (even --width 1: the two say different things)."""
+    if text is None:
+        return ()
+    if click.get_current_context().get_parameter_source("width") is not ParameterSource.DEFAULT:
+        raise ConfigError("--width and --widths both set the width; pass only one (--widths runs each)")
+    return parse_list(text.strip(), "--widths", float, "a number", "pass comma-separated widths like 0.25,0.5,1")
 
 
 def _checked_size(cfg: StudyConfig, yes: bool) -> str:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+from ofexp.pipeline.widths import split_width
+
 
 def format_duration(seconds: float) -> str:
     """3 s, 4 min 05 s, 1 h 02 min: short, and exact enough for an estimate."""
@@ -23,7 +25,9 @@ def step_kind(model_kind: str, stage: str) -> str:
     """The kind of step the estimate times on its own: train, finetune, fuse naive, fuse
     geometric, ensemble or evaluate. Their costs differ by orders of magnitude (a geometric
     fusion solves transport problems a naive one skips; a fine-tune runs fewer epochs than a
-    parent), so one kind's time says nothing of another's."""
+    parent), so one kind's time says nothing of another's. A width study's kinds count as their
+    kind at any width (`parent_1_w0.5` is a train step)."""
+    model_kind = split_width(model_kind)[0]
     if stage == "evaluate":
         return "evaluate"
     if model_kind.endswith("_finetuned"):

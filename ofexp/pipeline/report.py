@@ -12,7 +12,10 @@ since they are not its children). From those runs' metrics come:
 - summary: mean, std and count over seeds per (model kind, metric);
 - correlations: every (method, measure, model kind) coefficient with n, p-value, bootstrap
   95 % interval and note, per model kind and pooled over every model (model_kind "pooled",
-  in correlations.csv only: results.csv keeps the original study's per-kind rows).
+  in correlations.csv only: results.csv keeps the original study's per-kind rows);
+- granulated (a study over several widths only, `ofexp.pipeline.widths`): each measure's
+  granulated Kendall τ along width, with its permutation p-value and counts
+  (granulated_kendall.csv).
 
 `ofexp study` logs them, and `ofexp report` rebuilds them from the server.
 """
@@ -29,6 +32,7 @@ from ofexp.metrics.correlation import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CORR
                                        correlation_table)
 from ofexp.errors import ArtifactError, RunLookupError
 from ofexp.pipeline.step_map import STEPS_FILE, check_step_map
+from ofexp.pipeline.widths import granulated_width_table, split_width, width_kind, width_label
 from ofexp.tracking import queries
 from ofexp.tracking.artifacts import read_text_artifact
 from ofexp.tracking.names import TAG_KINDS
@@ -44,6 +48,7 @@ class StudyTables:
     summary: pd.DataFrame  # index (Kind, Metric); columns mean, std, count
     correlations: pd.DataFrame  # CORRELATION_COLUMNS: method, measure, model_kind, value, n, note, p_value, ci_*
     steps: pd.DataFrame  # STEP_COLUMNS
+    granulated: pd.DataFrame | None = None  # GRANULATED_COLUMNS, for a study over several widths
 
 
 # A study step's run name says seed, model and stage in as few characters as it can: the MLflow
@@ -55,9 +60,12 @@ _SHORT_STAGE = {"evaluate": "eval"}
 
 def step_run_name(seed: int, kind: str, stage: str) -> str:
     """A study step's run name, told apart from the seed's others within its first 15 characters:
-    "s3 parent_1 train", "s3 geometric fuse", "s3 ensemble", "s3 geo+ft eval"."""
-    short = _SHORT_KIND.get(kind, kind)
-    return f"s{seed} {short}" + ("" if stage == kind else f" {_SHORT_STAGE.get(stage, stage)}")
+    "s3 parent_1 train", "s3 geometric fuse", "s3 ensemble", "s3 geo+ft eval"; in a width study
+    the width comes second: "s3 w0.5 naive eval"."""
+    base, width = split_width(kind)
+    short = _SHORT_KIND.get(base, base)
+    seed_part = f"s{seed}" if width is None else f"s{seed} w{width_label(width)}"
+    return f"{seed_part} {short}" + ("" if stage == base else f" {_SHORT_STAGE.get(stage, stage)}")
 
 
 def kinds_tag(steps: pd.DataFrame) -> dict[str, str]:
@@ -141,11 +149,13 @@ def summarise(per_seed: pd.DataFrame) -> pd.DataFrame:
 def build_tables(steps: pd.DataFrame, runs: Mapping[str, RunData], accuracy_metric: str) -> StudyTables:
     """All of a study's tables from its steps and their runs (as read back from the store)."""
     per_seed = seed_rows(steps, runs)
-    correlations = correlation_table(long_values(per_seed), accuracy_metric)
+    values = long_values(per_seed)
+    correlations = correlation_table(values, accuracy_metric)
     correlations = correlations.sort_values(["model_kind", "measure", "method"], kind="stable",
                                             key=_kind_order(per_seed)).reset_index(drop=True)
     results = pd.concat([per_seed, correlation_rows(correlations)], ignore_index=True)
-    return StudyTables(results, summarise(per_seed), correlations, steps)
+    return StudyTables(results, summarise(per_seed), correlations, steps,
+                       granulated_width_table(values, accuracy_metric))
 
 
 def _kind_order(per_seed: pd.DataFrame):
@@ -293,13 +303,12 @@ def study_outcome(study_run_id: str) -> str:
     kinds = study_kinds(study.tags)
     mean = {k: study.metrics.get(f"summary/{metric}/{k}_mean") for k in kinds}
     std = {k: study.metrics.get(f"summary/{metric}/{k}_std") for k in kinds}
-    parents = [mean[k] for k in ("parent_1", "parent_2") if mean.get(k) is not None]
-    reference = sum(parents) / len(parents) if parents else None
     width = max([len(k) for k in kinds] + [10])
     lines = [f"{'model':<{width}}  {metric:<17}  × parents"]
     for kind in kinds:
         if mean[kind] is None:
             continue
+        reference = _parents_mean(mean, kind)
         spread = f" ± {std[kind]:.4f}" if std[kind] is not None else ""
         ratio = f"{mean[kind] / reference:.3f}" if reference else "-"
         lines.append(f"{kind:<{width}}  {f'{mean[kind]:.4f}{spread}':<17}  {ratio}")
@@ -310,4 +319,13 @@ def study_outcome(study_run_id: str) -> str:
     tail = ["", "Look further:",
             f"  ofexp report {study_run_id}   per-seed values, every measure, correlations",
             "  ofexp ui   the runs, their plots and lineage in the MLflow UI"]
-    return "\n".join([head, *lines, "(× parents: the mean over seeds, divided by the parents' mean)", *tail])
+    return "\n".join([head, *lines, "(× parents: the mean over seeds, divided by the parents' mean"
+                       + (" at the same width)" if any(split_width(k)[1] is not None for k in kinds) else ")"),
+                       *tail])
+
+
+def _parents_mean(mean: Mapping[str, float | None], kind: str) -> float | None:
+    """The mean of the two parents' means that `kind` is compared with: those of its own width."""
+    width = split_width(kind)[1]
+    parents = [mean[p] for p in (width_kind(k, width) for k in ("parent_1", "parent_2")) if mean.get(p) is not None]
+    return sum(parents) / len(parents) if parents else None

@@ -12,7 +12,9 @@ that ofexp set when the study made it:
   were made from the plan's inputs, the seed's two parents (`ofexp.parent_run_ids`), by the
   kind's method, a fine-tuned model started from its input, the seed's fused model of that
   method (`init_from`);
-- each (seed, kind, stage) appears once, and the study's count of steps matches.
+- each (seed, kind, stage) appears once, and the study's count of steps matches;
+- in a width study (kinds like `parent_1_w0.5`), the row's kind is read without its width, its
+  inputs are the same width's kinds, and a trained model's run has that width (param `width`).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Mapping
 import pandas as pd
 
 from ofexp.errors import ArtifactError
+from ofexp.pipeline.widths import split_width, width_kind
 from ofexp.tracking.names import TAG_PARENTS
 from ofexp.tracking.queries import RunData
 
@@ -57,7 +60,7 @@ def check_step_map(study: RunData, steps: pd.DataFrame, runs: Mapping[str, RunDa
     models = {(int(r.seed), r.kind): r.run_id for r in steps.itertuples() if r.stage != "evaluate"}
     for row in steps.itertuples():
         run = runs[row.run_id]
-        planned = _planned_models(int(row.seed)).get(row.kind)
+        planned = _planned_models(int(row.seed)).get(split_width(row.kind)[0])
         expected_stage = "evaluate" if row.stage == "evaluate" else planned and planned.stage
         if expected_stage is None or row.stage != expected_stage:
             _refuse(study, row, f"is no step a study makes (kind {row.kind!r}, stage {row.stage!r})")
@@ -71,13 +74,17 @@ def check_step_map(study: RunData, steps: pd.DataFrame, runs: Mapping[str, RunDa
 def _disagreement(row, run: RunData, models: Mapping[tuple[int, str], str], planned: Step) -> str | None:
     """What the run recorded that contradicts its row (`planned`: the plan's step of its kind), or None."""
     seed = int(row.seed)
+    base, width = split_width(row.kind)
 
-    def model(kind: str) -> str:
+    def model(kind: str) -> str:  # a planned kind's run at the row's width
+        kind = width_kind(kind, width)
         return models.get((seed, kind), f"(no {kind} row for seed {seed})")
 
+    if width is not None and row.stage == "train" and float(run.params.get("width", "nan")) != width:
+        return f"which trained at width {run.params.get('width')}, not {width:g}"
     if row.stage == "evaluate":
         measured = run.params.get("model_run")
-        return None if measured == model(row.kind) else f"which measured run {measured}, not seed {seed}'s {row.kind} {model(row.kind)}"
+        return None if measured == model(base) else f"which measured run {measured}, not seed {seed}'s {row.kind} {model(base)}"
     if planned.stage == "train" and not planned.inputs:  # a parent
         expected = str(planned.config.seed)
         got = run.params.get("seed")

@@ -39,6 +39,7 @@ from ofexp.pipeline.report import (STEP_COLUMNS, STEPS_FILE, StudyTables, build_
                                    correlation_notes, kinds_tag, report_files, sort_steps,
                                    summary_metrics)
 from ofexp.pipeline.study_plan import KIND_ORDER, Step, parent_seed, seed_steps, study_kinds
+from ofexp.pipeline.widths import GRANULATED_FILE, check_widths, granulated_metrics, width_label
 from ofexp.pipeline.train import TrainConfig, run_train
 from ofexp.tracking import cache, names, queries, runs
 from ofexp.tracking.artifacts import ENSEMBLE_STAGE
@@ -67,6 +68,7 @@ class StudyConfig:
     use_cache: bool = True
     jobs: int = 1
     finetune_epochs: int = 0  # > 0: add the ensemble and both fusions fine-tuned for this many epochs
+    widths: tuple[float, ...] = ()  # two or more: every seed's models at each width (`ofexp.pipeline.widths`)
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -85,6 +87,8 @@ class StudyConfig:
             raise ConfigError(f"--jobs must be ≥ 1, got {self.jobs}")
         if self.finetune_epochs < 0:
             raise ConfigError(f"--finetune-epochs must be ≥ 0 (0 = off), got {self.finetune_epochs}")
+        if self.widths:
+            check_widths(self.widths, self.train)
         # checked now, for a study's 2 parents, so that bad options are refused before any run exists
         # rather than after the parents trained
         self.fusion.check(parents=2)
@@ -107,7 +111,8 @@ class StudyConfig:
     @property
     def run_name(self) -> str:
         """The study run's name, whichever backend runs its steps."""
-        return f"study {self.train.model} {self.train.data.name} seeds {','.join(map(str, self.seeds))}"
+        widths = f" widths {','.join(map(width_label, self.widths))}" if self.widths else ""
+        return f"study {self.train.model} {self.train.data.name}{widths} seeds {','.join(map(str, self.seeds))}"
 
 
 # The largest study seed whose parents' torch seeds (100·s + 1, 100·s + 2) are seeds train takes.
@@ -252,6 +257,9 @@ def study_params(cfg: StudyConfig) -> dict[str, object]:
     params = {**cfg.train.params(), "seeds": cfg.seeds, "measures": cfg.measure_names,
               "preset": cfg.evaluation.preset, "accuracy_metric": cfg.accuracy_metric}
     params.pop("seed")
+    if cfg.widths:  # each train run records its own width; the study, the ones it varies
+        params.pop("width")
+        params["widths"] = ",".join(map(width_label, cfg.widths))
     if cfg.finetune_epochs:
         params["finetune_epochs"] = cfg.finetune_epochs
     params["sharpness_worst"] = cfg.evaluation.sharpness_worst
@@ -269,6 +277,7 @@ def run_study(cfg: StudyConfig) -> str:
     description = (
         f"Study of {tcfg.model} on {tcfg.data.name} over seeds {', '.join(map(str, cfg.seeds))}: per seed two "
         "parents are trained, fused naively and geometrically, and all four models evaluated."
+        + (f" Every seed is run at widths {', '.join(map(width_label, cfg.widths))}." if cfg.widths else "")
     )
     tags = {TAG_CACHE: runs.param_str(cfg.use_cache), TAG_JOBS: str(cfg.jobs)}
     with tracking.stage_run("study", run_name=cfg.run_name, params=study_params(cfg), tags=tags,
@@ -280,7 +289,7 @@ def run_study(cfg: StudyConfig) -> str:
             rows = [row for seed in cfg.seeds for row in run_seed(cfg, seed, load, experiment_id, progress=progress)]
         else:
             rows = _run_seeds_in_parallel(cfg, run.info.run_id, experiment_id)
-        steps = sort_steps(pd.DataFrame(rows, columns=STEP_COLUMNS), KIND_ORDER)
+        steps = sort_steps(pd.DataFrame(rows, columns=STEP_COLUMNS), study_kinds(cfg))
         tables = log_outputs(steps, cfg.accuracy_metric, experiment_id)
         reused = int(tables.steps["reused"].sum())
         tracking.set_description(f"{description} {reused} of {len(steps)} steps reused finished runs (steps.csv).")
@@ -351,9 +360,13 @@ def log_outputs(steps: pd.DataFrame, accuracy_metric: str, experiment_id: str) -
         tracking.log_text(text, name)
     tracking.log_text(tables.summary.to_csv(), "summary.csv")
     tracking.log_text(tables.correlations.to_csv(index=False, na_rep="nan"), "correlations.csv")
+    granulated = {}
+    if tables.granulated is not None:
+        tracking.log_text(tables.granulated.to_csv(index=False, na_rep="nan"), GRANULATED_FILE)
+        granulated = granulated_metrics(tables.granulated)
     reused = int(steps["reused"].sum())
     tracking.log_metrics({**summary_metrics(tables.summary), **correlation_metrics(tables.correlations),
-                          "steps/reused": reused, "steps/new": len(steps) - reused})
+                          **granulated, "steps/reused": reused, "steps/new": len(steps) - reused})
     notes = correlation_notes(tables.correlations)
     if notes:
         tracking.set_tags(dict([runs.warning_tag(

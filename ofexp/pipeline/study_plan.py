@@ -7,6 +7,10 @@ runs them, each after the steps whose runs it takes. Each Step says which model 
 makes or measures, its stage, its config (the options it adds to its inputs) and its inputs:
 the kinds of the same seed whose run IDs it takes. The local, Slurm and Kubernetes engines,
 the progress line, steps.csv's order, the study's kinds and the steps.csv check all read it.
+
+A study over several widths (`StudyConfig.widths`) makes each seed's models once per width,
+as width-qualified kinds (`parent_1_w0.5`, `ofexp.pipeline.widths`) whose train steps have
+that width: the same seeds, steps and torch seeds at every width.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from ofexp.pipeline.fusion_methods import METHODS
 from ofexp.pipeline.options import EvaluateOptions, FusionOptions
 from ofexp.pipeline.report import step_run_name
 from ofexp.pipeline.train import TrainConfig
+from ofexp.pipeline.widths import width_kind
 from ofexp.tracking.artifacts import ENSEMBLE_STAGE
 
 if TYPE_CHECKING:
@@ -81,28 +86,34 @@ KIND_ORDER = (*PARENTS, ENSEMBLE, *map(fused_kind, METHODS), *map(finetuned_kind
 
 
 def seed_steps(cfg: StudyConfig, seed: int) -> list[Step]:
-    """The steps of one seed: its models in KIND_ORDER, then one evaluate step per model."""
-    models = list(_model_steps(cfg, seed))
+    """The steps of one seed: its models in KIND_ORDER (width after width), then one evaluate step per model."""
+    models = [step for width in cfg.widths or (None,) for step in _model_steps(cfg, seed, width)]
     evaluation = cfg.step_evaluation
     return models + [Step(seed, m.kind, "evaluate", evaluation, (m.kind,)) for m in models]
 
 
-def _model_steps(cfg: StudyConfig, seed: int) -> Iterator[Step]:
-    tcfg = cfg.train
+def _model_steps(cfg: StudyConfig, seed: int, width: float | None = None) -> Iterator[Step]:
+    """One seed's model steps at `width` (None: the study's one width, unqualified kinds)."""
+    tcfg = cfg.train if width is None else replace(cfg.train, width=width)
     methods = [m for m in METHODS if m in cfg.fusion.methods]
-    for i, kind in enumerate(PARENTS, 1):
+
+    def at(kind: str) -> str:
+        return width_kind(kind, width)
+
+    parents = tuple(map(at, PARENTS))
+    for i, kind in enumerate(parents, 1):
         yield Step(seed, kind, "train", replace(tcfg, seed=parent_seed(seed, i),
                                                 run_name=step_run_name(seed, kind, "train")))
     if cfg.finetune_epochs:  # the ensemble: the reference ceiling that fusion and fine-tuning are compared with
-        yield Step(seed, ENSEMBLE, ENSEMBLE_STAGE, None, PARENTS)
+        yield Step(seed, at(ENSEMBLE), ENSEMBLE_STAGE, None, parents)
     for method in methods:
-        yield Step(seed, fused_kind(method), "fuse", replace(cfg.fusion, methods=(method,)), PARENTS)
+        yield Step(seed, at(fused_kind(method)), "fuse", replace(cfg.fusion, methods=(method,)), parents)
     if cfg.finetune_epochs:
         for method in methods:
-            kind = finetuned_kind(method)
+            kind = at(finetuned_kind(method))
             tuned = replace(tcfg, recipe=finetune_recipe(tcfg.recipe, epochs=cfg.finetune_epochs),
                             seed=finetune_seed(seed), run_name=step_run_name(seed, kind, "train"))
-            yield Step(seed, kind, "train", tuned, (fused_kind(method),))
+            yield Step(seed, kind, "train", tuned, (at(fused_kind(method)),))
 
 
 def plan(cfg: StudyConfig) -> list[Step]:
@@ -111,5 +122,5 @@ def plan(cfg: StudyConfig) -> list[Step]:
 
 
 def study_kinds(cfg: StudyConfig) -> tuple[str, ...]:
-    """The model kinds the study makes per seed, in table order."""
-    return tuple(step.kind for step in _model_steps(cfg, cfg.seeds[0]))
+    """The model kinds the study makes per seed, in table order (width after width)."""
+    return tuple(step.kind for step in seed_steps(cfg, cfg.seeds[0]) if step.makes_model)
