@@ -115,3 +115,22 @@ def test_report_prints_the_granulated_table_and_writes_its_csv(study, mlflow_ser
 def test_a_width_is_reused_only_for_that_width(study, mlflow_server, client):
     again = client.get_run(_study(mlflow_server.uri, "0.25,0.5"))
     assert again.data.metrics["steps/reused"] == 12 and again.data.metrics["steps/new"] == 12  # 0.25's, not 0.5's
+
+
+def test_a_map_that_relabels_the_widths_is_refused(study, mlflow_server, client, capsys, tmp_path):
+    # every kind of width 0.125 renamed to 0.25 and back: each row still agrees with its seed's parents,
+    # seeds and inputs, so only the width the train runs recorded tells the two widths apart
+    original = (tmp_path / "steps.csv")
+    original.write_text(pd.read_csv(client.download_artifacts(study.info.run_id, "steps.csv", str(tmp_path / "d")),
+                                    dtype={"run_id": str}).to_csv(index=False))
+    steps = pd.read_csv(original, dtype={"run_id": str})
+    swapped = steps["kind"].str.replace("_w0.125", "_wX", regex=False).str.replace("_w0.25", "_w0.125", regex=False)
+    client.log_text(study.info.run_id, steps.assign(kind=swapped.str.replace("_wX", "_w0.25", regex=False))
+                    .to_csv(index=False), "steps.csv")
+    try:
+        result = run_cli_in_process(["report", study.info.run_id], mlflow_server.uri, capsys)
+    finally:
+        client.log_text(study.info.run_id, original.read_text(), "steps.csv")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "which trained at width 0.125, not 0.25" in line or "which trained at width 0.25, not 0.125" in line
