@@ -32,6 +32,7 @@ KINDS = ("parent_1", "parent_2", "naive_fused")
 
 
 def _study(uri: str, widths: str) -> str:
+    """The study's stdout: its result lines, then its run ID last."""
     from ofexp.cli import main
 
     out = io.StringIO()
@@ -40,7 +41,7 @@ def _study(uri: str, widths: str) -> str:
             main([*TINY, "--widths", widths])
         except SystemExit as exc:
             assert not exc.code, f"ofexp study --widths {widths} exited {exc.code}"
-    return out.getvalue().strip().splitlines()[-1]
+    return out.getvalue().strip()
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +50,13 @@ def client(mlflow_server) -> MlflowClient:
 
 
 @pytest.fixture(scope="module")
-def study(mlflow_server, client):
-    return client.get_run(_study(mlflow_server.uri, "0.125,0.25"))
+def printed(mlflow_server) -> str:
+    return _study(mlflow_server.uri, "0.125,0.25")
+
+
+@pytest.fixture(scope="module")
+def study(printed, client):
+    return client.get_run(printed.splitlines()[-1])
 
 
 def _csv(client, run_id: str, path: str, tmp_path) -> pd.DataFrame:
@@ -68,6 +74,16 @@ def test_every_seed_is_made_at_each_width_with_the_same_torch_seeds(study, clien
         assert params["seed"] == str(parent_seed(row.seed, int(kind[-1])))
     cfg = StudyConfig(seeds=(1, 2), widths=(0.125, 0.25))
     assert [s.inputs for s in plan(cfg) if s.kind == "naive_fused_w0.25"][0] == ("parent_1_w0.25", "parent_2_w0.25")
+
+
+def test_each_kind_is_compared_with_the_parents_of_its_own_width(study, printed):
+    mean = {k.removeprefix("summary/accuracy/").removesuffix("_mean"): v
+            for k, v in study.data.metrics.items() if k.startswith("summary/accuracy/") and k.endswith("_mean")}
+    lines = {line.split()[0]: line.split() for line in printed.splitlines() if line.split()}
+    for width in ("0.125", "0.25"):
+        parents = (mean[f"parent_1_w{width}"] + mean[f"parent_2_w{width}"]) / 2
+        assert lines[f"naive_fused_w{width}"][-1] == f"{mean[f'naive_fused_w{width}'] / parents:.3f}"
+    assert "divided by the parents' mean at the same width" in printed
 
 
 def test_granulated_csv_is_scipys_tau_per_kind_and_seed_averaged(study, client, tmp_path):
@@ -113,7 +129,7 @@ def test_report_prints_the_granulated_table_and_writes_its_csv(study, mlflow_ser
 
 
 def test_a_width_is_reused_only_for_that_width(study, mlflow_server, client):
-    again = client.get_run(_study(mlflow_server.uri, "0.25,0.5"))
+    again = client.get_run(_study(mlflow_server.uri, "0.25,0.5").splitlines()[-1])
     assert again.data.metrics["steps/reused"] == 12 and again.data.metrics["steps/new"] == 12  # 0.25's, not 0.5's
 
 
