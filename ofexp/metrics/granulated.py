@@ -92,13 +92,12 @@ def best_p(sizes: Sequence[int]) -> float:
     return min(1.0, 2.0 * math.prod(1.0 / math.factorial(k) for k in sizes))
 
 
-def granulated_kendall(values: pd.DataFrame, measure: str, target: str, axis: str) -> tuple:
+def granulated_kendall(values: pd.DataFrame, measure: str, target: str, axis: str, others: list[str]) -> tuple:
     """One GRANULATED_COLUMNS row: ψ of `measure` against `target` along `axis`.
 
-    `values` is wide: one row per model, a column per axis (`axis` and the others: every
-    column that is not a measure) and one per measure. Models missing either value are left out.
+    `values` is wide: one row per model, a column per axis (`axis`, and `others`: the axes
+    held fixed within a group) and one per measure. Models missing either value are left out.
     """
-    others = [c for c in values.columns if c not in (axis, measure, target) and not _is_measure(values, c)]
     groups, skipped = [], 0
     for _, frame in values.groupby(others, sort=True) if others else [((), values)]:
         pair = frame[[measure, target]].dropna()
@@ -120,10 +119,6 @@ def granulated_kendall(values: pd.DataFrame, measure: str, target: str, axis: st
     return (axis, measure, psi, permutation_p(groups, psi), len(groups), skipped, models, note)
 
 
-def _is_measure(values: pd.DataFrame, column: str) -> bool:
-    return column in values.attrs.get("measures", ())
-
-
 def granulated_table(values: pd.DataFrame, target: str, axes: Sequence[str]) -> pd.DataFrame:
     """ψ of every measure along each of `axes`, then (with 2+ axes) Ψ, the mean over axes.
 
@@ -131,8 +126,10 @@ def granulated_table(values: pd.DataFrame, target: str, axes: Sequence[str]) -> 
     lists its measure columns (target included). Returns GRANULATED_COLUMNS rows; a Ψ row's
     groups/skipped/models are sums over its axes and it has no p-value (module docstring).
     """
-    measures = [m for m in values.attrs["measures"] if m != target]
-    rows = [granulated_kendall(values, m, target, axis) for m in measures for axis in axes]
+    measures = values.attrs["measures"]
+    fixed = [c for c in values.columns if c not in measures]  # every axis: the varied one and the others
+    rows = [granulated_kendall(values, m, target, axis, [c for c in fixed if c != axis])
+            for m in measures if m != target for axis in axes]
     table = pd.DataFrame(rows, columns=GRANULATED_COLUMNS)
     if len(axes) > 1:
         mean = [(ALL_AXES, m, frame["value"].mean(skipna=False), math.nan, frame["groups"].sum(),
