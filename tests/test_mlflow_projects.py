@@ -62,8 +62,10 @@ def _rendered_args(project: str, entry_point: str, **params: str) -> list[str]:
 
 
 def _parse(command_name: str, args: list[str]) -> dict:
+    # as `ofexp` parses it: the group's context reads `fashion-mnist` as the choice `fashion_mnist`
+    group = click.Context(cli, info_name="ofexp", **cli.context_settings)
     command = cli.get_command(None, command_name)
-    return command.make_context(command_name, list(args), resilient_parsing=False).params
+    return command.make_context(command_name, list(args), parent=group, resilient_parsing=False).params
 
 
 def test_every_project_folder_is_listed():

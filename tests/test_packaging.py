@@ -181,3 +181,51 @@ def test_quickstart_env_installs_ofexp_from_the_repo():
     local = [line.split(None, 1)[1] for line in pip_lines if line.startswith("-e ")]
     assert local, f"{env_file.name} does not install ofexp from the repo"
     assert (QUICKSTART / local[0]).resolve() == REPO
+
+
+# --------------------------------------------------------------------------- MLproject vs the option definitions
+
+def _also_listed(project_dir: Path, entry_point: str) -> set[str]:
+    """The parameters the comment above an entry point lists after "also:" (passed only when given)."""
+    lines = (project_dir / "MLproject").read_text().splitlines()
+    end = lines.index(f"  {entry_point}:")
+    start = end
+    while start > 0 and lines[start - 1].strip().startswith("#"):
+        start -= 1
+    comment = " ".join(line.strip().lstrip("#").strip() for line in lines[start:end])
+    if "also:" not in comment:
+        return set()
+    listed = re.sub(r"\([^)]*\)", "", comment.split("also:", 1)[1])
+    return {name.strip() for name in listed.split(",") if name.strip()}
+
+
+def _defined_options(*classes, exclude: tuple[str, ...] = ()) -> set[str]:
+    from ofexp.options import option_fields, option_name
+
+    return {option_name(f) for cls in classes for f in option_fields(cls) if f.name not in exclude}
+
+
+def _entry_options():
+    from ofexp.data import DataConfig
+    from ofexp.pipeline.options import EvaluateOptions, FusionOptions
+    from ofexp.pipeline.study import STUDY_FIXED
+    from ofexp.pipeline.train import TrainConfig
+    from ofexp.training import RecipeOptions, SpeedOptions
+
+    train = (TrainConfig, DataConfig, RecipeOptions, SpeedOptions)
+    return {"train": _defined_options(*train),
+            "fuse": _defined_options(FusionOptions),
+            "evaluate": _defined_options(EvaluateOptions),
+            "main": _defined_options(*train, exclude=("seed",)) | _defined_options(FusionOptions)
+            | _defined_options(EvaluateOptions, exclude=STUDY_FIXED)}
+
+
+@pytest.mark.parametrize("entry_point", ["train", "fuse", "evaluate", "main"])
+def test_mlproject_entry_points_declare_or_list_every_defined_option(entry_point):
+    """The top-level MLproject is written by hand for people to read: each option defined as an
+    `option()` field is declared there or named in its entry point's "also:" comment."""
+    declared = set(load_project(str(REPO)).get_entry_point(entry_point).parameters)
+    listed = _also_listed(REPO, entry_point)
+    missing = _entry_options()[entry_point] - declared - listed
+    assert not missing, f"MLproject {entry_point}: declare these or add them to its 'also:' comment: {sorted(missing)}"
+    assert not (declared & listed), f"MLproject {entry_point}: declared and listed as 'also': {sorted(declared & listed)}"

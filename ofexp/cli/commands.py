@@ -10,42 +10,18 @@ from dataclasses import replace
 
 import click
 
-from ofexp.cli.options import (OPT_STR, SEED, data_options, experiment_option, log_model_option, model_options,
-                               parse_run_ids, pop_flag, pop_typed_options, recipe_options, register_option,
-                               typed_options)
+from ofexp.cli.options import (OPT_STR, experiment_option, log_model_option, parse_run_ids, pop_flag,
+                               pop_train_config, pop_typed_options, register_option, train_options, typed_options)
 from ofexp.cli.model_input_options import model_input_options, pop_model_input
 from ofexp.cli.output import echo_result
-from ofexp.data import DataConfig
 from ofexp.errors import ConfigError
 from ofexp.pipeline import EvalConfig, FuseConfig, TrainConfig, run_evaluate, run_fuse, run_train
 from ofexp.pipeline.options import EvaluateOptions, FusionOptions
 from ofexp.pipeline.views import (STAGES, check_ui_port, close_stale_runs, running_runs_table, serve_ui,
                                   ui_address, use_experiment)
-from ofexp.training import SpeedOptions, make_recipe
-
-RECIPE_OVERRIDES = ("epochs", "batch_size", "lr", "weight_decay", "init", "warmup_epochs", "grad_clip")
-
-
-def _train_config(kw: dict, seed: int = 0) -> TrainConfig:
-    """Build a TrainConfig from the shared model/data/recipe options (consumed from kw)."""
-    data = DataConfig(
-        name=kw.pop("dataset"), data_dir=kw.pop("data_dir"), val_fraction=kw.pop("val_fraction"),
-        split_seed=kw.pop("split_seed"), image_size=kw.pop("image_size"), download=pop_flag(kw, "download"),
-    )
-    recipe = make_recipe(kw.pop("recipe"), **{k: kw.pop(k) for k in RECIPE_OVERRIDES})
-    return TrainConfig(
-        model=kw.pop("model"), data=data, width=kw.pop("width"), bias=pop_flag(kw, "bias"),
-        batchnorm=pop_flag(kw, "batchnorm"), recipe=recipe, seed=seed, device=kw.pop("device"),
-        log_model=pop_flag(kw, "log_model"),
-        speed=SpeedOptions.from_params({f: pop_flag(kw, f) for f in SpeedOptions().to_params()}),
-    )
-
 
 @click.command()
-@model_options
-@data_options
-@recipe_options
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Torch seed: init, shuffling.")
+@train_options()
 @click.option("--run-name", type=OPT_STR, default=None, help="MLflow run name [default: 'train MODEL DATASET seedS'].")
 @experiment_option
 @register_option
@@ -67,9 +43,8 @@ def train(**kw) -> None:
         _echo_run(_finetune_train(init_from.strip(), kw))
         return
     experiment_id = use_experiment(kw.pop("experiment_name"))
-    seed = kw.pop("seed")
     run_name, register_as = kw.pop("run_name"), kw.pop("register_as")
-    cfg = replace(_train_config(kw, seed), run_name=run_name, register_as=register_as)
+    cfg = replace(pop_train_config(kw), run_name=run_name, register_as=register_as)
     _echo_stale_notice(cfg, experiment_id)
     _echo_run(run_train(cfg))
 

@@ -11,12 +11,14 @@ from typing import Callable
 
 import click
 
-from ofexp.data import DATASETS
-from ofexp.models import ARCHITECTURES, ModelName, kwargs_json, parse_kwargs, trust_factory
+from ofexp.data import DataConfig
+from ofexp.models import ModelName, kwargs_json, parse_kwargs, trust_factory
 from ofexp.models.foreign import check_model_name
 from ofexp.errors import ConfigError
-from ofexp.pipeline.options import check_seed, option_fields, option_name, parse_list, show_value
-from ofexp.training import RECIPES
+from ofexp.options import SEED as SEED_KIND
+from ofexp.options import option_choices, option_fields, option_help, option_name, show_value
+from ofexp.pipeline.options import check_seed, parse_list
+from ofexp.training import RecipeOptions, SpeedOptions
 
 
 class _Optional(click.ParamType):
@@ -94,26 +96,37 @@ def pop_flag(kwargs: dict, dest: str) -> bool:
 
 
 _CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING}
+_OPTIONAL_TYPES = {int: OPT_INT, float: OPT_FLOAT, str: OPT_STR}
+
+
+def _click_type(field) -> click.ParamType:
+    if field.metadata["kind"] == SEED_KIND:
+        return SEED
+    if field.default is None:  # '' reads as "not given" too, which an MLproject needs
+        return _OPTIONAL_TYPES[field.metadata["type"] or str]
+    return _CLICK_TYPES[type(field.default)]
 
 
 def typed_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable:
-    """Click options for the option fields of `cls` (FusionOptions, EvaluateOptions), made from
-    their definitions alone: name, default, choices, help."""
+    """Click options for the option fields of `cls` (DataConfig, RecipeOptions, SpeedOptions,
+    TrainConfig, FusionOptions, EvaluateOptions), made from their definitions alone: name,
+    default, choices, help, type. Each option's value reaches the command under the option's name."""
     def decorate(f: Callable) -> Callable:
         for field in reversed(option_fields(cls)):
             if field.name in exclude:
                 continue
-            name, help_ = option_name(field).replace("_", "-"), field.metadata["help"]
+            dest = option_name(field)
+            name, help_, choices = dest.replace("_", "-"), option_help(field), option_choices(field)
             if isinstance(field.default, bool):
                 f = flag(name, help_, default=field.default)(f)
-            elif field.metadata["choices"]:
-                f = click.option(f"--{name}", field.name, type=click.Choice(field.metadata["choices"]),
+            elif choices:
+                f = click.option(f"--{name}", dest, type=click.Choice(choices),
                                  default=show_value(field, field.default), show_default=True, help=help_)(f)
             elif field.default is None:
-                f = click.option(f"--{name}", field.name, type=OPT_STR, default=None, help=help_)(f)
+                f = click.option(f"--{name}", dest, type=_click_type(field), default=None, help=help_)(f)
             else:
-                f = click.option(f"--{name}", field.name, type=_CLICK_TYPES[type(field.default)],
-                                 default=field.default, show_default=True, help=help_)(f)
+                f = click.option(f"--{name}", dest, type=_click_type(field), default=field.default,
+                                 show_default=True, help=help_)(f)
         return f
     return decorate
 
@@ -124,10 +137,11 @@ def pop_typed_options(cls: type, kwargs: dict, exclude: tuple[str, ...] = ()) ->
     for field in option_fields(cls):
         if field.name in exclude:
             continue
+        dest = option_name(field)
         if isinstance(field.default, bool):
-            values[field.name] = pop_flag(kwargs, field.name)
+            values[field.name] = pop_flag(kwargs, dest)
             continue
-        raw, parse = kwargs.pop(field.name), field.metadata["parse"]
+        raw, parse = kwargs.pop(dest), field.metadata["parse"]
         values[field.name] = parse(raw) if parse is not None and raw is not None else raw
     return values
 
@@ -137,26 +151,6 @@ def parse_run_ids(texts: str | tuple[str, ...]) -> tuple[str, ...]:
     config says how many it needs)."""
     parts = [texts] if isinstance(texts, str) else list(texts)
     return tuple(part.strip() for text in parts for part in text.split(",") if part.strip())
-
-
-def data_options(f: Callable) -> Callable:
-    options = [
-        click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True,
-                     help="Data set; digits ships with scikit-learn, fashion-mnist with Debian's "
-                          "dataset-fashion-mnist, cifar10/100 download to --data-dir."),
-        click.option("--data-dir", type=OPT_STR, default=None,
-                     help="Folder of the data (cifar, fashion-mnist: default ./data; imagefolder: required)."),
-        click.option("--val-fraction", type=click.FLOAT, default=0.1, show_default=True,
-                     help="Share of the training data held out to pick the best checkpoint."),
-        click.option("--split-seed", type=SEED, default=0, show_default=True,
-                     help="Seed of the train/validation split (shared by all parents)."),
-        click.option("--image-size", type=click.INT, default=32, show_default=True,
-                     help="Side length that digits, fashion-mnist and imagefolder images are resized to."),
-        flag("download", "Download CIFAR or Fashion-MNIST when it is missing.", default=True),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
 
 
 class _Model(click.ParamType):
@@ -172,17 +166,18 @@ class _Model(click.ParamType):
         return str(value).strip()
 
 
-MODEL_HELP = (f"{' | '.join(ARCHITECTURES)} | torchvision:<name> (a torchvision classifier, e.g. "
-              "torchvision:resnet18) | <module>:<function> (your factory on PYTHONPATH, called with "
-              "--model-kwargs and num_classes; naming it here trusts it, docs/commands.md)")
+# TrainConfig's options that model_options reads in its own way; typed_options makes the others.
+MODEL_FIELDS = ("model", "model_kwargs")
 
 
 def model_options(f: Callable) -> Callable:
-    """--model, --model-kwargs, --width, --bias, --batchnorm. The command gets `model` as a
+    """--model and --model-kwargs, as TrainConfig defines them. The command gets `model` as a
     `ModelName` that carries the parsed --model-kwargs (so every command that builds a TrainConfig
     from `model` gets them), and `model_kwargs` as canonical JSON ('none' when there are none), the
     form the train run logs, for comparing with a run's params. A factory named with --model is
     trusted (ofexp.models.trust_factory)."""
+    from ofexp.pipeline.train import TrainConfig
+
     @functools.wraps(f)
     def with_model(*args, **kw):
         kwargs = parse_kwargs(kw.get("model_kwargs"))
@@ -191,43 +186,36 @@ def model_options(f: Callable) -> Callable:
         trust_factory(kw["model"])
         return f(*args, **kw)
 
-    options = [
-        click.option("--model", type=_Model(), default="mlp", show_default=True, help=MODEL_HELP),
-        click.option("--model-kwargs", type=click.STRING, default="none", show_default=True, metavar="JSON",
-                     help="Keyword arguments of a torchvision or factory model: a JSON object of plain values, "
-                          "e.g. '{\"width_mult\": 0.5}', or key=value pairs (width_mult=0.5)."),
-        click.option("--width", type=click.FLOAT, default=1.0, show_default=True,
-                     help="Channel width multiplier (ofexp's own architectures)."),
-        flag("bias", "Biases in every conv and linear layer (ofexp's own architectures)."),
-        flag("batchnorm", "Batch-norm after every conv (or hidden linear) layer (ofexp's own architectures)."),
-    ]
-    decorated = with_model
-    for option in reversed(options):
-        decorated = option(decorated)
-    return decorated
+    model, model_kwargs = (next(f for f in option_fields(TrainConfig) if f.name == name) for name in MODEL_FIELDS)
+    decorated = click.option("--model-kwargs", type=click.STRING, default=show_value(model_kwargs, model_kwargs.default),
+                             show_default=True, metavar="JSON", help=option_help(model_kwargs))(with_model)
+    return click.option("--model", type=_Model(), default=model.default, show_default=True,
+                        help=option_help(model))(decorated)
 
 
-def recipe_options(f: Callable) -> Callable:
-    options = [
-        click.option("--recipe", type=click.Choice(sorted(RECIPES)), default="default", show_default=True,
-                     help="Training preset; 'report' is the original study's CIFAR recipe."),
-        click.option("--epochs", type=OPT_INT, default=None, help="Override the recipe's epoch count."),
-        click.option("--batch-size", type=OPT_INT, default=None, help="Override the recipe's batch size."),
-        click.option("--lr", type=OPT_FLOAT, default=None, help="Override the recipe's learning rate."),
-        click.option("--weight-decay", type=OPT_FLOAT, default=None, help="Override the recipe's SGD weight decay."),
-        click.option("--init", type=OPT_STR, default=None, help="Override the recipe's init: default or kaiming."),
-        click.option("--warmup-epochs", type=OPT_FLOAT, default=None, help="Override the recipe's linear warm-up."),
-        click.option("--grad-clip", type=OPT_FLOAT, default=None, help="Override the recipe's grad-norm clip (0 = off)."),
-        click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto."),
-        flag("log-model", "Also log the final network as an MLflow model.", default=True),
-        flag("channels-last", "Train in channels_last (NHWC) memory layout; faster convs on many machines."),
-        flag("compile", "torch.compile the network (one-off compile time per run; pays off on long runs)."),
-        flag("tf32", "On CUDA, run float32 convs and matmuls in TF32 (faster, lower precision); "
-                     "off: IEEE float32."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+def train_options(exclude: tuple[str, ...] = ()) -> Callable:
+    """Every option of a TrainConfig (but `exclude`): its own, its data's, its recipe's and its speed's."""
+    from ofexp.pipeline.train import TrainConfig
+
+    def decorate(f: Callable) -> Callable:
+        for cls in (SpeedOptions, RecipeOptions, DataConfig):
+            f = typed_options(cls)(f)
+        f = typed_options(TrainConfig, exclude=(*MODEL_FIELDS, *exclude))(f)
+        return model_options(f)
+    return decorate
+
+
+def pop_train_config(kw: dict, exclude: tuple[str, ...] = ()):
+    """The TrainConfig that the options of `train_options(exclude)` give (consumed from kw)."""
+    from ofexp.pipeline.train import TrainConfig
+
+    data = DataConfig(**pop_typed_options(DataConfig, kw))
+    recipe = RecipeOptions(**pop_typed_options(RecipeOptions, kw)).resolve()
+    speed = SpeedOptions(**pop_typed_options(SpeedOptions, kw))
+    own = pop_typed_options(TrainConfig, kw, exclude=(*MODEL_FIELDS, *exclude))
+    # a ModelName (model_options) carries the parsed kwargs; they are given once more here, which agrees
+    kwargs = parse_kwargs(kw.pop("model_kwargs", None))
+    return TrainConfig(model=kw.pop("model"), model_kwargs=kwargs, data=data, recipe=recipe, speed=speed, **own)
 
 
 def register_option(f: Callable) -> Callable:

@@ -6,9 +6,8 @@ from dataclasses import replace
 import click
 from click.core import ParameterSource
 
-from ofexp.cli.commands import _train_config
-from ofexp.cli.options import (data_options, experiment_option, flag, model_options, parse_seeds, pop_flag,
-                               pop_typed_options, recipe_options, typed_options)
+from ofexp.cli.options import (experiment_option, flag, parse_seeds, pop_flag, pop_train_config, pop_typed_options,
+                               train_options, typed_options)
 from ofexp.cli.remote_options import remote_from_options, remote_options, run_remote
 from ofexp.errors import ConfigError
 from ofexp.pipeline.options import EvaluateOptions, FusionOptions, parse_list, shown_seeds
@@ -18,9 +17,7 @@ from ofexp.pipeline.views import use_experiment
 
 
 @click.command()
-@model_options
-@data_options
-@recipe_options
+@train_options(exclude=("seed",))  # each parent's seed comes from --seeds
 @typed_options(FusionOptions)
 @click.option("--seeds", default="1", show_default=True, help="A count (2 = seeds 1,2) or a list (1,2,5).")
 @click.option("--widths", default=None, metavar="W1,W2,...",
@@ -51,8 +48,9 @@ def study(seeds: str, widths: str | None, jobs: int, finetune_epochs: int, yes: 
     use_cache = pop_flag(kw, "cache")
     fusion = FusionOptions(**pop_typed_options(FusionOptions, kw))
     evaluation = EvaluateOptions(**pop_typed_options(EvaluateOptions, kw, exclude=STUDY_FIXED))
-    cfg = StudyConfig(train=_train_config(kw), seeds=parse_seeds(seeds), fusion=fusion, evaluation=evaluation,
-                      use_cache=use_cache, jobs=jobs, finetune_epochs=finetune_epochs, widths=width_list)
+    cfg = StudyConfig(train=pop_train_config(kw, exclude=("seed",)), seeds=parse_seeds(seeds), fusion=fusion,
+                      evaluation=evaluation, use_cache=use_cache, jobs=jobs, finetune_epochs=finetune_epochs,
+                      widths=width_list)
     if remote is not None and finetune_epochs:
         raise ConfigError("--finetune-epochs runs in-process only; drop --backend, or fine-tune with "
                           "`ofexp train --init-from` and `ofexp ensemble`")

@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
-from ofexp.data.splits import DATASETS, DataConfig, DatasetInfo, DataSplits
-from ofexp.errors import ConfigError, DataError
+from ofexp.data import registry
+from ofexp.data.dataset import Dataset
+from ofexp.data.splits import DataConfig, DatasetInfo, DataSplits
+from ofexp.errors import DataError
 
 
 def load_dataset(cfg: DataConfig) -> DataSplits:
@@ -27,24 +29,15 @@ def load_dataset(cfg: DataConfig) -> DataSplits:
 
 
 def _load(cfg: DataConfig) -> DataSplits:
-    # imported here so digits-only users never pay for importing torchvision
-    if cfg.name == "digits":
-        from ofexp.data.digits import load_digits
-
-        return load_digits(cfg)
-    if cfg.name == "fashion_mnist":
-        from ofexp.data.fashion_mnist import load_fashion_mnist
-
-        return load_fashion_mnist(cfg)
-    if cfg.name in ("cifar10", "cifar100"):
-        from ofexp.data.cifar import load_cifar
-
-        return load_cifar(cfg)
-    if cfg.name == "imagefolder":
-        from ofexp.data.imagefolder import load_imagefolder
-
-        return load_imagefolder(cfg)
-    raise ConfigError(f"unknown --dataset {cfg.name!r}; choose one of {', '.join(DATASETS)}")
+    return cfg.dataset.load(cfg)
 
 
-__all__ = ["DATASETS", "DataConfig", "DatasetInfo", "DataSplits", "load_dataset"]
+def __getattr__(name: str):
+    # DATASETS is read from the registry on first use, so that a module added to
+    # registry.MODULES before then is one of the choices
+    if name == "DATASETS":
+        return registry.names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["DATASETS", "Dataset", "DataConfig", "DatasetInfo", "DataSplits", "load_dataset"]

@@ -8,13 +8,14 @@ import urllib.error
 
 import torch
 from torch import Tensor
-from torchvision.datasets import CIFAR10, CIFAR100
 
+from ofexp.data.dataset import DEFAULT_DATA_DIR, Dataset
 from ofexp.data.splits import DataConfig, DataSplits, finish_splits
 from ofexp.errors import DataError
 
-# Looked up at call time, so a test can swap in a subclass that knows its own files' md5s.
-CIFAR_CLASSES = {"cifar10": CIFAR10, "cifar100": CIFAR100}
+# torchvision's class per data set, imported when one loads (the registry reads this module).
+# A test may put a subclass here that knows its own files' md5s.
+CIFAR_CLASSES: dict[str, type] = {}
 
 # docs/design.md §3: the report's published per-dataset normalisation.
 CIFAR_STATS = {
@@ -45,9 +46,15 @@ def _to_tensors(ds) -> tuple[Tensor, Tensor]:
     return x, y
 
 
+def _torchvision_class(name: str) -> type:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    return {"cifar10": CIFAR10, "cifar100": CIFAR100}[name]
+
+
 def load_cifar(cfg: DataConfig) -> DataSplits:
     """Load cfg.name ("cifar10" or "cifar100") from cfg.data_dir (default ./data), downloading if allowed."""
-    cls = CIFAR_CLASSES[cfg.name]
+    cls = CIFAR_CLASSES.get(cfg.name) or _torchvision_class(cfg.name)
     root = cfg.resolved_data_dir
     train_ds = _open(cls, root, train=True, download=cfg.download)
     # the train call already fetched everything, so the test call never needs the network
@@ -62,5 +69,11 @@ def load_cifar(cfg: DataConfig) -> DataSplits:
         test_y,
         num_classes=len(train_ds.classes),
         source=os.path.abspath(os.path.join(root, cls.base_folder)),
-        stats=CIFAR_STATS[cfg.name],
     )
+
+
+DATASETS = tuple(
+    Dataset(name, "downloads to --data-dir", load_cifar, channels=3, raw_size=32, resized=False,
+            stats=CIFAR_STATS[name], default_data_dir=DEFAULT_DATA_DIR, downloads=True)
+    for name in ("cifar10", "cifar100")
+)

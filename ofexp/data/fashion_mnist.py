@@ -29,14 +29,19 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.datasets import FashionMNIST
 
+from ofexp.data.dataset import DEFAULT_DATA_DIR, Dataset
 from ofexp.data.splits import DataConfig, DataSplits, finish_splits
 from ofexp.errors import DataError
 
 PACKAGE = "dataset-fashion-mnist"
 PACKAGE_DIR = "/usr/share/datasets/fashion-mnist"
-GZ_NAMES = tuple(name for name, _md5 in FashionMNIST.resources)  # train-images-idx3-ubyte.gz, ...
+# The four files as torchvision's FashionMNIST downloads them (its `resources`, in that order), and
+# the folder it keeps them in: written out, so that reading the registry does not import torchvision.
+GZ_NAMES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+            "t10k-labels-idx1-ubyte.gz")
+TORCHVISION_FOLDER = "FashionMNIST"
+NUM_CLASSES = 10
 RAW_NAMES = tuple(name[: -len(".gz")] for name in GZ_NAMES)
 # Images are resized in chunks, so only one chunk is ever both uint8-sized and float at 28×28.
 RESIZE_CHUNK = 8192
@@ -61,7 +66,7 @@ def _has_all(folder: str, names: tuple[str, ...]) -> bool:
 
 
 def _raw_folder(root: str) -> str:
-    return os.path.join(root, FashionMNIST.__name__, "raw")
+    return os.path.join(root, TORCHVISION_FOLDER, "raw")
 
 
 def _file_error(path: str, problem: str) -> DataError:
@@ -106,7 +111,7 @@ def _read_idx(path: str, magic: int, train: bool) -> Tensor:
         raise _file_error(path, f"holds {len(body):,} bytes of {what}s, but its header says {count:,} {what}s "
                                 f"({expected:,} bytes)")
     array = torch.frombuffer(bytearray(body), dtype=torch.uint8)
-    if dims == 1 and int(array.max()) >= len(FashionMNIST.classes):
+    if dims == 1 and int(array.max()) >= NUM_CLASSES:
         raise _file_error(path, f"holds label {int(array.max())}, but Fashion-MNIST's labels are 0-9")
     return array.view(*shape)
 
@@ -138,6 +143,8 @@ def _missing_error(cfg: DataConfig, reason: str) -> DataError:
 
 
 def _download(cfg: DataConfig) -> tuple[IdxSet, IdxSet, str]:
+    from torchvision.datasets import FashionMNIST
+
     root = cfg.resolved_data_dir
     try:
         FashionMNIST(root=root, train=True, download=True)
@@ -205,5 +212,9 @@ def load_fashion_mnist(cfg: DataConfig) -> DataSplits:
     # split while the images are uint8 (47 MB), and decode each part once
     return finish_splits(
         cfg, train_ds.data.unsqueeze(1), train_ds.targets.long(), test_ds.data.unsqueeze(1), test_ds.targets.long(),
-        num_classes=len(FashionMNIST.classes), source=source, decode=_decoder(cfg.image_size),
+        num_classes=NUM_CLASSES, source=source, decode=_decoder(cfg.image_size),
     )
+
+
+DATASETS = (Dataset("fashion_mnist", f"Debian's {PACKAGE}, else a download", load_fashion_mnist, channels=1,
+                    raw_size=28, default_data_dir=DEFAULT_DATA_DIR, downloads=True),)

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from ofexp.data.dataset import Dataset
 from ofexp.data.splits import DataConfig, DataSplits, finish_splits, stratified_holdout
 from ofexp.errors import DataError
 
@@ -23,7 +24,7 @@ TEST_SEED_OFFSET = 1_000_003  # same reason as in digits: keep the test and val 
 def _scan(root: str) -> ImageFolder:
     """List the images under root, as a DataError when there are none to list."""
     # imported here: torchvision (about 1 s, with torch._dynamo) is for the steps that read images,
-    # not for every process that imports ofexp.data (pipeline.options reads TEST_SEED_OFFSET)
+    # not for every process that reads the data set registry
     from torchvision.datasets import ImageFolder
 
     try:
@@ -89,3 +90,7 @@ def load_imagefolder(cfg: DataConfig) -> DataSplits:
         num_classes=len(train_ds.classes),
         source=os.path.abspath(root),
     )
+
+
+DATASETS = (Dataset("imagefolder", "your images, one sub-folder per class", load_imagefolder, channels=3,
+                    raw_size=None, data_dir_holds="a folder of class sub-folders", seed_offset=TEST_SEED_OFFSET),)

@@ -13,58 +13,101 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ofexp.data.dataset import Dataset
 from ofexp.errors import ConfigError, DataError
+from ofexp.options import SEED, option, option_fields, option_params
 
-DATASETS = ("digits", "fashion_mnist", "cifar10", "cifar100", "imagefolder")
-# Where torchvision data sets (CIFAR, Fashion-MNIST) are looked for and downloaded to by default.
-DEFAULT_DATA_DIR = "./data"
 STATS_CHUNK = 4096  # images per float64 chunk in channel_stats
 STATS_IN_ONE_GO = 1 << 24  # values (128 MB in float64) up to which channel_stats makes one float64 copy
 
 
+# --- the data options' help, from the registry's entries (read when the CLI is built) ---
+
+def _registered():
+    from ofexp.data.registry import registered  # the registry imports the data set modules, which import this
+
+    return registered().values()
+
+
+def _names() -> tuple[str, ...]:
+    return tuple(entry.name for entry in _registered())
+
+
+def _shown(entries) -> str:
+    """Names as the command line spells them ('-' for '_'), joined."""
+    names = [entry.name.replace("_", "-") for entry in entries]
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else "".join(names)
+
+
+def _dataset_help() -> str:
+    return "Data set: " + "; ".join(f"{entry.name.replace('_', '-')}: {entry.help}" for entry in _registered()) + "."
+
+
+def _data_dir_help() -> str:
+    defaults = [e for e in _registered() if e.default_data_dir]
+    required = [e for e in _registered() if e.data_dir_holds]
+    parts = [f"{_shown([e for e in defaults if e.default_data_dir == d])}: default {d}"
+             for d in dict.fromkeys(e.default_data_dir for e in defaults)]
+    parts += [f"{_shown(required)}: required"] if required else []
+    return f"Folder of the data ({'; '.join(parts)})."
+
+
+def _image_size_help() -> str:
+    return f"Side length that {_shown([e for e in _registered() if e.resized])} images are resized to."
+
+
+def _download_help() -> str:
+    return f"Download {_shown([e for e in _registered() if e.downloads])} when it is missing."
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """Which data set to load, from where, and how to split it."""
+    """Which data set to load, from where, and how to split it: the data options of `ofexp train`,
+    `ofexp study` and (through ModelInput) of models given by URI."""
 
-    name: str = "digits"
-    data_dir: str | None = None  # required for imagefolder; cifar and fashion_mnist default to "./data"
-    val_fraction: float = 0.1  # held out from the TRAINING data, never the test set
-    split_seed: int = 0  # fixes the train/val split (and digits' train/test split)
-    download: bool = True  # torchvision data sets only
-    image_size: int = 32  # digits, fashion_mnist and imagefolder are resized to this
+    name: str = option("digits", _dataset_help, choices=_names, name="dataset")
+    data_dir: str | None = option(None, _data_dir_help, type=str)
+    val_fraction: float = option(0.1, "Share of the training data held out to pick the best checkpoint.")
+    split_seed: int = option(0, "Seed of the train/validation split (shared by all parents).", kind=SEED)
+    image_size: int = option(32, _image_size_help)
+    download: bool = option(True, _download_help)
     # who named this location ("run <id>"), when it was read from a run rather than given by the
     # user; such data is read where it is or not at all (the run's spec must not create or fetch)
     recorded_by: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        if self.name not in DATASETS:
-            raise ConfigError(f"unknown --dataset {self.name!r}; choose one of {', '.join(DATASETS)}")
+        entry = self.dataset  # ConfigError for an unknown name
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
         if self.image_size < 1:
             raise ConfigError(f"--image-size must be ≥ 1, got {self.image_size}")
-        if self.name == "imagefolder" and not self.data_dir:
-            raise ConfigError(
-                "--dataset imagefolder needs --data-dir pointing at a folder of class sub-folders"
-            )
+        if entry.data_dir_holds and not self.data_dir:
+            raise ConfigError(f"--dataset {self.name} needs --data-dir pointing at {entry.data_dir_holds}")
+
+    @property
+    def dataset(self) -> Dataset:
+        """The registry's entry of this data set: its loader and facts."""
+        from ofexp.data.registry import dataset  # the registry imports the data set modules, which import this
+
+        return dataset(self.name)
 
     @property
     def resolved_data_dir(self) -> str | None:
-        """The directory read or downloaded to: data_dir, or "./data" for torchvision's sets, or None for digits."""
-        if self.data_dir:
-            return self.data_dir
-        return DEFAULT_DATA_DIR if self.name in ("cifar10", "cifar100", "fashion_mnist") else None
+        """The directory read or downloaded to: data_dir, else the data set's default (None for digits)."""
+        return self.data_dir or self.dataset.default_data_dir
 
     def to_params(self) -> dict[str, str]:
-        """Flat string params for logging; keys are prefixed so they never clash with a recipe's."""
-        return {
-            "dataset": self.name,
-            "data_dir": self.resolved_data_dir or "none",
-            "val_fraction": str(self.val_fraction),
-            "split_seed": str(self.split_seed),
-            "download": str(self.download),
-            "image_size": str(self.image_size),
-        }
+        """The options as run params (named as on the command line, so they never clash with a
+        recipe's), the data folder as read: the data set's default when none was given."""
+        return {**option_params(self), "data_dir": self.resolved_data_dir or "none"}
+
+    def to_record(self) -> dict[str, object]:
+        """What a run records with its model (spec.json's "data"): the options that say which images,
+        split and size it was made on; not `download`, which only says whether they may be fetched."""
+        return {f.name: getattr(self, f.name) for f in option_fields(DataConfig) if f.name not in NOT_RECORDED}
+
+
+NOT_RECORDED = ("download",)
 
 
 @dataclass(frozen=True)
@@ -159,12 +202,11 @@ def finish_splits(
     *,
     num_classes: int,
     source: str,
-    stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
     decode: Callable[[Tensor], Tensor] | None = None,
 ) -> DataSplits:
     """Hold out validation from the training images (in [0, 1]) and normalise all three sets.
 
-    `stats` are fixed (mean, std) such as CIFAR's published ones; without them the stats
+    The data set's published `stats` (CIFAR's) normalise it when it has them; else the stats
     are measured on the training part after the hold-out, so val and test never leak in.
     `decode`, when given, turns each set's raw images (e.g. uint8) into float [n, C, H, W]
     in [0, 1] after the split, so that only the small raw images are ever copied by it.
@@ -174,7 +216,11 @@ def finish_splits(
     train_x, train_y = train_x[keep], train_y[keep]
     if decode is not None:
         train_x, val_x, test_x = decode(train_x), decode(val_x), decode(test_x)
-    mean, std = stats if stats is not None else channel_stats(train_x)
+    entry = cfg.dataset
+    if train_x.shape[1] != entry.channels:  # the served model and the docs say entry.channels
+        raise DataError(f"{cfg.name} loaded {train_x.shape[1]}-channel images, but its registry entry says "
+                        f"{entry.channels}; fix the entry's channels or the loader")
+    mean, std = entry.stats if entry.stats is not None else channel_stats(train_x)
     for x in (train_x, val_x, test_x):
         normalise_(x, mean, std)
     info = DatasetInfo(

@@ -4,7 +4,7 @@ ofexp's networks read images resized to the study's `--image-size` and normalise
 the training split's mean and std. A caller of a served model knows neither (the mean
 and std are recorded only in the run that computed them), so the model ofexp logs for
 MLflow wraps the network in `RawImageNetwork`: it takes pixel values in [0, 1] at the
-data set's own size, resizes them as ofexp's loader does (bilinear) and normalises them
+data set's own size (its registry entry's `raw_size`), resizes them as ofexp's loader does (bilinear) and normalises them
 inside. Given the same raw images, it predicts exactly what ofexp measured.
 
 It also refuses what it cannot read: non-finite values and values outside [0, 1] (8-bit
@@ -20,9 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# The size of the images a data set is distributed at, which the loaders resize from. Image
-# folders hold images of any size: their served model takes them already at --image-size.
-RAW_IMAGE_SIZE = {"digits": 8, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
 # Slack on [0, 1]: pixels un-normalised from a loader's tensors (x * std + mean) land a few
 # float32 ulps outside it, and those are the images the network was measured on.
 PIXEL_SLACK = 1e-4
@@ -59,12 +56,6 @@ class RawImageNetwork(nn.Module):
         return self.network((x - self.mean) / self.std)
 
 
-def raw_image_network(network: nn.Module, dataset: str, mean: Sequence[float], std: Sequence[float],
-                      input_size: int) -> RawImageNetwork:
-    """`network` (trained on `dataset` at `input_size`) as a model of raw images."""
-    return RawImageNetwork(network, mean, std, RAW_IMAGE_SIZE.get(dataset, input_size), input_size)
-
-
 def raw_examples(model: RawImageNetwork, normalised: Tensor) -> Tensor:
     """Raw-image examples [n, C, raw, raw] in [0, 1] made from normalised inputs [n, C, H, W]: for
     the logged model's input example, which shows callers the format."""
@@ -75,4 +66,4 @@ def raw_examples(model: RawImageNetwork, normalised: Tensor) -> Tensor:
     return x.clamp_(0.0, 1.0)
 
 
-__all__ = ["PIXEL_SLACK", "RAW_IMAGE_SIZE", "RawImageNetwork", "raw_examples", "raw_image_network"]
+__all__ = ["PIXEL_SLACK", "RawImageNetwork", "raw_examples"]

@@ -1,20 +1,17 @@
 """The options of fusion and of evaluation, each defined once: default, choices, help, check.
 
-An option is a field of `FusionOptions` or `EvaluateOptions` made with `option()`.
-From these definitions, and nothing else,
-- the CLI builds its click options (`ofexp.cli.options.typed_options`) and reads them back,
-- `FuseConfig` and `EvalConfig` (which extend them) and `StudyConfig` carry them,
-- the cluster backends render them into each step's command (`command_params`), and
-- a test checks the MLproject files' defaults against them.
-Adding an option is adding a field here (with its check in `check`) and using it
-where it is implemented. See docs/design.md, "One owner per name".
+An option is a field of `FusionOptions` or `EvaluateOptions` made with `option()`
+(`ofexp.options`, which the train, data and recipe options use too). `FuseConfig` and
+`EvalConfig` extend these classes and `StudyConfig` carries them. Adding an option is
+adding a field here (with its check in `check`) and using it where it is implemented.
+See docs/design.md, "One owner per name".
 """
 from __future__ import annotations
 
-from dataclasses import Field, dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Callable
 
-from ofexp.data import digits, imagefolder
+from ofexp.data import registry
 from ofexp.errors import ConfigError
 from ofexp.fusion import ALIGNMENTS, SOLVERS
 from ofexp.fusion.geometric import check_alignment, check_target
@@ -24,16 +21,16 @@ from ofexp.metrics import PREDICTION_METRICS, resolve_measures
 from ofexp.pipeline.fusion_methods import FUSION_METHODS, METHODS
 from ofexp.metrics.context import PRESETS, search_budget
 from ofexp.metrics.sharpness import WORST_CASES, check_worst_case
-from ofexp.tracking.runs import param_str
+from ofexp.options import option, option_values  # noqa: F401 - option_values: for pipeline.study
 from ofexp.training.loop import SHUFFLE_SEED_OFFSET
 
 # Seeds. torch.manual_seed and Generator.manual_seed take -2**63 .. 2**64-1 and read a negative
 # seed s as 2**64 + s, so ofexp keeps seeds within int64, where no two seeds alias and where
 # MLflow params and pandas columns read them back as integers. Training seeds its shuffle
-# generator with seed + SHUFFLE_SEED_OFFSET and the data's test split uses split seed +
-# TEST_SEED_OFFSET, so a seed stays that far below int64's top.
+# generator with seed + SHUFFLE_SEED_OFFSET and a data set's test split may use split seed + its
+# seed_offset, so a seed stays that far below int64's top.
 SEED_MIN = -2**63
-SEED_MAX = 2**63 - 1 - max(SHUFFLE_SEED_OFFSET, digits.TEST_SEED_OFFSET, imagefolder.TEST_SEED_OFFSET)
+SEED_MAX = 2**63 - 1 - max(SHUFFLE_SEED_OFFSET, registry.seed_headroom())
 
 
 def check_seed(value: int, option: str) -> int:
@@ -51,52 +48,6 @@ def shown_seeds(seeds) -> str:
     text = ",".join(map(str, seeds[:20]))
     return text if len(text) <= 60 and len(seeds) <= 20 else text[:60] + ",…"
 _BOTH = "both"
-
-
-def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, name: str | None = None,
-           parse: Callable[[str], Any] | None = None, show: Callable[[Any], str] | None = None) -> Any:
-    """A dataclass field that is a command-line option.
-
-    `name` is the option's name when it is not the field's (`--method` for `methods`);
-    `parse` turns the command-line text into the value and `show` turns the value back
-    into that text, for options whose value is not a plain int, float, str or bool.
-    """
-    return field(default=default, metadata={"help": help, "choices": choices, "name": name, "parse": parse,
-                                            "show": show})
-
-
-def option_fields(cls: type) -> list[Field]:
-    """The fields of `cls` that are options, in definition order."""
-    return [f for f in fields(cls) if "help" in f.metadata]
-
-
-def option_name(f: Field) -> str:
-    """The option's name with '_' (the MLproject parameter's; '--' and '-' make the CLI's)."""
-    return f.metadata["name"] or f.name
-
-
-def option_values(obj: object) -> dict[str, Any]:
-    """{field name: value} of the options of `obj` (a FusionOptions, EvaluateOptions or a config extending one)."""
-    return {f.name: getattr(obj, f.name) for f in option_fields(type(obj))}
-
-
-def show_value(f: Field, value: Any) -> str | None:
-    """The command-line text of an option's value; None for an unset optional value."""
-    if f.metadata["show"] is not None:
-        return f.metadata["show"](value)
-    return None if value is None else param_str(value)
-
-
-def command_params(obj: object, cls: type | None = None) -> dict[str, str]:
-    """Every set option of `obj` as {MLproject parameter: text}: on/off options as `<name>_value`
-    (true/false), which the CLI reads as `--<name>-value`. The cluster backends pass these."""
-    params = {}
-    for f in option_fields(cls or type(obj)):
-        text = show_value(f, getattr(obj, f.name))
-        if text is not None:
-            key = option_name(f) + ("_value" if isinstance(f.default, bool) else "")
-            params[key] = text
-    return params
 
 
 def parse_list(text: str, option: str, convert: Callable[[str], Any], what: str, fix: str) -> tuple:

@@ -27,14 +27,12 @@ import pandas as pd
 import yaml
 
 from ofexp.errors import ConfigError
-from ofexp.models import TRUSTED_FACTORIES_ENV, kwargs_json
-from ofexp.models.foreign import kwargs_words
+from ofexp.models import TRUSTED_FACTORIES_ENV
 from ofexp.pipeline.report import STEP_COLUMNS, sort_steps
 from ofexp.pipeline import study_plan
-from ofexp.pipeline.options import FusionOptions, command_params
+from ofexp.options import command_params
+from ofexp.pipeline.options import FusionOptions
 from ofexp.pipeline.study import StudyConfig, log_outputs, study_params
-from ofexp.pipeline.train import TrainConfig
-from ofexp.tracking.runs import param_str
 
 # Where `ofexp study` runs its steps. local: in this process (ofexp.pipeline.study); slurm: each a
 # Slurm job (ofexp.pipeline.slurm); kubernetes: each an MLflow Project run on MLflow's Kubernetes backend.
@@ -164,7 +162,7 @@ def _step_key(cfg: StudyConfig, step: study_plan.Step) -> tuple[str, str, dict[s
     if step.stage == "train":
         short = kind.replace("_", "")
         return (f"train-seed{seed}-{short}", f"train {model} {cfg.train.data.name} seed{seed} {short}",
-                _train_params(config))
+                config.command_params())
     if step.stage == "fuse":
         method = config.methods[0]
         return f"fuse-seed{seed}-{method}", f"fuse {method} {model} seed{seed}", _fuse_params(cfg, config)
@@ -182,26 +180,6 @@ def waves(steps: Iterable[Step]) -> list[list[Step]]:
     for step in steps:
         grouped.setdefault(depth[step.key], []).append(step)
     return [grouped[d] for d in sorted(grouped)]
-
-
-def _train_params(t: TrainConfig) -> dict[str, str]:
-    """Every `ofexp train` option, resolved: the Kubernetes project takes no empty values."""
-    d, r = t.data, t.recipe
-    return {
-        "model": t.model, "model_kwargs": _kwargs_param(t.model_kwargs), "width": str(t.width), "bias": param_str(t.bias), "batchnorm": param_str(t.batchnorm),
-        "dataset": d.name, "data_dir": d.resolved_data_dir or "./data", "val_fraction": str(d.val_fraction),
-        "split_seed": str(d.split_seed), "image_size": str(d.image_size), "download": param_str(d.download),
-        "recipe": r.name, "epochs": str(r.epochs), "batch_size": str(r.batch_size), "lr": str(r.lr),
-        "weight_decay": str(r.weight_decay), "init": r.init, "warmup_epochs": str(r.warmup_epochs), "grad_clip": str(r.grad_clip),
-        "seed": str(t.seed), "device": t.device, "log_model": param_str(t.log_model),
-        **t.speed.to_params(),
-    }
-
-
-def _kwargs_param(kwargs: tuple) -> str:
-    """--model-kwargs as a step passes it: 'none', key=value pairs when they need no shell quoting
-    (MLflow's Kubernetes backend passes quotes on literally), else JSON (refused by `_check_values`)."""
-    return (kwargs_words(kwargs) or kwargs_json(kwargs)) if kwargs else "none"
 
 
 def _fuse_params(cfg: StudyConfig, fusion: FusionOptions) -> dict[str, str]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from torch import nn
 
 from ofexp import tracking
-from ofexp.data import DataSplits
+from ofexp.data import DatasetInfo, DataSplits, registry
 from ofexp.errors import ConfigError
 from ofexp.metrics import TEST_ACCURACY_KEY, TEST_LOSS_KEY
-from ofexp.models.serving import RAW_IMAGE_SIZE, raw_examples, raw_image_network
+from ofexp.models.serving import RawImageNetwork, raw_examples
 from ofexp.tracking.model_registry import check_model_name, check_registered_shape, register_logged_model
 from ofexp.tracking.names import TAG_RUN_ID, TAG_STAGE
 
@@ -26,8 +26,15 @@ def check_register_as(register_as: str | None, log_model: bool) -> None:
 def served_input_shape(splits: DataSplits) -> list[int]:
     """[C, H, W] of the raw images the model logged for `splits` takes (`log_served_model`)."""
     info = splits.info
-    size = RAW_IMAGE_SIZE.get(info.name, info.input_size)
+    size = raw_size(info)
     return [info.in_channels, size, size]
+
+
+def raw_size(info: DatasetInfo) -> int:
+    """The side of the raw images a served model of this data takes: the data set's own (its
+    registry entry's raw_size), or the loaded size for images of any size (image folders)."""
+    entry = registry.registered().get(info.name)
+    return (entry.raw_size if entry is not None else None) or info.input_size
 
 
 def check_registration(register_as: str | None, shape) -> None:
@@ -64,7 +71,7 @@ def log_served_model(network: nn.Module, splits: DataSplits, *, stage: str, pare
     """Log `network` (on the CPU) behind the loader's resize and normalisation as the active run's
     MLflow model; register it as `register_as` when given. Returns the logged model's ID."""
     info = splits.info
-    served = raw_image_network(network.cpu().eval(), info.name, info.mean, info.std, info.input_size).eval()
+    served = RawImageNetwork(network.cpu().eval(), info.mean, info.std, raw_size(info), info.input_size).eval()
     model_id = tracking.log_mlflow_model(served, raw_examples(served, splits.test_x[:2].cpu()))
     tracking.set_tags({tracking.TAG_LOGGED_MODEL: model_id})
     if register_as:

@@ -7,37 +7,58 @@ from typing import TYPE_CHECKING, Mapping
 from ofexp import tracking
 from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.errors import ArtifactError, ConfigError, OfexpError, RunLookupError
-from ofexp.models import (ModelSpec, build_model, check_forward, init_weights, is_foreign, kwargs_json,
+from ofexp.models import (ARCHITECTURES, ModelSpec, build_model, check_forward, init_weights, is_foreign, kwargs_json,
                           normalise_kwargs, parse_kwargs, trust_factory)
 from ofexp.pipeline.serving import (check_register_as, check_registration, log_served_model, log_test_metrics,
                                     served_input_shape)
 from ofexp.tracking import names, running, runs
 from ofexp.tracking.artifacts import CHECKPOINT_FILE, SPEC_FILE, has_artifact, load_state_checked
 from ofexp.tracking.async_log import EpochLogger
-from ofexp.training import Recipe, SpeedOptions, evaluate, fit, make_recipe, resolve_device, seed_everything
+from ofexp.models.foreign import kwargs_words
+from ofexp.options import SEED, command_params, option, option_params
+from ofexp.training import (Recipe, RecipeOptions, SpeedOptions, evaluate, fit, make_recipe, resolve_device,
+                            seed_everything)
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
 
+MODEL_HELP = (f"{' | '.join(ARCHITECTURES)} | torchvision:<name> (a torchvision classifier, e.g. "
+              "torchvision:resnet18) | <module>:<function> (your factory on PYTHONPATH, called with "
+              "--model-kwargs and num_classes; naming it here trusts it, docs/commands.md)")
+# Options that are not run params: they change nothing the run computes.
+NOT_PARAMS = ("log_model",)  # a tag: the served copy of the same weights (names.TAG_LOG_MODEL)
+
+
+def _kwargs_param(kwargs: tuple) -> str:
+    """--model-kwargs as a run param: canonical JSON, 'none' when there are none."""
+    return kwargs_json(kwargs) if kwargs else "none"
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = "mlp"
+    """One train run. Its options are the fields made with `option()`, these and those of `data`
+    (DataConfig), `recipe` (RecipeOptions, resolved into a Recipe) and `speed` (SpeedOptions)."""
+
+    model: str = option("mlp", MODEL_HELP)
     data: DataConfig = field(default_factory=DataConfig)
-    width: float = 1.0
-    bias: bool = False
-    batchnorm: bool = False
+    width: float = option(1.0, "Channel width multiplier (ofexp's own architectures).")
+    bias: bool = option(False, "Biases in every conv and linear layer (ofexp's own architectures).")
+    batchnorm: bool = option(False, "Batch-norm after every conv (or hidden linear) layer (ofexp's own "
+                             "architectures).")
     recipe: Recipe = field(default_factory=make_recipe)
-    seed: int = 0
-    device: str = "auto"
-    log_model: bool = True
+    seed: int = option(0, "Torch seed: init, shuffling.", kind=SEED)
+    device: str = option("auto", "cpu, cuda, mps or auto.")
+    log_model: bool = option(True, "Also log the final network as an MLflow model.")
     run_name: str | None = None
     progress: bool = True
     speed: SpeedOptions = field(default_factory=SpeedOptions)  # --channels-last, --compile, --tf32
     register_as: str | None = None  # a Model Registry name for the logged model (not a param)
     # a torchvision or factory model's keyword arguments (--model-kwargs): sorted (key, value) pairs,
     # or a dict; a `ModelName` model brings its own
-    model_kwargs: tuple = ()
+    model_kwargs: tuple = option((), "Keyword arguments of a torchvision or factory model: a JSON object of plain "
+                                 "values, e.g. '{\"width_mult\": 0.5}', or key=value pairs (width_mult=0.5).",
+                                 show=_kwargs_param)
 
     def __post_init__(self) -> None:
         check_register_as(self.register_as, self.log_model)
@@ -50,14 +71,21 @@ class TrainConfig:
         object.__setattr__(self, "model_kwargs", carried or kwargs)
         check_model_options(self.model, self.model_kwargs, self.width, self.bias, self.batchnorm)
 
-    def params(self) -> dict[str, object]:
-        """Every setting that determines the trained weights, under the CLI options' names."""
-        return {
-            "model": self.model, "model_kwargs": kwargs_json(self.model_kwargs) if self.model_kwargs else "none",
-            "width": self.width, "bias": self.bias, "batchnorm": self.batchnorm,
-            **self.data.to_params(), **self.recipe.to_params(), "seed": self.seed, "device": self.device,
-            **self.speed.to_params(),
-        }
+    def params(self) -> dict[str, str]:
+        """Every setting that determines the trained weights, under the options' names: the options
+        (but NOT_PARAMS), the data's, and the whole resolved recipe (momentum, schedule... included)."""
+        own = {k: v for k, v in option_params(self).items() if k not in NOT_PARAMS}
+        return {**own, **self.data.to_params(), **self.recipe.to_params(), **self.speed.to_params()}
+
+    def command_params(self) -> dict[str, str]:
+        """`ofexp train`'s options that give this config, as {MLproject parameter: text}: what a
+        cluster engine passes to a train step. The data folder is passed as read (the data set's
+        default when none was given); --model-kwargs as key=value words where it can be."""
+        data_dir = self.data.resolved_data_dir
+        return {**command_params(self), **command_params(self.data), **({"data_dir": data_dir} if data_dir else {}),
+                **command_params(RecipeOptions.of(self.recipe)), **command_params(self.speed),
+                "model_kwargs": (kwargs_words(self.model_kwargs) or kwargs_json(self.model_kwargs))
+                if self.model_kwargs else "none"}
 
 
 def check_model_options(model: str, kwargs: tuple, width: float, bias: bool, batchnorm: bool) -> None:

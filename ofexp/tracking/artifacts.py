@@ -22,6 +22,8 @@ from mlflow.exceptions import MlflowException
 from torch import nn
 
 from ofexp.data import DataConfig
+from ofexp.data.splits import NOT_RECORDED
+from ofexp.options import option_fields
 from ofexp.errors import ArtifactError, ConfigError, RunLookupError
 from ofexp.models import ModelSpec, build_model
 from ofexp.models.ensemble import ENSEMBLE_ARCH, EnsembleSpec, build_ensemble, spec_from_dict
@@ -141,10 +143,7 @@ def log_spec(model_spec: ModelSpec | EnsembleSpec, data_cfg: DataConfig, parents
 
 
 def data_config_to_dict(cfg: DataConfig) -> dict:
-    return {
-        "name": cfg.name, "data_dir": cfg.data_dir, "val_fraction": cfg.val_fraction,
-        "split_seed": cfg.split_seed, "image_size": cfg.image_size,
-    }
+    return cfg.to_record()
 
 
 def load_spec_from_run(run_id: str) -> tuple[ModelSpec, DataConfig]:
@@ -157,8 +156,19 @@ def load_spec_from_run(run_id: str) -> tuple[ModelSpec, DataConfig]:
 # MAX_PARAMETERS (4 GB of float32) may be rebuilt from it; anything else is refused unbuilt.
 _SPEC_KEYS = ("model", "data")
 _OPTIONAL_SPEC_KEYS = ("parents",)  # an ensemble's member run IDs
-_DATA_FIELDS = {"name": str, "data_dir": (str, type(None)), "val_fraction": (float, int), "split_seed": int,
-                "image_size": int}
+def _record_types() -> dict[str, tuple[type, ...]]:
+    """{key: types it may have} of the recorded data options (`DataConfig.to_record`), from their
+    defaults: an optional one may be null, a float may be written as an integer."""
+    types = {}
+    for f in option_fields(DataConfig):
+        if f.name in NOT_RECORDED:
+            continue
+        kind = f.metadata["type"] or type(f.default)
+        types[f.name] = (kind, type(None)) if f.default is None else (float, int) if kind is float else (kind,)
+    return types
+
+
+_DATA_FIELDS = _record_types()
 MAX_PARAMETERS = 1_000_000_000
 
 

@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 
 from ofexp import __version__
 from ofexp.errors import ConfigError, OfexpError, StoreFullError, TrackingServerError
+from ofexp.options import param_str  # noqa: F401 - how a value is written as a param, for tracking's callers
 from ofexp.signals import stops_held
 from ofexp.tracking import launcher, server
 from ofexp.tracking.names import (CLAIM_PARAM, DIGEST_ALGORITHM, STAGES, TAG_DIGESTS, TAG_EXPERIMENT_KIND, TAG_FAILURE, TAG_GIT_COMMIT, TAG_HOST,
@@ -246,16 +247,6 @@ def active_run_id() -> str:
 def set_description(text: str) -> None:
     """Replace the active run's description (the note shown in the UI)."""
     mlflow.set_tag(TAG_NOTE, text)
-
-
-def param_str(value: object) -> str:
-    """How ofexp writes a value as an MLflow param or tag: on/off as true/false (the form MLproject
-    parameters take), a list comma-joined, anything else as str()."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return ",".join(param_str(v) for v in value)
-    return str(value)
 
 
 def param_flag(text: str | None, default: bool = False) -> bool:

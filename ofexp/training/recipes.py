@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from ofexp.errors import ConfigError
+from ofexp.options import option, option_fields
 
 INITS = ("default", "kaiming")
 SCHEDULES = ("multistep", "cosine")
@@ -112,6 +113,35 @@ def make_recipe(name: str = "default", **overrides) -> Recipe:
         raise ConfigError(f"unknown recipe option(s) {unknown}; valid ones are {sorted(known)}")
     given = {k: v for k, v in overrides.items() if v is not None}
     return replace(RECIPES[name], **given)
+
+
+def _recipe_names() -> tuple[str, ...]:
+    return tuple(sorted(RECIPES))
+
+
+@dataclass(frozen=True)
+class RecipeOptions:
+    """The recipe options of `ofexp train` and `ofexp study`: a named recipe and what to override
+    in it (None: the recipe's own value). Each override is the Recipe field of its name."""
+
+    recipe: str = option("default", "Training preset; 'report' is the original study's CIFAR recipe.",
+                         choices=_recipe_names)
+    epochs: int | None = option(None, "Override the recipe's epoch count.", type=int)
+    batch_size: int | None = option(None, "Override the recipe's batch size.", type=int)
+    lr: float | None = option(None, "Override the recipe's learning rate.", type=float)
+    weight_decay: float | None = option(None, "Override the recipe's SGD weight decay.", type=float)
+    init: str | None = option(None, f"Override the recipe's init: {' or '.join(INITS)}.", type=str)
+    warmup_epochs: float | None = option(None, "Override the recipe's linear warm-up.", type=float)
+    grad_clip: float | None = option(None, "Override the recipe's grad-norm clip (0 = off).", type=float)
+
+    def resolve(self) -> Recipe:
+        """The named recipe with the overrides applied, validated (ConfigError naming the option)."""
+        return make_recipe(self.recipe, **{f.name: getattr(self, f.name) for f in option_fields(self)[1:]})
+
+    @classmethod
+    def of(cls, recipe: Recipe) -> RecipeOptions:
+        """The options that give `recipe`: its name, and each overridable field's value (for a step's command)."""
+        return cls(recipe=recipe.name, **{f.name: getattr(recipe, f.name) for f in option_fields(cls)[1:]})
 
 
 def lr_factor(recipe: Recipe, iteration: int, steps_per_epoch: int) -> float:

@@ -15,17 +15,23 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
+from ofexp.options import option, option_params
+
 
 @dataclass(frozen=True)
 class SpeedOptions:
     """How the loop lays out and runs the network; none of it is a hyperparameter."""
 
-    channels_last: bool = False  # NHWC activations and conv weights: faster conv kernels on many CPUs/GPUs
-    compile: bool = False  # torch.compile the forward pass (pays a one-off compile time per run)
-    tf32: bool = False  # CUDA convs and matmuls in TF32 (tensor cores); CPU runs are unaffected
+    # NHWC activations and conv weights: faster conv kernels on many CPUs/GPUs
+    channels_last: bool = option(False, "Train in channels_last (NHWC) memory layout; faster convs on many machines.")
+    # torch.compile the forward pass (pays a one-off compile time per run)
+    compile: bool = option(False, "torch.compile the network (one-off compile time per run; pays off on long runs).")
+    # CUDA convs and matmuls in TF32 (tensor cores); CPU runs are unaffected
+    tf32: bool = option(False, "On CUDA, run float32 convs and matmuls in TF32 (faster, lower precision); "
+                        "off: IEEE float32.")
 
     def to_params(self) -> dict[str, str]:
-        return {f.name: "true" if getattr(self, f.name) else "false" for f in fields(self)}
+        return option_params(self)
 
     @classmethod
     def from_params(cls, params: Mapping[str, object]) -> SpeedOptions:

@@ -77,7 +77,8 @@ def test_a_split_seed_beyond_torchs_seeds_is_refused_before_any_run(tmp_path, ca
 
 @pytest.mark.parametrize("value", [str(SEED_MIN), "-1", str(SEED_MAX)])
 def test_split_seeds_at_the_bounds_are_taken(tmp_path, capsys, value):
-    assert f"--split-seed {value} " in _dry_run(tmp_path, capsys, ["--split-seed", value]).stdout
+    # the train steps' commands carry it as MLflow appends a parameter: --split_seed VALUE
+    assert f"--split_seed {value} " in _dry_run(tmp_path, capsys, ["--split-seed", value]).stdout
 
 
 # --- 4. a study says its size, and past 1,000 steps needs --yes ----------------------------------

@@ -15,7 +15,7 @@ from ofexp.pipeline.options import FusionOptions
 
 
 def test_the_method_choices_and_help_are_the_registrys():
-    method = next(p for p in cli.get_command(None, "fuse").params if p.name == "methods")
+    method = next(p for p in cli.get_command(None, "fuse").params if p.name == "method")
     assert list(method.type.choices) == [*FUSION_METHODS, "both"]
     assert all(f"{m.name}: {m.help}" in method.help for m in FUSION_METHODS.values())
     assert FusionOptions().methods == METHODS  # "both" is every registered method

@@ -114,7 +114,7 @@ def test_fuse_and_evaluate_jobs_take_earlier_steps_run_ids(jobs):
         if name == "fuse":
             parents = PLACEHOLDER.findall(params["parents"])
             assert parents == [f"train-seed{seed}-parent1", f"train-seed{seed}-parent2"], params["parents"]
-            fuse_methods.add((seed, params["methods"]))
+            fuse_methods.add((seed, params["method"]))
         elif name == "evaluate":
             (model,) = PLACEHOLDER.findall(params["model_run"])
             kind = params["label"].removesuffix(f"_seed{seed}")

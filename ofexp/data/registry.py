@@ -1,0 +1,50 @@
+"""The data sets, by name: one line per data set module in MODULES.
+
+Each listed module defines `DATASETS`, a tuple of `Dataset` entries (`ofexp.data.dataset`):
+CIFAR's module defines cifar10 and cifar100. The modules import their heavy libraries
+(torchvision, scikit-learn) only when they load, so reading the registry is cheap. It is
+read on first use, so a caller may add a module to MODULES before that (the in-test data
+set of tests/data/test_registry.py does).
+"""
+from __future__ import annotations
+
+import importlib
+
+from ofexp.data.dataset import Dataset
+from ofexp.errors import ConfigError
+
+MODULES = ("ofexp.data.digits", "ofexp.data.fashion_mnist", "ofexp.data.cifar", "ofexp.data.imagefolder")
+
+_loaded: dict[tuple[str, ...], dict[str, Dataset]] = {}
+
+
+def registered() -> dict[str, Dataset]:
+    """{name: Dataset} of every module in MODULES, in their order."""
+    modules = tuple(MODULES)
+    if modules not in _loaded:
+        entries: dict[str, Dataset] = {}
+        for module in modules:
+            for entry in importlib.import_module(module).DATASETS:
+                if entry.name in entries:
+                    raise ValueError(f"data set {entry.name!r} is defined twice (again in {module})")
+                entries[entry.name] = entry
+        _loaded[modules] = entries
+    return _loaded[modules]
+
+
+def names() -> tuple[str, ...]:
+    """The `--dataset` choices, as runs log them."""
+    return tuple(registered())
+
+
+def dataset(name: str) -> Dataset:
+    """The entry of `name`; ConfigError listing the choices for an unknown one."""
+    entry = registered().get(name)
+    if entry is None:
+        raise ConfigError(f"unknown --dataset {name!r}; choose one of {', '.join(names())}")
+    return entry
+
+
+def seed_headroom() -> int:
+    """The most any data set's loader adds to --split-seed."""
+    return max(entry.seed_offset for entry in registered().values())
