@@ -2,7 +2,7 @@
 
 ofexp's real benchmark: 60,000 training and 10,000 test images of 28×28 grayscale
 clothing, 10 balanced classes. Where the files are looked for, in order
-(docs/data.md):
+(docs/commands.md, "Data"):
 
 1. `--data-dir`, used as given: torchvision's layout (`DATA_DIR/FashionMNIST/raw/<name>`,
    unpacked) or the four original `.gz` files, else torchvision's download into it when

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ofexp.data import registry
 from ofexp.data.dataset import Dataset
 from ofexp.errors import ConfigError, DataError
 from ofexp.options import SEED, option, option_fields, option_params
@@ -21,56 +22,18 @@ STATS_CHUNK = 4096  # images per float64 chunk in channel_stats
 STATS_IN_ONE_GO = 1 << 24  # values (128 MB in float64) up to which channel_stats makes one float64 copy
 
 
-# --- the data options' help, from the registry's entries (read when the CLI is built) ---
-
-def _registered():
-    from ofexp.data.registry import registered  # the registry imports the data set modules, which import this
-
-    return registered().values()
-
-
-def _names() -> tuple[str, ...]:
-    return tuple(entry.name for entry in _registered())
-
-
-def _shown(entries) -> str:
-    """Names as the command line spells them ('-' for '_'), joined."""
-    names = [entry.name.replace("_", "-") for entry in entries]
-    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else "".join(names)
-
-
-def _dataset_help() -> str:
-    return "Data set: " + "; ".join(f"{entry.name.replace('_', '-')}: {entry.help}" for entry in _registered()) + "."
-
-
-def _data_dir_help() -> str:
-    defaults = [e for e in _registered() if e.default_data_dir]
-    required = [e for e in _registered() if e.data_dir_holds]
-    parts = [f"{_shown([e for e in defaults if e.default_data_dir == d])}: default {d}"
-             for d in dict.fromkeys(e.default_data_dir for e in defaults)]
-    parts += [f"{_shown(required)}: required"] if required else []
-    return f"Folder of the data ({'; '.join(parts)})."
-
-
-def _image_size_help() -> str:
-    return f"Side length that {_shown([e for e in _registered() if e.resized])} images are resized to."
-
-
-def _download_help() -> str:
-    return f"Download {_shown([e for e in _registered() if e.downloads])} when it is missing."
-
-
 @dataclass(frozen=True)
 class DataConfig:
     """Which data set to load, from where, and how to split it: the data options of `ofexp train`,
     `ofexp study` and (through ModelInput) of models given by URI."""
 
-    name: str = option("digits", _dataset_help, choices=_names, name="dataset")
-    data_dir: str | None = option(None, _data_dir_help, type=str)
+    # the help of the options a data set's entry decides is written from the registry
+    name: str = option("digits", registry.dataset_help, choices=registry.names, name="dataset")
+    data_dir: str | None = option(None, registry.data_dir_help, type=str)
     val_fraction: float = option(0.1, "Share of the training data held out to pick the best checkpoint.")
     split_seed: int = option(0, "Seed of the train/validation split (shared by all parents).", kind=SEED)
-    image_size: int = option(32, _image_size_help)
-    download: bool = option(True, _download_help)
+    image_size: int = option(32, registry.image_size_help)
+    download: bool = option(True, registry.download_help)
     # who named this location ("run <id>"), when it was read from a run rather than given by the
     # user; such data is read where it is or not at all (the run's spec must not create or fetch)
     recorded_by: str | None = field(default=None, compare=False)
@@ -87,9 +50,7 @@ class DataConfig:
     @property
     def dataset(self) -> Dataset:
         """The registry's entry of this data set: its loader and facts."""
-        from ofexp.data.registry import dataset  # the registry imports the data set modules, which import this
-
-        return dataset(self.name)
+        return registry.dataset(self.name)
 
     @property
     def resolved_data_dir(self) -> str | None:
