@@ -65,16 +65,16 @@ def _param_value(name: str, value: Any) -> object:
     return value
 
 
-def activation_inputs(splits: DataSplits, n: int) -> torch.Tensor:
-    """A fixed sample (seed 0) of n training inputs, the same for every fusion of this data."""
-    return splits.train_x[fixed_sample(len(splits.train_x), n)]  # [n, C, H, W]
+def activation_inputs(splits: DataSplits, n: int, seed: int = 0) -> torch.Tensor:
+    """A fixed sample of n training inputs, the same for every fusion of this data with this seed."""
+    return splits.train_x[fixed_sample(len(splits.train_x), n, seed)]  # [n, C, H, W]
 
 
-def fixed_sample(total: int, n: int) -> torch.Tensor:
-    """n of range(total) drawn with seed 0 (all of them, in order, when n ≥ total)."""
+def fixed_sample(total: int, n: int, seed: int = 0) -> torch.Tensor:
+    """n of range(total) drawn with `seed` (all of them, in order, when n ≥ total)."""
     if n >= total:
         return torch.arange(total)
-    return torch.randperm(total, generator=torch.Generator().manual_seed(0))[:n]
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
 
 
 def _naive(opts: Any, models: Sequence[nn.Module], splits: DataSplits, structure: Any) -> Fused:
@@ -82,7 +82,7 @@ def _naive(opts: Any, models: Sequence[nn.Module], splits: DataSplits, structure
 
 
 def _geometric(opts: Any, models: Sequence[nn.Module], splits: DataSplits, structure: Any) -> Fused:
-    inputs = activation_inputs(splits, opts.activation_samples)
+    inputs = activation_inputs(splits, opts.activation_samples, opts.activation_seed)
     result = geometric_fuse(models, weights=opts.fusion_weights, target=opts.target, solver=opts.solver,
                             reg=opts.reg, alignment=opts.alignment, inputs=inputs, spec=structure)
     return Fused(result.model, result, inputs)
@@ -92,7 +92,7 @@ FUSION_METHODS: dict[str, FusionMethod] = {method.name: method for method in (
     FusionMethod("naive", "average the weights", ("fusion_weights",), _naive),
     FusionMethod("geometric", "align neurons by optimal transport, then average",
                  ("fusion_weights", "alignment", "solver", "reg", "target", "repair", "interpolation",
-                  "curve_samples", "activation_samples"),
+                  "curve_samples", "activation_samples", "activation_seed"),
                  _geometric, aligns=True, only_with={"curve_samples": "interpolation"}),
 )}
 METHODS = tuple(FUSION_METHODS)

@@ -21,7 +21,7 @@ from ofexp.metrics import PREDICTION_METRICS, resolve_measures
 from ofexp.pipeline.fusion_methods import FUSION_METHODS, METHODS
 from ofexp.metrics.context import PRESETS, search_budget
 from ofexp.metrics.sharpness import WORST_CASES, check_worst_case
-from ofexp.options import option, option_values  # noqa: F401 - option_values: for pipeline.study
+from ofexp.options import SEED, option, option_values  # noqa: F401 - option_values: for pipeline.study
 from ofexp.training.loop import SHUFFLE_SEED_OFFSET
 
 # Seeds. torch.manual_seed and Generator.manual_seed take -2**63 .. 2**64-1 and read a negative
@@ -99,6 +99,8 @@ class FusionOptions:
                             "activations on training samples.", choices=ALIGNMENTS)
     activation_samples: int = option(256, "Training inputs (fixed sample) used by --alignment activations "
                                      "and --repair.")
+    activation_seed: int = option(0, "Seed of that fixed sample: another seed probes the parents on other "
+                                  "training inputs.", kind=SEED)
     # REPAIR: off by default, since it helps VGG11 and hurts the MLP (docs/fusion.md).
     repair: bool = option(False, "Geometric fusion: rescale every fused neuron to the aligned parents' "
                           "activation mean/std on the activation samples (REPAIR, Jordan et al. 2023).")
@@ -123,6 +125,7 @@ class FusionOptions:
             if getattr(self, name) < 2:
                 raise ConfigError(f"--{name.replace('_', '-')} must be ≥ 2, got {getattr(self, name)}; pass 2 or "
                                   f"more, e.g. the default {defaults[name]}")
+        check_seed(self.activation_seed, "--activation-seed")
         fusion_weights(self.fusion_weights, parents, name="--fusion-weights")
         check_target(self.target, parents, name="--target")
         check_solver(self.solver, self.reg, solver_name="--solver", reg_name="--reg")

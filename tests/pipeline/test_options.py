@@ -23,7 +23,7 @@ from ofexp.pipeline.study import StudyConfig, study_params
 
 # A value other than the default for every option: rendering and parsing must carry each one.
 CHANGED_FUSION = FusionOptions(methods=("geometric",), fusion_weights=(0.25, 0.75), target=0, solver="sinkhorn",
-                               reg=0.05, alignment="weights", activation_samples=64, repair=True, recompute_bn=False,
+                               reg=0.05, alignment="weights", activation_samples=64, activation_seed=5, repair=True, recompute_bn=False,
                                interpolation=False,
                                curve_samples=500)
 CHANGED_EVALUATE = EvaluateOptions(measures="accuracy,lipschitz", preset="quick", sharpness_worst="min",

@@ -39,8 +39,8 @@ NOT_RESULT = {
 }
 # Fields a fusion method does not read: changing them changes nothing it computes.
 NOT_READ_BY = {
-    "naive": {"alignment", "solver", "reg", "target", "activation_samples", "repair", "interpolation",
-              "curve_samples"},
+    "naive": {"alignment", "solver", "reg", "target", "activation_samples", "activation_seed", "repair",
+              "interpolation", "curve_samples"},
     "geometric": set(),
 }
 # Other values for fields whose change cannot be derived from the type: the first that differs is used.
