@@ -123,3 +123,12 @@ def test_a_data_set_added_in_one_module_and_one_line_trains_through_the_cli(tmp_
 
     refused = _ofexp_with_tiny(tmp_path, "train", "--dataset", "tiny-bars", "--image-size", "0")
     assert refused.returncode != 0 and "error: --image-size must be ≥ 1" in refused.stderr
+
+
+def test_design_md_shows_this_tests_data_set_as_the_diff_of_adding_one():
+    """docs/design.md, "Adding a data set", shows the module above: the example is the tested one."""
+    text = (REPO / "docs" / "design.md").read_text()
+    block = text.split("+++ b/ofexp/data/tinybars.py\n", 1)[1].split("\n--- ", 1)[0]
+    shown = "\n".join(line[1:] for line in block.splitlines())
+    assert shown.strip() == textwrap.dedent(TINY_MODULE).strip()
+    assert '"ofexp.data.tinybars")' in text, "and the one line in registry.MODULES"
