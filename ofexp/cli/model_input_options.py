@@ -5,26 +5,38 @@ from typing import Callable
 
 import click
 
-from ofexp.cli.options import OPT_INT, OPT_STR, SEED
-from ofexp.data import DATASETS, DataConfig
+from ofexp.cli.options import OPT_INT, typed_option
+from ofexp.data import DataConfig
 from ofexp.data.model_input import PIXELS, ModelInput
+from ofexp.options import option_fields, option_name
+
+# DataConfig's options as models given by URI read them: under input_* names, with help that says
+# so, and no default data set (without --dataset, the input is what the fuse run that made the
+# model recorded, model_input.json).
+_BY_URI_HELP = {
+    "name": "Models given by URI: the data set they classify [default: what the ofexp fuse run that made the "
+            "model recorded]. ofexp train runs carry their own.",
+    "data_dir": "Models by URI: folder of the data.",
+    "image_size": "Models by URI: side length the images are resized to.",
+    "split_seed": "Models by URI: seed of the train/validation split.",
+}
+
+
+def _data_option(name: str) -> Callable:
+    field = next(f for f in option_fields(DataConfig) if f.name == name)
+    default = None if name == "name" else field.default
+    return typed_option(field, f"input_{option_name(field)}", _BY_URI_HELP[name], default)
 
 
 def model_input_options(f: Callable) -> Callable:
     options = [
-        click.option("--dataset", "input_dataset", type=click.Choice(DATASETS), default=None,
-                     help="Models given by URI: the data set they classify [default: what the ofexp fuse run that "
-                          "made the model recorded]. ofexp train runs carry their own."),
-        click.option("--data-dir", "input_data_dir", type=OPT_STR, default=None, help="Models by URI: folder of the data."),
-        click.option("--image-size", "input_image_size", type=click.INT, default=32, show_default=True,
-                     help="Models by URI: side length the images are resized to."),
+        _data_option("name"), _data_option("data_dir"), _data_option("image_size"),
         click.option("--channels", "input_channels", type=OPT_INT, default=None,
                      help="Models by URI: input channels; 3 repeats a grey image [default: the data set's]."),
         click.option("--pixels", "input_pixels", type=click.Choice(PIXELS), default="unit", show_default=True,
                      help="Models by URI: pixel values in [0, 1] (unit), or standardised by the training split's "
                           "mean and std (normalized)."),
-        click.option("--split-seed", "input_split_seed", type=SEED, default=0, show_default=True,
-                     help="Models by URI: seed of the train/validation split."),
+        _data_option("split_seed"),
     ]
     for option in reversed(options):
         f = option(f)
@@ -36,6 +48,7 @@ def pop_model_input(kw: dict) -> ModelInput | None:
     values = {k: kw.pop(k) for k in [k for k in kw if k.startswith("input_")]}
     if values["input_dataset"] is None:
         return None
-    data = DataConfig(name=values["input_dataset"], data_dir=values["input_data_dir"],
-                      image_size=values["input_image_size"], split_seed=values["input_split_seed"], download=False)
+    given = {field.name: values[f"input_{option_name(field)}"] for field in option_fields(DataConfig)
+             if field.name in _BY_URI_HELP}
+    data = DataConfig(**given, download=False)  # a model's data is read where it is, never fetched
     return ModelInput(data, values["input_channels"], values["input_pixels"])

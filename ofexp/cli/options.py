@@ -113,22 +113,31 @@ def typed_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable:
     default, choices, help, type. Each option's value reaches the command under the option's name."""
     def decorate(f: Callable) -> Callable:
         for field in reversed(option_fields(cls)):
-            if field.name in exclude:
-                continue
-            dest = option_name(field)
-            name, help_, choices = dest.replace("_", "-"), option_help(field), option_choices(field)
-            if isinstance(field.default, bool):
-                f = flag(name, help_, default=field.default)(f)
-            elif choices:
-                f = click.option(f"--{name}", dest, type=click.Choice(choices),
-                                 default=show_value(field, field.default), show_default=True, help=help_)(f)
-            elif field.default is None:
-                f = click.option(f"--{name}", dest, type=_click_type(field), default=None, help=help_)(f)
-            else:
-                f = click.option(f"--{name}", dest, type=_click_type(field), default=field.default,
-                                 show_default=True, help=help_)(f)
+            if field.name not in exclude:
+                f = typed_option(field)(f)
         return f
     return decorate
+
+
+_UNSET = object()
+
+
+def typed_option(field, dest: str | None = None, help: str | None = None, default=_UNSET) -> Callable:
+    """The click option of one option field; `dest`, `help` and `default` replace the definition's
+    where one command reads the option in its own way (the models-by-URI data options)."""
+    name = option_name(field).replace("_", "-")
+    dest, help_ = dest or option_name(field), help or option_help(field)
+    default = field.default if default is _UNSET else default
+    choices = option_choices(field)
+    if isinstance(field.default, bool):
+        return flag(name, help_, default=default)
+    if choices:
+        shown = None if default is None else show_value(field, default)
+        return click.option(f"--{name}", dest, type=click.Choice(choices), default=shown,
+                            show_default=default is not None, help=help_)
+    if default is None:
+        return click.option(f"--{name}", dest, type=_click_type(field), default=None, help=help_)
+    return click.option(f"--{name}", dest, type=_click_type(field), default=default, show_default=True, help=help_)
 
 
 def pop_typed_options(cls: type, kwargs: dict, exclude: tuple[str, ...] = ()) -> dict:

@@ -12,6 +12,7 @@ import click
 import pytest
 
 from ofexp.cli import cli
+from ofexp.cli.options import SEED
 from ofexp.data import DataConfig
 from ofexp.options import (command_params, option_choices, option_fields, option_help, option_name, option_values,
                            show_value)
@@ -157,3 +158,22 @@ def test_the_run_params_are_the_options_and_the_resolved_recipe():
     assert params["dataset"] == "cifar10" and params["data_dir"] == "/srv/cifar" and params["download"] == "false"
     assert params["epochs"] == "2" and params["momentum"] == "0.9" and params["bias"] == "true"
     assert DataConfig(name="cifar10").to_params()["data_dir"] == "./data", "the folder as read: the data set's default"
+
+
+@pytest.mark.parametrize("command", ["fuse", "evaluate"])
+def test_the_data_options_of_models_by_uri_are_the_data_options(command):
+    """--dataset, --data-dir, --image-size and --split-seed of a model given by URI: DataConfig's, under
+    their own names (input_*), with no default data set (the fuse run's record gives it)."""
+    by_name = {p.name: p for p in cli.get_command(None, command).params}
+    for f in option_fields(DataConfig):
+        if f.name in ("download", "val_fraction"):
+            # not options of models by URI: their data is read where it is, never fetched, and held out at
+            # the default --val-fraction
+            assert f"input_{f.name}" not in by_name
+            continue
+        param = by_name[f"input_{option_name(f)}"]
+        assert param.opts == [f"--{option_name(f).replace('_', '-')}"]
+        assert param.default == (None if f.name == "name" else f.default), f.name
+        if option_choices(f):
+            assert tuple(param.type.choices) == option_choices(f)
+    assert by_name["input_split_seed"].type is SEED
