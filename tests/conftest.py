@@ -304,6 +304,18 @@ POSTGRES_URI = os.environ.get("OFEXP_TEST_POSTGRES_URI", "postgresql://ofexp:ofe
 
 
 @pytest.fixture(scope="session")
+def slurm_cluster():
+    """Skips, saying why, where no Slurm node is up to take jobs (.ci/install-slurm.sh starts one)."""
+    import shutil
+
+    if shutil.which("sinfo") is None:
+        pytest.skip("Slurm is not installed; run .ci/install-slurm.sh")
+    states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.split()
+    if not {"idle", "mixed", "allocated"} & set(states):
+        pytest.skip(f"no Slurm node takes jobs (sinfo: {states or 'no answer'}); run .ci/install-slurm.sh")
+
+
+@pytest.fixture(scope="session")
 def postgres_database() -> str:
     """A fresh, empty PostgreSQL database for this session (dropped after); its URI.
 

@@ -51,9 +51,6 @@ def study(seeds: str, widths: str | None, jobs: int, finetune_epochs: int, yes: 
     cfg = StudyConfig(train=pop_train_config(kw, exclude=("seed",)), seeds=parse_seeds(seeds), fusion=fusion,
                       evaluation=evaluation, use_cache=use_cache, jobs=jobs, finetune_epochs=finetune_epochs,
                       widths=width_list)
-    if remote is not None and finetune_epochs:
-        raise ConfigError("--finetune-epochs runs in-process only; drop --backend, or fine-tune with "
-                          "`ofexp train --init-from` and `ofexp ensemble`")
     size = _checked_size(cfg, yes)
     cfg = replace(cfg, seeds=tuple(cfg.seeds))  # a count's seeds are listed once its size is accepted
     if remote is not None:

@@ -1,14 +1,16 @@
 """The study on a cluster: each step an MLflow Project run on MLflow's Kubernetes backend.
 
-Each step of the study plan (`study_plan.plan`: train, fuse, evaluate per seed) becomes
-a run of an entry point of the project `mlflow_projects/kubernetes` with its parameters.
-A step that needs other steps' outputs names them in `inputs`: fuse takes its
-parents' train runs, evaluate its model's train or fuse run. The driver (the
+Each step of the study plan (`study_plan.plan`: per seed the parents' train, the ensemble,
+the fusions, the fine-tunings and every model's evaluate) becomes a run of an entry point
+of the project `mlflow_projects/kubernetes` with its parameters. A step that needs other
+steps' outputs names them in `inputs`: fuse and ensemble take the parents' train runs, a
+fine-tuning its fused run, evaluate its model's run. The driver (the
 `ofexp study --backend kubernetes` process) submits the steps in waves (every
 step whose inputs are known), waits for each submitted run (the step logs into
 the run MLflow made for it, see `tracking.launcher`) and passes its ID on. Every
 pod talks to the same tracking server, so steps chain by run ID exactly as a
-local study does. `--dry-run` renders the Kubernetes Job of every step, with
+local study does, with the same run names; a step that a FINISHED run did already is
+reused (`step_digest`, as for Slurm). `--dry-run` renders the Kubernetes Job of every step, with
 placeholders where run IDs will be, and submits nothing.
 """
 from __future__ import annotations
@@ -21,24 +23,20 @@ import shlex
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Mapping
 
-import pandas as pd
 import yaml
 
 from ofexp.errors import ConfigError
-from ofexp.models import TRUSTED_FACTORIES_ENV
-from ofexp.pipeline.report import STEP_COLUMNS, sort_steps
-from ofexp.pipeline import study_plan
-from ofexp.options import command_params
-from ofexp.pipeline.options import FusionOptions
-from ofexp.pipeline.study import StudyConfig, log_outputs, study_params
+from ofexp.pipeline.cluster_steps import (KUBERNETES_PROJECT, Step, finished_step, log_step_outputs, plan_study,
+                                          trust_env, waves)
+from ofexp.pipeline.study import StudyConfig, study_params
+from ofexp.options import param_str
 
 # Where `ofexp study` runs its steps. local: in this process (ofexp.pipeline.study); slurm: each a
 # Slurm job (ofexp.pipeline.slurm); kubernetes: each an MLflow Project run on MLflow's Kubernetes backend.
 BACKENDS = ("local", "slurm", "kubernetes")
 PROJECT_BACKENDS = ("local", "kubernetes")  # MLflow Projects' backends that RemoteConfig submits to
-KUBERNETES_PROJECT = Path(__file__).resolve().parents[2] / "mlflow_projects" / "kubernetes"
 REQUIRED_KUBE_KEYS = ("kube-job-template-path", "repository-uri")
 LABEL_STUDY, LABEL_STEP = "ofexp/study-run-id", "ofexp/step"
 
@@ -108,94 +106,6 @@ def load_backend_config(text: str | None) -> dict:
     return config
 
 
-# --------------------------------------------------------------------------- the plan
-
-
-@dataclass(frozen=True)
-class Step:
-    """One MLflow Project run of the study. `inputs` maps a parameter to the steps whose run IDs fill it."""
-
-    key: str  # unique within the study, e.g. "fuse-seed1-naive"
-    entry_point: str  # "train" | "fuse" | "evaluate"
-    run_name: str
-    params: Mapping[str, str]
-    inputs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    kind: str = ""  # the model kind made or measured (study_plan.KIND_ORDER), as in the study's steps.csv
-    seed: int = 0
-
-    @property
-    def needs(self) -> tuple[str, ...]:
-        return tuple(key for keys in self.inputs.values() for key in keys)
-
-    def resolved(self, run_ids: Mapping[str, str]) -> dict[str, str]:
-        """The parameters with each input replaced by the comma-joined run IDs of its steps."""
-        return {**self.params, **{name: ",".join(run_ids[k] for k in keys) for name, keys in self.inputs.items()}}
-
-
-# The stages a project run can do, in the order their steps are listed and submitted; the
-# parameter of each that takes its inputs' run IDs.
-_PROJECT_STAGES = {"train": None, "fuse": "parents", "evaluate": "model_run"}
-
-
-def plan_study(cfg: StudyConfig) -> list[Step]:
-    """The study plan's steps (`study_plan.plan`) as MLflow Project runs, train steps first, then
-    fuse, then evaluate, so each comes after the steps it needs."""
-    planned = study_plan.plan(cfg)
-    other = next((s for s in planned if s.stage not in _PROJECT_STAGES or (s.stage == "train" and s.inputs)), None)
-    if other is not None:
-        raise ConfigError(f"the {other.kind} step runs in-process only; drop --backend, or drop --finetune-epochs")
-    keys = {(s.seed, s.kind): _step_key(cfg, s) for s in planned if s.makes_model}
-    steps = []
-    for s in sorted(planned, key=lambda s: list(_PROJECT_STAGES).index(s.stage)):
-        key, run_name, params = _step_key(cfg, s)
-        inputs = {_PROJECT_STAGES[s.stage]: tuple(keys[(s.seed, k)][0] for k in s.inputs)} if s.inputs else {}
-        steps.append(Step(key, s.stage, run_name, params, inputs, kind=s.kind, seed=s.seed))
-    for step in steps:
-        _check_values(step)
-    return steps
-
-
-def _step_key(cfg: StudyConfig, step: study_plan.Step) -> tuple[str, str, dict[str, str]]:
-    """A planned step's key (it names Kubernetes objects and labels: lowercase, digits and '-'
-    only), its project run's name and its entry point's parameters."""
-    seed, kind, model, config = step.seed, step.kind, cfg.train.model, step.config
-    if step.stage == "train":
-        short = kind.replace("_", "")
-        return (f"train-seed{seed}-{short}", f"train {model} {cfg.train.data.name} seed{seed} {short}",
-                config.command_params())
-    if step.stage == "fuse":
-        method = config.methods[0]
-        return f"fuse-seed{seed}-{method}", f"fuse {method} {model} seed{seed}", _fuse_params(cfg, config)
-    label = f"{kind}_seed{seed}"
-    return (f"evaluate-seed{seed}-{kind.replace('_', '-')}", f"evaluate {label}",
-            {**command_params(config), "label": label, "device": cfg.train.device})
-
-
-def waves(steps: Iterable[Step]) -> list[list[Step]]:
-    """Group steps by dependency depth: wave k needs only steps of waves < k, so each wave can run at once."""
-    depth: dict[str, int] = {}
-    for step in steps:  # plan order puts every step after its inputs
-        depth[step.key] = 1 + max((depth[k] for k in step.needs), default=-1)
-    grouped: dict[int, list[Step]] = {}
-    for step in steps:
-        grouped.setdefault(depth[step.key], []).append(step)
-    return [grouped[d] for d in sorted(grouped)]
-
-
-def _fuse_params(cfg: StudyConfig, fusion: FusionOptions) -> dict[str, str]:
-    """One fuse step's fusion options (one method), as `ofexp fuse` options (FusionOptions renders them)."""
-    return {**command_params(fusion), "device": cfg.train.device}
-
-
-def _check_values(step: Step) -> None:
-    # MLflow's Kubernetes backend shell-quotes each word of the command, and the container runs it
-    # without a shell: a value with spaces or quotes would reach ofexp with literal quotes.
-    for name, value in step.params.items():
-        if not value or shlex.quote(value) != value:
-            raise ConfigError(f"{step.key}: {name}={value!r} is empty or needs shell quoting, which MLflow's "
-                              "kubernetes backend passes on literally; use a value without spaces or quotes")
-
-
 # --------------------------------------------------------------------------- rendering (dry run)
 
 
@@ -228,13 +138,6 @@ def step_template(remote: RemoteConfig, study_run_id: str, step: Step) -> dict:
     container = template["spec"]["template"]["spec"]["containers"][0]
     container["env"] = [*container.get("env", []), *({"name": k, "value": v} for k, v in trust_env().items())]
     return template
-
-
-def trust_env() -> dict[str, str]:
-    """The factories this driver trusts (a --model factory among them), for the steps' environment: the
-    fuse and evaluate steps rebuild the network from spec.json, and import only a trusted factory."""
-    trusted = os.environ.get(TRUSTED_FACTORIES_ENV, "").strip()
-    return {TRUSTED_FACTORIES_ENV: trusted} if trusted else {}
 
 
 def pod_tracking_uri() -> str:
@@ -297,8 +200,13 @@ def check_backend(remote: RemoteConfig) -> None:
 
 
 def run_remote_study(cfg: StudyConfig, remote: RemoteConfig) -> str:
-    """Run the study's steps as MLflow Project runs on `remote.backend`, nested under one study run; return its ID."""
+    """Run the study's steps as MLflow Project runs on `remote.backend`, nested under one study run; return its ID.
+
+    Each step whose digest a FINISHED run of the experiment carries is reused (unless --no-cache);
+    the others are submitted, wave by wave, each named as the local study names it."""
     from ofexp import tracking
+    from ofexp.tracking import cluster_runs
+    from ofexp.tracking.names import TAG_CACHE, TAG_STEP_DIGEST
     from ofexp.tracking.projects import StepFailedError, submit, wait_for_step_run
 
     steps = plan_study(cfg)
@@ -307,15 +215,27 @@ def run_remote_study(cfg: StudyConfig, remote: RemoteConfig) -> str:
     params = {**study_params(cfg), "backend": remote.backend}
     description = (f"Study of {tcfg.model} on {tcfg.data.name} over seeds {', '.join(map(str, cfg.seeds))}, each "
                    f"step an MLflow Project run on {remote.backend}, chained by run ID.")
-    with tracking.stage_run("study", run_name=cfg.run_name, params=params, description=description) as run, \
+    with tracking.stage_run("study", run_name=cfg.run_name, params=params, tags={TAG_CACHE: param_str(cfg.use_cache)},
+                            description=description) as run, \
             tempfile.TemporaryDirectory(prefix="ofexp-jobs-") as templates:
+        experiment_id = run.info.experiment_id
         run_ids: dict[str, str] = {}
+        reused: set[str] = set()
         for wave in waves(steps):
-            submitted = [(step, submit(remote.project_uri, step.entry_point, step.resolved(run_ids),
-                                       backend=remote.backend,
-                                       backend_config=_backend_config(remote, run.info.run_id, step, templates),
-                                       run_name=step.run_name, experiment_id=run.info.experiment_id,
-                                       synchronous=remote.backend == "local")) for step in wave]
+            submitted = []
+            for step in wave:
+                step_params = step.resolved(run_ids)
+                digest, found = finished_step(step, step_params, experiment_id, cfg.use_cache)
+                if found:
+                    run_ids[step.key] = found
+                    reused.add(step.key)
+                    continue
+                handle = submit(remote.project_uri, step.entry_point, step_params, backend=remote.backend,
+                                backend_config=_backend_config(remote, run.info.run_id, step, templates),
+                                run_name=step.run_name, experiment_id=experiment_id,
+                                synchronous=remote.backend == "local")
+                cluster_runs.tag_step_run(handle.run_id, {TAG_STEP_DIGEST: digest})
+                submitted.append((step, handle))
             failures = []
             for step, handle in submitted:  # wait for the whole wave, so no Job is left behind unwatched
                 try:
@@ -324,16 +244,8 @@ def run_remote_study(cfg: StudyConfig, remote: RemoteConfig) -> str:
                     failures.append(err)
             if failures:
                 raise failures[0]
-        log_step_outputs(cfg, steps, run_ids, run.info.experiment_id)
+        log_step_outputs(cfg, steps, run_ids, experiment_id, frozenset(reused))
         return run.info.run_id
-
-
-def log_step_outputs(cfg: StudyConfig, steps: list[Step], run_ids: Mapping[str, str], experiment_id: str,
-                     reused: frozenset[str] = frozenset()) -> None:
-    """The study's own outputs (steps.csv, results.csv, summary, correlations, plots), from its step
-    runs: `run_ids` by step key, `reused` the keys of steps that earlier runs did."""
-    rows = [(step.seed, step.kind, step.entry_point, run_ids[step.key], step.key in reused) for step in steps]
-    log_outputs(sort_steps(pd.DataFrame(rows, columns=STEP_COLUMNS), study_plan.KIND_ORDER), cfg.accuracy_metric, experiment_id)
 
 
 def _backend_config(remote: RemoteConfig, study_run_id: str, step: Step, folder: str) -> dict:

@@ -1,7 +1,7 @@
-"""The study on Slurm: every train, fuse and evaluate step one Slurm job, chained by run ID.
+"""The study on Slurm: every step (train, ensemble, fuse, fine-tune, evaluate) one Slurm job, chained by run ID.
 
 The driver (the `ofexp study --backend slurm` process) runs the study plan's steps
-(`study_plan.plan`), rendered as entry-point runs as for Kubernetes (`remote.plan_study`), in waves: every step
+(`study_plan.plan`), rendered as entry-point runs (`cluster_steps.plan_study`) as for Kubernetes, in waves: every step
 whose inputs are known is submitted at once, and the next wave starts when the
 wave has ended. Dependencies stay with the driver rather than Slurm's
 `--dependency=afterok`, because a step's command names its inputs by run ID,
@@ -28,13 +28,12 @@ from tqdm import tqdm
 from ofexp import tracking
 from ofexp.errors import ConfigError, OfexpError
 from ofexp.pipeline import slurm_jobs
-from ofexp.pipeline.remote import (KUBERNETES_PROJECT, Step, log_step_outputs, plan_study, study_params, trust_env,
-                                   waves)
-from ofexp.pipeline.report import step_run_name
+from ofexp.pipeline.cluster_steps import (KUBERNETES_PROJECT, Step, finished_step, log_step_outputs, plan_study,
+                                          trust_env, waves)
 from ofexp.pipeline.slurm_jobs import SlurmConfig
-from ofexp.pipeline.study import StudyConfig
+from ofexp.pipeline.study import StudyConfig, study_params
 from ofexp.signals import stops_held
-from ofexp.tracking import cache, cluster_runs
+from ofexp.tracking import cluster_runs
 from ofexp.tracking.names import TAG_CACHE, TAG_SLURM_JOB, TAG_SLURM_LOG
 from ofexp.tracking.projects import entry_point_command
 from ofexp.tracking.runs import param_str
@@ -128,14 +127,10 @@ def _submit_or_reuse(step: Step, run_ids: dict[str, str], use_cache: bool, slurm
                      study_id: str, experiment_id: str) -> str | _Submitted:
     """The run ID of a FINISHED run that did this step already, else the step's newly submitted job."""
     params = step.resolved(run_ids)
-    stage = step.entry_point
-    digest = cache.step_identity(stage, params)
-    if use_cache:
-        found = cluster_runs.find_finished_step(experiment_id, digest)
-        if found:
-            return found
-    run_id = cluster_runs.create_step_run(experiment_id, study_id, step_run_name(step.seed, step.kind, stage),
-                                          stage, digest)
+    digest, found = finished_step(step, params, experiment_id, use_cache)
+    if found:
+        return found
+    run_id = cluster_runs.create_step_run(experiment_id, study_id, step.run_name, step.stage, digest)
     env = {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_ID": experiment_id,
            **trust_env()}  # a factory the driver trusts is trusted by the steps that rebuild it
     try:

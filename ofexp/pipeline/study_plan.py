@@ -111,8 +111,11 @@ def _model_steps(cfg: StudyConfig, seed: int, width: float | None = None) -> Ite
     if cfg.finetune_epochs:
         for method in methods:
             kind = at(finetuned_kind(method))
+            # a fine-tuning reads the data its source recorded and downloads nothing, as `ofexp train
+            # --init-from` records it on every engine
             tuned = replace(tcfg, recipe=finetune_recipe(tcfg.recipe, epochs=cfg.finetune_epochs),
-                            seed=finetune_seed(seed), run_name=step_run_name(seed, kind, "train"))
+                            data=replace(tcfg.data, download=False), seed=finetune_seed(seed),
+                            run_name=step_run_name(seed, kind, "train"))
             yield Step(seed, kind, "train", tuned, (at(fused_kind(method)),))
 
 

@@ -1,13 +1,13 @@
-"""The MLflow side of a study whose steps run as cluster jobs (`ofexp study --backend slurm`).
+"""The MLflow side of a study whose steps run as cluster jobs (`ofexp study --backend slurm|kubernetes`).
 
 The driver creates each step's run before it submits the job, nested under the
 study run, and hands its ID to the job in MLFLOW_RUN_ID: the job's ofexp step
 logs into it (see `launcher`), so the run ID is known before the job starts and
-the job ID can be tagged on it. A step is identified by its command: the entry
-point, its parameters with the input run IDs filled in, and the ofexp version
-and commit: `cache.step_identity`, the same identity the local study matches on. It is
-the run's tag `ofexp.step_digest`, and a rerun of the study reuses the newest FINISHED
-run with the same digest.
+the job ID can be tagged on it. A step is identified by its command: its stage,
+its parameters with the input run IDs filled in, and the ofexp version and commit:
+`cache.step_identity` (`cluster_steps.step_digest`), the same identity the local study matches
+on. It is the run's tag `ofexp.step_digest` (Slurm and Kubernetes step runs alike), and
+a rerun of the study reuses the newest FINISHED run with the same digest.
 """
 from __future__ import annotations
 

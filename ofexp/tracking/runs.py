@@ -26,7 +26,7 @@ from ofexp.options import param_str  # noqa: F401 - how a value is written as a 
 from ofexp.signals import stops_held
 from ofexp.tracking import launcher, server
 from ofexp.tracking.names import (CLAIM_PARAM, DIGEST_ALGORITHM, STAGES, TAG_DIGESTS, TAG_EXPERIMENT_KIND, TAG_FAILURE, TAG_GIT_COMMIT, TAG_HOST,
-                                  TAG_LAUNCHER, TAG_NOTE, TAG_PID, TAG_RUN_NAME, TAG_STAGE, TAG_VERSION,
+                                  TAG_LAUNCHER, TAG_NOTE, TAG_PARENT_RUN, TAG_PID, TAG_RUN_NAME, TAG_STAGE, TAG_VERSION,
                                   TAG_WARNING_PREFIX)
 
 DEFAULT_EXPERIMENT = "ofexp"
@@ -352,12 +352,13 @@ def _reopen_run(run_id: str, tags: Mapping[str, str] | None, log_system_metrics:
                 keep_ofexp_name: bool = False) -> mlflow.ActiveRun:
     """Reopen an existing run (status RUNNING again), update its tags, drop an old failure reason.
 
-    With `keep_ofexp_name`, a run that an ofexp study driver made for this step (it carries
-    `ofexp.stage` already, as a Slurm step's run does) keeps the name the driver gave it.
+    With `keep_ofexp_name`, a run that an ofexp study driver made for this step keeps the name
+    the driver gave it: a Slurm step's run carries `ofexp.stage` already; a Kubernetes step's,
+    made by MLflow Projects, is nested under the study run.
     """
     existing = mlflow.MlflowClient().get_run(run_id)
     tags = dict(tags or {})
-    if keep_ofexp_name and TAG_STAGE in existing.data.tags:
+    if keep_ofexp_name and (TAG_STAGE in existing.data.tags or _nested_under_study(existing)):
         tags.pop(TAG_RUN_NAME, None)
     # MLflow refuses to reopen a run outside the process's active experiment (set by an
     # earlier command in a notebook or test), so make the run's own experiment active.
@@ -370,6 +371,16 @@ def _reopen_run(run_id: str, tags: Mapping[str, str] | None, log_system_metrics:
         _end_run("FAILED")
         raise
     return run
+
+
+def _nested_under_study(run: Run) -> bool:
+    parent = run.data.tags.get(TAG_PARENT_RUN)
+    if not parent:
+        return False
+    try:
+        return mlflow.MlflowClient().get_run(parent).data.tags.get(TAG_STAGE) == "study"
+    except MlflowException:  # a parent deleted since: no study named this run
+        return False
 
 
 def claim_run(run: Run) -> None:

@@ -141,7 +141,7 @@ def test_a_study_of_1000_steps_starts_unasked_and_one_more_seed_needs_yes(tmp_pa
                                            ((7,), "geometric")])
 def test_the_size_is_the_number_of_steps_the_cluster_backends_plan(seeds, method):
     from ofexp.pipeline.options import FusionOptions, METHODS
-    from ofexp.pipeline.remote import plan_study
+    from ofexp.pipeline.cluster_steps import plan_study
     from ofexp.pipeline.study import StudyConfig, planned_step_count
 
     methods = METHODS if method == "both" else (method,)

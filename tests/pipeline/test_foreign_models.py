@@ -138,7 +138,7 @@ def test_a_one_seed_study_of_a_torchvision_model(store, capsys):
 
 def test_cluster_steps_pass_the_kwargs_unquoted_and_the_trusted_factories(monkeypatch):
     from ofexp.pipeline import TrainConfig
-    from ofexp.pipeline.remote import plan_study, trust_env
+    from ofexp.pipeline.cluster_steps import plan_study, trust_env
     from ofexp.pipeline.study import StudyConfig
 
     train = TrainConfig(model="torchvision:mobilenet_v2", model_kwargs={"width_mult": 0.25})

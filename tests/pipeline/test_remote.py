@@ -4,8 +4,8 @@ No cluster and no tracking server: the dry run contacts neither. The rendered
 Jobs are checked for their structure, the `ofexp` command each carries (parsed
 by the real CLI), the tracking env, and the chaining: each fuse step takes its
 two train steps' run IDs, each evaluate step its model's, always from steps
-that come earlier. A slow test runs the same plan through MLflow Projects'
-local backend against a real server, so the chaining by run ID is exercised.
+that come earlier. test_engines.py runs the driver for real, on MLflow Projects' local
+backend against a real server, and compares its study with the local engine's.
 """
 from __future__ import annotations
 
@@ -203,58 +203,14 @@ def test_backend_config_may_be_a_file(capsys, tmp_path):
     assert result.stdout.count("kind: Job") == 16
 
 
-@pytest.mark.slow
-def test_steps_chain_by_run_id_as_mlflow_project_runs(mlflow_server, tmp_path, monkeypatch):
-    """The driver for real, on MLflow Projects' local backend (each step a subprocess), against a real server.
-
-    The Kubernetes project is copied without its docker_env, which is the only
-    part the local backend would treat differently (it would run docker).
-    """
-    import sys
-
-    import pandas as pd
-    from mlflow.tracking import MlflowClient
-
-    from conftest import using_tracking_uri
-    from ofexp import tracking
-    from ofexp.pipeline.remote import KUBERNETES_PROJECT, RemoteConfig, run_remote_study
-    from ofexp.pipeline.options import FusionOptions
-    from ofexp.pipeline.study import StudyConfig, parent_seed
-    from ofexp.pipeline.train import TrainConfig
-    from ofexp.training import make_recipe
-
-    spec = yaml.safe_load((KUBERNETES_PROJECT / "MLproject").read_text())
-    spec.pop("docker_env")
-    (tmp_path / "project").mkdir()
-    (tmp_path / "project" / "MLproject").write_text(yaml.safe_dump(spec))
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{__import__('os').environ['PATH']}")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny models: one thread is fastest on shared cores
-    cfg = StudyConfig(train=TrainConfig(model="mlp", width=0.25, recipe=make_recipe("default", epochs=1),
-                                        log_model=False, progress=False), seeds=(1,),
-                      fusion=FusionOptions(methods=("naive",)))  # one fusion keeps it at 6 subprocesses
-    remote = RemoteConfig(backend="local", project_uri=str(tmp_path / "project"))
-    with using_tracking_uri(mlflow_server.uri):
-        tracking.configure_tracking("remote-local-backend")
-        study_id = run_remote_study(cfg, remote)
-
-    client = MlflowClient(mlflow_server.uri)
-    study = client.get_run(study_id)
-    assert study.info.status == "FINISHED" and study.data.tags["ofexp.stage"] == "study"
-    exp = [study.info.experiment_id]
-    step_runs = client.search_runs(exp, f"tags.mlflow.parentRunId = '{study_id}'")
-    assert len(step_runs) == 6 and all(r.info.status == "FINISHED" for r in step_runs)
-    # one step, one run: each step logged into the project run MLflow made for it
-    assert all(r.data.tags["ofexp.stage"] == r.data.tags["mlflow.project.entryPoint"] for r in step_runs)
-    assert len(client.search_runs(exp)) == 7, "the study and its six step runs, nothing else"
-    by_stage = {stage: [r for r in step_runs if r.data.tags["ofexp.stage"] == stage]
-                for stage in ("train", "fuse", "evaluate")}
-    trains = [r.info.run_id for r in sorted(by_stage["train"], key=lambda r: int(r.data.params["seed"]))]
-    assert [int(client.get_run(t).data.params["seed"]) for t in trains] == [parent_seed(1, 1), parent_seed(1, 2)]
-    (fused,) = by_stage["fuse"]
-    assert fused.data.params["method"] == "naive"
-    assert fused.data.tags["ofexp.parent_run_ids"] == ",".join(trains)
-    evaluated = {r.data.params["label"]: r for r in by_stage["evaluate"]}
-    assert evaluated["naive_fused_seed1"].data.tags["ofexp.model_run_id"] == fused.info.run_id
-    assert evaluated["parent_2_seed1"].data.tags["ofexp.model_run_id"] == trains[1]
-    results = pd.read_csv(client.download_artifacts(study_id, "results.csv", str(tmp_path)))
-    assert set(results["Model"]) >= {"parent_1_seed1", "parent_2_seed1", "naive_fused_seed1"}
+def test_a_fine_tuning_study_renders_ensemble_and_finetune_jobs_the_cli_reads(capsys):
+    result = dry_run(capsys, "--finetune-epochs", "2")
+    assert result.returncode == 0, result.stderr
+    jobs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    by_step = {_step(job): _ofexp_options(job) for job in jobs}
+    assert len(jobs) == 28  # per seed: 7 models, 7 evaluations
+    name, params = by_step["finetune-seed2-geometric"]
+    assert name == "train" and PLACEHOLDER.findall(params["init_from"]) == ["fuse-seed2-geometric"]
+    assert (params["epochs"], params["seed"], params["warmup_epochs"]) == (2, 200, 0.0)
+    name, params = by_step["ensemble-seed1"]
+    assert name == "ensemble" and PLACEHOLDER.findall(params["parents"]) == ["train-seed1-parent1", "train-seed1-parent2"]

@@ -18,7 +18,7 @@ from ofexp.data import DataConfig
 from ofexp.data.model_input import ModelInput
 from ofexp.pipeline.ensemble import EnsembleConfig
 from ofexp.pipeline.evaluate import EvalConfig, evaluate_params
-from ofexp.pipeline.remote import plan_study
+from ofexp.pipeline.cluster_steps import plan_study
 from ofexp.pipeline.study import StudyConfig
 from ofexp.pipeline.finetune import FinetuneConfig, finetune_params, finetune_train_config
 from ofexp.pipeline.fuse import FuseConfig

@@ -5,9 +5,8 @@ from collections import Counter
 
 import pytest
 
-from ofexp.errors import ConfigError
 from ofexp.pipeline.options import FusionOptions
-from ofexp.pipeline.remote import plan_study
+from ofexp.pipeline.cluster_steps import plan_study
 from ofexp.pipeline.study import StudyConfig, planned_step_count, planned_steps
 from ofexp.pipeline.study_plan import KIND_ORDER, plan, study_kinds
 
@@ -47,17 +46,26 @@ def test_progress_and_the_step_count_read_the_plan(finetune_epochs):
     assert planned_step_count(cfg) == len(steps)
 
 
-def test_the_cluster_engines_run_the_plans_steps_with_its_inputs():
-    cfg = StudyConfig(seeds=(1, 2))
+@pytest.mark.parametrize("finetune_epochs", [0, 1])
+def test_the_cluster_engines_run_the_plans_steps_with_its_inputs(finetune_epochs):
+    cfg = StudyConfig(seeds=(1, 2), finetune_epochs=finetune_epochs)
     cluster = plan_study(cfg)
-    assert Counter((s.seed, s.kind, s.entry_point) for s in cluster) == Counter(
-        (s.seed, s.kind, s.stage) for s in plan(cfg))
+    assert Counter((s.seed, s.kind, s.stage) for s in cluster) == Counter((s.seed, s.kind, s.stage) for s in plan(cfg))
     made_by = {step.key: step.kind for step in cluster}
-    planned_inputs = {(s.seed, s.kind, s.stage): s.inputs for s in plan(cfg)}
+    planned = {(s.seed, s.kind, s.stage): s for s in plan(cfg)}
     for step in cluster:
-        assert tuple(made_by[k] for k in step.needs) == planned_inputs[step.seed, step.kind, step.entry_point]
+        assert tuple(made_by[k] for k in step.needs) == planned[step.seed, step.kind, step.stage].inputs
+        assert step.run_name == planned[step.seed, step.kind, step.stage].run_name, "the local study's run name"
 
 
-def test_a_cluster_study_with_finetuning_is_refused_by_name():
-    with pytest.raises(ConfigError, match="ensemble step runs in-process only.*--finetune-epochs"):
-        plan_study(StudyConfig(finetune_epochs=1))
+def test_a_fine_tuning_runs_on_a_cluster_as_train_from_the_fused_run_with_the_plans_recipe():
+    cfg = StudyConfig(seeds=(3,), finetune_epochs=2)
+    steps = {(s.kind, s.stage): s for s in plan_study(cfg)}
+    tuned, planned = steps["geometric_finetuned", "train"], {(s.kind, s.stage): s for s in plan(cfg)}
+    recipe = planned["geometric_finetuned", "train"].config.recipe
+    assert tuned.entry_point == "finetune" and tuned.inputs == {"init_from": (steps["geometric_fused", "fuse"].key,)}
+    assert (tuned.params["epochs"], float(tuned.params["lr"]), tuned.params["seed"]) == ("2", recipe.lr, "300")
+    assert tuned.params["recipe"] == cfg.train.recipe.name  # the base recipe, as `ofexp train --init-from` takes it
+    ensemble = steps["ensemble", "ensemble"]
+    assert ensemble.entry_point == "ensemble" and set(ensemble.inputs["parents"]) == {
+        steps["parent_1", "train"].key, steps["parent_2", "train"].key}
