@@ -5,10 +5,16 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import ot
-from scipy.optimize import linear_sum_assignment
 
 from ofexp.errors import ConfigError
+
+
+def _ot():
+    """POT, imported when a plan is solved: it pulls in scikit-learn and scipy.stats (over 1 s), and
+    every ofexp command imports this module (through `ofexp.fusion`), a fusion alone uses it."""
+    import ot
+
+    return ot
 
 SOLVERS = ("exact", "sinkhorn")
 
@@ -40,7 +46,7 @@ def _sinkhorn_plan(a: np.ndarray, b: np.ndarray, cost: np.ndarray, reg: float, m
     with warnings.catch_warnings():
         # POT's own warnings name no fix; the caller checks the result and warns instead.
         warnings.simplefilter("ignore")
-        return ot.sinkhorn(a, b, cost, reg, method=method, numItermax=_SINKHORN_MAX_ITER)
+        return _ot().sinkhorn(a, b, cost, reg, method=method, numItermax=_SINKHORN_MAX_ITER)
 
 
 def _usable(plan: np.ndarray) -> bool:
@@ -98,6 +104,8 @@ def assignment_plan(cost: np.ndarray) -> np.ndarray:
         raise ValueError(f"assignment_plan: cost must be [n, m] with n dividing m or m dividing n, "
                          f"got shape {cost.shape}; use solve_transport")
     k_rows, k_cols = side // n, side // m  # one of them is 1
+    from scipy.optimize import linear_sum_assignment  # imported when used, as POT (see _ot)
+
     rows, cols = linear_sum_assignment(np.repeat(np.repeat(cost, k_rows, axis=0), k_cols, axis=1))  # [side]
     plan = np.zeros(cost.shape, dtype=np.float64)  # [n, m]
     # The side without copies is matched once per index, so no (row, col) pair repeats.
@@ -119,7 +127,7 @@ def emd_plan(cost: np.ndarray) -> np.ndarray:
         with warnings.catch_warnings():
             # POT warns on every non-optimal stop; the result code below decides instead.
             warnings.simplefilter("ignore", UserWarning)
-            plan, log = ot.emd(a, b, cost, numItermax=cap, log=True)  # [n, m]
+            plan, log = _ot().emd(a, b, cost, numItermax=cap, log=True)  # [n, m]
         if log["result_code"] == _EMD_OPTIMAL:
             return plan
         if log["result_code"] != _EMD_CAP_REACHED:  # infeasible or unbounded: more pivots do not help

@@ -86,11 +86,12 @@ def test_help_lists_the_same_lines_before_and_after_the_commands_are_loaded():
     assert lazy.get_help(click.Context(lazy)) == loaded.get_help(click.Context(loaded))
 
 
-def test_a_digits_train_step_imports_no_torchvision(tmp_path):
+def test_a_digits_train_step_imports_no_torchvision_and_no_pot(tmp_path):
     """What a cluster step pays before its work: torchvision (with torch._dynamo, about 1 s) only
-    for the data sets and models that use it."""
+    for the data sets and models that use it, POT (optimal transport, over 1 s with the
+    scikit-learn it pulls in) only for a fusion."""
     code, modules, stdout = _modules_after("train", "--epochs", "1", "--no-log-model", cwd=tmp_path,
                                            env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
     assert code == 0 and len(stdout.split()[-1]) == 32  # it trained and printed its run ID
     assert "torch" in modules and "mlflow" in modules
-    assert not any(m.split(".")[0] == "torchvision" for m in modules)
+    assert not any(m.split(".")[0] in ("torchvision", "ot") for m in modules)
