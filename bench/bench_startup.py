@@ -4,7 +4,8 @@
 with `git archive` into a temporary folder); "ours" is this working tree. Both are run as
 fresh `python -m ofexp ...` processes, alternating, in this same run:
 
-- `ofexp --version` and `ofexp --help` (target: ≤ 0.5 s);
+- `ofexp --version` and `ofexp --help` (target: ≤ 0.5 s), and `ofexp --version` beside
+  `python -c pass`, the interpreter's own start-up;
 - `ofexp <stage> --help` for the stages a cluster step runs (train, fuse, evaluate): the
   imports each Slurm or Kubernetes step pays before its work starts, i.e. the start-up part of
   the per-step overhead that bench_slurm.py measures for a whole study.
@@ -58,4 +59,13 @@ def run(quick: bool, repeats: int) -> list[Result]:
                 result.passed = result.ours_median <= 0.5
             result.notes["same output"] = ours_out == base_out
             results.append(result)
+        # the interpreter's own start-up, the floor of any command: what --version adds to it
+        ours_s, base_s, _, _ = time_pair(_command(ROOT, ["--version"]), _python_pass,
+                                         repeats=1 if quick else repeats)
+        results.append(Result("ofexp --version (fresh process)", "lazy command table", "python -c pass",
+                              ours_s, base_s))
     return results
+
+
+def _python_pass() -> None:
+    subprocess.run([sys.executable, "-c", "pass"], check=True, timeout=60)

@@ -21,7 +21,7 @@ from bench.common import Result, bench_device, set_device
 
 # Modules bench/bench_<area>.py; each defines run(quick, repeats) -> list[Result].
 MODULES = ("fusion", "any_model", "transport", "measures", "training", "tracking", "report", "fashion_mnist",
-           "quickstart", "slurm", "startup", "ui")
+           "quickstart", "slurm", "slurm_step", "startup", "ui")
 
 
 def _available() -> list[str]:
