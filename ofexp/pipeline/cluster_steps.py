@@ -36,7 +36,7 @@ class Step:
     """One MLflow Project run of the study. `inputs` maps a parameter to the steps whose run IDs fill it."""
 
     key: str  # unique within the study, e.g. "fuse-seed1-naive"
-    entry_point: str  # "train" | "fuse" | "evaluate"
+    entry_point: str  # "train" | "ensemble" | "fuse" | "finetune" | "evaluate"
     run_name: str
     params: Mapping[str, str]
     inputs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
