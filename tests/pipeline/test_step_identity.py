@@ -18,7 +18,7 @@ from ofexp.data import DataConfig
 from ofexp.data.model_input import ModelInput
 from ofexp.pipeline.ensemble import EnsembleConfig
 from ofexp.pipeline.evaluate import EvalConfig, evaluate_params
-from ofexp.pipeline.cluster_steps import plan_study
+from ofexp.pipeline.cluster_steps import plan_study, step_digest
 from ofexp.pipeline.study import StudyConfig
 from ofexp.pipeline.finetune import FinetuneConfig, finetune_params, finetune_train_config
 from ofexp.pipeline.fuse import FuseConfig
@@ -152,10 +152,11 @@ def test_the_fusion_method_is_part_of_the_identity():
 # --- the Slurm engine: each step's identity is made from the command it submits -----------------
 
 def _slurm_identities(cfg: StudyConfig) -> dict[str, str]:
-    """{step key: identity} of a 1-seed study's Slurm steps, upstream run IDs named after their steps."""
+    """{step key: identity} of a 1-seed study's Slurm (and Kubernetes) steps, upstream run IDs named after
+    their steps."""
     steps = plan_study(cfg)
     run_ids = {step.key: f"run-of-{step.key}" for step in steps}
-    return {step.key: cache.step_identity(step.entry_point, step.resolved(run_ids)) for step in steps}
+    return {step.key: step_digest(step, step.resolved(run_ids)) for step in steps}
 
 
 STUDY = StudyConfig(train=TrainConfig(recipe=make_recipe("default")), seeds=(1,))
@@ -181,3 +182,31 @@ def test_every_study_option_changes_the_slurm_identity_of_its_stages_steps(stage
     before, after = _slurm_identities(STUDY), _slurm_identities(changed)
     same = [key for key in before if key.startswith(stage) and before[key] == after.get(key)]
     assert same == [], f"changing {name} leaves the Slurm identity of {same}"
+
+
+# The options a fine-tuning step runs with: the study's recipe but for its epochs (--finetune-epochs) and
+# warm-up (none), device and speed flags; its network and data come from the fused run it starts from.
+FINETUNE_TRAIN = ("device", "recipe.batch_size", "recipe.lr", "recipe.weight_decay", "recipe.grad_clip",
+                  "speed.channels_last", "speed.compile", "speed.tf32")
+FINETUNING = replace(STUDY, finetune_epochs=1)
+
+
+def _finetuning_variants():
+    yield "finetune_epochs", replace(FINETUNING, finetune_epochs=2)
+    for name, train in _variants(FINETUNING.train):
+        if name in FINETUNE_TRAIN:
+            yield name, replace(FINETUNING, train=train)
+
+
+@pytest.mark.parametrize("name,changed", list(_finetuning_variants()), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_fine_tuning_option_changes_the_cluster_identity_of_the_finetune_steps(name, changed):
+    before, after = _slurm_identities(FINETUNING), _slurm_identities(changed)
+    tuned = [key for key in before if key.startswith("finetune-")]
+    assert len(tuned) == 2 and [key for key in tuned if before[key] == after[key]] == [], name
+
+
+def test_the_ensemble_step_is_told_apart_from_the_fusions_of_the_same_parents():
+    identities = _slurm_identities(FINETUNING)
+    assert len(set(identities.values())) == len(identities)
+    assert identities["ensemble-seed1"] != _slurm_identities(replace(
+        FINETUNING, train=replace(FINETUNING.train, device="cpu")))["ensemble-seed1"]
