@@ -3,48 +3,94 @@
     python docs/results/fidelity_table.py
 
 Each row is one configuration, each column one of the paper's models, as test accuracy
-mean ± std over the seeds and, in brackets, its ratio to the parents' mean. The values
-are the per-seed `accuracy` rows of the committed `results.csv` of the configuration's
-main study (the one with `--finetune-epochs 1`: parents, naive, geometric with
-activations, the ensemble, both fine-tuned). A cell whose study's files were never
-committed (the `--alignment weights` and `--repair` studies, every ResNet18 study: their
-store is gone) prints as †: the docs keep the measured value with a † beside it, and
-tests/docs/test_results_tables.py checks every other cell against this output.
+mean ± std over the seeds and, in brackets, its ratio to the parents' mean. A configuration
+has up to three studies (docs/fashion_mnist.md gives their commands): the main one with
+`--finetune-epochs 1` (parents, naive, geometric with activations, the ensemble, both
+fine-tuned), `--alignment weights` and `--repair`, the last two reusing the main study's
+parents. Each cell reads the per-seed `accuracy` rows of its study's committed
+`results.csv`. A study whose files were never committed (the VGG11 weights and REPAIR
+studies: their store is gone, issue #26, and they were not run again) prints as †: the docs keep the measured value with
+a † beside it, and tests/docs/test_results_tables.py checks every other cell against this output.
 """
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study_tables import FIVE_SEEDS, TWO_SEEDS, parents, per_seed  # noqa: E402
+from study_tables import FIVE_SEEDS, RESULTS, TWO_SEEDS, parents, per_seed  # noqa: E402
 
 NOT_COMMITTED = "†"
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """The committed folders of one configuration's studies (None: never committed)."""
+    main: Path
+    weights: Path | None
+    repair: Path | None
+
+
+def fidelity(name: str) -> Configuration:
+    """A configuration re-run for issue #26: docs/results/<name>/{main,weights,repair}."""
+    folder = RESULTS / name
+    return Configuration(folder / "main", folder / "weights", folder / "repair")
+
+
 COLUMNS = ("parents", "naive", "geometric, weights", "geometric, activations", "activations + REPAIR",
            "ensemble", "naive + fine-tuning", "geometric + fine-tuning")
-# the table's column -> the model kind in the main study's results.csv (None: no committed study)
-KIND = {"parents": "parent", "naive": "naive_fused", "geometric, weights": None,
-        "geometric, activations": "geometric_fused", "activations + REPAIR": None, "ensemble": "ensemble",
-        "naive + fine-tuning": "naive_finetuned", "geometric + fine-tuning": "geometric_finetuned"}
-# the table's row name -> the committed folder of its main study
-ROWS = {"vgg11 w0.25, 10 epochs, seeds 1,2": TWO_SEEDS, "vgg11 w0.25, 10 epochs, seeds 1–5": FIVE_SEEDS}
+# the table's column -> (the configuration's study, the model kind in its results.csv)
+SOURCE = {"parents": ("main", "parent"), "naive": ("main", "naive_fused"),
+          "geometric, weights": ("weights", "geometric_fused"),
+          "geometric, activations": ("main", "geometric_fused"),
+          "activations + REPAIR": ("repair", "geometric_fused"), "ensemble": ("main", "ensemble"),
+          "naive + fine-tuning": ("main", "naive_finetuned"),
+          "geometric + fine-tuning": ("main", "geometric_finetuned")}
+ROWS = {
+    "vgg11 w0.25, 10 epochs, seeds 1,2": Configuration(TWO_SEEDS, None, None),
+    "vgg11 w0.25, 10 epochs, seeds 1–5": Configuration(FIVE_SEEDS, None, None),
+    "resnet18 w0.125 BN, 5 epochs, seeds 1,2": fidelity("fidelity_resnet18_bn"),
+    "resnet18 w0.125, no BN, 3 epochs, seeds 1,2": fidelity("fidelity_resnet18_nobn"),
+}
 
 
-def cell(folder: Path, column: str) -> str:
-    kind = KIND[column]
-    if kind is None:
+def study_folder(configuration: Configuration, column: str) -> Path | None:
+    folder = getattr(configuration, SOURCE[column][0])
+    return folder if folder is not None and (folder / "results.csv").is_file() else None
+
+
+def check_same_parents(configuration: Configuration) -> None:
+    """The weights and REPAIR studies fuse the main study's parents: their accuracies must agree."""
+    reference = parents(configuration.main)
+    for other in (configuration.weights, configuration.repair):
+        if other is not None and (other / "results.csv").is_file():
+            if not parents(other).reset_index(drop=True).equals(reference.reset_index(drop=True)):
+                raise SystemExit(f"error: {other} has other parents than {configuration.main}; "
+                                 "a configuration's studies must reuse one set of trained parents")
+
+
+def cell(configuration: Configuration, column: str) -> str:
+    folder = study_folder(configuration, column)
+    if folder is None:
         return NOT_COMMITTED
-    reference = parents(folder)
+    kind = SOURCE[column][1]
+    reference = parents(configuration.main)
     values = reference if kind == "parent" else per_seed(folder)[kind]
     text = f"{values.mean():.4f} ± {values.std(ddof=1):.4f}"
     return text if kind == "parent" else f"{text} ({values.mean() / reference.mean():.3f}×)"
 
 
 def rows() -> dict[str, list[str]]:
-    """{row name: its cells in COLUMNS order}, for every configuration with committed data."""
-    return {name: [cell(folder, column) for column in COLUMNS] for name, folder in ROWS.items()}
+    """{row name: its cells in COLUMNS order}, for every configuration with a committed main study."""
+    table = {}
+    for name, configuration in ROWS.items():
+        if (configuration.main / "results.csv").is_file():
+            check_same_parents(configuration)
+            table[name] = [cell(configuration, column) for column in COLUMNS]
+    return table
 
 
 def main() -> None:

@@ -18,6 +18,9 @@ import pandas as pd
 RESULTS = Path(__file__).resolve().parent
 TWO_SEEDS = RESULTS / "fashion_mnist_vgg11"  # study 71030209971f4310acc11c076f835b1f
 FIVE_SEEDS = RESULTS / "fashion_mnist_vgg11_5seeds"  # study 162dab33480d40c49f245ece31d3504b
+# the fidelity studies re-run for issue #26, each with an `ofexp export` of it (no weights) in export/
+RESNET18_BN = RESULTS / "fidelity_resnet18_bn"  # main/, weights/, repair/
+RESNET18_NO_BN = RESULTS / "fidelity_resnet18_nobn"
 KINDS = ("parent_1", "parent_2", "ensemble", "naive_fused", "geometric_fused", "naive_finetuned",
          "geometric_finetuned")
 MEANS_COLUMNS = ("accuracy", "generalisation_gap", "lipschitz", "hessian_top_eigenvalue", "hessian_trace",
@@ -48,6 +51,18 @@ def per_seed_ratios(folder: Path, kind: str) -> pd.Series:
     """Per seed: the kind's accuracy divided by the mean of that seed's two parents."""
     table = per_seed(folder)
     return table[kind] / ((table["parent_1"] + table["parent_2"]) / 2)
+
+
+def fuse_diagnostics(folder: Path, metric: str, kind: str = "geometric_fused") -> pd.DataFrame:
+    """One row per seed, one column per layer group: the fuse run's `metric` (match_correlation or
+    std_ratio), read from the study's committed `ofexp export` folder (export/runs/<run ID>/metrics.csv)."""
+    steps = pd.read_csv(folder / "steps.csv", dtype={"run_id": str})
+    rows = {}
+    for step in steps[(steps["kind"] == kind) & (steps["stage"] == "fuse")].itertuples():
+        metrics = pd.read_csv(folder / "export" / "runs" / step.run_id / "metrics.csv")
+        metrics = metrics[metrics["key"].str.startswith(f"{metric}/")]
+        rows[int(step.seed)] = dict(zip(metrics["key"].str.removeprefix(f"{metric}/"), metrics["value"]))
+    return pd.DataFrame.from_dict(rows, orient="index").sort_index()
 
 
 def summary(folder: Path) -> pd.DataFrame:
