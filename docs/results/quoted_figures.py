@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study_tables import (FIVE_SEEDS, RESNET18_BN, TWO_SEEDS, fuse_diagnostics, parents, per_seed,  # noqa: E402
+from study_tables import (FIVE_SEEDS, RESNET18_BN, RESNET18_NO_BN, TWO_SEEDS, fuse_diagnostics, parents, per_seed,  # noqa: E402
                           per_seed_ratios, ratio, summary)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,6 +64,30 @@ def _accuracies(folder: Path, kind: str = "geometric_fused") -> tuple[str, ...]:
     return tuple(_two(v) for v in per_seed(folder)[kind])
 
 
+def _span(low: str, high: str) -> str:
+    """A range as the prose gives it, one number when both ends round alike."""
+    return low if low == high else f"{low}–{high}"
+
+
+def _groups(folder: Path, metric: str, seed: int, groups: tuple[str, ...]) -> tuple[str, ...]:
+    """One seed's diagnostic at the named layer groups, 2 decimals."""
+    row = fuse_diagnostics(folder, metric).loc[seed]
+    return tuple(_two(row[g]) for g in groups)
+
+
+def _last_stage(folder: Path, metric: str) -> tuple[str, str]:
+    """The range of a diagnostic over the ResNet's last stage (layers.3.*) and every seed."""
+    table = fuse_diagnostics(folder, metric)
+    values = table[[c for c in table.columns if c.startswith("layers.3.")]].to_numpy()
+    return _two(values.min()), _two(values.max())
+
+
+# ResNet18 groups: the first block's inner channels, then each stage's residual stream (the stem's
+# conv1 and the first block's conv2 of stages 2-4, where the shortcut changes width)
+_FIRST_INNER = ("layers.0.0.conv1",)
+_STREAMS = ("conv1", "layers.1.0.conv2", "layers.2.0.conv2", "layers.3.0.conv2")
+
+
 def _measure(folder: Path, kind: str, metric: str, digits: int) -> str:
     return f"{summary(folder).loc[(kind, metric), 'mean']:.{digits}g}"
 
@@ -106,6 +130,23 @@ FIGURES = (
            "better than chance), and the fused network keeps {} and {} accuracy",
            lambda: (*_diagnostic_range(RESNET18_BN / "weights", "match_correlation"),
                     *_accuracies(RESNET18_BN / "weights"))),
+    # ResNet18 without batch-norm (docs/results/fidelity_resnet18_nobn)
+    Figure(FASHION, "With activation alignment the fused networks keep {} and {} accuracy ({}×), and their "
+           "`std_ratio` falls with depth, to {}–{} in the last stage (seed 1: the first block's inner channels {}, "
+           "then the four stages' residual streams {}, {}, {} and {})",
+           lambda: (*(f"{v:.3f}" for v in per_seed(RESNET18_NO_BN / "main")["geometric_fused"]),
+                    _ratio(RESNET18_NO_BN / "main", "geometric_fused"),
+                    *_last_stage(RESNET18_NO_BN / "main", "std_ratio"),
+                    *_groups(RESNET18_NO_BN / "main", "std_ratio", 1, _FIRST_INNER + _STREAMS))),
+    Figure(FASHION, "weakly matched neurons (correlation {}–{}) takes away",
+           lambda: _diagnostic_range(RESNET18_NO_BN / "main", "match_correlation")),
+    Figure(FASHION, "`--repair` sets every `std_ratio` back to {} and takes the two fusions to {} and {}: **{}×**",
+           lambda: (_span(*_diagnostic_range(RESNET18_NO_BN / "repair", "std_ratio")),
+                    *(f"{v:.3f}" for v in per_seed(RESNET18_NO_BN / "repair")["geometric_fused"]),
+                    _ratio(RESNET18_NO_BN / "repair", "geometric_fused"))),
+    Figure(FASHION, "Weight-based alignment matches worse still (correlations {}–{}, {}×)",
+           lambda: (*_diagnostic_range(RESNET18_NO_BN / "weights", "match_correlation"),
+                    _ratio(RESNET18_NO_BN / "weights", "geometric_fused"))),
     Figure("README.md", "0.957× with REPAIR, naive averaging {}×;", lambda: (_ratio(FIVE_SEEDS, "naive_fused"),)),
 )
 

@@ -20,7 +20,7 @@ TWO_SEEDS = RESULTS / "fashion_mnist_vgg11"  # study 71030209971f4310acc11c076f8
 FIVE_SEEDS = RESULTS / "fashion_mnist_vgg11_5seeds"  # study 162dab33480d40c49f245ece31d3504b
 # the fidelity studies re-run for issue #26, each with an `ofexp export` of it (no weights) in export/
 RESNET18_BN = RESULTS / "fidelity_resnet18_bn"  # main/, weights/, repair/
-RESNET18_NO_BN = RESULTS / "fidelity_resnet18_nobn"
+RESNET18_NO_BN = RESULTS / "fidelity_resnet18_nobn"  # main/, weights/, repair/
 KINDS = ("parent_1", "parent_2", "ensemble", "naive_fused", "geometric_fused", "naive_finetuned",
          "geometric_finetuned")
 MEANS_COLUMNS = ("accuracy", "generalisation_gap", "lipschitz", "hessian_top_eigenvalue", "hessian_trace",
