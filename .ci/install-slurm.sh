@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install Slurm and start a one-node cluster on this machine, for the tests that run a
-# study through Slurm for real (tests/pipeline/test_slurm.py). Idempotent: safe to run
+# study through Slurm for real (tests/pipeline/engines/test_slurm.py). Idempotent: safe to run
 # again where any part of it is done; it restarts nothing that already answers.
 #
 # Result: munged, slurmctld and slurmd running as root, without systemd; one node (this

@@ -32,8 +32,8 @@ from bench.common import Result, one_thread, temporary_tracking, time_pair, time
 from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.data import fashion_mnist as fm
 from ofexp.pipeline import EvalConfig, FuseConfig, TrainConfig, run_evaluate, run_fuse, run_train
-from ofexp.pipeline.ensemble import EnsembleConfig, run_ensemble
-from ofexp.pipeline.finetune import FinetuneConfig, finetune_recipe, run_finetune
+from ofexp.pipeline.steps.ensemble import EnsembleConfig, run_ensemble
+from ofexp.pipeline.steps.finetune import FinetuneConfig, finetune_recipe, run_finetune
 from ofexp.training import build_optimizer, build_scheduler, make_recipe, train_one_epoch
 
 BATCH = 64

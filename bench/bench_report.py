@@ -165,7 +165,7 @@ def _naive_run(client, run_id: str, metric_keys=()):
 def naive_report(client, study_id: str):
     """The report's tables the straightforward way: a request per run and per metric."""
     from ofexp.metrics import MEASURES
-    from ofexp.pipeline.report import build_tables, steps_from_csv
+    from ofexp.pipeline.study.report import build_tables, steps_from_csv
 
     study = client.get_run(study_id)
     with tempfile.TemporaryDirectory() as tmp:

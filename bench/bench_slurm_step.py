@@ -45,8 +45,8 @@ def _tree(commit: str, folder: Path) -> Path:
 
 
 def _slurm_step(tree: Path, uri: str, root: Path):
-    from ofexp.pipeline import slurm_jobs
-    from ofexp.pipeline.slurm_jobs import SlurmConfig
+    from ofexp.pipeline.engines import slurm_jobs
+    from ofexp.pipeline.engines.slurm_jobs import SlurmConfig
 
     config = SlurmConfig(time=20, cpus_per_task=1, log_dir=str(root / "slurm-logs"))
     env = {"PYTHONPATH": str(tree), "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
@@ -69,7 +69,7 @@ def _slurm_step(tree: Path, uri: str, root: Path):
 def _in_process_step(uri: str):
     import mlflow
 
-    from ofexp.pipeline.train import TrainConfig, run_train
+    from ofexp.pipeline.steps.train import TrainConfig, run_train
     from ofexp.training import make_recipe
 
     cfg = TrainConfig(model="mlp", width=0.25, recipe=make_recipe("default", epochs=1), seed=1, log_model=False,

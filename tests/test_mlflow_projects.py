@@ -40,7 +40,7 @@ ENTRY_POINTS = {
     **{name: {"main": "study"} for name in REPORT_PROJECTS},
     "digits_quickstart": {"main": "study"},
     "fashion_mnist": {"main": "study"},
-    "kubernetes": {"train": "train", "fuse": "fuse", "evaluate": "evaluate"},
+    "cluster_steps": {"train": "train", "fuse": "fuse", "evaluate": "evaluate"},
 }
 
 

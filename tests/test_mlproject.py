@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ofexp.pipeline.study import MODEL_KINDS
+from ofexp.pipeline.study.run import MODEL_KINDS
 
 pytestmark = pytest.mark.slow
 

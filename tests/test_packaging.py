@@ -207,9 +207,9 @@ def _defined_options(*classes, exclude: tuple[str, ...] = ()) -> set[str]:
 
 def _entry_options():
     from ofexp.data import DataConfig
-    from ofexp.pipeline.options import EvaluateOptions, FusionOptions
-    from ofexp.pipeline.study import STUDY_FIXED
-    from ofexp.pipeline.train import TrainConfig
+    from ofexp.pipeline.steps.options import EvaluateOptions, FusionOptions
+    from ofexp.pipeline.study.run import EVALUATE_OPTIONS_THE_STUDY_SETS
+    from ofexp.pipeline.steps.train import TrainConfig
     from ofexp.training import RecipeOptions, SpeedOptions
 
     train = (TrainConfig, DataConfig, RecipeOptions, SpeedOptions)
@@ -217,7 +217,7 @@ def _entry_options():
             "fuse": _defined_options(FusionOptions),
             "evaluate": _defined_options(EvaluateOptions),
             "main": _defined_options(*train, exclude=("seed",)) | _defined_options(FusionOptions)
-            | _defined_options(EvaluateOptions, exclude=STUDY_FIXED)}
+            | _defined_options(EvaluateOptions, exclude=EVALUATE_OPTIONS_THE_STUDY_SETS)}
 
 
 @pytest.mark.parametrize("entry_point", ["train", "fuse", "evaluate", "main"])

@@ -7,7 +7,7 @@
 Each reads the folder's per-seed rows (`results.csv` without its correlation rows, and
 `prediction_metrics.csv`) and computes the statistics with the code `ofexp report` uses
 (`ofexp.metrics.correlation.correlation_table`: scipy's coefficients and two-sided p-values,
-percentile bootstrap intervals; `ofexp.pipeline.widths.granulated_width_table`: the granulated
+percentile bootstrap intervals; `ofexp.pipeline.study.widths.granulated_width_table`: the granulated
 Kendall τ along width with its permutation p-value), against the per-seed `accuracy`. It prints
 a Markdown table; tests/docs/test_correlation_statistics.py checks that docs/measures.md holds
 exactly that output. Older folders whose correlations.csv predates p-values and the pooled rows
@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from ofexp.metrics.correlation import POOLED, correlation_table
-from ofexp.pipeline.widths import granulated_width_table
+from ofexp.pipeline.study.widths import granulated_width_table
 
 TARGET = "accuracy"
 ALPHA = 0.05

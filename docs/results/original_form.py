@@ -6,7 +6,7 @@ ofexp before the original-form fix (commit 9852643 made these studies) wrote all
 prediction rows per model and the input-space measure as `lipschitz`; the original study's
 loader takes each model's one prediction row as the metric it correlates every measure
 with, and knows `lipschitz_constant`. This splits the file as `ofexp report --csv` does
-today (ofexp.pipeline.report.report_frames, with the study's accuracy metric, `accuracy`):
+today (ofexp.pipeline.study.report.report_frames, with the study's accuracy metric, `accuracy`):
 results.csv keeps the `accuracy` rows, the input and parameter measures under the report's
 names and their correlations; prediction_metrics.csv beside it gets the other prediction
 values. Nothing is recomputed or dropped: the correlations of the prediction values
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ofexp.pipeline.report import PREDICTION_FILE, RESULTS_FILE, report_files
+from ofexp.pipeline.study.report import PREDICTION_FILE, RESULTS_FILE, report_files
 
 ACCURACY_METRIC = "accuracy"  # the committed studies' --accuracy-metric (the default)
 

@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
 def describe_error(exc: BaseException) -> str:
     """One line for an exception: ofexp's own messages as they are, others prefixed by their type."""
     from ofexp.errors import OfexpError
-    from ofexp.pipeline.views import describe_store_error
+    from ofexp.pipeline.browse import describe_store_error
 
     text = " ".join(str(exc).split())
     if isinstance(exc, OfexpError):

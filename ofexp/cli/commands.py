@@ -16,8 +16,8 @@ from ofexp.cli.model_input_options import model_input_options, pop_model_input
 from ofexp.cli.output import echo_result
 from ofexp.errors import ConfigError
 from ofexp.pipeline import EvalConfig, FuseConfig, TrainConfig, run_evaluate, run_fuse, run_train
-from ofexp.pipeline.options import EvaluateOptions, FusionOptions
-from ofexp.pipeline.views import (STAGES, check_ui_port, close_stale_runs, running_runs_table, serve_ui,
+from ofexp.pipeline.steps.options import EvaluateOptions, FusionOptions
+from ofexp.pipeline.browse import (STAGES, check_ui_port, close_stale_runs, running_runs_table, serve_ui,
                                   ui_address, use_experiment)
 
 @click.command()
@@ -144,7 +144,7 @@ def ui(ctx: click.Context, port: int) -> None:
 
 
 def _echo_stale_notice(cfg: TrainConfig, experiment_id: str) -> None:
-    from ofexp.pipeline.train import stale_notice
+    from ofexp.pipeline.steps.train import stale_notice
 
     notice = stale_notice(cfg, experiment_id)
     if notice:
@@ -165,7 +165,7 @@ def _given_options(kw: dict) -> dict:
 
 def _finetune_train(run_id: str, kw: dict) -> str:
     """`train --init-from`: a fine-tuning run; the given spec/data options are checked against the source."""
-    from ofexp.pipeline.finetune import finetune_config_from_options, run_finetune
+    from ofexp.pipeline.steps.finetune import finetune_config_from_options, run_finetune
 
     given = _given_options(kw)
     cfg = finetune_config_from_options(run_id, given)
@@ -175,7 +175,7 @@ def _finetune_train(run_id: str, kw: dict) -> str:
 
 def _resume_train(run_id: str, kw: dict) -> str:
     """`train --resume`: pass on only the options the user actually gave, to be checked against the run."""
-    from ofexp.pipeline.train import resume_train
+    from ofexp.pipeline.steps.train import resume_train
 
     given = _given_options(kw)
     experiment_name = given.pop("experiment_name", None)

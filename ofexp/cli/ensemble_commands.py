@@ -6,7 +6,7 @@ import click
 from ofexp.cli.options import (OPT_STR, experiment_option, log_model_option, parse_run_ids, pop_flag,
                                register_option)
 from ofexp.cli.output import echo_result
-from ofexp.pipeline.views import use_experiment
+from ofexp.pipeline.browse import use_experiment
 
 
 @click.command()
@@ -26,7 +26,7 @@ def ensemble(parents: str, run_name: str | None, device: str, allow_unfinished: 
     `ofexp evaluate --model-run ID` measures it in input and prediction space;
     parameter-space measures are skipped with an 'ofexp.warning.<measure>' tag.
     """
-    from ofexp.pipeline.ensemble import EnsembleConfig, run_ensemble
+    from ofexp.pipeline.steps.ensemble import EnsembleConfig, run_ensemble
 
     cfg = EnsembleConfig(parents=parse_run_ids(parents), device=device, run_name=run_name, allow_unfinished=allow_unfinished,
                          log_model=pop_flag(kw, "log_model"), register_as=register_as)

@@ -17,7 +17,7 @@ from ofexp.models.foreign import check_model_name
 from ofexp.errors import ConfigError
 from ofexp.options import SEED as SEED_KIND
 from ofexp.options import option_choices, option_fields, option_help, option_name, show_value
-from ofexp.pipeline.options import check_seed, parse_list
+from ofexp.pipeline.steps.options import check_seed, parse_list
 from ofexp.training import RecipeOptions, SpeedOptions
 
 
@@ -185,7 +185,7 @@ def model_options(f: Callable) -> Callable:
     from `model` gets them), and `model_kwargs` as canonical JSON ('none' when there are none), the
     form the train run logs, for comparing with a run's params. A factory named with --model is
     trusted (ofexp.models.trust_factory)."""
-    from ofexp.pipeline.train import TrainConfig
+    from ofexp.pipeline.steps.train import TrainConfig
 
     @functools.wraps(f)
     def with_model(*args, **kw):
@@ -204,7 +204,7 @@ def model_options(f: Callable) -> Callable:
 
 def train_options(exclude: tuple[str, ...] = ()) -> Callable:
     """Every option of a TrainConfig (but `exclude`): its own, its data's, its recipe's and its speed's."""
-    from ofexp.pipeline.train import TrainConfig
+    from ofexp.pipeline.steps.train import TrainConfig
 
     def decorate(f: Callable) -> Callable:
         for cls in (SpeedOptions, RecipeOptions, DataConfig):
@@ -216,7 +216,7 @@ def train_options(exclude: tuple[str, ...] = ()) -> Callable:
 
 def pop_train_config(kw: dict, exclude: tuple[str, ...] = ()):
     """The TrainConfig that the options of `train_options(exclude)` give (consumed from kw)."""
-    from ofexp.pipeline.train import TrainConfig
+    from ofexp.pipeline.steps.train import TrainConfig
 
     data = DataConfig(**pop_typed_options(DataConfig, kw))
     recipe = RecipeOptions(**pop_typed_options(RecipeOptions, kw)).resolve()

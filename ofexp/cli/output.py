@@ -25,7 +25,7 @@ def quiet_known_warnings() -> None:
 
 def echo_result(run_id: str) -> None:
     """The run's result in one line on stderr (pipeline.results.result_line)."""
-    from ofexp.pipeline.results import result_line
+    from ofexp.pipeline.steps.results import result_line
 
     click.echo(result_line(run_id), err=True)
 

@@ -11,10 +11,10 @@ import pandas as pd
 
 from ofexp.cli.options import OPT_STR, parse_run_ids
 from ofexp.errors import ConfigError
-from ofexp.pipeline.report import (GAP, GAP_NOTE, PREDICTION_FILE, RESULTS_FILE, correlation_legend, correlation_view,
+from ofexp.pipeline.study.report import (GAP, GAP_NOTE, PREDICTION_FILE, RESULTS_FILE, correlation_legend, correlation_view,
                                    report_files, summarise, with_gap_percent)
-from ofexp.pipeline.views import compare_table, study_report
-from ofexp.pipeline.widths import granulated_legend, granulated_view
+from ofexp.pipeline.browse import compare_table, study_report
+from ofexp.pipeline.study.widths import granulated_legend, granulated_view
 
 _WIDE = {"display.width": 250, "display.max_columns": None, "display.max_rows": None, "display.max_colwidth": 60}
 

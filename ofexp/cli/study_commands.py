@@ -8,12 +8,12 @@ from click.core import ParameterSource
 
 from ofexp.cli.options import (experiment_option, flag, parse_seeds, pop_flag, pop_train_config, pop_typed_options,
                                train_options, typed_options)
-from ofexp.cli.remote_options import remote_from_options, remote_options, run_remote
+from ofexp.cli.backend_options import cluster_config_from_options, backend_options, run_on_cluster
 from ofexp.errors import ConfigError
-from ofexp.pipeline.options import EvaluateOptions, FusionOptions, parse_list, shown_seeds
-from ofexp.pipeline.report import study_outcome
-from ofexp.pipeline.study import MAX_UNCONFIRMED_STEPS, STUDY_FIXED, StudyConfig, planned_step_count, run_study
-from ofexp.pipeline.views import use_experiment
+from ofexp.pipeline.steps.options import EvaluateOptions, FusionOptions, parse_list, shown_seeds
+from ofexp.pipeline.study.report import study_outcome
+from ofexp.pipeline.study.run import MAX_UNCONFIRMED_STEPS, EVALUATE_OPTIONS_THE_STUDY_SETS, StudyConfig, planned_step_count, run_study
+from ofexp.pipeline.browse import use_experiment
 
 
 @click.command()
@@ -23,7 +23,7 @@ from ofexp.pipeline.views import use_experiment
 @click.option("--widths", default=None, metavar="W1,W2,...",
               help="Run every seed at each of these widths (e.g. 0.25,0.5,1; instead of --width) and add the "
                    "granulated Kendall tau along width to the report.")
-@typed_options(EvaluateOptions, exclude=STUDY_FIXED)
+@typed_options(EvaluateOptions, exclude=EVALUATE_OPTIONS_THE_STUDY_SETS)
 @flag("cache", "Reuse FINISHED runs that did a step already; --no-cache runs every step afresh.", default=True)
 @click.option("--jobs", type=click.INT, default=1, show_default=True,
               help="Seeds run at once, each in its own process, against the same tracking store.")
@@ -31,7 +31,7 @@ from ofexp.pipeline.views import use_experiment
               help="Also fine-tune both fusions for N epochs and add the parents' prediction ensemble (0 = off).")
 @click.option("--yes", is_flag=True,
               help=f"Start a study of more than {MAX_UNCONFIRMED_STEPS:,} steps (the size is printed first).")
-@remote_options
+@backend_options
 @experiment_option
 def study(seeds: str, widths: str | None, jobs: int, finetune_epochs: int, yes: bool, experiment_name: str | None,
           **kw) -> None:
@@ -42,19 +42,19 @@ def study(seeds: str, widths: str | None, jobs: int, finetune_epochs: int, yes: 
     --jobs N, seeds run in N processes, nested under the same study run.
     """
     width_list = _parse_widths(widths)
-    remote = remote_from_options(kw)  # --backend slurm or kubernetes: the steps run on a cluster
+    remote = cluster_config_from_options(kw)  # --backend slurm or kubernetes: the steps run on a cluster
     if remote is not None and width_list:
         raise ConfigError("--widths runs in-process only for now; drop --backend, or run one study per --width")
     use_cache = pop_flag(kw, "cache")
     fusion = FusionOptions(**pop_typed_options(FusionOptions, kw))
-    evaluation = EvaluateOptions(**pop_typed_options(EvaluateOptions, kw, exclude=STUDY_FIXED))
+    evaluation = EvaluateOptions(**pop_typed_options(EvaluateOptions, kw, exclude=EVALUATE_OPTIONS_THE_STUDY_SETS))
     cfg = StudyConfig(train=pop_train_config(kw, exclude=("seed",)), seeds=parse_seeds(seeds), fusion=fusion,
                       evaluation=evaluation, use_cache=use_cache, jobs=jobs, finetune_epochs=finetune_epochs,
                       widths=width_list)
     size = _checked_size(cfg, yes)
     cfg = replace(cfg, seeds=tuple(cfg.seeds))  # a count's seeds are listed once its size is accepted
     if remote is not None:
-        study_id = run_remote(cfg, remote, experiment_name, size)
+        study_id = run_on_cluster(cfg, remote, experiment_name, size)
         if study_id is None:  # --dry-run
             return
     else:

@@ -26,7 +26,7 @@ def _use_store(uri: str | None) -> None:
 @click.option("--tracking-uri", type=OPT_STR, default=None, metavar="URI", help=_URI_HELP.format("read"))
 def export_command(study_run_id: str, folder: Path, with_weights: bool, tracking_uri: str | None) -> None:
     """Write a study, its steps and their lineage to a new FOLDER (docs/commands.md: export and import)."""
-    from ofexp.pipeline.transfer import ExportConfig, check_export_folder, export_study
+    from ofexp.pipeline.study.transfer import ExportConfig, check_export_folder, export_study
 
     folder = folder.expanduser()
     check_export_folder(folder)  # before the store is asked anything
@@ -46,7 +46,7 @@ def export_command(study_run_id: str, folder: Path, with_weights: bool, tracking
 @click.option("--tracking-uri", type=OPT_STR, default=None, metavar="URI", help=_URI_HELP.format("write to"))
 def import_command(folder: Path, tracking_uri: str | None) -> None:
     """Create the runs of an `ofexp export` FOLDER in the tracking store; print the new study run's ID."""
-    from ofexp.pipeline.transfer import import_study
+    from ofexp.pipeline.study.transfer import import_study
     from ofexp.tracking.runs import tracking_uri as current_uri
 
     folder = folder.expanduser()

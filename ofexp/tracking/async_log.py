@@ -12,7 +12,7 @@ MLflow's own async logging (`synchronous=False`) batches metrics, params and tag
 it neither uploads artifacts nor orders them against metrics, which is why the epoch
 record goes through this worker instead. `flush()` waits for every handed-over epoch and
 re-raises the first failure, so nothing is lost silently; the train step calls it before
-the run ends (see `ofexp.pipeline.train`).
+the run ends (see `ofexp.pipeline.steps.train`).
 """
 from __future__ import annotations
 

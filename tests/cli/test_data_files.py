@@ -57,7 +57,7 @@ def test_a_data_dir_that_is_a_file_is_refused(tmp_path, capsys):
 
 def test_an_end_of_file_anywhere_is_an_error_not_an_interrupt(tmp_path, capsys, monkeypatch):
     # click turns EOFError into Abort as it does Ctrl-C: ofexp reports it as the error it is
-    import ofexp.pipeline.train as train
+    import ofexp.pipeline.steps.train as train
 
     def cut_short(cfg):
         raise EOFError("Compressed file ended before the end-of-stream marker was reached")

@@ -16,7 +16,7 @@ from conftest import fake_model_steps, run_cli, run_cli_in_process, using_tracki
 
 pytestmark = pytest.mark.slow
 
-# The same tiny study as tests/pipeline/test_study.py: when both run, this one reuses its steps.
+# The same tiny study as tests/pipeline/study/test_study.py: when both run, this one reuses its steps.
 TINY = ["--model", "mlp", "--width", "0.125", "--epochs", "1", "--no-log-model", "--device", "cpu",
         "--measures", "prediction", "--preset", "quick", "--experiment-name", "report-tests"]
 

@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import run_cli_in_process, using_tracking_uri
-from ofexp.pipeline.train import TrainConfig, stale_notice
+from ofexp.pipeline.steps.train import TrainConfig, stale_notice
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from conftest import run_cli_in_process
-from ofexp.pipeline.options import SEED_MAX, SEED_MIN
-from ofexp.pipeline.study import MAX_UNCONFIRMED_STEPS, STUDY_SEED_MAX, parent_seed
+from ofexp.pipeline.steps.options import SEED_MAX, SEED_MIN
+from ofexp.pipeline.study.run import MAX_UNCONFIRMED_STEPS, STUDY_SEED_MAX, parent_seed
 from ofexp.training.loop import SHUFFLE_SEED_OFFSET
 
 STUDY = ["study", "--model", "mlp", "--width", "0.125", "--epochs", "1", "--no-log-model", "--device", "cpu"]
@@ -140,9 +140,9 @@ def test_a_study_of_1000_steps_starts_unasked_and_one_more_seed_needs_yes(tmp_pa
 @pytest.mark.parametrize("seeds, method", [((1,), "both"), ((1, 2, 5), "both"), ((3, 4), "naive"),
                                            ((7,), "geometric")])
 def test_the_size_is_the_number_of_steps_the_cluster_backends_plan(seeds, method):
-    from ofexp.pipeline.options import FusionOptions, METHODS
-    from ofexp.pipeline.cluster_steps import plan_study
-    from ofexp.pipeline.study import StudyConfig, planned_step_count
+    from ofexp.pipeline.steps.options import FusionOptions, METHODS
+    from ofexp.pipeline.engines.cluster_steps import plan_study
+    from ofexp.pipeline.study.run import StudyConfig, planned_step_count
 
     methods = METHODS if method == "both" else (method,)
     cfg = StudyConfig(seeds=seeds, fusion=FusionOptions(methods=methods))

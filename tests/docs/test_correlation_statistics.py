@@ -55,7 +55,7 @@ def test_the_committed_granulated_csv_is_the_recomputed_one():
     finally:
         sys.path.pop(0)
     from ofexp.metrics import MEASURES as KNOWN
-    from ofexp.pipeline.widths import granulated_width_table
+    from ofexp.pipeline.study.widths import granulated_width_table
 
     folder = REPO / RESULTS / "fashion_mnist_mlp_widths"
     recomputed = granulated_width_table(long_values(folder), TARGET)

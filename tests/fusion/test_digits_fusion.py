@@ -7,7 +7,7 @@ import torch
 from ofexp.data import DataConfig, load_dataset
 from ofexp.fusion import geometric_fuse, naive_fuse, recompute_batchnorm_stats
 from ofexp.models import ModelSpec, build_model, init_weights
-from ofexp.pipeline.fuse import activation_inputs
+from ofexp.pipeline.steps.fuse import activation_inputs
 from ofexp.training import evaluate, fit, make_recipe, seed_everything
 
 CPU = torch.device("cpu")

@@ -196,7 +196,7 @@ def test_non_finite_weights_are_refused_before_any_run(store, capsys, command, c
 
 
 def test_a_fusion_that_yields_non_finite_weights_ends_its_run_failed(store, capsys, monkeypatch):
-    from ofexp.pipeline import fusion_methods
+    from ofexp.pipeline.steps import fusion_methods
 
     real = fusion_methods.naive_fuse
 

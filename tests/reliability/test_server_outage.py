@@ -30,7 +30,7 @@ TRAIN = ["train", "--model", "mlp", "--width", "0.25", "--epochs", str(EPOCHS), 
 # still going when the server stops (tiny epochs take milliseconds). MLflow is untouched.
 SLOW_EPOCHS = """
 import os, sys, time
-import ofexp.pipeline.train as train
+import ofexp.pipeline.steps.train as train
 _fit = train.fit
 def fit(*args, on_epoch_end, **kwargs):
     def slow(epoch, metrics, checkpoint):

@@ -29,7 +29,7 @@ def store(tmp_path_factory):
     """Two fuse runs (naive) of two parents that were then deleted and garbage-collected."""
     import mlflow
 
-    from ofexp.pipeline.fuse import FuseConfig, run_fuse
+    from ofexp.pipeline.steps.fuse import FuseConfig, run_fuse
 
     root = tmp_path_factory.mktemp("no-lineage")
     uri, parents, splits, experiment_id = sqlite_store_with_parents(root, EXPERIMENT)

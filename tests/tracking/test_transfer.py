@@ -25,7 +25,7 @@ from ofexp.tracking.transfer import MANIFEST, IdRewriter
 pytestmark = pytest.mark.slow
 
 EXPERIMENT = "transfer-tests"
-# the fastest study options of tests/pipeline/test_study.py
+# the fastest study options of tests/pipeline/study/test_study.py
 TINY = ["--model", "mlp", "--width", "0.125", "--epochs", "1", "--no-log-model", "--device", "cpu",
         "--measures", "prediction", "--preset", "quick", "--experiment-name", EXPERIMENT]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ofexp.pipeline.progress import format_duration, replay_estimates, step_kind
+from ofexp.pipeline.study.progress import format_duration, replay_estimates, step_kind
 
 HERE = Path(__file__).resolve().parent
 TIMES = HERE / "step_times.csv"

@@ -1,0 +1,1 @@
+"""A step: one MLflow run that trains, fine-tunes, fuses, ensembles or evaluates."""
