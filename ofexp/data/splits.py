@@ -53,6 +53,11 @@ class DataConfig:
         return registry.dataset(self.name)
 
     @property
+    def split_key(self) -> tuple:
+        """What models must share to be fused or ensembled: the data set, image size and split."""
+        return (self.name, self.image_size, self.split_seed, self.val_fraction)
+
+    @property
     def resolved_data_dir(self) -> str | None:
         """The directory read or downloaded to: data_dir, else the data set's default (None for digits)."""
         return self.data_dir or self.dataset.default_data_dir

@@ -15,7 +15,6 @@ from ofexp.data import DataSplits, load_dataset
 from ofexp.errors import ConfigError, IncompatibleModelsError
 from ofexp.metrics import TEST_ACCURACY_KEY
 from ofexp.models.ensemble import COMBINE, Ensemble, EnsembleSpec
-from ofexp.pipeline.steps.fuse import _data_key
 from ofexp.pipeline.steps.serving import (check_register_as, check_registration, log_served_model, log_test_metrics,
                                     served_input_shape)
 from ofexp.tracking.artifacts import (ALLOW_UNFINISHED_OPTION, ENSEMBLE_STAGE, ModelRun, describe_unfinished,
@@ -105,12 +104,12 @@ def run_ensemble(cfg: EnsembleConfig, splits: DataSplits | None = None) -> str:
 
 
 def _check_same_data(run_ids: tuple[str, ...], members: list[ModelRun]) -> None:
-    first = _data_key(members[0].data)
+    first = members[0].data.split_key
     for run_id, member in zip(run_ids[1:], members[1:]):
-        if _data_key(member.data) != first:
+        if member.data.split_key != first:
             raise IncompatibleModelsError(
                 f"runs {run_ids[0]} and {run_id} were trained on different data ({first} vs "
-                f"{_data_key(member.data)}); ensemble runs of the same dataset and split")
+                f"{member.data.split_key}); ensemble runs of the same dataset and split")
 
 
 def study_ensemble_step(ctx, step, parents: tuple[str, ...]) -> str:

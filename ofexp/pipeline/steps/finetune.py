@@ -16,7 +16,7 @@ from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.errors import ArtifactError, ConfigError
 from ofexp.fusion import recompute_batchnorm_stats
 from ofexp.models import ModelSpec, has_batchnorm, kwargs_json
-from ofexp.pipeline.steps.train import TrainConfig, _fit_and_log, _log_inputs, model_spec_for
+from ofexp.pipeline.steps.train import TrainConfig, fit_and_log, log_inputs, model_spec_for
 from ofexp.tracking import names, runs
 from ofexp.tracking.names import TAG_INIT_FROM, TAG_INIT_FROM_STAGE
 from ofexp.training import Recipe, SpeedOptions, make_recipe, resolve_device
@@ -181,13 +181,13 @@ def run_finetune(cfg: FinetuneConfig, splits: DataSplits | None = None) -> str:
     description = (f"Fine-tunes {stage} run {cfg.source} ({spec.arch}, width {spec.width}) on {data.name} "
                    f"for {cfg.recipe.epochs} epochs at lr {cfg.recipe.lr:g}, seed {cfg.seed}.")
     with tracking.stage_run("train", run_name=name, params=params, tags=tags, description=description) as run:
-        _log_inputs(splits)
+        log_inputs(splits)
         tracking.log_spec(spec, data)
         tracking.log_state_dict(initial, "weights/initial.pt")
         if has_batchnorm(model):  # ofexp's networks with --batchnorm, and any foreign one that has it
             recompute_batchnorm_stats(model, splits.train_x)
         model.train()
-        _fit_and_log(tcfg, model, splits, device, parents=(cfg.source,))
+        fit_and_log(tcfg, model, splits, device, parents=(cfg.source,))
         return run.info.run_id
 
 

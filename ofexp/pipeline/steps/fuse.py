@@ -126,19 +126,16 @@ def _load_parents(run_ids: tuple[str, ...], allow_unfinished: bool = False) -> _
         accs.append(test_accuracy_of(loaded.run.data.metrics))
         loaded_runs.append(loaded)
     for run_id, data in zip(run_ids[1:], datas[1:]):
-        if _data_key(data) != _data_key(datas[0]):
+        if data.split_key != datas[0].split_key:
             raise IncompatibleModelsError(
                 f"parents {run_ids[0]} and {run_id} were trained on different data "
-                f"({_data_key(datas[0])} vs {_data_key(data)}); fuse runs trained on the same dataset and split"
+                f"({datas[0].split_key} vs {data.split_key}); fuse runs trained on the same dataset and split"
             )
     unfinished = unfinished_inputs(loaded_runs)
     if unfinished:
         tqdm.write(f"warning: {describe_unfinished(unfinished)}", file=sys.stderr)
     return _Parents(models, specs, datas[0], accs, unfinished)
 
-
-def _data_key(cfg: DataConfig) -> tuple:
-    return (cfg.name, cfg.image_size, cfg.split_seed, cfg.val_fraction)
 
 
 def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplits, device: torch.device) -> str:

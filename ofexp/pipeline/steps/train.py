@@ -140,10 +140,10 @@ def run_train(cfg: TrainConfig, splits: DataSplits | None = None) -> str:
     name = cfg.run_name or f"train {cfg.model} {cfg.data.name} seed{cfg.seed}"
     tags = {**runs.process_tags(), names.TAG_LOG_MODEL: runs.param_str(cfg.log_model)}
     with tracking.stage_run("train", run_name=name, params=cfg.params(), tags=tags, description=_description(cfg)) as run:
-        _log_inputs(splits)
+        log_inputs(splits)
         tracking.log_spec(spec, cfg.data)
         tracking.log_state_dict(initial, "weights/initial.pt")
-        _fit_and_log(cfg, model, splits, device)
+        fit_and_log(cfg, model, splits, device)
         return run.info.run_id
 
 
@@ -158,7 +158,7 @@ def _description(cfg: TrainConfig) -> str:
     )
 
 
-def _fit_and_log(cfg: TrainConfig, model, splits: DataSplits, device, resume: dict | None = None,
+def fit_and_log(cfg: TrainConfig, model, splits: DataSplits, device, resume: dict | None = None,
                  logged_epochs: frozenset[int] = frozenset(), parents: tuple[str, ...] = ()) -> None:
     """Fit inside the active train run (fresh or resumed), then log weights, test metrics and model.
 
@@ -185,7 +185,8 @@ def _fit_and_log(cfg: TrainConfig, model, splits: DataSplits, device, resume: di
     tracking.set_description(f"{_description(cfg)} Test accuracy {test['accuracy']:.4f}.")
 
 
-def _log_inputs(splits: DataSplits) -> None:
+def log_inputs(splits: DataSplits) -> None:
+    """Log the train, validation and test sets as the active run's dataset inputs (MLflow's Datasets)."""
     info = splits.info
     for context, x, y in (("training", splits.train_x, splits.train_y),
                           ("validation", splits.val_x, splits.val_y),
@@ -233,7 +234,7 @@ def resume_train(run_id: str, given: Mapping[str, object] | None = None, *, expe
             if int(row["epoch"]) not in logged:
                 tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
                 logged |= {int(row["epoch"])}
-        _fit_and_log(cfg, model, splits, device, resume=checkpoint, logged_epochs=logged)
+        fit_and_log(cfg, model, splits, device, resume=checkpoint, logged_epochs=logged)
     return run_id
 
 
@@ -248,14 +249,14 @@ def _extend_finished(run: Run, cfg: TrainConfig, model, spec, splits: DataSplits
     # schedule restarted from the old run's end, so its weights are not that run's
     params = {**cfg.params(), "extends": old}
     with tracking.stage_run("train", run_name=name, params=params, tags=tags, description=description) as new:
-        _log_inputs(splits)
+        log_inputs(splits)
         tracking.log_spec(spec, cfg.data)
         # θ₀ of the measures (sharpness_init, flatness_init) is the original start, not the checkpoint
         tracking.log_state_dict(tracking.load_weights_from_run(old, "initial"), "weights/initial.pt")
         for row in checkpoint.get("history", []):  # the epochs the old run trained, so the curves are whole
             tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
         done = frozenset(int(row["epoch"]) for row in checkpoint.get("history", []))
-        _fit_and_log(cfg, model, splits, device, resume=checkpoint, logged_epochs=done)
+        fit_and_log(cfg, model, splits, device, resume=checkpoint, logged_epochs=done)
         return new.info.run_id
 
 
