@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import click
 
-from ofexp.cli.options import (OPT_STR, experiment_option, log_model_option, parse_run_ids, pop_flag,
+from ofexp.cli.options import (STR_OR_EMPTY, experiment_option, log_model_option, parse_run_ids, pop_flag,
                                pop_train_config, pop_typed_options, register_option, train_options, typed_options)
 from ofexp.cli.model_input_options import model_input_options, pop_model_input
 from ofexp.cli.output import echo_result
@@ -22,13 +22,13 @@ from ofexp.pipeline.browse import (STAGES, check_ui_port, close_stale_runs, runn
 
 @click.command()
 @train_options()
-@click.option("--run-name", type=OPT_STR, default=None, help="MLflow run name [default: 'train MODEL DATASET seedS'].")
+@click.option("--run-name", type=STR_OR_EMPTY, default=None, help="MLflow run name [default: 'train MODEL DATASET seedS'].")
 @experiment_option
 @register_option
-@click.option("--resume", "resume_run", type=OPT_STR, default=None, metavar="RUN_ID",
+@click.option("--resume", "resume_run", type=STR_OR_EMPTY, default=None, metavar="RUN_ID",
               help="Continue this killed or failed train run, in the same MLflow run, from its last "
                    "checkpoint; its settings come from the run (only --epochs may extend it).")
-@click.option("--init-from", "init_from", type=OPT_STR, default=None, metavar="RUN_ID",
+@click.option("--init-from", "init_from", type=STR_OR_EMPTY, default=None, metavar="RUN_ID",
               help="Fine-tune: start from this train or fuse run's weights; spec and data come from the run. "
                    "Recipe 'finetune': --recipe's with 3 epochs, a tenth of its lr, no warm-up.")
 def train(**kw) -> None:
@@ -89,7 +89,7 @@ def fuse(parents: str, device: str, allow_unfinished: bool, experiment_name: str
                    "classifier (runs:/…, models:/…; name its input with --dataset and the options after it).")
 @model_input_options
 @typed_options(EvaluateOptions)
-@click.option("--label", type=OPT_STR, default=None, help="Model name in results.csv [default: the run's name].")
+@click.option("--label", type=STR_OR_EMPTY, default=None, help="Model name in results.csv [default: the run's name].")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto: where the measures run.")
 @click.option("--allow-unfinished", is_flag=True,
               help="Accept a model run that is not FINISHED (RUNNING, FAILED, KILLED); the evaluate run is "

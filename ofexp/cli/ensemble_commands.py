@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ofexp.cli.options import (OPT_STR, experiment_option, log_model_option, parse_run_ids, pop_flag,
+from ofexp.cli.options import (STR_OR_EMPTY, experiment_option, log_model_option, parse_run_ids, pop_flag,
                                register_option)
 from ofexp.cli.output import echo_result
 from ofexp.pipeline.browse import use_experiment
@@ -11,7 +11,7 @@ from ofexp.pipeline.browse import use_experiment
 
 @click.command()
 @click.option("--parents", required=True, help="Comma-separated train or fuse run IDs, e.g. ID1,ID2.")
-@click.option("--run-name", type=OPT_STR, default=None, help="MLflow run name [default: 'ensemble of K ARCH DATASET'].")
+@click.option("--run-name", type=STR_OR_EMPTY, default=None, help="MLflow run name [default: 'ensemble of K ARCH DATASET'].")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto: where the ensemble is tested.")
 @click.option("--allow-unfinished", is_flag=True,
               help="Accept parent runs that are not FINISHED (RUNNING, FAILED, KILLED); the run is tagged "

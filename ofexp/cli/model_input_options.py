@@ -5,7 +5,7 @@ from typing import Callable
 
 import click
 
-from ofexp.cli.options import OPT_INT, typed_option
+from ofexp.cli.options import INT_OR_EMPTY, typed_option
 from ofexp.data import DataConfig
 from ofexp.data.model_input import PIXELS, ModelInput
 from ofexp.options import option_fields, option_name
@@ -31,7 +31,7 @@ def _data_option(name: str) -> Callable:
 def model_input_options(f: Callable) -> Callable:
     options = [
         _data_option("name"), _data_option("data_dir"), _data_option("image_size"),
-        click.option("--channels", "input_channels", type=OPT_INT, default=None,
+        click.option("--channels", "input_channels", type=INT_OR_EMPTY, default=None,
                      help="Models by URI: input channels; 3 repeats a grey image [default: the data set's]."),
         click.option("--pixels", "input_pixels", type=click.Choice(PIXELS), default="unit", show_default=True,
                      help="Models by URI: pixel values in [0, 1] (unit), or standardised by the training split's "

@@ -21,8 +21,8 @@ from ofexp.pipeline.steps.options import check_seed, parse_list
 from ofexp.training import RecipeOptions, SpeedOptions
 
 
-class _Optional(click.ParamType):
-    """A number that may be left empty ('' means: take the recipe's value)."""
+class _OrEmpty(click.ParamType):
+    """A value that may be left empty: '' (as MLflow passes an unset parameter) reads as None, the default."""
 
     def __init__(self, inner: click.ParamType) -> None:
         self.inner = inner
@@ -34,9 +34,9 @@ class _Optional(click.ParamType):
         return self.inner.convert(value, param, ctx)
 
 
-OPT_INT = _Optional(click.INT)
-OPT_FLOAT = _Optional(click.FLOAT)
-OPT_STR = _Optional(click.STRING)
+INT_OR_EMPTY = _OrEmpty(click.INT)
+FLOAT_OR_EMPTY = _OrEmpty(click.FLOAT)
+STR_OR_EMPTY = _OrEmpty(click.STRING)
 
 
 class _Seed(click.ParamType):
@@ -96,7 +96,7 @@ def pop_flag(kwargs: dict, dest: str) -> bool:
 
 
 _CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING}
-_OPTIONAL_TYPES = {int: OPT_INT, float: OPT_FLOAT, str: OPT_STR}
+_OPTIONAL_TYPES = {int: INT_OR_EMPTY, float: FLOAT_OR_EMPTY, str: STR_OR_EMPTY}
 
 
 def _click_type(field) -> click.ParamType:
@@ -228,7 +228,7 @@ def pop_train_config(kw: dict, exclude: tuple[str, ...] = ()):
 
 
 def register_option(f: Callable) -> Callable:
-    # a plain string: an empty name is refused (OPT_STR would read it as "not given")
+    # a plain string: an empty name is refused (STR_OR_EMPTY would read it as "not given")
     return click.option("--register-as", type=click.STRING, default=None, metavar="NAME",
                         help="Register the logged MLflow model in the Model Registry as a new version of NAME, "
                              "with the run and its parent runs on the version.")(f)
@@ -239,5 +239,5 @@ def log_model_option(f: Callable) -> Callable:
 
 
 def experiment_option(f: Callable) -> Callable:
-    return click.option("--experiment-name", type=OPT_STR, default=None,
+    return click.option("--experiment-name", type=STR_OR_EMPTY, default=None,
                         help="MLflow experiment [default: $MLFLOW_EXPERIMENT_NAME or 'ofexp'].")(f)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from ofexp.cli.options import OPT_STR, parse_run_ids
+from ofexp.cli.options import STR_OR_EMPTY, parse_run_ids
 from ofexp.errors import ConfigError
 from ofexp.pipeline.study.report import (GAP, GAP_NOTE, PREDICTION_FILE, RESULTS_FILE, correlation_legend, correlation_view,
                                    report_files, summarise, with_gap_percent)
@@ -21,9 +21,9 @@ _WIDE = {"display.width": 250, "display.max_columns": None, "display.max_rows": 
 
 @click.command()
 @click.argument("study_run_id", required=False)
-@click.option("--study-run", "study_run_option", type=OPT_STR, default=None, metavar="RUN_ID",
+@click.option("--study-run", "study_run_option", type=STR_OR_EMPTY, default=None, metavar="RUN_ID",
               help="The study run's ID (the same as the argument).")
-@click.option("--csv", "csv_path", type=OPT_STR, default=None, metavar="PATH",
+@click.option("--csv", "csv_path", type=STR_OR_EMPTY, default=None, metavar="PATH",
               help="Also write results.csv (the original study's format) to PATH, and the other prediction "
                    "values, the summary and the correlations next to it as PATH-stem.prediction.csv, "
                    "PATH-stem.summary.csv and PATH-stem.correlations.csv (and, for a --widths study, "
@@ -131,7 +131,7 @@ def write_csv_files(files: dict[Path, str], force: bool) -> None:
 
 @click.command()
 @click.argument("run_ids", nargs=-1, required=True)
-@click.option("--csv", "csv_path", type=OPT_STR, default=None, metavar="PATH", help="Also write the table to PATH.")
+@click.option("--csv", "csv_path", type=STR_OR_EMPTY, default=None, metavar="PATH", help="Also write the table to PATH.")
 @click.option("--force", is_flag=True, help="Let --csv overwrite a file that exists.")
 @click.option("--differences", is_flag=True, help="Only rows whose values differ between the runs.")
 def compare(run_ids: tuple[str, ...], csv_path: str | None, force: bool, differences: bool) -> None:

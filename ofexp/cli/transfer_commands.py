@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from ofexp.cli.options import OPT_STR
+from ofexp.cli.options import STR_OR_EMPTY
 from ofexp.errors import ConfigError
 
 _URI_HELP = "The tracking store to {} [default: MLFLOW_TRACKING_URI, else ./mlflow.db]."
@@ -23,7 +23,7 @@ def _use_store(uri: str | None) -> None:
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--with-weights", is_flag=True,
               help="Also write tensor files (weights, checkpoints, alignment plans: *.pt) and MLflow logged models.")
-@click.option("--tracking-uri", type=OPT_STR, default=None, metavar="URI", help=_URI_HELP.format("read"))
+@click.option("--tracking-uri", type=STR_OR_EMPTY, default=None, metavar="URI", help=_URI_HELP.format("read"))
 def export_command(study_run_id: str, folder: Path, with_weights: bool, tracking_uri: str | None) -> None:
     """Write a study, its steps and their lineage to a new FOLDER (docs/commands.md: export and import)."""
     from ofexp.pipeline.study.transfer import ExportConfig, check_export_folder, export_study
@@ -43,7 +43,7 @@ def export_command(study_run_id: str, folder: Path, with_weights: bool, tracking
 
 @click.command(name="import")
 @click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--tracking-uri", type=OPT_STR, default=None, metavar="URI", help=_URI_HELP.format("write to"))
+@click.option("--tracking-uri", type=STR_OR_EMPTY, default=None, metavar="URI", help=_URI_HELP.format("write to"))
 def import_command(folder: Path, tracking_uri: str | None) -> None:
     """Create the runs of an `ofexp export` FOLDER in the tracking store; print the new study run's ID."""
     from ofexp.pipeline.study.transfer import import_study
