@@ -14,7 +14,7 @@ import pandas as pd
 from ofexp import tracking
 from ofexp.metrics.registry import ACCURACY_TO_PARENTS_KEY, TEST_ACCURACY_KEY, TEST_LOSS_KEY
 from ofexp.pipeline.study.report import StudyTables, build_tables, study_steps
-from ofexp.tracking import queries, running
+from ofexp.tracking import queries, running_runs
 from ofexp.tracking.names import STAGES
 from ofexp.tracking.runs import describe_tracking_error
 from ofexp.tracking.server import experiment_page
@@ -79,8 +79,8 @@ def compare_table(run_ids: tuple[str, ...]) -> pd.DataFrame:
 def running_runs_table(experiment_name: str | None, stage: str | None, stale: bool,
                        older_than: float) -> pd.DataFrame:
     """RUNNING runs (only the stale ones with `stale`), one row each, with what picks each up again."""
-    experiment_id = running.experiment_id_for(experiment_name)
-    found = [r for r in running.running_runs(experiment_id, stage) if not stale or r.is_stale(older_than)]
+    experiment_id = running_runs.experiment_id_for(experiment_name)
+    found = [r for r in running_runs.running_runs(experiment_id, stage) if not stale or r.is_stale(older_than)]
     return pd.DataFrame([{
         "run_id": r.run_id, "name": r.name, "stage": r.stage, "last_epoch": r.last_epoch, "idle_s": round(r.idle_s),
         "process": "alive" if r.alive_here else "gone" if r.gone_here else "?", "next": r.resume_command,
@@ -89,7 +89,7 @@ def running_runs_table(experiment_name: str | None, stage: str | None, stale: bo
 
 def close_stale_runs(run_ids: list[str], reason: str) -> None:
     for run_id in run_ids:
-        running.close_stale_run(run_id, reason)
+        running_runs.close_stale_run(run_id, reason)
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ class UiAddress:
 def ui_address(port: int) -> UiAddress:
     """Where the MLflow UI shows ofexp's experiment: the server's page, or a local `mlflow ui` on `port`."""
     uri = tracking.tracking_uri()
-    experiment_id = running.existing_experiment_id()
+    experiment_id = running_runs.existing_experiment_id()
     on_server = uri.startswith(("http://", "https://"))
     return UiAddress(uri, experiment_page(uri if on_server else f"http://127.0.0.1:{port}", experiment_id), on_server)
 

@@ -11,7 +11,7 @@ from ofexp.models import (ARCHITECTURES, ModelSpec, build_model, check_forward, 
                           normalise_kwargs, parse_kwargs, trust_factory)
 from ofexp.pipeline.steps.serving import (check_register_as, check_registration, log_served_model, log_test_metrics,
                                     served_input_shape)
-from ofexp.tracking import names, running, runs
+from ofexp.tracking import names, running_runs, runs
 from ofexp.tracking.artifacts import CHECKPOINT_FILE, SPEC_FILE, has_artifact, load_state_checked
 from ofexp.tracking.async_log import EpochLogger
 from ofexp.models.foreign import kwargs_words
@@ -225,7 +225,7 @@ def resume_train(run_id: str, given: Mapping[str, object] | None = None, *, expe
     if run.info.status == "FINISHED":
         return _extend_finished(run, cfg, model, spec, splits, device, checkpoint)
     runs.claim_run(run)  # one owner: a second resume of the same state of the run is refused here
-    logged = frozenset(running.metric_steps(run_id, "val_loss"))
+    logged = frozenset(running_runs.metric_steps(run_id, "val_loss"))
     tags = {**runs.process_tags(), names.TAG_LOG_MODEL: runs.param_str(cfg.log_model),
             names.TAG_EPOCHS: str(cfg.recipe.epochs)}
     with tracking.stage_run("train", run_name=cfg.run_name or "", resume_run_id=run_id, tags=tags):
@@ -333,7 +333,7 @@ def _same(saved: str | None, value: object) -> bool:
 def _check_experiment(run: Run, experiment_name: str | None) -> None:
     if not experiment_name:
         return
-    actual = running.experiment_name(run.info.experiment_id)
+    actual = running_runs.experiment_name(run.info.experiment_id)
     if actual != experiment_name:
         raise ConfigError(f"run {run.info.run_id} belongs to experiment {actual!r}, not {experiment_name!r}; "
                           "drop --experiment-name to resume it")
@@ -345,7 +345,7 @@ def _check_resumable(run: Run, cfg: TrainConfig) -> None:
     if status == "FINISHED" and cfg.recipe.epochs <= done:
         raise ConfigError(f"run {run_id} already FINISHED all {done} epochs; nothing to resume "
                           f"(pass --epochs above {done} to train it further)")
-    alive, _ = running.process_state(run.data.tags) if status == "RUNNING" else (False, False)
+    alive, _ = running_runs.process_state(run.data.tags) if status == "RUNNING" else (False, False)
     if alive:
         raise ConfigError(f"run {run_id} is still being trained by process {run.data.tags.get(names.TAG_PID)} "
                           "on this host; wait for it or stop it before resuming")
@@ -360,7 +360,7 @@ def stale_notice(cfg: TrainConfig, experiment_id: str) -> str | None:
         return own.keys() == params.keys() and all(runs.same_param(own[k], v) for k, v in params.items())
 
     try:
-        stale = [r for r in running.running_train_runs(experiment_id)
+        stale = [r for r in running_runs.running_train_runs(experiment_id)
                  if same_settings(r.params) and (r.gone_here or r.is_stale(runs.STALE_AFTER_S))]
     except OfexpError:
         return None  # only a hint; the run itself reports a server that does not answer
