@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study_tables import (FIVE_SEEDS, RESNET18_BN, RESNET18_NO_BN, TWO_SEEDS, fuse_diagnostics, parents, per_seed,  # noqa: E402
+from study_tables import (FIVE_SEEDS, RESNET18_BN, RESNET18_NO_BN, RESULTS, TWO_SEEDS, fuse_diagnostics, parents, per_seed,  # noqa: E402
                           per_seed_ratios, ratio, summary)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -147,6 +147,13 @@ FIGURES = (
     Figure(FASHION, "Weight-based alignment matches worse still (correlations {}–{}, {}×)",
            lambda: (*_diagnostic_range(RESNET18_NO_BN / "weights", "match_correlation"),
                     _ratio(RESNET18_NO_BN / "weights", "geometric_fused"))),
+    # VGG11's weights and REPAIR studies run again (docs/results/fidelity_vgg11): other parents than the table's
+    Figure(FASHION, "did not reproduce seed 1's first parent ({} against the table's {};",
+           lambda: (f"{per_seed(RESULTS / 'fidelity_vgg11' / 'weights').loc[1, 'parent_1']:.4f}",
+                    f"{per_seed(TWO_SEEDS).loc[1, 'parent_1']:.4f}")),
+    Figure(FASHION, "their values ({}× with weights, {}× with REPAIR) are in that folder",
+           lambda: (_ratio(RESULTS / "fidelity_vgg11" / "weights", "geometric_fused"),
+                    _ratio(RESULTS / "fidelity_vgg11" / "repair", "geometric_fused"))),
     Figure("README.md", "0.957× with REPAIR, naive averaging {}×;", lambda: (_ratio(FIVE_SEEDS, "naive_fused"),)),
 )
 
