@@ -52,6 +52,8 @@ SOURCE = {"parents": ("main", "parent"), "naive": ("main", "naive_fused"),
 ROWS = {
     "vgg11 w0.25, 10 epochs, seeds 1,2": Configuration(TWO_SEEDS, None, None),
     "vgg11 w0.25, 10 epochs, seeds 1–5": Configuration(FIVE_SEEDS, None, None),
+    # the same two-seed study run again by commit 73506a4: another seed-1 parent_1 (0.9217, not 0.9186)
+    "vgg11 w0.25, 10 epochs, seeds 1,2, re-run (73506a4)": fidelity("fidelity_vgg11"),
     "resnet18 w0.125 BN, 5 epochs, seeds 1,2": fidelity("fidelity_resnet18_bn"),
     "resnet18 w0.125, no BN, 3 epochs, seeds 1,2": fidelity("fidelity_resnet18_nobn"),
 }
