@@ -239,7 +239,8 @@ def fill_run(run_id: str, folder: Path, record: dict, rewrite: IdRewriter, extra
         for start in range(0, len(items), size):
             client.log_batch(run_id, **{kind: items[start:start + size]})
     artifacts = folder / ARTIFACTS_DIR
-    if any(artifacts.iterdir()):
+    # git keeps no empty folder: an export that went through a repository lacks a run's empty artifacts/
+    if artifacts.is_dir() and any(artifacts.iterdir()):
         hashed = {k[len(TAG_SHA256_PREFIX):] for k in record["tags"] if k.startswith(TAG_SHA256_PREFIX)}
         with tempfile.TemporaryDirectory() as tmp:
             staged = Path(tmp) / ARTIFACTS_DIR
@@ -311,11 +312,12 @@ def fill_models(folder: Path, record: dict, rewrite: IdRewriter) -> None:
             client.set_logged_model_tags(new_id, {k: rewrite(v) for k, v in model["tags"].items()})
         if model.get("params"):
             client.log_model_params(new_id, {k: rewrite(v) for k, v in model["params"].items()})
-        with tempfile.TemporaryDirectory() as tmp:
-            staged = Path(tmp) / ARTIFACTS_DIR
-            shutil.copytree(source / ARTIFACTS_DIR, staged)
-            rewrite_text_files(staged, rewrite)
-            client.log_model_artifacts(new_id, str(staged))
+        if (source / ARTIFACTS_DIR).is_dir():
+            with tempfile.TemporaryDirectory() as tmp:
+                staged = Path(tmp) / ARTIFACTS_DIR
+                shutil.copytree(source / ARTIFACTS_DIR, staged)
+                rewrite_text_files(staged, rewrite)
+                client.log_model_artifacts(new_id, str(staged))
         client.finalize_logged_model(new_id, "READY")
 
 
