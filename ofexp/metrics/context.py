@@ -252,23 +252,3 @@ class MeasureContext:
     def search_depth(self, name: str) -> int:
         """The most steps search `name` may take under this context's budget."""
         return getattr(self.budget, SIGMA_SEARCHES[name].depth_field)
-
-    @property
-    def sharpness_search(self) -> SearchResult:
-        """σ of the plain sharpness measures (sharpness_flatness, _init, _orig)."""
-        return self.search("sharpness")
-
-    @property
-    def sharpness_mag_search(self) -> SearchResult:
-        """σ′ of the magnitude-aware sharpness measures."""
-        return self.search("sharpness_mag")
-
-    @property
-    def pac_bayes_search(self) -> SearchResult:
-        """σ of the plain PAC-Bayes measures."""
-        return self.search("pac_bayes")
-
-    @property
-    def pac_bayes_mag_search(self) -> SearchResult:
-        """σ′ of the magnitude-aware PAC-Bayes measures."""
-        return self.search("pac_bayes_mag")

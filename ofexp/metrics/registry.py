@@ -1,8 +1,8 @@
 """The measures ofexp knows, by name and space.
 
 Adding a measure is a one-place change: write its function and add one
-`Measure` line to `MEASURES`. Everything else (CLI validation, metric names,
-results.csv rows) is derived from this table.
+`Measure` line to `MEASURES` (for a σ-based measure, a line of the maker for its kind).
+Everything else (CLI validation, metric names, results.csv rows) is derived from this table.
 """
 from __future__ import annotations
 
@@ -44,6 +44,27 @@ class Measure:
         return f"{self.space}_space"
 
 
+# The twelve σ-based measures come in threes, one three per σ search (context.SEARCHES), and
+# each member of a three reads its search's result in its own way: σ alone, σ with the distance
+# from the initial weights, or σ with the weights themselves. These three makers write each way
+# once, and name the search once, so a measure's `search` is always the search its value reads.
+
+def _of_sigma(name: str, fn: Callable[[float], float], search: str, doc: str) -> Measure:
+    """A flatness: fn(σ), σ the search's result."""
+    return Measure(name, "parameter", lambda c: fn(c.search(search).sigma), doc, search=search)
+
+
+def _bound_from_init(name: str, fn: Callable[..., float], search: str, doc: str) -> Measure:
+    """A bound on the distance from the initial weights: fn(σ, θ, θ₀, m)."""
+    return Measure(name, "parameter", lambda c: fn(c.search(search).sigma, c.theta, c.theta0, c.num_train), doc,
+                   search=search)
+
+
+def _bound_from_origin(name: str, fn: Callable[..., float], search: str, doc: str) -> Measure:
+    """A bound on the weights themselves: fn(σ, θ, m)."""
+    return Measure(name, "parameter", lambda c: fn(c.search(search).sigma, c.theta, c.num_train), doc, search=search)
+
+
 MEASURES: dict[str, Measure] = {
     m.name: m
     for m in (
@@ -71,42 +92,28 @@ MEASURES: dict[str, Measure] = {
                 details=lambda c: {"hessian/trace_stderr": c.hessian_trace.stderr,
                                    "hessian/trace_samples": float(c.hessian_trace.samples),
                                    "hessian_trace_method": c.hessian_trace.method}),
-        Measure("sharpness_flatness", "parameter",
-                lambda c: sharpness.sharpness_flatness(c.sharpness_search.sigma),
-                "1/σ², σ the worst-case perturbation radius that moves the training loss by 0.1", search="sharpness"),
-        Measure("sharpness_init", "parameter",
-                lambda c: sharpness.sharpness_init(c.sharpness_search.sigma, c.theta, c.theta0, c.num_train),
-                "‖θ−θ₀‖²·log(2ω/δ)/σ² + log(m/δ) + 10", search="sharpness"),
-        Measure("sharpness_orig", "parameter",
-                lambda c: sharpness.sharpness_orig(c.sharpness_search.sigma, c.theta, c.num_train),
-                "‖θ‖²·log(2ω/δ)/σ² + log(m/δ) + 10", search="sharpness"),
-        Measure("sharpness_mag_flat", "parameter",
-                lambda c: sharpness.sharpness_mag_flat(c.sharpness_mag_search.sigma),
-                "1/σ′², σ′ the magnitude-aware worst-case perturbation scale", search="sharpness_mag"),
-        Measure("sharpness_mag_init", "parameter",
-                lambda c: sharpness.sharpness_mag_init(c.sharpness_mag_search.sigma, c.theta, c.theta0, c.num_train),
-                "magnitude-aware sharpness bound on θ−θ₀", search="sharpness_mag"),
-        Measure("sharpness_mag_orig", "parameter",
-                lambda c: sharpness.sharpness_mag_orig(c.sharpness_mag_search.sigma, c.theta, c.num_train),
-                "magnitude-aware sharpness bound on θ", search="sharpness_mag"),
-        Measure("pac_bayes_flatness", "parameter",
-                lambda c: flatness.pac_bayes_flatness(c.pac_bayes_search.sigma),
-                "1/σ², σ the Gaussian noise scale that moves the training loss by 0.1", search="pac_bayes"),
-        Measure("flatness_init", "parameter",
-                lambda c: flatness.flatness_init(c.pac_bayes_search.sigma, c.theta, c.theta0, c.num_train),
-                "‖θ−θ₀‖²/(2σ²) + log(m/δ) + 10", search="pac_bayes"),
-        Measure("flatness_orig", "parameter",
-                lambda c: flatness.flatness_orig(c.pac_bayes_search.sigma, c.theta, c.num_train),
-                "‖θ‖²/(2σ²) + log(m/δ) + 10", search="pac_bayes"),
-        Measure("pac_bayes_mag_flat", "parameter",
-                lambda c: flatness.pac_bayes_mag_flat(c.pac_bayes_mag_search.sigma),
-                "1/σ′², σ′ the magnitude-aware Gaussian noise scale", search="pac_bayes_mag"),
-        Measure("flatness_mag_init", "parameter",
-                lambda c: flatness.flatness_mag_init(c.pac_bayes_mag_search.sigma, c.theta, c.theta0, c.num_train),
-                "magnitude-aware PAC-Bayes bound on θ−θ₀", search="pac_bayes_mag"),
-        Measure("flatness_mag_orig", "parameter",
-                lambda c: flatness.flatness_mag_orig(c.pac_bayes_mag_search.sigma, c.theta, c.num_train),
-                "magnitude-aware PAC-Bayes bound on θ", search="pac_bayes_mag"),
+        _of_sigma("sharpness_flatness", sharpness.sharpness_flatness, "sharpness",
+                  "1/σ², σ the worst-case perturbation radius that moves the training loss by 0.1"),
+        _bound_from_init("sharpness_init", sharpness.sharpness_init, "sharpness",
+                         "‖θ−θ₀‖²·log(2ω/δ)/σ² + log(m/δ) + 10"),
+        _bound_from_origin("sharpness_orig", sharpness.sharpness_orig, "sharpness",
+                           "‖θ‖²·log(2ω/δ)/σ² + log(m/δ) + 10"),
+        _of_sigma("sharpness_mag_flat", sharpness.sharpness_mag_flat, "sharpness_mag",
+                  "1/σ′², σ′ the magnitude-aware worst-case perturbation scale"),
+        _bound_from_init("sharpness_mag_init", sharpness.sharpness_mag_init, "sharpness_mag",
+                         "magnitude-aware sharpness bound on θ−θ₀"),
+        _bound_from_origin("sharpness_mag_orig", sharpness.sharpness_mag_orig, "sharpness_mag",
+                           "magnitude-aware sharpness bound on θ"),
+        _of_sigma("pac_bayes_flatness", flatness.pac_bayes_flatness, "pac_bayes",
+                  "1/σ², σ the Gaussian noise scale that moves the training loss by 0.1"),
+        _bound_from_init("flatness_init", flatness.flatness_init, "pac_bayes", "‖θ−θ₀‖²/(2σ²) + log(m/δ) + 10"),
+        _bound_from_origin("flatness_orig", flatness.flatness_orig, "pac_bayes", "‖θ‖²/(2σ²) + log(m/δ) + 10"),
+        _of_sigma("pac_bayes_mag_flat", flatness.pac_bayes_mag_flat, "pac_bayes_mag",
+                  "1/σ′², σ′ the magnitude-aware Gaussian noise scale"),
+        _bound_from_init("flatness_mag_init", flatness.flatness_mag_init, "pac_bayes_mag",
+                         "magnitude-aware PAC-Bayes bound on θ−θ₀"),
+        _bound_from_origin("flatness_mag_orig", flatness.flatness_mag_orig, "pac_bayes_mag",
+                           "magnitude-aware PAC-Bayes bound on θ"),
     )
 }
 PREDICTION_METRICS = ("accuracy", "generalisation_gap")

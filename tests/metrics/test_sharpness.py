@@ -292,7 +292,7 @@ def test_a_failing_search_runs_once_and_fails_each_of_its_measures(monkeypatch):
 def test_non_convergence_is_recorded_per_search():
     ctx = tiny_context(budget=SearchBudget(sharpness_depth=1, sharpness_draws=1, ascent_steps=0, sharpness_batches=1))
     with pytest.warns(RuntimeWarning, match="did not converge"):
-        result = ctx.sharpness_search
+        result = ctx.search("sharpness")
     assert not result.converged and result.steps == 1
     assert ctx.completed_searches() == {"sharpness": result}
     assert len(ctx.search_warnings["sharpness"]) == 1 and "did not converge" in ctx.search_warnings["sharpness"][0]
