@@ -10,8 +10,9 @@ from dataclasses import replace
 
 import click
 
-from ofexp.cli.options import (STR_OR_EMPTY, experiment_option, log_model_option, parse_run_ids, pop_flag,
-                               pop_train_config, pop_typed_options, register_option, train_options, typed_options)
+from ofexp.cli.options import (STR_OR_EMPTY, allow_unfinished_option, device_option, experiment_option,
+                               log_model_option, parse_run_ids, pop_flag, pop_train_config, pop_typed_options,
+                               register_option, train_options, typed_options)
 from ofexp.cli.model_input_options import model_input_options, pop_model_input
 from ofexp.cli.output import echo_result
 from ofexp.errors import ConfigError
@@ -61,11 +62,8 @@ def _echo_run(run_id: str) -> None:
                    "runs:/<run ID>/<path>, models:/<name>/<version>, models:/<name>@<alias>, models:/<model ID>.")
 @model_input_options
 @typed_options(FusionOptions)
-@click.option("--device", default="auto", show_default=True,
-              help="cpu, cuda, mps or auto: where the fused network is tested (the fusion itself runs on the CPU).")
-@click.option("--allow-unfinished", is_flag=True,
-              help="Accept parent runs that are not FINISHED (RUNNING, FAILED, KILLED); the fuse runs are "
-                   "tagged ofexp.unfinished_inputs.")
+@device_option("the fused network is tested (the fusion itself runs on the CPU)")
+@allow_unfinished_option("parent runs that are", "the fuse runs are")
 @log_model_option
 @register_option
 @experiment_option
@@ -90,10 +88,8 @@ def fuse(parents: str, device: str, allow_unfinished: bool, experiment_name: str
 @model_input_options
 @typed_options(EvaluateOptions)
 @click.option("--label", type=STR_OR_EMPTY, default=None, help="Model name in results.csv [default: the run's name].")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto: where the measures run.")
-@click.option("--allow-unfinished", is_flag=True,
-              help="Accept a model run that is not FINISHED (RUNNING, FAILED, KILLED); the evaluate run is "
-                   "tagged ofexp.unfinished_inputs.")
+@device_option("the measures run")
+@allow_unfinished_option("a model run that is", "the evaluate run is")
 @experiment_option
 def evaluate(model_run: str, label: str | None, device: str, allow_unfinished: bool, experiment_name: str | None,
              **kw) -> None:

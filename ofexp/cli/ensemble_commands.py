@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
-from ofexp.cli.options import (STR_OR_EMPTY, experiment_option, log_model_option, parse_run_ids, pop_flag,
-                               register_option)
+from ofexp.cli.options import (STR_OR_EMPTY, allow_unfinished_option, device_option, experiment_option,
+                               log_model_option, parse_run_ids, pop_flag, register_option)
 from ofexp.cli.output import echo_result
 from ofexp.pipeline.browse import use_experiment
 
@@ -12,10 +12,8 @@ from ofexp.pipeline.browse import use_experiment
 @click.command()
 @click.option("--parents", required=True, help="Comma-separated train or fuse run IDs, e.g. ID1,ID2.")
 @click.option("--run-name", type=STR_OR_EMPTY, default=None, help="MLflow run name [default: 'ensemble of K ARCH DATASET'].")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto: where the ensemble is tested.")
-@click.option("--allow-unfinished", is_flag=True,
-              help="Accept parent runs that are not FINISHED (RUNNING, FAILED, KILLED); the run is tagged "
-                   "ofexp.unfinished_inputs.")
+@device_option("the ensemble is tested")
+@allow_unfinished_option("parent runs that are", "the run is")
 @log_model_option
 @register_option
 @experiment_option

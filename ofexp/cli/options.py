@@ -241,3 +241,16 @@ def log_model_option(f: Callable) -> Callable:
 def experiment_option(f: Callable) -> Callable:
     return click.option("--experiment-name", type=STR_OR_EMPTY, default=None,
                         help="MLflow experiment [default: $MLFLOW_EXPERIMENT_NAME or 'ofexp'].")(f)
+
+
+def device_option(where: str) -> Callable:
+    """--device (cpu, cuda, mps or auto) for a command whose work on it is `where`: 'the measures run'."""
+    return click.option("--device", default="auto", show_default=True, help=f"cpu, cuda, mps or auto: where {where}.")
+
+
+def allow_unfinished_option(accepted: str, tagged: str) -> Callable:
+    """--allow-unfinished for a command that takes `accepted` ('parent runs that are') whatever their
+    status, and tags `tagged` ('the fuse runs are') with the tag that says so."""
+    return click.option("--allow-unfinished", is_flag=True,
+                        help=f"Accept {accepted} not FINISHED (RUNNING, FAILED, KILLED); {tagged} tagged "
+                             "ofexp.unfinished_inputs.")
