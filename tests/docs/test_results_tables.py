@@ -148,7 +148,7 @@ def _change(path: Path, row: dict, column: str, new) -> None:
 
 
 @pytest.mark.parametrize("study, file, row, column, new, found", [
-    # one seed's geometric accuracy, 0.8875 in the two-seed study: the table cell and two figures move
+    # one seed's geometric accuracy, 0.8875 in the two-seed study: the table cell moves
     ("fashion_mnist_vgg11", "results.csv",
      {"Model": "geometric_fused_seed1", "Metric": "accuracy"}, "Value", 0.8885, "geometric, activations"),
     # the five-seed naive mean eigenvalue: the means table
@@ -166,6 +166,24 @@ def _change(path: Path, row: dict, column: str, new) -> None:
      {"key": "std_ratio/layers.3.0.conv2"}, "value", 0.95, "std_ratio"),
     ("fidelity_resnet18_bn/repair", "results.csv",
      {"Model": "parent_1_seed2", "Metric": "accuracy"}, "Value", 0.9392, "other parents"),
+    # VGG11 re-run (fidelity_vgg11): seed 1's activation-aligned first convolution, 0.65 in the prose
+    ("fidelity_vgg11/main", "export/runs/b67fa0f6765542f2b503004f4d65e066/metrics.csv",
+     {"key": "match_correlation/features.0"}, "value", 0.71, "the matched neurons correlate"),
+    # ... its spread at the last convolution, 0.10
+    ("fidelity_vgg11/main", "export/runs/b67fa0f6765542f2b503004f4d65e066/metrics.csv",
+     {"key": "std_ratio/features.18"}, "value", 0.12, "of the spread"),
+    # ... REPAIR's spread on seed 2, 1.00 everywhere
+    ("fidelity_vgg11/repair", "export/runs/3d76e63b405f45788d9cc57c29ac04a6/metrics.csv",
+     {"key": "std_ratio/features.13"}, "value", 0.97, "restores every `std_ratio`"),
+    # ... REPAIR's seed-1 accuracy, 0.8820: the gain, the points left and the ratio
+    ("fidelity_vgg11/repair", "results.csv",
+     {"Model": "geometric_fused_seed1", "Metric": "accuracy"}, "Value", 0.8899, "points the fusion loses"),
+    # ... weight alignment's seed-2 match at the first convolution, no longer worse than activations' 0.684
+    ("fidelity_vgg11/weights", "export/runs/51b5b22475fa4a0fbb1ea770563fcfe1/metrics.csv",
+     {"key": "match_correlation/features.0"}, "value", 0.70, "Weight-based alignment matches worse in 7 of 8"),
+    # ... and its seed-1 match at the sixth convolution, 0.18 in the range 0.18–0.25
+    ("fidelity_vgg11/weights", "export/runs/befe3b673ee847479bfa46ef95270336/metrics.csv",
+     {"key": "match_correlation/features.13"}, "value", 0.21, "fifth to seventh 0.21–0.25"),
 ])
 def test_a_changed_committed_value_makes_the_check_fail(tmp_path, study, file, row, column, new, found):
     root = _copy_of_the_docs(tmp_path)
@@ -173,6 +191,36 @@ def test_a_changed_committed_value_makes_the_check_fail(tmp_path, study, file, r
     _change(root / RESULTS / study / file, row, column, new)
     problems = drift(root)
     assert problems and any(found in p for p in problems), problems
+
+
+@pytest.mark.parametrize("written, edited", [
+    ("falling to 0.35–0.38 in the", "falling to 0.36–0.39 in the"),
+    ("only 0.27, 0.18, 0.12 and", "only 0.29, 0.18, 0.12 and"),
+    ("(0.8744 → 0.8820,", "(0.8875 → 0.8820,"),
+    ("yet 4.4 of the 5.3 points", "yet 4.4 of the 5.4 points"),
+    ("fifth to seventh 0.18–0.25 against", "fifth to seventh 0.22–0.25 against"),
+    ("fuses about as well (0.945× against 0.942×)", "fuses about as well (0.954× against 0.942×)"),
+])
+def test_a_changed_number_in_the_vgg11_diagnostics_prose_makes_the_check_fail(tmp_path, written, edited):
+    root = _copy_of_the_docs(tmp_path)
+    doc = root / FASHION
+    text = doc.read_text(encoding="utf-8")
+    assert text.count(written) == 1
+    doc.write_text(text.replace(written, edited), encoding="utf-8")
+    problems = drift(root)
+    assert len(problems) == 1 and problems[0].startswith("MISSING docs/fashion_mnist.md"), problems
+
+
+def test_vgg11_fusions_of_other_parents_are_refused_as_a_comparison(tmp_path):
+    """REPAIR's gain is quoted against the main study's fusions: only meaningful on the same parents."""
+    root = _copy_of_the_docs(tmp_path)
+    _change(root / RESULTS / "fidelity_vgg11/repair/results.csv",
+            {"Model": "parent_2_seed1", "Metric": "accuracy"}, "Value", 0.9200)
+    figures = _script(root, "quoted_figures.py")
+    assert figures.returncode != 0
+    assert figures.stderr.strip().splitlines() == [
+        "error: fidelity_vgg11/main and fidelity_vgg11/repair fuse other parents, so the docs cannot compare their "
+        "fusions; quote them apart or run them on the same parents"]
 
 
 def test_a_cell_without_committed_data_must_say_so(tmp_path):
