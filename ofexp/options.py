@@ -21,18 +21,21 @@ SEED = "seed"  # an integer torch takes as a seed (the CLI checks it where it en
 
 def option(default: Any, help: str | Callable[[], str], *, choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
            name: str | None = None, parse: Callable[[str], Any] | None = None,
-           show: Callable[[Any], str] | None = None, type: type | None = None, kind: str | None = None) -> Any:
+           show: Callable[[Any], str] | None = None, type: type | None = None, kind: str | None = None,
+           metavar: str | None = None) -> Any:
     """A dataclass field that is a command-line option.
 
     `name` is the option's name when it is not the field's (`--method` for `methods`);
     `parse` turns the command-line text into the value and `show` turns the value back
     into that text, for options whose value is not a plain int, float, str or bool.
     `type` is the value's type when the default (None: "not given") does not say it.
+    `metavar` is how the help writes the value, where the type's name would mislead.
     `help` and `choices` may be functions, called when the CLI is built, for options
     whose text comes from a registry (the data sets).
     """
     return field(default=default, metadata={"help": help, "choices": choices, "name": name, "parse": parse,
-                                            "show": show, "type": type, "kind": kind})
+                                            "show": show, "type": type, "kind": kind,
+                                            "metavar": metavar})
 
 
 def option_fields(cls: type) -> list[Field]:

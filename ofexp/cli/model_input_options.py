@@ -3,16 +3,14 @@ from __future__ import annotations
 
 from typing import Callable
 
-import click
-
-from ofexp.cli.options import INT_OR_EMPTY, typed_option
+from ofexp.cli.options import pop_typed_options, typed_option
 from ofexp.data import DataConfig
-from ofexp.data.model_input import PIXELS, ModelInput
+from ofexp.data.model_input import ModelInput
 from ofexp.options import option_fields, option_name
 
 # DataConfig's options as models given by URI read them: under input_* names, with help that says
 # so, and no default data set (without --dataset, the input is what the fuse run that made the
-# model recorded, model_input.json).
+# model recorded, model_input.json). ModelInput's own options (--channels, --pixels) are its fields'.
 _BY_URI_HELP = {
     "name": "Models given by URI: the data set they classify [default: what the ofexp fuse run that made the "
             "model recorded]. ofexp train runs carry their own.",
@@ -20,24 +18,19 @@ _BY_URI_HELP = {
     "image_size": "Models by URI: side length the images are resized to.",
     "split_seed": "Models by URI: seed of the train/validation split.",
 }
+_PREFIX = "input_"
 
 
 def _data_option(name: str) -> Callable:
     field = next(f for f in option_fields(DataConfig) if f.name == name)
     default = None if name == "name" else field.default
-    return typed_option(field, f"input_{option_name(field)}", _BY_URI_HELP[name], default)
+    return typed_option(field, f"{_PREFIX}{option_name(field)}", _BY_URI_HELP[name], default)
 
 
 def model_input_options(f: Callable) -> Callable:
-    options = [
-        _data_option("name"), _data_option("data_dir"), _data_option("image_size"),
-        click.option("--channels", "input_channels", type=INT_OR_EMPTY, default=None,
-                     help="Models by URI: input channels; 3 repeats a grey image [default: the data set's]."),
-        click.option("--pixels", "input_pixels", type=click.Choice(PIXELS), default="unit", show_default=True,
-                     help="Models by URI: pixel values in [0, 1] (unit), or standardised by the training split's "
-                          "mean and std (normalized)."),
-        _data_option("split_seed"),
-    ]
+    options = [_data_option("name"), _data_option("data_dir"), _data_option("image_size"),
+               *(typed_option(field, f"{_PREFIX}{option_name(field)}") for field in option_fields(ModelInput)),
+               _data_option("split_seed")]
     for option in reversed(options):
         f = option(f)
     return f
@@ -45,10 +38,9 @@ def model_input_options(f: Callable) -> Callable:
 
 def pop_model_input(kw: dict) -> ModelInput | None:
     """The ModelInput the options name, or None when no --dataset was given."""
-    values = {k: kw.pop(k) for k in [k for k in kw if k.startswith("input_")]}
-    if values["input_dataset"] is None:
+    values = {k.removeprefix(_PREFIX): kw.pop(k) for k in [k for k in kw if k.startswith(_PREFIX)]}
+    if values["dataset"] is None:
         return None
-    given = {field.name: values[f"input_{option_name(field)}"] for field in option_fields(DataConfig)
-             if field.name in _BY_URI_HELP}
+    given = {field.name: values[option_name(field)] for field in option_fields(DataConfig) if field.name in _BY_URI_HELP}
     data = DataConfig(**given, download=False)  # a model's data is read where it is, never fetched
-    return ModelInput(data, values["input_channels"], values["input_pixels"])
+    return ModelInput(data, **pop_typed_options(ModelInput, values))

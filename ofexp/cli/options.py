@@ -135,9 +135,11 @@ def typed_option(field, dest: str | None = None, help: str | None = None, defaul
         shown = None if default is None else show_value(field, default)
         return click.option(f"--{name}", dest, type=click.Choice(choices), default=shown,
                             show_default=default is not None, help=help_)
+    metavar = field.metadata["metavar"]
     if default is None:
-        return click.option(f"--{name}", dest, type=_click_type(field), default=None, help=help_)
-    return click.option(f"--{name}", dest, type=_click_type(field), default=default, show_default=True, help=help_)
+        return click.option(f"--{name}", dest, type=_click_type(field), default=None, metavar=metavar, help=help_)
+    return click.option(f"--{name}", dest, type=_click_type(field), default=default, show_default=True,
+                        metavar=metavar, help=help_)
 
 
 def pop_typed_options(cls: type, kwargs: dict, exclude: tuple[str, ...] = ()) -> dict:

@@ -8,38 +8,80 @@ split's channel mean and std. A model logged by other code may expect pixels in
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Mapping
 
 import torch
 from torch import nn
 
-from ofexp.data.splits import DataConfig, DataSplits
+from ofexp.data.splits import NOT_RECORDED, DataConfig, DataSplits
 from ofexp.errors import ConfigError
+from ofexp.options import option, option_fields, option_name, option_params
 
 PIXELS = ("unit", "normalized")  # [0, 1]; or standardised by the training split's mean and std
+MAX_CHANNELS = 64
+DATA_CHANNELS = "data"  # --channels' value, and the run param, for "the data set's own channels"
+
+
+def _parse_channels(text: str) -> int | None:
+    """--channels: a count, or 'data' for the data set's own (how the run param writes "not given")."""
+    if text.strip() == DATA_CHANNELS:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"--channels {text[:40]!r} is not a number of channels; pass an integer from 1 to "
+                          f"{MAX_CHANNELS}, or leave it out for the data set's own") from None
+
+
+def _show_channels(channels: int | None) -> str:
+    return DATA_CHANNELS if channels is None else str(channels)
 
 
 @dataclass(frozen=True)
 class ModelInput:
-    """What a foreign model is fed: `data` loaded as ofexp loads it, then converted."""
+    """What a foreign model is fed: `data` loaded as ofexp loads it, then converted as its options say.
+
+    `channels` and `pixels` are option fields (`ofexp.options`): the CLI's `--channels` and
+    `--pixels`, the fuse and evaluate runs' params and model_input.json's keys derive from them.
+    """
 
     data: DataConfig
-    channels: int | None = None  # None: the data set's own; 3 repeats a grey channel
-    pixels: str = "unit"
+    channels: int | None = option(None, "Models by URI: input channels; 3 repeats a grey image [default: data, "
+                                  "the data set's own].", type=str, parse=_parse_channels, show=_show_channels,
+                                  metavar="N|data")
+    pixels: str = option("unit", "Models by URI: pixel values in [0, 1] (unit), or standardised by the training "
+                         "split's mean and std (normalized).", choices=PIXELS)
 
     def __post_init__(self) -> None:
         if self.pixels not in PIXELS:
-            raise ConfigError(f"--pixels {self.pixels!r} is not one of {', '.join(PIXELS)}")
-        if self.channels is not None and not 1 <= self.channels <= 64:
-            raise ConfigError(f"--channels must be from 1 to 64, got {self.channels}")
+            raise ConfigError(f"--pixels {self.pixels!r} is not one of {', '.join(PIXELS)}; pick one of them")
+        if self.channels is not None and (isinstance(self.channels, bool) or not isinstance(self.channels, int)
+                                          or not 1 <= self.channels <= MAX_CHANNELS):
+            raise ConfigError(f"--channels {self.channels!r} is out of range; pass an integer from 1 to "
+                              f"{MAX_CHANNELS} (3 repeats a grey image), or leave it out for the data set's own")
 
-    def to_params(self) -> dict[str, object]:
-        return {**self.data.to_params(), "channels": self.channels or "data", "pixels": self.pixels}
+    def to_params(self) -> dict[str, str]:
+        """The fuse or evaluate run's params: the data's, and this input's options (channels 'data' when not given)."""
+        return {**self.data.to_params(), **option_params(self)}
 
     def to_record(self) -> dict[str, object]:
-        """JSON-safe: what a fuse run records beside its model (model_input.json)."""
+        """JSON-safe: what a fuse run records beside its model (model_input.json), keyed by option name:
+        the data options `DataConfig.to_record` keeps, and this input's options."""
         d = self.data
-        return {"dataset": d.name, "data_dir": d.data_dir, "image_size": d.image_size, "val_fraction": d.val_fraction,
-                "split_seed": d.split_seed, "channels": self.channels, "pixels": self.pixels}
+        data = {option_name(f): getattr(d, f.name) for f in option_fields(DataConfig) if f.name not in NOT_RECORDED}
+        return {**data, **{option_name(f): getattr(self, f.name) for f in option_fields(ModelInput)}}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, object], recorded_by: str) -> "ModelInput":
+        """The input `to_record` wrote (KeyError, TypeError or ValueError for a record that is not one).
+        The data is read where the record says, never downloaded."""
+        data = {}
+        for f in option_fields(DataConfig):
+            if f.name not in NOT_RECORDED:
+                value, kind = record[option_name(f)], f.metadata["type"] or type(f.default)
+                data[f.name] = kind(value) if kind in (int, float) else value
+        own = {f.name: record[option_name(f)] for f in option_fields(cls)}
+        return cls(DataConfig(**data, download=False, recorded_by=recorded_by), **own)
 
 
 def adapt(splits: DataSplits, spec: ModelInput) -> DataSplits:

@@ -283,3 +283,40 @@ def test_good_weights_still_fuse(store, capsys):
     method, run_id = line.split()
     run = store.client().get_run(run_id)
     assert method == "naive" and run.info.status == "FINISHED" and run.data.params["fusion_weights"] == "0.0,1.0"
+
+
+# --- 4. the input of models given by URI (--channels, --pixels), and evaluate's --seed ----------
+
+BAD_MODEL_INPUT = [(["--channels", "0"], "--channels 0 is out of range; pass an integer from 1 to 64"),
+                   (["--channels", "65"], "--channels 65 is out of range"),
+                   (["--channels", "three"], "--channels 'three' is not a number of channels; pass an integer")]
+
+
+@pytest.mark.parametrize("command", ["fuse", "evaluate"])
+@pytest.mark.parametrize("options,named", BAD_MODEL_INPUT, ids=[" ".join(o) for o, _ in BAD_MODEL_INPUT])
+def test_a_bad_input_of_models_by_uri_is_refused_before_any_run(store, capsys, command, options, named):
+    uris = [f"runs:/{run_id}/model" for run_id in store.parents]
+    models = ["--parents", ",".join(uris)] if command == "fuse" else ["--model-run", uris[0]]
+    line = _refused_before_any_run(store, [command, *models, "--dataset", "digits", *options, "--device", "cpu",
+                                           "--experiment-name", REFUSED], capsys)
+    assert named in line
+
+
+@pytest.mark.parametrize("command", ["fuse", "evaluate"])
+def test_a_bad_pixels_value_is_refused_naming_the_allowed_ones(store, capsys, command):
+    """--pixels is a choice: click's one line names the option and the values it takes (that is the fix)."""
+    uri = f"runs:/{store.parents[0]}/model"
+    models = ["--parents", f"{uri},{uri}"] if command == "fuse" else ["--model-run", uri]
+    before = _all_runs(store.client())
+    result = run_cli_in_process([command, *models, "--dataset", "digits", "--pixels", "bytes",
+                                 "--experiment-name", REFUSED], store.uri, capsys)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr == "error: Invalid value for '--pixels': 'bytes' is not one of 'unit', 'normalized'.\n"
+    assert _all_runs(store.client()) == before
+
+
+@pytest.mark.parametrize("seed", [str(2**64), str(-2**63 - 1)])
+def test_evaluates_seed_beyond_torchs_seeds_is_refused_before_any_run(store, capsys, seed):
+    line = _refused_before_any_run(store, ["evaluate", "--model-run", store.parents[0], "--seed", seed,
+                                           "--measures", "all", "--experiment-name", REFUSED], capsys)
+    assert line.startswith("error: --seed ") and "is outside the seeds torch takes; pass an integer from" in line

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ofexp.data import DataConfig, DataSplits, load_dataset
+from ofexp.data import DataSplits, load_dataset
 from ofexp.data.model_input import ModelInput, adapt, check_model_input
 from ofexp.errors import ConfigError
 from ofexp.fusion import check_alignment_spec, trace_alignment
@@ -102,10 +102,7 @@ def _recorded_input(model: LoggedModel) -> ModelInput:
         raise ConfigError(f"the model at {model.uri} was not made by ofexp: name the data it takes with --dataset "
                           "(and --image-size, --channels, --pixels)")
     try:
-        data = DataConfig(name=record["dataset"], data_dir=record["data_dir"], image_size=int(record["image_size"]),
-                          val_fraction=float(record["val_fraction"]), split_seed=int(record["split_seed"]),
-                          download=False, recorded_by=f"run {model.run_id}")
-        return ModelInput(data, record["channels"], record["pixels"])
+        return ModelInput.from_record(record, recorded_by=f"run {model.run_id}")
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"run {model.run_id}'s {MODEL_INPUT_FILE} is invalid ({exc}); name the "
                           "data with --dataset, --image-size, --channels and --pixels") from None

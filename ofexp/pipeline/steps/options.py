@@ -144,10 +144,11 @@ class EvaluateOptions:
                                   "report's code).", choices=WORST_CASES)
     accuracy_metric: str = option("accuracy", "Prediction metric the measures are correlated with (always "
                                   "measured).", choices=PREDICTION_METRICS)
-    seed: int = option(0, "Seed of the measures' random draws.")
+    seed: int = option(0, "Seed of the measures' random draws.", kind=SEED)
 
     def check(self) -> None:
         """ConfigError naming the option and the fix, for a value no evaluate run can take."""
+        check_seed(self.seed, "--seed")
         search_budget(self.preset, name="--preset")
         check_worst_case(self.sharpness_worst, name="--sharpness-worst")
         if self.accuracy_metric not in PREDICTION_METRICS:

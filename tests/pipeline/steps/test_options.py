@@ -6,6 +6,7 @@ The MLproject files' defaults are held to the CLI's, and so to these definitions
 """
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import click
@@ -14,6 +15,8 @@ import pytest
 from ofexp.cli import cli
 from ofexp.cli.options import SEED
 from ofexp.data import DataConfig
+from ofexp.data.model_input import PIXELS, ModelInput
+from ofexp.errors import ConfigError
 from ofexp.options import (command_params, option_choices, option_fields, option_help, option_name, option_values,
                            show_value)
 from ofexp.pipeline.steps.options import EvaluateOptions, FusionOptions
@@ -177,3 +180,44 @@ def test_the_data_options_of_models_by_uri_are_the_data_options(command):
         if option_choices(f):
             assert tuple(param.type.choices) == option_choices(f)
     assert by_name["input_split_seed"].type is SEED
+
+
+BY_URI_INPUT = ModelInput(DataConfig(name="digits", image_size=16, download=False), channels=3, pixels="normalized")
+
+
+@pytest.mark.parametrize("command", ["fuse", "evaluate"])
+def test_channels_and_pixels_are_model_inputs_option_fields(command):
+    """--channels and --pixels of a model given by URI: ModelInput's fields, read back from their rendering
+    (its run param 'data', "the data set's own channels", included)."""
+    from ofexp.cli.model_input_options import pop_model_input
+
+    by_name = {p.name: p for p in cli.get_command(None, command).params}
+    for f in option_fields(ModelInput):
+        param = by_name[f"input_{option_name(f)}"]
+        assert param.opts == [f"--{option_name(f)}"] and param.help.startswith(option_help(f))
+        assert param.default == (show_value(f, f.default) if option_choices(f) else f.default), f.name
+    assert tuple(by_name["input_pixels"].type.choices) == PIXELS
+    required = ["--parents", "runs:/a/model,runs:/b/model"] if command == "fuse" else ["--model-run", "runs:/a/model"]
+    for given in (BY_URI_INPUT, replace(BY_URI_INPUT, channels=None)):
+        args = ["--dataset", "digits", "--image-size", "16", *_as_args(command_params(given))]
+        assert pop_model_input(dict(_parsed(command, [*required, *args]))) == given
+
+
+def test_a_model_inputs_params_and_record_are_its_options():
+    names = {option_name(f) for f in option_fields(ModelInput)}
+    params = BY_URI_INPUT.to_params()
+    assert set(params) == set(BY_URI_INPUT.data.to_params()) | names
+    assert (params["channels"], params["pixels"]) == ("3", "normalized")
+    assert replace(BY_URI_INPUT, channels=None).to_params()["channels"] == "data", "the name runs have logged"
+    record = BY_URI_INPUT.to_record()
+    # model_input.json's keys, as fuse runs have written them
+    assert set(record) == {"dataset", "data_dir", "image_size", "val_fraction", "split_seed", "channels", "pixels"}
+    assert json.loads(json.dumps(record)) == record
+    assert ModelInput.from_record(record, recorded_by="run x") == BY_URI_INPUT
+
+
+def test_evaluates_seed_is_checked_as_every_seed_is():
+    by_name = {p.name: p for p in cli.get_command(None, "evaluate").params}
+    assert by_name["seed"].type is SEED, "the CLI refuses it where it enters, by name"
+    with pytest.raises(ConfigError, match="--seed 18446744073709551616 is outside the seeds torch takes"):
+        EvaluateOptions(seed=2**64).check()
