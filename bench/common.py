@@ -12,7 +12,6 @@ ofexp is faster.
 from __future__ import annotations
 
 import gc
-import os
 import statistics
 import tempfile
 import time
@@ -126,21 +125,9 @@ def temporary_tracking(prefix: str) -> Iterator[str]:
     """MLflow logging into a fresh SQLite store in a temp dir for the block (yields the dir),
     then the process's previous tracking URI, experiment and environment back."""
     import mlflow
-    from mlflow.tracking import fluent
 
-    # set_tracking_uri/set_experiment pin process-wide state (and env vars): put it all back
-    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
-    saved_experiment = fluent._active_experiment_id
-    try:
-        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-            mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
-            mlflow.set_experiment(prefix.strip("-"))
-            yield tmp
-    finally:
-        mlflow.set_tracking_uri(saved_env["MLFLOW_TRACKING_URI"])
-        fluent._active_experiment_id = saved_experiment
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    from ofexp.tracking.uri_scope import using_tracking_uri
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp, using_tracking_uri(f"sqlite:///{tmp}/mlflow.db"):
+        mlflow.set_experiment(prefix.strip("-"))
+        yield tmp
