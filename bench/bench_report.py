@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +46,9 @@ def _free_port() -> int:
 
 def start_server(root: Path, timeout: float = 180.0) -> tuple[str, subprocess.Popen]:
     """`mlflow server` on SQLite with proxied artifacts under `root`; (URI, process) once /health answers."""
+    from ofexp.errors import TrackingServerError
+    from ofexp.tracking.server import wait_until_answering
+
     port = _free_port()
     log = open(root / "server.log", "ab")
     process = subprocess.Popen(
@@ -55,18 +56,14 @@ def start_server(root: Path, timeout: float = 180.0) -> tuple[str, subprocess.Po
          "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
          str(root / "artifacts"), "--workers", "1"],
         stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
-    uri, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"mlflow server exited early with {process.returncode} (log: {root / 'server.log'})")
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    return uri, process
-        except OSError:
-            time.sleep(0.5)
-    stop_server(process)
-    raise RuntimeError(f"mlflow server did not answer {uri}/health within {timeout} s")
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_answering(uri, process, timeout, f"mlflow server (log: {root / 'server.log'})",
+                             lambda: f" (exit code {process.returncode})")
+    except TrackingServerError:
+        stop_server(process)
+        raise
+    return uri, process
 
 
 def stop_server(process: subprocess.Popen) -> None:
@@ -211,20 +208,15 @@ def _startup_s() -> float:
 def run(quick: bool, repeats: int) -> list[Result]:
     import mlflow
 
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
+    from ofexp.tracking.uri_scope import using_tracking_uri
+
     with tempfile.TemporaryDirectory(prefix="ofexp-bench-report-") as tmp:
         uri, process = start_server(Path(tmp))
         try:
-            mlflow.set_tracking_uri(uri)
-            return _run(quick, repeats, Path(tmp), mlflow.MlflowClient(uri))
+            with using_tracking_uri(uri):
+                return _run(quick, repeats, Path(tmp), mlflow.MlflowClient(uri))
         finally:
             stop_server(process)
-            mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
 
 def _run(quick: bool, repeats: int, tmp: Path, client) -> list[Result]:

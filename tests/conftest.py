@@ -5,8 +5,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,31 +38,12 @@ def one_torch_thread():
 
 @contextmanager
 def using_tracking_uri(uri: str):
-    """Point this process's MLflow at `uri`, then restore exactly what was there.
+    """ofexp.tracking.uri_scope.using_tracking_uri (this process's MLflow at `uri` for the block,
+    then exactly what was there), imported on first use: collecting the tests loads no MLflow."""
+    from ofexp.tracking.uri_scope import using_tracking_uri as scoped
 
-    `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI and pins the URI for
-    the rest of the process; a test that leaves it set redirects every later
-    in-process test, so this restores both. The active experiment (which a command
-    run inside sets, as an ID of *its* store) is restored too.
-    """
-    import mlflow
-    import mlflow.tracking._tracking_service.utils as tracking_utils
-    import mlflow.tracking.fluent as fluent
-
-    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
-    saved = tracking_utils._tracking_uri
-    saved_experiment = fluent._active_experiment_id
-    mlflow.set_tracking_uri(uri)
-    try:
+    with scoped(uri):
         yield
-    finally:
-        mlflow.set_tracking_uri(saved)
-        fluent._active_experiment_id = saved_experiment
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @dataclass
@@ -84,6 +63,8 @@ def start_mlflow_server(root: Path, port: int | None = None, timeout: float = 18
     is SIGKILLed and leaves no server on the port. MLflow's job runner (GenAI scorers; its
     own worker processes) is off: no test uses it.
     """
+    from ofexp.errors import TrackingServerError
+    from ofexp.tracking.server import wait_until_answering
     from ofexp.tracking.tether import start_tethered
 
     root.mkdir(parents=True, exist_ok=True)
@@ -98,8 +79,9 @@ def start_mlflow_server(root: Path, port: int | None = None, timeout: float = 18
         )
     uri = f"http://127.0.0.1:{port}"
     try:
-        wait_for_health(uri, process, timeout, what=f"mlflow server (log: {root / 'server.log'})")
-    except RuntimeError:
+        wait_until_answering(uri, process, timeout, f"mlflow server (log: {root / 'server.log'})",
+                             lambda: f" (exit code {process.returncode})")
+    except TrackingServerError:
         process.kill()
         raise
     return MlflowServer(uri, root, process)
@@ -114,21 +96,6 @@ def serves(url: str, timeout: float = 5) -> bool:
         return True
     except OSError:
         return False
-
-
-def wait_for_health(url: str, process: "subprocess.Popen | Tethered", timeout: float = 180.0, what: str = "server") -> None:
-    """Wait until `url`/health answers 200; RuntimeError if `process` exits or time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited early with {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"{what} did not answer {url}/health within {timeout} s")
 
 
 def stop_mlflow_server(server: MlflowServer) -> None:

@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from contextlib import redirect_stdout
+from typing import Callable, Protocol
 
 import mlflow
 
@@ -48,6 +49,26 @@ def server_answers(uri: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
         return True  # it answered, e.g. 401 behind an auth proxy: MLflow's own call will say more
     except (OSError, ValueError):
         return False
+
+
+class _Process(Protocol):
+    def poll(self) -> int | None: ...
+
+
+def wait_until_answering(url: str, process: _Process, timeout_s: float, what: str,
+                         last_words: Callable[[], str] = lambda: "") -> None:
+    """Return once a server just started as `process` answers at `url` (server_answers).
+
+    TrackingServerError "<what> did not start<last_words()>" if `process` ends first, or
+    "<what> did not answer <url> within N s" once `timeout_s` has passed.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not server_answers(url, timeout=1.0):
+        if process.poll() is not None:
+            raise TrackingServerError(f"{what} did not start{last_words()}")
+        if time.monotonic() > deadline:
+            raise TrackingServerError(f"{what} did not answer {url} within {timeout_s:.0f} s")
+        time.sleep(0.1)
 
 
 def check_server(uri: str, attempts: int = 3, pause_s: float = 1.0) -> None:

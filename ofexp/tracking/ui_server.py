@@ -15,13 +15,12 @@ import os
 import socket
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
 from ofexp.errors import ConfigError, TrackingServerError
-from ofexp.tracking.server import server_answers
-from ofexp.tracking.tether import Tethered, start_tethered
+from ofexp.tracking.server import wait_until_answering
+from ofexp.tracking.tether import start_tethered
 
 UI_APP = Path(__file__).with_name("ui_app.py")
 HOST = "127.0.0.1"  # as `mlflow ui`: this machine only
@@ -65,22 +64,13 @@ def run_ui(store: str, port: int, metric_keys: list[str], verbose: bool, on_read
         output = {} if verbose else {"stdout": log, "stderr": log}
         server = start_tethered(command, env=env, **output)
         try:
-            _wait_until_serving(server, f"http://{HOST}:{port}", log)
+            wait_until_answering(f"http://{HOST}:{port}", server, START_TIMEOUT_S, "the MLflow UI server",
+                                 lambda: _last_words(log))
             on_ready()
             server.process.wait()
             raise TrackingServerError(f"the MLflow UI server stopped{_last_words(log)}")
         finally:
             server.stop()
-
-
-def _wait_until_serving(server: Tethered, url: str, log) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not server_answers(url, timeout=1.0):
-        if server.poll() is not None:
-            raise TrackingServerError(f"the MLflow UI server did not start{_last_words(log)}")
-        if time.monotonic() > deadline:
-            raise TrackingServerError(f"the MLflow UI server did not answer {url} within {START_TIMEOUT_S:.0f} s")
-        time.sleep(0.1)
 
 
 def _last_words(log) -> str:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import http.server
+import subprocess
+import sys
 import threading
 import time
 
@@ -9,7 +11,7 @@ import pytest
 
 from conftest import free_port
 from ofexp.errors import TrackingServerError
-from ofexp.tracking.server import check_server, is_remote, server_answers
+from ofexp.tracking.server import check_server, is_remote, server_answers, wait_until_answering
 
 
 class _Refuses(http.server.BaseHTTPRequestHandler):
@@ -51,3 +53,41 @@ def test_no_server_is_one_clear_error_naming_the_uri_within_seconds():
 def test_local_stores_are_not_probed():
     assert not is_remote("sqlite:///mlflow.db") and not is_remote("file:///tmp/mlruns")
     check_server("sqlite:///nowhere/mlflow.db")  # nothing to reach: no error
+
+
+def _python(code: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def test_waiting_for_a_started_server_returns_once_it_answers(answering_uri):
+    process = _python("import time; time.sleep(60)")  # stands for the server's process: still running
+    try:
+        start = time.monotonic()
+        wait_until_answering(answering_uri, process, 30, "the test server")
+        assert time.monotonic() - start < 5
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_server_that_exits_before_answering_is_one_error_with_its_last_words():
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    process = _python("raise SystemExit(3)")
+    start = time.monotonic()
+    with pytest.raises(TrackingServerError) as error:
+        wait_until_answering(uri, process, 60, "the test server", lambda: f" (exit code {process.returncode})")
+    assert str(error.value) == "the test server did not start (exit code 3)"
+    assert time.monotonic() - start < 30  # not the whole 60 s: the exit is noticed
+
+
+def test_a_running_server_that_never_answers_is_an_error_naming_the_address_after_the_timeout():
+    uri = f"http://127.0.0.1:{free_port()}"
+    process = _python("import time; time.sleep(60)")
+    try:
+        start = time.monotonic()
+        with pytest.raises(TrackingServerError, match=f"the test server did not answer {uri} within 1 s"):
+            wait_until_answering(uri, process, 1, "the test server")
+        assert 1 <= time.monotonic() - start < 15
+    finally:
+        process.kill()
+        process.wait()
