@@ -323,9 +323,10 @@ def postgres_tiny_runs(postgres_mlflow_server, tmp_path_factory) -> TinyRuns:
     return make_tiny_runs(postgres_mlflow_server, tmp_path_factory.mktemp("tiny-runs-postgres"))
 
 
-def sqlite_store_with_parents(root: Path, experiment: str):
+def sqlite_store_with_parents(root: Path, experiment: str, **train_options):
     """A SQLite store under `root` holding two FINISHED 1-epoch MLP (width 0.125) train runs on
-    digits in `experiment`: (uri, (parent_1, parent_2), splits, experiment_id)."""
+    digits, seeds 1 and 2, in `experiment`: (uri, (parent_1, parent_2), splits, experiment_id).
+    `train_options` are TrainConfig fields that differ from those (width=0.25, batchnorm=True)."""
     from dataclasses import replace
 
     import mlflow
@@ -340,7 +341,7 @@ def sqlite_store_with_parents(root: Path, experiment: str):
         splits = load_dataset(DataConfig())
         base = TrainConfig(model="mlp", width=0.125, recipe=make_recipe(epochs=1), log_model=False, progress=False,
                            device="cpu")
-        parents = tuple(run_train(replace(base, seed=s), splits) for s in (1, 2))
+        parents = tuple(run_train(replace(base, seed=s, **train_options), splits) for s in (1, 2))
     return uri, parents, splits, experiment_id
 
 

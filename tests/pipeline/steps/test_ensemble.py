@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import mlflow
 import pandas as pd
@@ -11,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from mlflow.tracking import MlflowClient
 
-from conftest import run_cli_in_process, using_tracking_uri
+from conftest import run_cli_in_process, sqlite_store_with_parents, using_tracking_uri
 from ofexp import tracking
-from ofexp.data import DataConfig, load_dataset
+from ofexp.data import DataConfig
 from ofexp.errors import ConfigError, IncompatibleModelsError, RunLookupError
 from ofexp.metrics import MEASURES
 from ofexp.pipeline import EvalConfig, FuseConfig, TrainConfig, run_evaluate, run_fuse, run_train
@@ -26,13 +25,10 @@ from ofexp.training import make_recipe
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """Two tiny MLP parents and their ensemble, in a fresh SQLite store."""
-    root = tmp_path_factory.mktemp("ensemble-store")
-    with using_tracking_uri(f"sqlite:///{root}/mlflow.db"):
-        experiment_id = mlflow.set_experiment("ensemble-tests").experiment_id
-        splits = load_dataset(DataConfig())
-        base = TrainConfig(model="mlp", width=0.125, recipe=make_recipe(epochs=1), log_model=False, progress=False,
-                           device="cpu")
-        parents = tuple(run_train(replace(base, seed=s), splits) for s in (1, 2))
+    uri, parents, splits, experiment_id = sqlite_store_with_parents(tmp_path_factory.mktemp("ensemble-store"),
+                                                                    "ensemble-tests")
+    with using_tracking_uri(uri):
+        mlflow.set_experiment(experiment_id=experiment_id)
         ensemble = run_ensemble(EnsembleConfig(parents=parents, device="cpu"), splits)
         yield {"splits": splits, "parents": parents, "ensemble": ensemble, "client": MlflowClient(),
                "experiment_id": experiment_id}

@@ -10,14 +10,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import using_tracking_uri
+from conftest import sqlite_store_with_parents, using_tracking_uri
 from ofexp import tracking
-from ofexp.data import DataConfig, load_dataset
 from ofexp.errors import ConfigError
 from ofexp.metrics import MEASURES, SearchBudget, parameter_vector, sharpness_init
 from ofexp.metrics import context as context_module
-from ofexp.pipeline import EvalConfig, FuseConfig, TrainConfig, reference_weights, run_evaluate, run_fuse, run_train
-from ofexp.training import make_recipe
+from ofexp.pipeline import EvalConfig, FuseConfig, reference_weights, run_evaluate, run_fuse
 
 SEARCH_KEYS = ("sigma", "deviation", "converged", "steps")
 
@@ -25,13 +23,10 @@ SEARCH_KEYS = ("sigma", "deviation", "converged", "steps")
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """Two tiny trained MLPs and their naive fusion, in a fresh SQLite store."""
-    root = tmp_path_factory.mktemp("evaluate-store")
-    with using_tracking_uri(f"sqlite:///{root}/mlflow.db"):
-        mlflow.set_experiment("evaluate-tests")
-        splits = load_dataset(DataConfig())
-        base = TrainConfig(model="mlp", width=0.25, recipe=make_recipe(epochs=1), log_model=False, progress=False,
-                           device="cpu")
-        parents = tuple(run_train(replace(base, seed=s), splits) for s in (1, 2))
+    uri, parents, splits, experiment_id = sqlite_store_with_parents(tmp_path_factory.mktemp("evaluate-store"),
+                                                                    "evaluate-tests", width=0.25)
+    with using_tracking_uri(uri):
+        mlflow.set_experiment(experiment_id=experiment_id)
         # Unequal weights: at equal weights the fused model lies halfway and the parents tie.
         fused = run_fuse(FuseConfig(parents=parents, methods=("naive",), fusion_weights=(0.3, 0.7), device="cpu"),
                          splits)["naive"]

@@ -1,19 +1,16 @@
 """Fine-tuning (`ofexp train --init-from`): starts from the source run's exact weights, names it, refuses bad input."""
 from __future__ import annotations
 
-from dataclasses import replace
-
 import mlflow
 import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import run_cli_in_process, using_tracking_uri
+from conftest import run_cli_in_process, sqlite_store_with_parents, using_tracking_uri
 from ofexp import tracking
-from ofexp.data import DataConfig, load_dataset
 from ofexp.errors import ConfigError, RunLookupError
-from ofexp.pipeline import EvalConfig, FuseConfig, TrainConfig, run_evaluate, run_fuse, run_train
+from ofexp.pipeline import EvalConfig, FuseConfig, TrainConfig, run_evaluate, run_fuse
 from ofexp.pipeline.steps.options import FusionOptions
 from ofexp.pipeline.steps.finetune import (FINETUNE_EPOCHS, TAG_INIT_FROM, TAG_INIT_FROM_STAGE, FinetuneConfig,
                                      finetune_config_from_options, finetune_recipe, run_finetune)
@@ -23,13 +20,10 @@ from ofexp.training import make_recipe
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """Two tiny batch-norm MLP parents, their geometric fusion and an evaluate run, in a fresh SQLite store."""
-    root = tmp_path_factory.mktemp("finetune-store")
-    with using_tracking_uri(f"sqlite:///{root}/mlflow.db"):
-        experiment_id = mlflow.set_experiment("finetune-tests").experiment_id
-        splits = load_dataset(DataConfig())
-        base = TrainConfig(model="mlp", width=0.125, batchnorm=True, recipe=make_recipe(epochs=1), log_model=False,
-                           progress=False, device="cpu")
-        parents = tuple(run_train(replace(base, seed=s), splits) for s in (1, 2))
+    uri, parents, splits, experiment_id = sqlite_store_with_parents(tmp_path_factory.mktemp("finetune-store"),
+                                                                    "finetune-tests", batchnorm=True)
+    with using_tracking_uri(uri):
+        mlflow.set_experiment(experiment_id=experiment_id)
         fused = run_fuse(FuseConfig(parents=parents, methods=("geometric",), device="cpu"), splits)["geometric"]
         evaluation = run_evaluate(EvalConfig(model_run=parents[0], device="cpu", progress=False), splits)
         yield {"splits": splits, "parents": parents, "fused": fused, "evaluation": evaluation,
