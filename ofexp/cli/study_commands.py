@@ -43,8 +43,6 @@ def study(seeds: str, widths: str | None, jobs: int, finetune_epochs: int, yes: 
     """
     width_list = _parse_widths(widths)
     remote = cluster_config_from_options(kw)  # --backend slurm or kubernetes: the steps run on a cluster
-    if remote is not None and width_list:
-        raise ConfigError("--widths runs in-process only for now; drop --backend, or run one study per --width")
     use_cache = pop_flag(kw, "cache")
     fusion = FusionOptions(**pop_typed_options(FusionOptions, kw))
     evaluation = EvaluateOptions(**pop_typed_options(EvaluateOptions, kw, exclude=EVALUATE_OPTIONS_THE_STUDY_SETS))

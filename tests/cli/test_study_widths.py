@@ -1,7 +1,9 @@
 """`ofexp study --widths`: what it refuses, each in one `error: ...; <fix>` line before any run exists,
-and the size it announces (every seed's steps once per width), read from the Slurm dry run's plan count."""
+the size it announces (every seed's steps once per width), and the Slurm dry run of a width study: one job
+per step of each width, each train job at its width, each other job on the runs of its own width."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -29,7 +31,7 @@ def _refused(tmp_path: Path, capsys, args: list[str]) -> str:
     (["--widths", "0.5,,1"], "--widths '0.5,,1' has an empty item"),
     (["--widths", "0,1"], "--widths 0,1: width=0.0 is out of range; use a number in (0, 16]"),
     (["--widths", "0.5,1", "--model", "torchvision:resnet18"], "--widths does not apply to --model torchvision"),
-    (["--widths", "0.5,1", "--backend", "slurm", "--dry-run"], "--widths runs in-process only for now; drop --backend"),
+    (["--widths", "0.5,1", "--width", "0.5", "--backend", "slurm", "--dry-run"], "--width and --widths both set"),
 ])
 def test_bad_widths_are_refused_in_one_line(tmp_path, capsys, args, says):
     assert says in _refused(tmp_path, capsys, args)
@@ -44,3 +46,18 @@ def test_the_announced_size_counts_every_width(tmp_path, capsys, monkeypatch):
                                 f"sqlite:///{tmp_path}/mlflow.db", capsys)
     assert result.returncode == 3
     assert "study: 48 steps (2 seeds × 24 steps)" in result.stderr  # 8 steps per seed and width
+
+
+def test_a_slurm_dry_run_renders_every_widths_steps(tmp_path, capsys):
+    result = run_cli_in_process([*STUDY, "--widths", "0.25,0.5", "--method", "naive", "--backend", "slurm",
+                                 "--backend-config", json.dumps({"log_dir": str(tmp_path / "logs")}), "--dry-run"],
+                                f"sqlite:///{tmp_path}/mlflow.db", capsys)
+    assert result.returncode == 0, result.stderr
+    assert "study: 12 steps (1 seed × 12 steps)" in result.stderr  # 6 steps per width
+    scripts = {s.split(" ", 1)[0]: s for s in result.stdout.split("# step ")[1:]}
+    assert len(scripts) == 12 and not (tmp_path / "mlflow.db").exists(), "a dry run submits and logs nothing"
+    for key, width in (("w0p25", "0.25"), ("w0p5", "0.5")):
+        assert f"--width {width} " in scripts[f"train-seed1-parent1-{key}"]
+        fuse = scripts[f"fuse-seed1-naive-{key}"]
+        assert f"--parents RUN_ID_OF_train-seed1-parent1-{key},RUN_ID_OF_train-seed1-parent2-{key}" in fuse
+        assert f"--model-run RUN_ID_OF_fuse-seed1-naive-{key}" in scripts[f"evaluate-seed1-naive-fused-{key}"]

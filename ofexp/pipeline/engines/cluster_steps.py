@@ -24,6 +24,7 @@ from ofexp.pipeline.study import plan as study_plan
 from ofexp.pipeline.steps.options import FusionOptions
 from ofexp.pipeline.study.report import STEP_COLUMNS, sort_steps
 from ofexp.pipeline.study.run import StudyConfig, log_outputs
+from ofexp.pipeline.study.widths import split_width, width_label
 from ofexp.pipeline.steps.train import TrainConfig
 from ofexp.training.recipes import RecipeOptions
 
@@ -82,17 +83,19 @@ def plan_study(cfg: StudyConfig) -> list[Step]:
 
 
 def _step_key(step: study_plan.Step) -> str:
-    """A planned step's key: it names Kubernetes objects and labels (lowercase, digits and '-' only)."""
-    seed, kind = step.seed, step.kind
+    """A planned step's key: it names Kubernetes objects and labels (lowercase, digits and '-' only).
+    A width study's step ends in its width, '.' written 'p' (parent_1_w0.5's training: -w0p5)."""
+    seed, (kind, width) = step.seed, split_width(step.kind)
+    at = "" if width is None else "-w" + width_label(width).replace(".", "p").replace("-", "m").replace("+", "")
     if step.stage == "train" and not step.inputs:
-        return f"train-seed{seed}-{kind.replace('_', '')}"
+        return f"train-seed{seed}-{kind.replace('_', '')}{at}"
     if step.stage == "evaluate":
-        return f"evaluate-seed{seed}-{kind.replace('_', '-')}"
+        return f"evaluate-seed{seed}-{kind.replace('_', '-')}{at}"
     if step.stage == "fuse":
-        return f"fuse-seed{seed}-{step.config.methods[0]}"
+        return f"fuse-seed{seed}-{step.config.methods[0]}{at}"
     if step.stage == "train":  # a fine-tuning: <method>_finetuned
-        return f"finetune-seed{seed}-{kind.removesuffix('_finetuned')}"
-    return f"{step.stage}-seed{seed}"  # the ensemble
+        return f"finetune-seed{seed}-{kind.removesuffix('_finetuned')}{at}"
+    return f"{step.stage}-seed{seed}{at}"  # the ensemble
 
 
 def _step_params(cfg: StudyConfig, step: study_plan.Step) -> dict[str, str]:
@@ -174,4 +177,6 @@ def log_step_outputs(cfg: StudyConfig, steps: list[Step], run_ids: Mapping[str, 
     """The study's own outputs (steps.csv, results.csv, summary, correlations, plots), from its step
     runs: `run_ids` by step key, `reused` the keys of steps that earlier runs did."""
     rows = [(step.seed, step.kind, step.stage, run_ids[step.key], step.key in reused) for step in steps]
-    log_outputs(sort_steps(pd.DataFrame(rows, columns=STEP_COLUMNS), study_plan.KIND_ORDER), cfg.accuracy_metric, experiment_id)
+    # in the plan's kinds' order, width after width, as the local engine sorts them
+    log_outputs(sort_steps(pd.DataFrame(rows, columns=STEP_COLUMNS), study_plan.study_kinds(cfg)), cfg.accuracy_metric,
+                experiment_id)

@@ -214,3 +214,23 @@ def test_a_fine_tuning_study_renders_ensemble_and_finetune_jobs_the_cli_reads(ca
     assert (params["epochs"], params["seed"], params["warmup_epochs"]) == (2, 200, 0.0)
     name, params = by_step["ensemble-seed1"]
     assert name == "ensemble" and PLACEHOLDER.findall(params["parents"]) == ["train-seed1-parent1", "train-seed1-parent2"]
+
+
+def test_a_width_studys_jobs_train_each_width_and_chain_runs_of_the_same_width(capsys):
+    args = ["study", "--model", "mlp", "--widths", "0.25,0.5", "--epochs", "1", "--seeds", "1", "--method", "naive",
+            "--backend", "kubernetes", "--backend-config", json.dumps(BACKEND), "--dry-run"]
+    result = run_cli_in_process(args, POD_URI, capsys)
+    assert result.returncode == 0, result.stderr
+    jobs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    steps = [_step(job) for job in jobs]
+    assert len(jobs) == 12 and len(set(steps)) == 12, "6 steps per width, one Job each"
+    chained = 0
+    for job in jobs:
+        step, (name, options) = _step(job), _ofexp_options(job)
+        width = step.rsplit("-w", 1)[1].replace("p", ".")
+        if name == "train":
+            assert options["width"] == float(width), step
+        for needed in PLACEHOLDER.findall(" ".join(_container(job)["command"])):
+            assert needed.endswith(f"-w{width.replace('.', 'p')}"), (step, needed)
+            chained += 1
+    assert chained == 2 * 2 + 2 * 3, "per width: the fuse job takes 2 parents, each evaluate job 1 model"
