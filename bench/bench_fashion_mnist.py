@@ -31,7 +31,9 @@ import torch
 from bench.common import Result, one_thread, temporary_tracking, time_pair, timed
 from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.data import fashion_mnist as fm
-from ofexp.pipeline import EvalConfig, FuseConfig, TrainConfig, run_evaluate, run_fuse, run_train
+from ofexp.pipeline.steps.evaluate import EvalConfig, run_evaluate
+from ofexp.pipeline.steps.fuse import FuseConfig, run_fuse
+from ofexp.pipeline.steps.train import TrainConfig, run_train
 from ofexp.pipeline.steps.ensemble import EnsembleConfig, run_ensemble
 from ofexp.pipeline.steps.finetune import FinetuneConfig, finetune_recipe, run_finetune
 from ofexp.training import build_optimizer, build_scheduler, make_recipe, train_one_epoch

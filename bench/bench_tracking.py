@@ -23,7 +23,7 @@ import torch
 from bench.common import Result, one_thread, temporary_tracking, time_pair
 from ofexp.data import load_dataset
 from ofexp.models import build_model, init_weights
-from ofexp.pipeline import TrainConfig, run_train
+from ofexp.pipeline.steps.train import TrainConfig, run_train
 from ofexp.pipeline.steps.train import model_spec_for
 from ofexp.training import evaluate, fit, make_recipe, seed_everything
 

@@ -332,7 +332,7 @@ def sqlite_store_with_parents(root: Path, experiment: str, **train_options):
     import mlflow
 
     from ofexp.data import DataConfig, load_dataset
-    from ofexp.pipeline import TrainConfig, run_train
+    from ofexp.pipeline.steps.train import TrainConfig, run_train
     from ofexp.training import make_recipe
 
     uri = f"sqlite:///{root}/mlflow.db"

@@ -16,7 +16,9 @@ from ofexp.cli.options import (STR_OR_EMPTY, allow_unfinished_option, device_opt
 from ofexp.cli.model_input_options import model_input_options, pop_model_input
 from ofexp.cli.output import echo_result
 from ofexp.errors import ConfigError
-from ofexp.pipeline import EvalConfig, FuseConfig, TrainConfig, run_evaluate, run_fuse, run_train
+from ofexp.pipeline.steps.evaluate import EvalConfig, run_evaluate
+from ofexp.pipeline.steps.fuse import FuseConfig, run_fuse
+from ofexp.pipeline.steps.train import TrainConfig, run_train
 from ofexp.pipeline.steps.options import EvaluateOptions, FusionOptions
 from ofexp.pipeline.browse import (STAGES, check_ui_port, close_stale_runs, running_runs_table, serve_ui,
                                   ui_address, use_experiment)

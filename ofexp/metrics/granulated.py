@@ -41,7 +41,6 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 GRANULATED_COLUMNS = ["axis", "measure", "value", "p_value", "groups", "skipped", "models", "note"]
 ALL_AXES = "Ψ"  # the axis column of the mean over axes
@@ -53,6 +52,8 @@ _ENUMERATED = 8  # groups up to this size list all k! permutations; larger ones 
 
 def kendall(x: np.ndarray, y: np.ndarray) -> float:
     """scipy's Kendall τ-b of x[k], y[k]; NaN when either is constant or k < 2 (no warning)."""
+    from scipy import stats  # here, not at the top: a step that imports the report computes no τ
+
     if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
         return math.nan
     with warnings.catch_warnings():

@@ -1,10 +1,8 @@
-"""Steps that compose data, models, fusion and metrics into tracked MLflow runs."""
-from ofexp.pipeline.steps.evaluate import EvalConfig, reference_weights, run_evaluate
-from ofexp.pipeline.steps.fuse import FuseConfig, run_fuse
-from ofexp.pipeline.study.run import MODEL_KINDS, StudyConfig, parent_seed, run_study
-from ofexp.pipeline.steps.train import TrainConfig, run_train
+"""Steps that compose data, models, fusion and metrics into tracked MLflow runs.
 
-__all__ = [
-    "EvalConfig", "FuseConfig", "MODEL_KINDS", "StudyConfig", "TrainConfig", "parent_seed",
-    "reference_weights", "run_evaluate", "run_fuse", "run_study", "run_train",
-]
+`steps/` (train, fuse, evaluate...), `study/` (the study, its plan and its report) and
+`engines/` (Slurm, Kubernetes). Import what you use from its module, e.g.
+`from ofexp.pipeline.steps.train import TrainConfig, run_train`: this package imports none of
+them, so a step process pays only for its own step's modules, not for every step's and the
+study's (matplotlib, scipy.stats; tests/cli/test_startup.py checks a train step's imports).
+"""

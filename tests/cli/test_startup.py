@@ -86,12 +86,42 @@ def test_help_lists_the_same_lines_before_and_after_the_commands_are_loaded():
     assert lazy.get_help(click.Context(lazy)) == loaded.get_help(click.Context(loaded))
 
 
-def test_a_digits_train_step_imports_no_torchvision_and_no_pot(tmp_path):
+@pytest.fixture(scope="module")
+def digits_train_step(tmp_path_factory) -> set[str]:
+    """The modules a real `ofexp train` digits step (1 epoch, no MLflow model) had imported when it ended."""
+    folder = tmp_path_factory.mktemp("train-step")
+    code, modules, stdout = _modules_after("train", "--epochs", "1", "--no-log-model", cwd=folder,
+                                           env={"MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db"})
+    assert code == 0 and len(stdout.split()[-1]) == 32  # it trained and printed its run ID
+    assert "torch" in modules and "mlflow" in modules
+    return modules
+
+
+def test_a_digits_train_step_imports_no_torchvision_and_no_pot(digits_train_step):
     """What a cluster step pays before its work: torchvision (with torch._dynamo, about 1 s) only
     for the data sets and models that use it, POT (optimal transport, over 1 s with the
     scikit-learn it pulls in) only for a fusion."""
-    code, modules, stdout = _modules_after("train", "--epochs", "1", "--no-log-model", cwd=tmp_path,
-                                           env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
-    assert code == 0 and len(stdout.split()[-1]) == 32  # it trained and printed its run ID
-    assert "torch" in modules and "mlflow" in modules
-    assert not any(m.split(".")[0] in ("torchvision", "ot") for m in modules)
+    assert not any(m.split(".")[0] in ("torchvision", "ot") for m in digits_train_step)
+
+
+def test_a_digits_train_step_imports_no_matplotlib(digits_train_step):
+    """matplotlib (about 0.3 s) is imported where a fuse run or a study draws a figure, not by every
+    step process."""
+    plotting = sorted(m for m in digits_train_step if m.split(".")[0] == "matplotlib")
+    assert plotting == [], f"a train step that draws nothing imported {plotting[:10]}"
+
+
+def test_the_step_commands_import_no_plotting_and_no_statistics():
+    """What a train, fuse or evaluate step process imports before its work: its command's module and
+    what that imports. No matplotlib, scipy.stats (a study's correlations) nor scipy.linalg (the
+    Hessian measures): each is imported where it is used. (A digits step still loads scipy.stats
+    with scikit-learn, which reads digits and imports it itself: that is its data's cost.)"""
+    code = ("import json, sys; from ofexp.cli import cli; "
+            "loaded = [cli.get_command(None, name).name for name in ('train', 'fuse', 'evaluate')]; "
+            "print(json.dumps([loaded, sorted(sys.modules)]))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    loaded, modules = json.loads(done.stdout)
+    assert loaded == ["train", "fuse", "evaluate"] and "torch" in modules and "mlflow" in modules
+    unused = [m for m in modules if m.split(".")[0] == "matplotlib" or m.startswith(("scipy.stats", "scipy.linalg"))]
+    assert unused == [], f"the step commands imported {unused[:10]}"

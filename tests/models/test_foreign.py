@@ -13,7 +13,7 @@ from ofexp.errors import ConfigError
 from ofexp.models import (TRUSTED_FACTORIES_ENV, ModelName, ModelSpec, build_model, check_forward, has_batchnorm,
                           parse_kwargs, trust_factory)
 from ofexp.models.foreign import GreyToRGB, kwargs_words
-from ofexp.pipeline import TrainConfig
+from ofexp.pipeline.steps.train import TrainConfig
 
 
 def _one_line(exc: pytest.ExceptionInfo) -> str:

@@ -113,7 +113,7 @@ def test_sigterm_during_a_fuse_marks_it_killed_and_leaves_the_parents_as_they_we
 
     from conftest import using_tracking_uri
     from ofexp.data import DataConfig, load_dataset
-    from ofexp.pipeline import TrainConfig, run_train
+    from ofexp.pipeline.steps.train import TrainConfig, run_train
     from ofexp.training import make_recipe
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"

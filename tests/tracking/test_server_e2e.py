@@ -145,7 +145,7 @@ def test_a_fresh_process_loads_every_model_by_run_id_alone(tiny_runs, client, tm
 
 
 def test_reference_weights_of_a_fused_model_come_from_the_farther_parent(tiny_runs, client):
-    from ofexp.pipeline import reference_weights
+    from ofexp.pipeline.steps.evaluate import reference_weights
     from ofexp.tracking import load_weights_from_run
 
     fused_id = tiny_runs.fused["geometric"]

@@ -11,7 +11,6 @@ from tqdm import tqdm
 
 from ofexp import tracking
 from ofexp.tracking.study_runs import log_figure
-from ofexp.pipeline import plots
 from ofexp.data import DataConfig, DataSplits, load_dataset
 from ofexp.errors import ConfigError, IncompatibleModelsError
 from ofexp.fusion import alignment_diagnostics, recompute_batchnorm_stats, repair_statistics
@@ -200,6 +199,8 @@ def _fuse_one(cfg: FuseConfig, method: str, parents: _Parents, splits: DataSplit
                if parents.foreign and a is not None},
         })
         if diagnostics:
+            from ofexp.pipeline import plots  # matplotlib, only for a fuse run that draws its figure
+
             figure = plots.alignment_figure(diagnostics, f"{name}: test accuracy {test['accuracy']:.4f}")
             log_figure(figure, "plots/alignment.png")
             plots.close(figure)

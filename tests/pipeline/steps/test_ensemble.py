@@ -15,7 +15,9 @@ from ofexp import tracking
 from ofexp.data import DataConfig
 from ofexp.errors import ConfigError, IncompatibleModelsError, RunLookupError
 from ofexp.metrics import MEASURES
-from ofexp.pipeline import EvalConfig, FuseConfig, TrainConfig, run_evaluate, run_fuse, run_train
+from ofexp.pipeline.steps.evaluate import EvalConfig, run_evaluate
+from ofexp.pipeline.steps.fuse import FuseConfig, run_fuse
+from ofexp.pipeline.steps.train import TrainConfig, run_train
 from ofexp.pipeline.steps.ensemble import EnsembleConfig, run_ensemble
 from ofexp.pipeline.steps.evaluate import ENSEMBLE_SKIP_NOTE
 from ofexp.pipeline.steps.finetune import FinetuneConfig, run_finetune

@@ -15,7 +15,8 @@ from ofexp import tracking
 from ofexp.errors import ConfigError
 from ofexp.metrics import MEASURES, SearchBudget, parameter_vector, sharpness_init
 from ofexp.metrics import context as context_module
-from ofexp.pipeline import EvalConfig, FuseConfig, reference_weights, run_evaluate, run_fuse
+from ofexp.pipeline.steps.evaluate import EvalConfig, reference_weights, run_evaluate
+from ofexp.pipeline.steps.fuse import FuseConfig, run_fuse
 
 SEARCH_KEYS = ("sigma", "deviation", "converged", "steps")
 

@@ -10,7 +10,9 @@ from mlflow.tracking import MlflowClient
 from conftest import run_cli_in_process, sqlite_store_with_parents, using_tracking_uri
 from ofexp import tracking
 from ofexp.errors import ConfigError, RunLookupError
-from ofexp.pipeline import EvalConfig, FuseConfig, TrainConfig, run_evaluate, run_fuse
+from ofexp.pipeline.steps.evaluate import EvalConfig, run_evaluate
+from ofexp.pipeline.steps.fuse import FuseConfig, run_fuse
+from ofexp.pipeline.steps.train import TrainConfig
 from ofexp.pipeline.steps.options import FusionOptions
 from ofexp.pipeline.steps.finetune import (FINETUNE_EPOCHS, TAG_INIT_FROM, TAG_INIT_FROM_STAGE, FinetuneConfig,
                                      finetune_config_from_options, finetune_recipe, run_finetune)

@@ -137,7 +137,7 @@ def test_a_one_seed_study_of_a_torchvision_model(store, capsys):
 
 
 def test_cluster_steps_pass_the_kwargs_unquoted_and_the_trusted_factories(monkeypatch):
-    from ofexp.pipeline import TrainConfig
+    from ofexp.pipeline.steps.train import TrainConfig
     from ofexp.pipeline.engines.cluster_steps import plan_study, trust_env
     from ofexp.pipeline.study.run import StudyConfig
 
