@@ -3,10 +3,12 @@
 A real `mlflow server` (SQLite backend, proxied artifacts, free localhost port) is
 started in a temp dir for the benchmark and always stopped. Synthetic runs are logged
 straight through `MlflowClient` (one `log_batch` per run), shaped like what `ofexp
-study` leaves: per seed two train runs, two fuse runs and four evaluate runs carrying
-every measure in `ofexp.metrics.MEASURES`, and a study run indexing them in its
-steps.csv. Before timing, `ofexp report --csv` is run
-once and its per-seed rows are checked against the logged values.
+study` leaves: its plan's steps (`ofexp.pipeline.study.plan`; per seed two train runs,
+two fuse runs and four evaluate runs carrying every measure in `ofexp.metrics.MEASURES`)
+with the params and lineage tags the study's own configs give them, and a study run
+indexing them in its steps.csv. Before timing, `ofexp report --csv` is run once (its
+check of steps.csv against the runs included) and its per-seed rows are checked
+against the logged values.
 
 ofexp side: the real CLI in this process (`ofexp.cli.main(["report", ID])`, stdout
 captured), which fetches the step runs with a few server-side `run_id IN (...)`
@@ -31,8 +33,6 @@ import pandas as pd
 
 from bench.common import Result, time_pair
 
-KINDS = ("parent_1", "parent_2", "naive_fused", "geometric_fused")
-STAGE_OF_KIND = {"parent_1": "train", "parent_2": "train", "naive_fused": "fuse", "geometric_fused": "fuse"}
 TARGET_S = 2.0
 
 
@@ -77,43 +77,83 @@ def stop_server(process: subprocess.Popen) -> None:
 
 # -- synthetic runs ------------------------------------------------------------------------
 
-def _log_run(client, experiment_id: str, name: str, tags: dict, params: dict, metrics: dict) -> str:
+def _log_run_data(client, run_id: str, params: dict, metrics: dict) -> None:
+    """`params` and `metrics` in one `log_batch`."""
     from mlflow.entities import Metric, Param
 
-    run = client.create_run(experiment_id, run_name=name, tags=tags)
     now = int(time.time() * 1000)
-    client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
                      params=[Param(k, str(v)) for k, v in params.items()])
-    client.set_terminated(run.info.run_id, "FINISHED")
-    return run.info.run_id
+
+
+def _log_run(client, experiment_id: str, name: str, tags: dict, params: dict, metrics: dict) -> str:
+    run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    _log_run_data(client, run_id, params, metrics)
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def study_config(seeds: int):
+    """What `ofexp study --model vgg11 --seeds N --measures all` runs: its plan gives the fake study's steps."""
+    from ofexp.pipeline.steps.options import EvaluateOptions
+    from ofexp.pipeline.steps.train import TrainConfig
+    from ofexp.pipeline.study.run import StudyConfig
+
+    return StudyConfig(train=TrainConfig(model="vgg11"), seeds=tuple(range(1, seeds + 1)),
+                       evaluation=EvaluateOptions(measures="all"))
+
+
+def _step_record(step, cfg, inputs: list[str]) -> tuple[dict, dict]:
+    """(params, tags) of the run `ofexp study` makes for plan step `step`, built by the study's own
+    config classes (a parent's torch seed is the plan's; a fuse run names its parents; an evaluate
+    run its model; `inputs`: the run IDs of the step's inputs), so that `ofexp report`'s check of
+    steps.csv against the runs accepts them."""
+    from ofexp.pipeline.steps.evaluate import EvalConfig, evaluate_params
+    from ofexp.pipeline.steps.fuse import FuseConfig
+    from ofexp.pipeline.steps.options import option_values
+    from ofexp.tracking.names import TAG_MODEL_RUN, TAG_PARENTS
+
+    if step.stage == "train" and not inputs:
+        return step.config.params(), {}
+    if step.stage == "fuse":
+        fuse = FuseConfig(**option_values(step.config), parents=tuple(inputs), device=cfg.train.device)
+        return fuse.params(fuse.methods[0]), {TAG_PARENTS: ",".join(inputs)}
+    if step.stage == "evaluate":
+        evaluate = EvalConfig(**option_values(step.config), model_run=inputs[0], device=cfg.train.device)
+        return evaluate_params(evaluate), {TAG_MODEL_RUN: inputs[0]}
+    raise ValueError(f"the report bench fakes no {step.stage} step with inputs (its study has no --finetune-epochs)")
 
 
 def log_study(client, seeds: int, rng: np.random.Generator) -> tuple[str, pd.DataFrame]:
-    """A study run with `seeds` × 4 kinds of step runs; (study run ID, logged (Model, Metric, Value))."""
-    from mlflow.entities import Param
-
+    """A study run and its step runs, as `ofexp study` plans them for `seeds` seeds, each evaluate run
+    with a random value of every measure; (study run ID, the logged (Model, Metric, Value) rows)."""
     from ofexp.metrics import MEASURES
+    from ofexp.pipeline.study.plan import plan, study_kinds
+    from ofexp.pipeline.study.report import STEP_COLUMNS, STEPS_FILE, sort_steps
+    from ofexp.pipeline.study.run import study_params
+    from ofexp.tracking.names import TAG_KINDS, TAG_PARENT_RUN
+    from ofexp.tracking.runs import base_tags, param_str
 
+    cfg = study_config(seeds)
     experiment_id = client.create_experiment("bench-report-study")
-    study_id = client.create_run(experiment_id, run_name="study vgg11 digits (synthetic)",
-                                 tags={"ofexp.stage": "study"}).info.run_id
-    client.log_batch(study_id, params=[Param("accuracy_metric", "accuracy")])
-    nested = {"mlflow.parentRunId": study_id}
-    rows, logged = [], []
-    for seed in range(1, seeds + 1):
-        for kind in KINDS:
-            stage = STAGE_OF_KIND[kind]
-            model_id = _log_run(client, experiment_id, f"{stage} {kind} seed{seed}",
-                                {**nested, "ofexp.stage": stage}, {"seed": seed, "model": "vgg11"}, {})
-            values = {m.metric_key: rng.uniform(0.1, 1.0) for m in MEASURES.values()}
-            eval_id = _log_run(client, experiment_id, f"evaluate {kind} seed{seed}",
-                               {**nested, "ofexp.stage": "evaluate", "ofexp.model_run_id": model_id},
-                               {"seed": seed, "accuracy_metric": "accuracy"}, values)
-            rows += [(seed, kind, stage, model_id, False), (seed, kind, "evaluate", eval_id, False)]
-            logged += [(f"{kind}_seed{seed}", m.name, values[m.metric_key]) for m in MEASURES.values()]
-    columns = ["seed", "kind", "stage", "run_id", "reused"]  # steps.csv, as `ofexp study` writes it
-    client.log_text(study_id, pd.DataFrame(rows, columns=columns).to_csv(index=False), "steps.csv")
-    client.set_tag(study_id, "ofexp.kinds", ",".join(KINDS))
+    study_id = client.create_run(experiment_id, run_name=f"{cfg.run_name} (synthetic)",
+                                 tags={**base_tags("study"), TAG_KINDS: ",".join(study_kinds(cfg))}).info.run_id
+    rows, logged, model_runs = [], [], {}
+    for step in plan(cfg):
+        params, tags = _step_record(step, cfg, [model_runs[step.seed, kind] for kind in step.inputs])
+        values = {m.metric_key: rng.uniform(0.1, 1.0) for m in MEASURES.values()} if step.stage == "evaluate" else {}
+        run_id = _log_run(client, experiment_id, step.run_name,
+                          {**base_tags(step.stage), TAG_PARENT_RUN: study_id, **tags},
+                          {k: param_str(v) for k, v in params.items()}, values)
+        if step.makes_model:
+            model_runs[step.seed, step.kind] = run_id
+        rows.append((step.seed, step.kind, step.stage, run_id, False))
+        logged += [(f"{step.kind}_seed{step.seed}", m.name, values[m.metric_key])
+                   for m in MEASURES.values() if values]
+    _log_run_data(client, study_id, {k: param_str(v) for k, v in study_params(cfg).items()},
+                  {"steps/new": len(rows), "steps/reused": 0})
+    steps = sort_steps(pd.DataFrame(rows, columns=STEP_COLUMNS), study_kinds(cfg))  # as `ofexp study` writes it
+    client.log_text(study_id, steps.to_csv(index=False), STEPS_FILE)
     client.set_terminated(study_id, "FINISHED")
     return study_id, pd.DataFrame(logged, columns=["Model", "Metric", "Value"])
 
@@ -176,9 +216,19 @@ def naive_report(client, study_id: str):
 
 
 def naive_compare(client, run_ids: list[str]) -> str:
-    from ofexp.cli.report_commands import _WIDE, compare_table
+    """`ofexp compare`'s table the straightforward way: `get_run` per run, one column each (the rows
+    laid out as `ofexp.pipeline.browse.compare_table` lays them out, so that the printed tables can be compared)."""
+    from ofexp.cli.report_commands import _WIDE
 
-    table = compare_table([_naive_run(client, r) for r in run_ids])
+    columns = {}
+    for run_id in run_ids:
+        run = _naive_run(client, run_id)
+        columns[run.run_id] = {"name": run.name, "stage": run.stage or "", "status": run.status,
+                               **{f"param.{k}": v for k, v in sorted(run.params.items())},
+                               **{f"metric.{k}": v for k, v in sorted(run.metrics.items())}}
+    table = pd.DataFrame(columns)
+    head = ["name", "stage", "status"]
+    table = table.reindex(head + sorted(i for i in table.index if i not in head))
     with pd.option_context(*[x for item in _WIDE.items() for x in item]):
         return table.fillna("").to_string() + "\n"
 
