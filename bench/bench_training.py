@@ -91,10 +91,10 @@ def cifar_like(n: int, seed: int = 0) -> tuple[DataSplits, np.ndarray, np.ndarra
     images = torch.randint(0, 256, (n, 32, 32, 3), generator=gen, dtype=torch.uint8)  # [n, 32, 32, 3]
     labels = torch.randint(0, 10, (n,), generator=gen)  # [n]
     x01 = images.permute(0, 3, 1, 2).contiguous().float().div_(255.0)  # [n, 3, 32, 32], as load_cifar
-    cifar10_stats = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
-    # ofexp's own split-and-normalise step; the tiny val/test parts are not used here
+    # ofexp's own split-and-normalise step (with CIFAR-10's published stats, from its registry
+    # entry); the tiny val/test parts are not used here
     splits = finish_splits(DataConfig(name="cifar10", val_fraction=0.01), x01, labels, x01[:2], labels[:2],
-                           num_classes=10, source="synthetic", stats=cifar10_stats)
+                           num_classes=10, source="synthetic")
     keep = splits.train_x.shape[0]
     return splits, images.numpy()[:keep], labels.numpy()[:keep]
 
