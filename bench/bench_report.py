@@ -235,7 +235,7 @@ def naive_compare(client, run_ids: list[str]) -> str:
 
 # -- the benchmark -------------------------------------------------------------------------
 
-def _check_report(study_id: str, logged: pd.DataFrame, tmp: Path) -> None:
+def check_report(study_id: str, logged: pd.DataFrame, tmp: Path) -> None:
     """`ofexp report --csv` once: its per-seed rows (results.csv and the other prediction values
     beside it, under ofexp's measure names) must be exactly the logged values."""
     from ofexp.metrics import MEASURES
@@ -280,7 +280,7 @@ def _run(quick: bool, repeats: int, tmp: Path, client) -> list[Result]:
         run_ids = log_many(client, count, rng)
     print(f"[bench] report: logged {seeds * 8 + 1 + count} runs in {time.perf_counter() - start:.1f} s",
           file=sys.stderr, flush=True)
-    _check_report(study_id, logged, tmp)
+    check_report(study_id, logged, tmp)
 
     ours_s, base_s, ours_out, base_tables = time_pair(lambda: cli_stdout(["report", study_id]),
                                                       lambda: naive_report(client, study_id), repeats)
