@@ -1,6 +1,6 @@
 """Tracking overhead: `ofexp train` with MLflow logging against the same training with tracking off.
 
-ofexp side: `ofexp.pipeline.run_train`, what `ofexp train` runs after parsing options,
+ofexp side: `ofexp.pipeline.steps.train.run_train`, what `ofexp train` runs after parsing options,
 logging to a local SQLite store in a temp dir (run, params, inputs, spec, initial/best/
 final weights, per-epoch checkpoint and metrics through the background EpochLogger,
 test metrics). Baseline, "tracking off": the documented way to train without MLflow,

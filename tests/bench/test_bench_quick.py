@@ -7,7 +7,8 @@ Nothing is timed here: the speeds belong to the benches themselves.
 
 Not run here (each takes from 25 s to minutes even in quick mode, docs/performance.md):
 tracking, measures, report (its server and 141 runs; its synthetic study is checked below),
-ui, startup, quickstart, fashion_mnist, and the Slurm benches slurm and slurm_step.
+ui, startup, quickstart, fashion_mnist, and the Slurm benches slurm and slurm_step; these
+are only imported.
 """
 from __future__ import annotations
 
@@ -23,6 +24,19 @@ pytestmark = pytest.mark.slow
 
 # the areas whose quick mode takes a few seconds each on 2 shared cores
 QUICK_AREAS = ("fusion", "transport", "any_model", "training")
+
+
+def test_every_bench_module_imports_and_defines_run():
+    """The benches too long to run here still import against today's code (moved or renamed
+    modules and names fail here) and define the run(quick, repeats) that `python -m bench` calls."""
+    import importlib
+    import inspect
+
+    from bench.run import MODULES
+
+    for area in MODULES:
+        module = importlib.import_module(f"bench.bench_{area}")
+        assert list(inspect.signature(module.run).parameters) == ["quick", "repeats"], area
 
 
 @pytest.mark.parametrize("area", QUICK_AREAS)
