@@ -41,7 +41,8 @@ def table(results: list[Result]) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="A subset at small sizes (under 5 min on 2 CPU cores).")
+    parser.add_argument("--quick", action="store_true", help="Small sizes: seconds to about 2 min per area on 2 CPU cores "
+                        "(fashion_mnist several minutes); pick areas with --only.")
     parser.add_argument("--repeats", type=int, default=5, help="Timed repeats per side (median reported).")
     parser.add_argument("--only", action="append", choices=MODULES, help="Run only this area (repeatable).")
     parser.add_argument("--json", type=Path, default=None, help="Where to write the results [bench/results/<time>.json].")
