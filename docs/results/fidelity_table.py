@@ -8,9 +8,10 @@ has up to three studies (docs/fashion_mnist.md gives their commands): the main o
 `--finetune-epochs 1` (parents, naive, geometric with activations, the ensemble, both
 fine-tuned), `--alignment weights` and `--repair`, the last two reusing the main study's
 parents. Each cell reads the per-seed `accuracy` rows of its study's committed
-`results.csv`. A study whose files were never committed (the VGG11 weights and REPAIR
-studies: their store is gone, issue #26, and they were not run again) prints as †: the docs keep the measured value with
-a † beside it, and tests/docs/test_results_tables.py checks every other cell against this output.
+`results.csv`. A study whose files were never committed (the first VGG11 weights and REPAIR
+studies: their store is gone, issue #26) prints as —: the docs quote no value there, and
+tests/docs/test_results_tables.py checks every cell against this output. Those studies were run
+again, on two and on five seeds, and make their own "re-run" rows.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study_tables import FIVE_SEEDS, RESULTS, TWO_SEEDS, parents, per_seed  # noqa: E402
 
-NOT_COMMITTED = "†"
+NOT_COMMITTED = "—"
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ ROWS = {
     "vgg11 w0.25, 10 epochs, seeds 1–5": Configuration(FIVE_SEEDS, None, None),
     # the same two-seed study run again by commit 73506a4: another seed-1 parent_1 (0.9217, not 0.9186)
     "vgg11 w0.25, 10 epochs, seeds 1,2, re-run (73506a4)": fidelity("fidelity_vgg11"),
+    # the five-seed studies run again by the same commit, reusing seeds 1 and 2 of the two-seed re-run
+    "vgg11 w0.25, 10 epochs, seeds 1–5, re-run (73506a4)": fidelity("fidelity_vgg11_5seeds"),
     "resnet18 w0.125 BN, 5 epochs, seeds 1,2": fidelity("fidelity_resnet18_bn"),
     "resnet18 w0.125, no BN, 3 epochs, seeds 1,2": fidelity("fidelity_resnet18_nobn"),
 }
@@ -100,7 +103,7 @@ def main() -> None:
     print("|---" * (len(COLUMNS) + 1) + "|")
     for name, cells in rows().items():
         print(f"| {name} | " + " | ".join(cells) + " |")
-    print(f"\n{NOT_COMMITTED}: no committed data (the study's files were never committed)")
+    print(f"\n{NOT_COMMITTED}: no committed data (the study's files were never committed); no value quoted")
 
 
 if __name__ == "__main__":
