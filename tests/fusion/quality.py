@@ -1,13 +1,16 @@
 """Fusion quality on digits: the README's table. Not a test (slow); run it as a script:
 
-    .venv/bin/python tests/fusion/quality.py --arch vgg11 --width 0.25 [--batchnorm] [--bias] [--epochs 10] [--lr 0.01] [--weight-decay 0]
+    .venv/bin/python tests/fusion/quality.py --arch vgg11 --width 0.25 [--batchnorm] [--bias] [--epochs 10] [--lr 0.01] [--weight-decay 0] [--parents 2] [--csv PATH]
 
-For each study seed s (1, 2), trains parents with torch seeds 100·s+1 and 100·s+2
-(default recipe, one torch thread, CPU), then prints the test accuracy of both
+For each study seed s (1, 2), trains parents with torch seeds 100·s+1, 100·s+2, ...
+(default recipe, one torch thread, CPU), then prints the test accuracy of the
 parents, their naive average and geometric fusion with each alignment, and
 activation-based fusion followed by REPAIR (`ofexp fuse --repair`). Fused
 batch-norm nets get their statistics recomputed on the training data, as `ofexp
-fuse` does. `--cache DIR` keeps the trained parents between runs.
+fuse` does. `--cache DIR` keeps the trained parents between runs. `--csv PATH` also
+writes one row per (configuration, seed, model) with its test accuracy to PATH,
+merged into what PATH holds (the rows of this configuration and seed are replaced, others kept), so
+several invocations build one file: docs/results/digits_fusion/quality.csv.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import argparse
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from ofexp.data import DataConfig, load_dataset
@@ -24,6 +28,9 @@ from ofexp.pipeline.steps.fuse import activation_inputs
 from ofexp.training import evaluate, fit, make_recipe, seed_everything
 
 CPU = torch.device("cpu")
+# the configuration's arguments: with seed and model, the key of a row of --csv's file
+CONFIG_COLUMNS = ("arch", "width", "batchnorm", "bias", "epochs", "lr", "weight_decay", "parents")
+MODELS_AFTER_PARENTS = ("naive", "geometric_weights", "geometric_activations", "activations_repair")
 
 
 def _parent(spec: ModelSpec, splits, overrides: dict, seed: int, cache: Path | None) -> torch.nn.Module:
@@ -51,6 +58,21 @@ def _accuracy(model: torch.nn.Module, splits, recompute: bool) -> float:
     return evaluate(model, splits.test_x, splits.test_y, device=CPU)["accuracy"]
 
 
+def write_csv(path: Path, config: dict, rows: list[dict]) -> None:
+    """Merge one configuration's rows into the file at `path`: its earlier rows of the same seeds are
+    replaced, every other row is kept."""
+    new = pd.DataFrame([{**config, **row} for row in rows])
+    if path.is_file():
+        old = pd.read_csv(path)
+        same = pd.Series(True, index=old.index)
+        for column in CONFIG_COLUMNS:
+            same &= old[column].astype(str) == str(config[column])
+        same &= old["seed"].isin(new["seed"])
+        new = pd.concat([old[~same], new], ignore_index=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new.to_csv(path, index=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="mlp", choices=("mlp", "vgg11", "resnet18"))
@@ -61,7 +83,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="default: the default recipe's (0.01)")
     parser.add_argument("--weight-decay", type=float, default=None, help="default: the default recipe's (0)")
     parser.add_argument("--seeds", default="1,2")
+    parser.add_argument("--parents", type=int, default=2, help="parents per seed, torch seeds 100·s+1, ...")
     parser.add_argument("--cache", type=Path, default=None)
+    parser.add_argument("--csv", type=Path, default=None, help="merge one row per (seed, model) into this CSV")
     args = parser.parse_args()
     torch.set_num_threads(1)
     splits = load_dataset(DataConfig())
@@ -69,21 +93,34 @@ def main() -> None:
     spec = ModelSpec(args.arch, info.num_classes, info.in_channels, info.input_size, width=args.width,
                      batchnorm=args.batchnorm, bias=args.bias)
     inputs = activation_inputs(splits, 256)
+    # the recipe's values as run (None -> the default recipe's), so a row says what trained its parents
+    recipe = make_recipe("default", epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay)
+    config = {"arch": args.arch, "width": args.width, "batchnorm": args.batchnorm, "bias": args.bias,
+              "epochs": recipe.epochs, "lr": recipe.lr, "weight_decay": recipe.weight_decay,
+              "parents": args.parents}
+    records = []
     print("| seed | parents | naive | geometric, weights | geometric, activations | activations + REPAIR |")
     for s in (int(v) for v in args.seeds.split(",")):
         overrides = {"epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay}
-        parents = [_parent(spec, splits, overrides, 100 * s + i, args.cache) for i in (1, 2)]
-        row = [" / ".join(f"{_accuracy(p, splits, False):.3f}" for p in parents),
-               f"{_accuracy(naive_fuse(parents), splits, True):.3f}"]
+        parents = [_parent(spec, splits, overrides, 100 * s + i, args.cache) for i in range(1, args.parents + 1)]
+        accuracies = {f"parent_{i}": _accuracy(p, splits, False) for i, p in enumerate(parents, 1)}
+        accuracies["naive"] = _accuracy(naive_fuse(parents), splits, True)
+        seconds = {}
         for alignment in ("weights", "activations"):
             start = time.perf_counter()
             result = geometric_fuse(parents, alignment=alignment, inputs=inputs)
             # As `ofexp fuse`: batch-norm statistics first (in place), then REPAIR reads their outputs.
-            row.append(f"{_accuracy(result.model, splits, True):.3f} ({time.perf_counter() - start:.1f} s)")
+            accuracies[f"geometric_{alignment}"] = _accuracy(result.model, splits, True)
+            seconds[f"geometric_{alignment}"] = time.perf_counter() - start
         repair_geometric(result, inputs)  # the activation-aligned fusion
-        row.append(f"{_accuracy(result.model, splits, False):.3f}")
+        accuracies["activations_repair"] = _accuracy(result.model, splits, False)
+        records += [{"seed": s, "model": model, "accuracy": value} for model, value in accuracies.items()]
+        row = [" / ".join(f"{accuracies[f'parent_{i}']:.3f}" for i in range(1, args.parents + 1))]
+        row += [f"{accuracies[m]:.3f}" + (f" ({seconds[m]:.1f} s)" if m in seconds else "")
+                for m in MODELS_AFTER_PARENTS]
         print(f"| {s} | " + " | ".join(row) + " |", flush=True)
-
+    if args.csv is not None:
+        write_csv(args.csv, config, records)
 
 if __name__ == "__main__":
     main()
