@@ -1,0 +1,114 @@
+"""Print docs/fusion.md's "Fusion quality on digits" table and its three-parent sentence from
+the committed quality.csv alone (written by tests/fusion/quality.py --csv; README.md beside it
+gives the commands).
+
+    python docs/results/digits_fusion/table.py
+
+One row per (configuration, seed) of the default recipe with two parents: the parents' test
+accuracy, then each fusion's, to three decimals; bold marks the best fusion of the row (every
+one that ties at three decimals). Then the figures the section's prose quotes, one a line, each
+as the page writes it. tests/docs/test_digits_fusion_table.py compares this output with the page.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+CSV = Path(__file__).resolve().parent / "quality.csv"
+# the default recipe when the numbers were made (ofexp.training.make_recipe("default")); the
+# table is about it, the other recipes are the page's recipe table
+DEFAULT_RECIPE = {"epochs": 10, "lr": 0.1, "weight_decay": 0.0005}
+FUSIONS = ("naive", "geometric_weights", "geometric_activations", "activations_repair")
+ARCH_NAMES = {"mlp": "MLP", "vgg11": "VGG11", "resnet18": "ResNet18"}
+HEADER = ("| model | seed | parents | naive | geometric, weights | geometric, activations | activations + REPAIR |\n"
+          "|---|---|---|---|---|---|---|")
+
+
+def configuration_name(arch: str, width: float, bias: bool, batchnorm: bool) -> str:
+    return ", ".join([ARCH_NAMES[arch], f"width {width:g}"] + ["bias"] * bias + ["BN"] * batchnorm)
+
+
+def default_recipe(frame: pd.DataFrame) -> pd.DataFrame:
+    keep = pd.Series(True, index=frame.index)
+    for column, value in DEFAULT_RECIPE.items():
+        keep &= frame[column] == value
+    return frame[keep]
+
+
+def row(group: pd.DataFrame) -> list[str]:
+    """The cells of one (configuration, seed): parents, then the fusions with the best in bold."""
+    accuracy = group.set_index("model")["accuracy"]
+    parents = sorted((m for m in accuracy.index if m.startswith("parent_")), key=lambda m: int(m.split("_")[1]))
+    fused = {m: f"{accuracy[m]:.3f}" for m in FUSIONS}
+    best = max(fused.values())
+    return [" / ".join(f"{accuracy[p]:.3f}" for p in parents)] + [
+        f"**{v}**" if v == best else v for v in fused.values()]
+
+
+def table(frame: pd.DataFrame) -> str:
+    two = default_recipe(frame[frame["parents"] == 2]).copy()
+    two["order"] = two["arch"].map(list(ARCH_NAMES).index)
+    lines = [HEADER]
+    keys = ["order", "width", "bias", "batchnorm", "seed"]
+    for (_, width, bias, batchnorm, seed), group in two.sort_values(keys).groupby(keys, sort=False):
+        name = configuration_name(group["arch"].iloc[0], width, bias, batchnorm)
+        lines.append("| " + " | ".join([name, str(seed), *row(group)]) + " |")
+    return "\n".join(lines)
+
+
+def three_parents(frame: pd.DataFrame) -> str:
+    """The page's sentence on three MLP parents (study seed 1: torch seeds 101, 102, 103)."""
+    three = default_recipe(frame[(frame["parents"] == 3) & (frame["arch"] == "mlp") & (frame["seed"] == 1)])
+    accuracy = three.set_index("model")["accuracy"]
+    parents = " / ".join(f"{accuracy[f'parent_{i}']:.3f}" for i in (1, 2, 3))
+    return (f"Three MLP parents (torch seeds 101, 102, 103): parents {parents}, naive {accuracy['naive']:.3f}, "
+            f"geometric (activations) {accuracy['geometric_activations']:.3f}.")
+
+
+def span(values: pd.Series, digits: int) -> str:
+    low, high = (f"{v:.{digits}f}" for v in (values.min(), values.max()))
+    return low if low == high else f"{low}–{high}"
+
+
+def signed_span(values: pd.Series) -> str:
+    low, high = (f"{v:+.3f}" for v in (values.min(), values.max()))
+    return low if low == high else f"{low} to {high}"
+
+
+def quoted_figures(frame: pd.DataFrame) -> list[str]:
+    """The prose's figures (the section's "What this shows"), computed from the unrounded accuracies."""
+    two = default_recipe(frame[frame["parents"] == 2])
+    wide = two.pivot_table(index=["arch", "bias", "batchnorm", "seed"], columns="model", values="accuracy")
+    gain = wide["geometric_activations"] - wide["geometric_weights"]
+    repair = wide["activations_repair"] - wide["geometric_activations"]
+    arch = wide.index.get_level_values("arch")
+    bn = wide.index.get_level_values("batchnorm")
+    vgg, mlp, res_bn, res = arch == "vgg11", arch == "mlp", (arch == "resnet18") & bn, (arch == "resnet18") & ~bn
+    parents = wide[["parent_1", "parent_2"]]
+    return [
+        f"beats weight-based in {(gain > 0).sum()} of {len(gain)} rows",
+        f"by {span(gain[vgg], 2)} on VGG11, {span(gain[res_bn], 2)} on ResNet18 with batch-norm, "
+        f"{span(gain[res], 2)} on ResNet18 without it and {span(gain[mlp], 2)} on the MLP",
+        f"collapses to {span(wide['naive'][vgg], 2)} while geometric fusion keeps "
+        f"{span(wide['geometric_activations'][vgg], 3)} of the parents' {span(parents[vgg].stack(), 2)}",
+        f"REPAIR adds {span(repair[vgg], 2)} on VGG11 and {span(repair[res], 2)} on ResNet18 without "
+        f"batch-norm, {signed_span(repair[res_bn])} with it, and "
+        f"{signed_span(repair[mlp])} on the MLP",
+        f"With batch-norm it fuses to {span(wide['geometric_activations'][res_bn], 3)}",
+        "on both seeds: " + " and ".join(f"{v:.3f}" for v in wide["geometric_activations"][vgg & ~wide.index
+                                                                                     .get_level_values("bias")]),
+    ]
+
+
+def main() -> None:
+    frame = pd.read_csv(CSV)
+    print(table(frame))
+    print()
+    print(three_parents(frame))
+    print()
+    print("\n".join(quoted_figures(frame)))
+
+
+if __name__ == "__main__":
+    main()

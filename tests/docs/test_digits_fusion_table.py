@@ -1,0 +1,104 @@
+"""docs/fusion.md's "Fusion quality on digits" table, three-parent sentence and quoted figures are what
+docs/results/digits_fusion/table.py prints from the committed quality.csv (issue #26): changing a
+committed accuracy or a cell of the page makes the check fail. No training: it reads files."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+FOLDER = Path("docs/results/digits_fusion")
+PAGE = Path("docs/fusion.md")
+
+
+def _printed(root: Path) -> tuple[str, str, list[str]]:
+    """table.py of the tree at `root`, run as a reader would: the table, the three-parent sentence
+    and the prose's figures."""
+    done = subprocess.run([sys.executable, str(root / FOLDER / "table.py")], capture_output=True, text=True,
+                          cwd=root, timeout=60)
+    assert done.returncode == 0, done.stderr
+    table, sentence, figures = done.stdout.strip().split("\n\n")
+    return table, sentence, figures.splitlines()
+
+
+def drift(root: Path) -> list[str]:
+    """Every line of the computed table the page lacks, and the sentence if the page lacks it."""
+    page = (root / PAGE).read_text(encoding="utf-8")
+    table, sentence, figures = _printed(root)
+    lines = set(page.splitlines())
+    problems = [f"{PAGE} lacks the computed row {line!r}" for line in table.splitlines() if line not in lines]
+    words = " ".join(page.split())  # the prose wraps lines anywhere
+    problems += [f"{PAGE} lacks the computed text {text!r}" for text in (sentence, *figures)
+                 if " ".join(text.split()) not in words]
+    # a row on the page that the data does not give (a stale or invented row) is drift too
+    header = table.splitlines()[0]
+    start = page.splitlines().index(header)
+    for line in page.splitlines()[start + 2:]:
+        if not line.startswith("|"):
+            break
+        if line not in table.splitlines():
+            problems.append(f"{PAGE} has the row {line!r} that quality.csv does not give")
+    return problems
+
+
+def test_the_page_equals_what_the_committed_csv_gives():
+    assert drift(REPO) == []
+
+
+def _copy(tmp_path: Path) -> Path:
+    for part in (FOLDER, PAGE):
+        (tmp_path / part).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (REPO / part).is_dir() else shutil.copy)(REPO / part, tmp_path / part)
+    return tmp_path
+
+
+@pytest.mark.parametrize("where, new, found", [
+    # a table cell (and the REPAIR gain the prose quotes)
+    ({"arch": "vgg11", "bias": False, "lr": 0.1, "parents": 2, "seed": 1, "model": "activations_repair"}, 0.9, "row"),
+    # the three-parent sentence
+    ({"arch": "mlp", "parents": 3, "seed": 1, "model": "naive"}, 0.5, "Three MLP parents"),
+    # a figure of the prose alone: a parent's accuracy within 0.98-0.99 at two decimals, at three moved
+    ({"arch": "vgg11", "bias": True, "lr": 0.1, "parents": 2, "seed": 2, "model": "parent_1"}, 0.97, "of the parents'"),
+])
+def test_a_changed_committed_accuracy_makes_the_check_fail(tmp_path, where, new, found):
+    root = _copy(tmp_path)
+    assert drift(root) == []
+    path = root / FOLDER / "quality.csv"
+    frame = pd.read_csv(path)
+    match = pd.Series(True, index=frame.index)
+    for column, value in where.items():
+        match &= frame[column] == value
+    assert match.sum() == 1
+    frame.loc[match, "accuracy"] = new
+    frame.to_csv(path, index=False)
+    problems = drift(root)
+    assert any(found in p for p in problems), problems
+
+
+def test_a_changed_cell_of_the_page_makes_the_check_fail(tmp_path):
+    root = _copy(tmp_path)
+    page = root / PAGE
+    table, _, _ = _printed(root)
+    row = table.splitlines()[2]  # the first model's first seed
+    cells = row.split(" | ")
+    edited = " | ".join(cells[:3] + ["0.111"] + cells[4:])  # its naive cell
+    text = page.read_text(encoding="utf-8")
+    assert text.count(row) == 1
+    page.write_text(text.replace(row, edited), encoding="utf-8")
+    problems = drift(root)
+    assert any("lacks the computed row" in p for p in problems) and any("does not give" in p for p in problems)
+
+
+def test_a_changed_figure_of_the_prose_makes_the_check_fail(tmp_path):
+    root = _copy(tmp_path)
+    page = root / PAGE
+    text = page.read_text(encoding="utf-8")
+    assert text.count("0.57–0.63 on ResNet18") == 1
+    page.write_text(text.replace("0.57–0.63 on ResNet18", "0.45–0.81 on ResNet18"), encoding="utf-8")
+    assert drift(root) == [f"{PAGE} lacks the computed text 'by 0.42–0.77 on VGG11, 0.57–0.63 on ResNet18 with "
+                           "batch-norm, 0.04–0.19 on ResNet18 without it and 0.04–0.10 on the MLP'"]
