@@ -16,33 +16,36 @@ FOLDER = Path("docs/results/digits_fusion")
 PAGE = Path("docs/fusion.md")
 
 
-def _printed(root: Path) -> tuple[str, str, list[str]]:
-    """table.py of the tree at `root`, run as a reader would: the table, the three-parent sentence
-    and the prose's figures."""
+def _printed(root: Path) -> tuple[list[str], list[str]]:
+    """table.py of the tree at `root`, run as a reader would: its Markdown tables (the quality and the
+    recipe table) and its lines of text (the three-parent sentence, the prose's figures)."""
     done = subprocess.run([sys.executable, str(root / FOLDER / "table.py")], capture_output=True, text=True,
                           cwd=root, timeout=60)
     assert done.returncode == 0, done.stderr
-    table, sentence, figures = done.stdout.strip().split("\n\n")
-    return table, sentence, figures.splitlines()
+    blocks = done.stdout.strip().split("\n\n")
+    tables = [b for b in blocks if b.startswith("|")]
+    texts = [line for b in blocks if not b.startswith("|") for line in b.splitlines()]
+    return tables, texts
 
 
 def drift(root: Path) -> list[str]:
-    """Every line of the computed table the page lacks, and the sentence if the page lacks it."""
+    """Every computed row or text the page lacks, and every row of its tables the data does not give."""
     page = (root / PAGE).read_text(encoding="utf-8")
-    table, sentence, figures = _printed(root)
-    lines = set(page.splitlines())
-    problems = [f"{PAGE} lacks the computed row {line!r}" for line in table.splitlines() if line not in lines]
+    page_lines = page.splitlines()
+    tables, texts = _printed(root)
+    problems = []
+    for table in tables:
+        rows = table.splitlines()
+        problems += [f"{PAGE} lacks the computed row {row!r}" for row in rows if row not in page_lines]
+        # a row on the page that the data does not give (stale or invented) is drift too
+        start = page_lines.index(rows[0]) if rows[0] in page_lines else len(page_lines)
+        for line in page_lines[start + 2:]:
+            if not line.startswith("|"):
+                break
+            if line not in rows:
+                problems.append(f"{PAGE} has the row {line!r} that quality.csv does not give")
     words = " ".join(page.split())  # the prose wraps lines anywhere
-    problems += [f"{PAGE} lacks the computed text {text!r}" for text in (sentence, *figures)
-                 if " ".join(text.split()) not in words]
-    # a row on the page that the data does not give (a stale or invented row) is drift too
-    header = table.splitlines()[0]
-    start = page.splitlines().index(header)
-    for line in page.splitlines()[start + 2:]:
-        if not line.startswith("|"):
-            break
-        if line not in table.splitlines():
-            problems.append(f"{PAGE} has the row {line!r} that quality.csv does not give")
+    problems += [f"{PAGE} lacks the computed text {text!r}" for text in texts if " ".join(text.split()) not in words]
     return problems
 
 
@@ -64,6 +67,9 @@ def _copy(tmp_path: Path) -> Path:
     ({"arch": "mlp", "parents": 3, "seed": 1, "model": "naive"}, 0.5, "Three MLP parents"),
     # a figure of the prose alone: a parent's accuracy within 0.98-0.99 at two decimals, at three moved
     ({"arch": "vgg11", "bias": True, "lr": 0.1, "parents": 2, "seed": 2, "model": "parent_1"}, 0.97, "of the parents'"),
+    # a cell of the recipe table
+    ({"arch": "vgg11", "lr": 0.05, "weight_decay": 0.001, "seed": 2, "model": "activations_repair"}, 0.5,
+     "lr 0.05, weight decay 1e-3"),
 ])
 def test_a_changed_committed_accuracy_makes_the_check_fail(tmp_path, where, new, found):
     root = _copy(tmp_path)
@@ -83,8 +89,8 @@ def test_a_changed_committed_accuracy_makes_the_check_fail(tmp_path, where, new,
 def test_a_changed_cell_of_the_page_makes_the_check_fail(tmp_path):
     root = _copy(tmp_path)
     page = root / PAGE
-    table, _, _ = _printed(root)
-    row = table.splitlines()[2]  # the first model's first seed
+    tables, _ = _printed(root)
+    row = tables[0].splitlines()[2]  # the first model's first seed
     cells = row.split(" | ")
     edited = " | ".join(cells[:3] + ["0.111"] + cells[4:])  # its naive cell
     text = page.read_text(encoding="utf-8")
@@ -102,3 +108,16 @@ def test_a_changed_figure_of_the_prose_makes_the_check_fail(tmp_path):
     page.write_text(text.replace("0.57–0.63 on ResNet18", "0.45–0.81 on ResNet18"), encoding="utf-8")
     assert drift(root) == [f"{PAGE} lacks the computed text 'by 0.42–0.77 on VGG11, 0.57–0.63 on ResNet18 with "
                            "batch-norm, 0.04–0.19 on ResNet18 without it and 0.04–0.10 on the MLP'"]
+
+
+def test_a_recipe_without_committed_runs_is_refused(tmp_path):
+    root = _copy(tmp_path)
+    path = root / FOLDER / "quality.csv"
+    frame = pd.read_csv(path)
+    frame[frame["epochs"] != 100].to_csv(path, index=False)
+    done = subprocess.run([sys.executable, str(root / FOLDER / "table.py")], capture_output=True, text=True,
+                          cwd=root, timeout=60)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        "error: quality.csv has no narrow VGG11 run with epochs 100, lr 0.01, weight decay 0.0; run quality.py "
+        "with them (README.md gives the command)"]

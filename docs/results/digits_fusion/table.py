@@ -7,7 +7,7 @@ gives the commands).
 One row per (configuration, seed) of the default recipe with two parents: the parents' test
 accuracy, then each fusion's, to three decimals; bold marks the best fusion of the row (every
 one that ties at three decimals). Then the figures the section's prose quotes, one a line, each
-as the page writes it. tests/docs/test_digits_fusion_table.py compares this output with the page.
+as the page writes it, and the recipe table (narrow VGG11 under each recipe) with its figures. tests/docs/test_digits_fusion_table.py compares this output with the page.
 """
 from __future__ import annotations
 
@@ -101,6 +101,58 @@ def quoted_figures(frame: pd.DataFrame) -> list[str]:
     ]
 
 
+# the recipe table: narrow VGG11 (width 0.25, no bias, no batch-norm) under each recipe,
+# (epochs, lr, weight_decay); a row with two recipes shows them side by side, split by " / "
+RECIPE_ROWS = {
+    "lr 0.01, no weight decay, 10 epochs (the default before)": [(10, 0.01, 0.0)],
+    "lr 0.01, no weight decay, 40 / 100 epochs": [(40, 0.01, 0.0), (100, 0.01, 0.0)],
+    "lr 0.01, weight decay 5e-4": [(10, 0.01, 0.0005)],
+    "lr 0.05, no weight decay": [(10, 0.05, 0.0)],
+    "lr 0.05, weight decay 5e-4": [(10, 0.05, 0.0005)],
+    "lr 0.05, weight decay 1e-3": [(10, 0.05, 0.001)],
+    "lr 0.05, weight decay 5e-4, 20 epochs": [(20, 0.05, 0.0005)],
+    "**lr 0.1, weight decay 5e-4 (default)**": [(10, 0.1, 0.0005)],
+}
+RECIPE_HEADER = "| recipe | seeds | geometric, activations (REPAIR) |\n|---|---|---|"
+
+
+def narrow_vgg11(frame: pd.DataFrame, recipe: tuple[int, float, float]) -> pd.DataFrame:
+    epochs, lr, weight_decay = recipe
+    rows = frame[(frame["arch"] == "vgg11") & (frame["width"] == 0.25) & ~frame["bias"] & ~frame["batchnorm"]
+                 & (frame["parents"] == 2) & (frame["epochs"] == epochs) & (frame["lr"] == lr)
+                 & (frame["weight_decay"] == weight_decay)]
+    if rows.empty:
+        raise SystemExit(f"error: {CSV.name} has no narrow VGG11 run with epochs {epochs}, lr {lr}, weight decay "
+                         f"{weight_decay}; run quality.py with them (README.md gives the command)")
+    return rows.pivot_table(index="seed", columns="model", values="accuracy")
+
+
+def seeds_cell(seeds: list[int]) -> str:
+    contiguous = seeds == list(range(seeds[0], seeds[-1] + 1))
+    return f"{seeds[0]}–{seeds[-1]}" if contiguous and len(seeds) > 2 else ", ".join(map(str, seeds))
+
+
+def recipe_table(frame: pd.DataFrame) -> str:
+    lines = [RECIPE_HEADER]
+    for label, recipes in RECIPE_ROWS.items():
+        runs = [narrow_vgg11(frame, recipe) for recipe in recipes]
+        values = " / ".join(", ".join(f"{v:.3f}" for v in run["geometric_activations"]) + " ("
+                            + ", ".join(f"{v:.3f}" for v in run["activations_repair"]) + ")" for run in runs)
+        bold = "**" if label.startswith("**") else ""
+        lines.append(f"| {label} | {seeds_cell(sorted(runs[0].index))} | {bold}{values}{bold} |")
+    return "\n".join(lines)
+
+
+def recipe_figures(frame: pd.DataFrame) -> list[str]:
+    """The recipe prose's parent accuracies: lr 0.01 for 10 epochs against lr 0.05 or more."""
+    def parents(recipes) -> pd.Series:
+        return pd.concat([narrow_vgg11(frame, r)[["parent_1", "parent_2"]].stack() for r in recipes])
+    slow = [r for rows in RECIPE_ROWS.values() for r in rows if r[0] == 10 and r[1] == 0.01]
+    fast = [r for rows in RECIPE_ROWS.values() for r in rows if r[1] >= 0.05]
+    return [f"the parents still reach {span(parents(slow) * 100, 0)}%",
+            f"(parents {span(parents(fast) * 100, 0)}%)"]
+
+
 def main() -> None:
     frame = pd.read_csv(CSV)
     print(table(frame))
@@ -108,6 +160,10 @@ def main() -> None:
     print(three_parents(frame))
     print()
     print("\n".join(quoted_figures(frame)))
+    print()
+    print(recipe_table(frame))
+    print()
+    print("\n".join(recipe_figures(frame)))
 
 
 if __name__ == "__main__":
