@@ -62,11 +62,16 @@ def _copy(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("where, new, found", [
     # a table cell (and the REPAIR gain the prose quotes)
-    ({"arch": "vgg11", "bias": False, "lr": 0.1, "parents": 2, "seed": 1, "model": "activations_repair"}, 0.9, "row"),
+    ({"arch": "vgg11", "bias": False, "lr": 0.1, "solver": "exact", "parents": 2, "seed": 1,
+      "model": "activations_repair"}, 0.9, "row"),
     # the three-parent sentence
     ({"arch": "mlp", "parents": 3, "seed": 1, "model": "naive"}, 0.5, "Three MLP parents"),
     # a figure of the prose alone: a parent's accuracy within 0.98-0.99 at two decimals, at three moved
-    ({"arch": "vgg11", "bias": True, "lr": 0.1, "parents": 2, "seed": 2, "model": "parent_1"}, 0.97, "of the parents'"),
+    ({"arch": "vgg11", "bias": True, "lr": 0.1, "solver": "exact", "parents": 2, "seed": 2, "model": "parent_1"},
+     0.97, "of the parents'"),
+    # a Sinkhorn fusion quoted in the prose
+    ({"arch": "vgg11", "solver": "sinkhorn", "reg": 0.1, "seed": 2, "model": "geometric_activations"}, 0.99,
+     "0.1 gave"),
     # a cell of the recipe table
     ({"arch": "vgg11", "lr": 0.05, "weight_decay": 0.001, "seed": 2, "model": "activations_repair"}, 0.5,
      "lr 0.05, weight decay 1e-3"),

@@ -1,6 +1,6 @@
 """Fusion quality on digits: the README's table. Not a test (slow); run it as a script:
 
-    .venv/bin/python tests/fusion/quality.py --arch vgg11 --width 0.25 [--batchnorm] [--bias] [--epochs 10] [--lr 0.01] [--weight-decay 0] [--parents 2] [--csv PATH]
+    .venv/bin/python tests/fusion/quality.py --arch vgg11 --width 0.25 [--batchnorm] [--bias] [--epochs 10] [--lr 0.01] [--weight-decay 0] [--parents 2] [--solver sinkhorn --reg 0.1] [--csv PATH]
 
 For each study seed s (1, 2), trains parents with torch seeds 100·s+1, 100·s+2, ...
 (default recipe, one torch thread, CPU), then prints the test accuracy of the
@@ -11,6 +11,7 @@ fuse` does. `--cache DIR` keeps the trained parents between runs. `--csv PATH` a
 writes one row per (configuration, seed, model) with its test accuracy to PATH,
 merged into what PATH holds (the rows of this configuration and seed are replaced, others kept), so
 several invocations build one file: docs/results/digits_fusion/quality.csv.
+`--solver sinkhorn --reg R` fuses (both alignments) with Sinkhorn, as `ofexp fuse` does.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from ofexp.training import evaluate, fit, make_recipe, seed_everything
 
 CPU = torch.device("cpu")
 # the configuration's arguments: with seed and model, the key of a row of --csv's file
-CONFIG_COLUMNS = ("arch", "width", "batchnorm", "bias", "epochs", "lr", "weight_decay", "parents")
+# (reg is 0 for the exact solver, which has none)
+CONFIG_COLUMNS = ("arch", "width", "batchnorm", "bias", "epochs", "lr", "weight_decay", "parents", "solver", "reg")
 MODELS_AFTER_PARENTS = ("naive", "geometric_weights", "geometric_activations", "activations_repair")
 
 
@@ -84,6 +86,8 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=None, help="default: the default recipe's (0)")
     parser.add_argument("--seeds", default="1,2")
     parser.add_argument("--parents", type=int, default=2, help="parents per seed, torch seeds 100·s+1, ...")
+    parser.add_argument("--solver", default="exact", choices=("exact", "sinkhorn"), help="geometric fusion's OT solver")
+    parser.add_argument("--reg", type=float, default=0.01, help="Sinkhorn's relative regularisation (as `ofexp fuse`)")
     parser.add_argument("--cache", type=Path, default=None)
     parser.add_argument("--csv", type=Path, default=None, help="merge one row per (seed, model) into this CSV")
     args = parser.parse_args()
@@ -97,7 +101,7 @@ def main() -> None:
     recipe = make_recipe("default", epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay)
     config = {"arch": args.arch, "width": args.width, "batchnorm": args.batchnorm, "bias": args.bias,
               "epochs": recipe.epochs, "lr": recipe.lr, "weight_decay": recipe.weight_decay,
-              "parents": args.parents}
+              "parents": args.parents, "solver": args.solver, "reg": args.reg if args.solver == "sinkhorn" else 0.0}
     records = []
     print("| seed | parents | naive | geometric, weights | geometric, activations | activations + REPAIR |")
     for s in (int(v) for v in args.seeds.split(",")):
@@ -108,7 +112,7 @@ def main() -> None:
         seconds = {}
         for alignment in ("weights", "activations"):
             start = time.perf_counter()
-            result = geometric_fuse(parents, alignment=alignment, inputs=inputs)
+            result = geometric_fuse(parents, alignment=alignment, inputs=inputs, solver=args.solver, reg=args.reg)
             # As `ofexp fuse`: batch-norm statistics first (in place), then REPAIR reads their outputs.
             accuracies[f"geometric_{alignment}"] = _accuracy(result.model, splits, True)
             seconds[f"geometric_{alignment}"] = time.perf_counter() - start

@@ -12,7 +12,7 @@ quality = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(quality)
 
 CONFIG = {"arch": "mlp", "width": 0.25, "batchnorm": False, "bias": False, "epochs": 10, "lr": 0.1,
-          "weight_decay": 0.0005, "parents": 2}
+          "weight_decay": 0.0005, "parents": 2, "solver": "exact", "reg": 0.0}
 
 
 def _rows(seed: int, accuracy: float) -> list[dict]:

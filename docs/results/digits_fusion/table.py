@@ -7,7 +7,8 @@ gives the commands).
 One row per (configuration, seed) of the default recipe with two parents: the parents' test
 accuracy, then each fusion's, to three decimals; bold marks the best fusion of the row (every
 one that ties at three decimals). Then the figures the section's prose quotes, one a line, each
-as the page writes it, and the recipe table (narrow VGG11 under each recipe) with its figures. tests/docs/test_digits_fusion_table.py compares this output with the page.
+as the page writes it; the recipe table (narrow VGG11 under each recipe) with its figures; and the
+Sinkhorn paragraph's figures. tests/docs/test_digits_fusion_table.py compares this output with the page.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def configuration_name(arch: str, width: float, bias: bool, batchnorm: bool) -> 
 
 
 def default_recipe(frame: pd.DataFrame) -> pd.DataFrame:
-    keep = pd.Series(True, index=frame.index)
+    """The rows of the default recipe fused with the exact solver (the Sinkhorn runs are apart)."""
+    keep = frame["solver"] == "exact"
     for column, value in DEFAULT_RECIPE.items():
         keep &= frame[column] == value
     return frame[keep]
@@ -116,14 +118,17 @@ RECIPE_ROWS = {
 RECIPE_HEADER = "| recipe | seeds | geometric, activations (REPAIR) |\n|---|---|---|"
 
 
-def narrow_vgg11(frame: pd.DataFrame, recipe: tuple[int, float, float]) -> pd.DataFrame:
+def narrow_vgg11(frame: pd.DataFrame, recipe: tuple[int, float, float], solver: str = "exact",
+                 reg: float = 0.0) -> pd.DataFrame:
     epochs, lr, weight_decay = recipe
-    rows = frame[(frame["arch"] == "vgg11") & (frame["width"] == 0.25) & ~frame["bias"] & ~frame["batchnorm"]
+    rows = frame[(frame["solver"] == solver) & (frame["reg"] == reg)
+                 & (frame["arch"] == "vgg11") & (frame["width"] == 0.25) & ~frame["bias"] & ~frame["batchnorm"]
                  & (frame["parents"] == 2) & (frame["epochs"] == epochs) & (frame["lr"] == lr)
                  & (frame["weight_decay"] == weight_decay)]
     if rows.empty:
+        sinkhorn = f", Sinkhorn reg {reg}" if solver == "sinkhorn" else ""
         raise SystemExit(f"error: {CSV.name} has no narrow VGG11 run with epochs {epochs}, lr {lr}, weight decay "
-                         f"{weight_decay}; run quality.py with them (README.md gives the command)")
+                         f"{weight_decay}{sinkhorn}; run quality.py with them (README.md gives the command)")
     return rows.pivot_table(index="seed", columns="model", values="accuracy")
 
 
@@ -153,6 +158,24 @@ def recipe_figures(frame: pd.DataFrame) -> list[str]:
             f"(parents {span(parents(fast) * 100, 0)}%)"]
 
 
+SINKHORN_REGS = (0.02, 0.05, 0.1, 0.2)
+DEFAULT = RECIPE_ROWS["**lr 0.1, weight decay 5e-4 (default)**"][0]
+
+
+def sinkhorn_figures(frame: pd.DataFrame) -> list[str]:
+    """The page's Sinkhorn paragraph: narrow VGG11, default recipe, activation alignment at each
+    reg against the exact solver, and what the fused nets tend to (the target, parent 2)."""
+    def pair(run: pd.DataFrame, model: str) -> str:
+        return " / ".join(f"{v:.3f}" for v in run[model])
+    exact = narrow_vgg11(frame, DEFAULT)
+    runs = {reg: narrow_vgg11(frame, DEFAULT, "sinkhorn", reg) for reg in SINKHORN_REGS}
+    gave = [f"{reg:g} gave {pair(run, 'geometric_activations')}" for reg, run in runs.items()]
+    by_weights = pd.concat([run["geometric_weights"] for run in runs.values()])
+    return [f"exact {pair(exact, 'geometric_activations')}) reg " + ", ".join(gave[:-1]) + f" and {gave[-1]}",
+            f"parent 2 itself has {pair(exact, 'parent_2')}",
+            f"weight alignment gives {span(by_weights, 3)} at every reg"]
+
+
 def main() -> None:
     frame = pd.read_csv(CSV)
     print(table(frame))
@@ -164,6 +187,8 @@ def main() -> None:
     print(recipe_table(frame))
     print()
     print("\n".join(recipe_figures(frame)))
+    print()
+    print("\n".join(sinkhorn_figures(frame)))
 
 
 if __name__ == "__main__":
