@@ -126,3 +126,14 @@ def test_a_recipe_without_committed_runs_is_refused(tmp_path):
     assert done.stderr.strip().splitlines() == [
         "error: quality.csv has no narrow VGG11 run with epochs 100, lr 0.01, weight decay 0.0; run quality.py "
         "with them (README.md gives the command)"]
+
+
+def test_a_changed_barrier_of_the_fuse_run_makes_the_check_fail(tmp_path):
+    root = _copy(tmp_path)
+    (metrics,) = [m for m in (root / FOLDER / "fuse_run" / "export").glob("runs/*/metrics.csv")
+                  if "interp/" in m.read_text(encoding="utf-8")]
+    frame = pd.read_csv(metrics)
+    frame.loc[frame["key"] == "interp/parents_raw/loss_barrier", "value"] = 2.5
+    frame.to_csv(metrics, index=False)
+    problems = drift(root)
+    assert len(problems) == 1 and "2.50 raw" in problems[0], problems

@@ -8,7 +8,9 @@ One row per (configuration, seed) of the default recipe with two parents: the pa
 accuracy, then each fusion's, to three decimals; bold marks the best fusion of the row (every
 one that ties at three decimals). Then the figures the section's prose quotes, one a line, each
 as the page writes it; the recipe table (narrow VGG11 under each recipe) with its figures; and the
-Sinkhorn paragraph's figures. tests/docs/test_digits_fusion_table.py compares this output with the page.
+Sinkhorn paragraph's figures; last, the interpolation barriers and alignment diagnostics of one
+geometric fuse run (VGG11 width 0.25, seed 1), read from its study's `ofexp export` in
+fuse_run/export/. tests/docs/test_digits_fusion_table.py compares this output with the page.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 CSV = Path(__file__).resolve().parent / "quality.csv"
+FUSE_RUN_EXPORT = Path(__file__).resolve().parent / "fuse_run" / "export"
 # the default recipe when the numbers were made (ofexp.training.make_recipe("default")); the
 # table is about it, the other recipes are the page's recipe table
 DEFAULT_RECIPE = {"epochs": 10, "lr": 0.1, "weight_decay": 0.0005}
@@ -176,6 +179,28 @@ def sinkhorn_figures(frame: pd.DataFrame) -> list[str]:
             f"weight alignment gives {span(by_weights, 3)} at every reg"]
 
 
+def fuse_run_figures(export: Path = FUSE_RUN_EXPORT) -> list[str]:
+    """The geometric fuse run's loss and accuracy barriers (raw parents, aligned parents, target to
+    fused net) and the range of its matched-neuron correlations and last convolution's spread."""
+    runs = [m for m in sorted(export.glob("runs/*/metrics.csv"))
+            if pd.read_csv(m)["key"].str.startswith("interp/").any()]
+    if len(runs) != 1:
+        raise SystemExit(f"error: {export} holds {len(runs)} fuse runs with interpolation curves, not 1; "
+                         "export the one-seed geometric study again")
+    metrics = pd.read_csv(runs[0]).drop_duplicates("key", keep="last").set_index("key")["value"]
+
+    def barrier(curve: str, what: str) -> str:
+        return f"{metrics[f'interp/{curve}/{what}_barrier']:.2f}"
+
+    correlations = metrics[metrics.index.str.startswith("match_correlation/")]
+    return [f"the loss barrier between the parents is {barrier('parents_raw', 'loss')} raw (accuracy barrier "
+            f"{barrier('parents_raw', 'accuracy')}), {barrier('parents_aligned', 'loss')} after alignment (accuracy "
+            f"barrier {barrier('parents_aligned', 'accuracy')}), and {barrier('parent_fused', 'loss')} between the "
+            "target and the fused net.",
+            f"on VGG11 seed 1 matched channels correlate {correlations.min():.2f}–{correlations.max():.2f} and the "
+            f"last conv's spread falls to {metrics['std_ratio/features.18']:.2f} of the parents'"]
+
+
 def main() -> None:
     frame = pd.read_csv(CSV)
     print(table(frame))
@@ -189,6 +214,8 @@ def main() -> None:
     print("\n".join(recipe_figures(frame)))
     print()
     print("\n".join(sinkhorn_figures(frame)))
+    print()
+    print("\n".join(fuse_run_figures()))
 
 
 if __name__ == "__main__":
