@@ -88,7 +88,8 @@ def test_a_changed_committed_accuracy_makes_the_check_fail(tmp_path):
 def test_a_changed_committed_param_makes_the_check_fail(tmp_path):
     root = _copy(tmp_path)
     steps = pd.read_csv(root / FOLDER / "steps.csv")
-    (run_id,) = steps[(steps["seed"] == 1) & (steps["kind"] == "naive_finetuned") & (steps["stage"] == "train")]["run_id"]
+    tuned = steps[(steps["seed"] == 1) & (steps["kind"] == "naive_finetuned") & (steps["stage"] == "train")]
+    (run_id,) = tuned["run_id"]
     path = root / FOLDER / "export" / "runs" / run_id / "run.json"
     run = json.loads(path.read_text(encoding="utf-8"))
     run["params"]["seed"] = "7"
