@@ -11,29 +11,19 @@ it; tests/docs/test_page_figures.py fails if one does not.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE / "study_estimates"))
+from figures import Figure, missing, report  # noqa: E402
 from estimates import TIMES, table  # noqa: E402
 
 QUALITY = HERE / "digits_fusion" / "quality.csv"
 FASHION_STUDY = "Fashion-MNIST MLP, 1 epoch, 2 seeds"
-
-
-@dataclass(frozen=True)
-class Figure:
-    doc: str  # path from the repository root
-    sentence: str  # as in the doc, each computed number as {}
-    values: Callable[[], tuple[str, ...]]
-
-    def text(self) -> str:
-        return self.sentence.format(*self.values())
 
 
 def _span(values: pd.Series) -> str:
@@ -83,23 +73,10 @@ FIGURES = (
 )
 
 
-def _words(text: str) -> str:
-    return " ".join(text.split())  # a sentence may wrap anywhere in the doc
-
-
 def check(root: Path = REPO) -> list[str]:
     """The computed sentences a page under `root` does not hold (empty: every figure matches)."""
-    return [f"{f.doc}: {f.text()!r}" for f in FIGURES
-            if _words(f.text()) not in _words((root / f.doc).read_text(encoding="utf-8"))]
-
-
-def main() -> None:
-    missing = set(check())
-    for figure in FIGURES:
-        line = f"{figure.doc}: {figure.text()!r}"
-        print(("MISSING " if line in missing else "ok      ") + line)
-    sys.exit(1 if missing else 0)
+    return missing(FIGURES, root)
 
 
 if __name__ == "__main__":
-    main()
+    report(FIGURES, REPO)

@@ -14,11 +14,10 @@ studies were never committed: the docs quote none of their values, only their re
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures import Figure, missing, report  # noqa: E402
 from study_tables import (FIVE_SEEDS, RESNET18_BN, RESNET18_NO_BN, RESULTS, TWO_SEEDS, fuse_diagnostics, parents, per_seed,  # noqa: E402
                           per_seed_ratios, ratio, summary)
 
@@ -26,16 +25,6 @@ REPO = Path(__file__).resolve().parents[2]
 FASHION = "docs/fashion_mnist.md"
 VGG11 = RESULTS / "fidelity_vgg11"  # main/, weights/, repair/: the two-seed studies re-run by commit 73506a4
 VGG11_5 = RESULTS / "fidelity_vgg11_5seeds"  # the five-seed studies re-run by the same commit
-
-
-@dataclass(frozen=True)
-class Figure:
-    doc: str  # path from the repository root
-    sentence: str  # as in the doc, each computed number as {}
-    values: Callable[[], tuple[str, ...]]
-
-    def text(self) -> str:
-        return self.sentence.format(*self.values())
 
 
 def _ratio(folder: Path, kind: str) -> str:
@@ -247,23 +236,10 @@ FIGURES = (
 )
 
 
-def _words(text: str) -> str:
-    return " ".join(text.split())  # a sentence may wrap anywhere in the doc
-
-
 def check(root: Path = REPO) -> list[str]:
-    """The computed sentences a doc under `root` does not hold (empty: every figure matches)."""
-    return [f"{f.doc}: {f.text()!r}" for f in FIGURES
-            if _words(f.text()) not in _words((root / f.doc).read_text(encoding="utf-8"))]
-
-
-def main() -> None:
-    missing = set(check())
-    for figure in FIGURES:
-        line = f"{figure.doc}: {figure.text()!r}"
-        print(("MISSING " if line in missing else "ok      ") + line)
-    sys.exit(1 if missing else 0)
+    """The computed sentences a page under `root` does not hold (empty: every figure matches)."""
+    return missing(FIGURES, root)
 
 
 if __name__ == "__main__":
-    main()
+    report(FIGURES, REPO)

@@ -6,44 +6,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
+
+import page_drift
 
 REPO = Path(__file__).resolve().parents[2]
 FOLDER = Path("docs/results/digits_finetune")
 PAGE = Path("docs/fusion.md")
 
 
-def _printed(root: Path) -> tuple[list[str], list[str]]:
-    """table.py of the tree at `root`, run as a reader would: its Markdown table and its lines of text."""
-    done = subprocess.run([sys.executable, str(root / FOLDER / "table.py")], capture_output=True, text=True,
-                          cwd=root, timeout=60)
-    assert done.returncode == 0, done.stderr
-    blocks = done.stdout.strip().split("\n\n")
-    tables = [b for b in blocks if b.startswith("|")]
-    texts = [line for b in blocks if not b.startswith("|") for line in b.splitlines()]
-    return tables, texts
-
-
 def drift(root: Path) -> list[str]:
-    """Every computed row or text the page lacks, and every row of the page's table the data does not give."""
-    page = (root / PAGE).read_text(encoding="utf-8")
-    page_lines = page.splitlines()
-    (table,), texts = _printed(root)
-    rows = table.splitlines()
-    problems = [f"{PAGE} lacks the computed row {row!r}" for row in rows if row not in page_lines]
-    start = page_lines.index(rows[0]) if rows[0] in page_lines else len(page_lines)
-    for line in page_lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        if line not in rows:
-            problems.append(f"{PAGE} has the row {line!r} that results.csv does not give")
-    words = " ".join(page.split())  # the prose wraps lines anywhere
-    problems += [f"{PAGE} lacks the computed text {text!r}" for text in texts if " ".join(text.split()) not in words]
-    return problems
+    return page_drift.drift(root, FOLDER / "table.py", PAGE, "results.csv")
 
 
 def test_the_page_equals_what_the_committed_study_gives():
@@ -101,7 +76,7 @@ def test_a_changed_committed_param_makes_the_check_fail(tmp_path):
 def test_a_changed_cell_of_the_page_makes_the_check_fail(tmp_path):
     root = _copy(tmp_path)
     page = root / PAGE
-    (table,), _ = _printed(root)
+    (table,), _ = page_drift.printed(root, FOLDER / "table.py")
     row = table.splitlines()[2]  # seed 1
     cells = row.split(" | ")
     edited = " | ".join(cells[:4] + ["0.1111"] + cells[5:])  # its naive cell

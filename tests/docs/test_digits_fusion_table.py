@@ -11,42 +11,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import page_drift
+
 REPO = Path(__file__).resolve().parents[2]
 FOLDER = Path("docs/results/digits_fusion")
 PAGE = Path("docs/fusion.md")
 
 
-def _printed(root: Path) -> tuple[list[str], list[str]]:
-    """table.py of the tree at `root`, run as a reader would: its Markdown tables (the quality and the
-    recipe table) and its lines of text (the three-parent sentence, the prose's figures)."""
-    done = subprocess.run([sys.executable, str(root / FOLDER / "table.py")], capture_output=True, text=True,
-                          cwd=root, timeout=60)
-    assert done.returncode == 0, done.stderr
-    blocks = done.stdout.strip().split("\n\n")
-    tables = [b for b in blocks if b.startswith("|")]
-    texts = [line for b in blocks if not b.startswith("|") for line in b.splitlines()]
-    return tables, texts
-
-
 def drift(root: Path) -> list[str]:
-    """Every computed row or text the page lacks, and every row of its tables the data does not give."""
-    page = (root / PAGE).read_text(encoding="utf-8")
-    page_lines = page.splitlines()
-    tables, texts = _printed(root)
-    problems = []
-    for table in tables:
-        rows = table.splitlines()
-        problems += [f"{PAGE} lacks the computed row {row!r}" for row in rows if row not in page_lines]
-        # a row on the page that the data does not give (stale or invented) is drift too
-        start = page_lines.index(rows[0]) if rows[0] in page_lines else len(page_lines)
-        for line in page_lines[start + 2:]:
-            if not line.startswith("|"):
-                break
-            if line not in rows:
-                problems.append(f"{PAGE} has the row {line!r} that quality.csv does not give")
-    words = " ".join(page.split())  # the prose wraps lines anywhere
-    problems += [f"{PAGE} lacks the computed text {text!r}" for text in texts if " ".join(text.split()) not in words]
-    return problems
+    return page_drift.drift(root, FOLDER / "table.py", PAGE, "quality.csv")
 
 
 def test_the_page_equals_what_the_committed_csv_gives():
@@ -94,7 +67,7 @@ def test_a_changed_committed_accuracy_makes_the_check_fail(tmp_path, where, new,
 def test_a_changed_cell_of_the_page_makes_the_check_fail(tmp_path):
     root = _copy(tmp_path)
     page = root / PAGE
-    tables, _ = _printed(root)
+    tables, _ = page_drift.printed(root, FOLDER / "table.py")
     row = tables[0].splitlines()[2]  # the first model's first seed
     cells = row.split(" | ")
     edited = " | ".join(cells[:3] + ["0.111"] + cells[4:])  # its naive cell

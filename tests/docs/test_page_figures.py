@@ -26,7 +26,7 @@ def _run(root: Path) -> subprocess.CompletedProcess:
 
 def _copy(tmp_path: Path) -> Path:
     root = tmp_path / "repo"
-    for path in ("docs/study.md", "docs/commands.md", "docs/results/page_figures.py", TIMES,
+    for path in ("docs/study.md", "docs/commands.md", "docs/results/page_figures.py", "docs/results/figures.py", TIMES,
                  "docs/results/study_estimates/estimates.py", QUALITY):
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / path, root / path)
